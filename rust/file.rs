@@ -1,0 +1,164 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! `/dev/ivshmemN`: the misc device node, its open files, `mmap` and the ioctls.
+
+use kernel::{
+    fs::File,
+    miscdevice::{
+        MiscDevice,
+        MiscDeviceOptions,
+        MiscDeviceRegistration, //
+    },
+    mm::virt::VmaNew,
+    prelude::*,
+    sync::{
+        atomic::{
+            ordering::Relaxed,
+            Atomic, //
+        },
+        Arc, //
+    },
+    transmute::{
+        AsBytes,
+        FromBytes, //
+    },
+    uaccess::{
+        UserPtr,
+        UserSlice, //
+    },
+};
+
+use crate::{
+    shared::Shared,
+    uapi,
+    vma_pfn::{
+        CacheMode,
+        FileMappings, //
+    },
+};
+
+// SAFETY: `IvshmemInfo` is `repr(C)` with integer fields only and no padding (8 + 4 * 4 + 40
+// bytes), so every byte of it is initialised.
+unsafe impl AsBytes for uapi::IvshmemInfo {}
+// SAFETY: any bit pattern is a valid `IvshmemInfo`: it holds integers only.
+unsafe impl FromBytes for uapi::IvshmemInfo {}
+
+/// The registration of one `/dev/ivshmemN`, with the device state its files need.
+///
+/// # Invariants
+///
+/// Every `MiscDeviceRegistration<IvshmemFile>` is the `reg` field of a `DeviceNode`.
+#[pin_data]
+pub(crate) struct DeviceNode {
+    shared: Arc<Shared>,
+    #[pin]
+    reg: MiscDeviceRegistration<IvshmemFile>,
+}
+
+impl DeviceNode {
+    /// Registers the node `name` for `shared`. The node can be opened as soon as it exists, so
+    /// `shared` is in place first.
+    pub(crate) fn new(shared: Arc<Shared>, name: &'static CStr) -> impl PinInit<Self, Error> {
+        // INVARIANT: the only place a registration of `IvshmemFile` is created.
+        try_pin_init!(Self {
+            shared,
+            reg <- MiscDeviceRegistration::register(MiscDeviceOptions { name }),
+        })
+    }
+
+    fn from_registration(reg: &MiscDeviceRegistration<IvshmemFile>) -> &Self {
+        let reg: *const _ = reg;
+        // SAFETY: by the type invariant `reg` is the `reg` field of a `DeviceNode`, which lives
+        // at least as long as the borrow of `reg`.
+        unsafe { &*kernel::container_of!(reg, Self, reg) }
+    }
+}
+
+/// An open file of `/dev/ivshmemN`.
+#[pin_data(PinnedDrop)]
+pub(crate) struct IvshmemFile {
+    shared: Arc<Shared>,
+    /// `uapi::IVSHMEM_CACHE_*` for the next mmap.
+    cache: Atomic<u32>,
+}
+
+impl IvshmemFile {
+    fn id(&self) -> usize {
+        core::ptr::from_ref(self) as usize
+    }
+
+    fn cache_mode(&self) -> CacheMode {
+        match self.cache.load(Relaxed) {
+            uapi::IVSHMEM_CACHE_WC => CacheMode::WriteCombining,
+            uapi::IVSHMEM_CACHE_UC => CacheMode::Uncached,
+            _ => CacheMode::WriteBack,
+        }
+    }
+}
+
+#[pinned_drop]
+impl PinnedDrop for IvshmemFile {
+    fn drop(self: Pin<&mut Self>) {
+        self.shared.remove_file(self.id());
+    }
+}
+
+#[vtable]
+impl MiscDevice for IvshmemFile {
+    type Ptr = Pin<KBox<Self>>;
+
+    fn open(file: &File, misc: &MiscDeviceRegistration<Self>) -> Result<Pin<KBox<Self>>> {
+        let shared = DeviceNode::from_registration(misc).shared.clone();
+        shared.check_alive()?;
+        let this = KBox::pin_init(
+            pin_init!(Self {
+                shared,
+                cache: Atomic::new(uapi::IVSHMEM_CACHE_WB),
+            }),
+            GFP_KERNEL,
+        )?;
+        // SAFETY: the entry is removed in `drop`, which runs when the file is released.
+        let mappings = unsafe { FileMappings::new(file)? };
+        this.shared.add_file(this.id(), mappings)?;
+        Ok(this)
+    }
+
+    fn mmap(this: Pin<&Self>, _file: &File, vma: &VmaNew) -> Result {
+        // A private (copy-on-write) copy of shared memory silently stops being shared.
+        if vma.flags() & kernel::mm::virt::flags::MAYSHARE == 0 {
+            return Err(EINVAL);
+        }
+        this.shared.map(vma, this.cache_mode())
+    }
+
+    fn ioctl(this: Pin<&Self>, _file: &File, cmd: u32, arg: usize) -> Result<isize> {
+        let user = UserPtr::from_addr(arg);
+        match cmd {
+            uapi::IVSHMEM_GET_SIZE => {
+                this.shared.check_alive()?;
+                let size: u64 = this.shared.desc.size;
+                UserSlice::new(user, size_of::<u64>()).writer().write(&size)?;
+            }
+            uapi::IVSHMEM_GET_INFO => {
+                this.shared.check_alive()?;
+                let info = this.shared.info(this.cache.load(Relaxed));
+                UserSlice::new(user, size_of::<uapi::IvshmemInfo>())
+                    .writer()
+                    .write(&info)?;
+            }
+            uapi::IVSHMEM_SET_CACHE => {
+                this.shared.check_alive()?;
+                let mode: u32 = UserSlice::new(user, size_of::<u32>()).reader().read()?;
+                if !matches!(
+                    mode,
+                    uapi::IVSHMEM_CACHE_WB | uapi::IVSHMEM_CACHE_WC | uapi::IVSHMEM_CACHE_UC
+                ) {
+                    return Err(EINVAL);
+                }
+                this.cache.store(mode, Relaxed);
+            }
+            _ => return Err(ENOTTY),
+        }
+        Ok(0)
+    }
+}

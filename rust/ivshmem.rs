@@ -1,0 +1,144 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Driver for QEMU's inter-VM shared memory device (`ivshmem-plain`, `ivshmem-doorbell`).
+//!
+//! Every 1af4:1110 device becomes `/dev/ivshmemN`. User space maps the shared memory (BAR2) with
+//! `mmap` and queries it with the ioctls of `uapi.rs`. BAR2 is never mapped into the kernel.
+
+use kernel::{
+    device::Core,
+    io::Io,
+    pci,
+    prelude::*,
+    sync::Arc, //
+};
+
+mod file;
+mod mem_region;
+mod shared;
+mod slots;
+pub mod uapi;
+mod vma_pfn;
+
+use file::DeviceNode;
+use mem_region::MemRegion;
+use shared::{
+    DeviceDesc,
+    Shared, //
+};
+use slots::Slot;
+
+/// The ivshmem register block (BAR0): 256 bytes of 32-bit registers.
+mod regs {
+    /// Size of BAR0.
+    pub(crate) const SIZE: usize = 0x100;
+    /// Interrupt mask (doorbell mode, INTx only).
+    #[allow(dead_code)]
+    pub(crate) const INTR_MASK: usize = 0x0;
+    /// Interrupt status (doorbell mode, INTx only).
+    #[allow(dead_code)]
+    pub(crate) const INTR_STATUS: usize = 0x4;
+    /// This guest's peer id (doorbell mode), read-only.
+    pub(crate) const IV_POSITION: usize = 0x8;
+    /// Doorbell: write `peer << 16 | vector` to interrupt a peer.
+    #[allow(dead_code)]
+    pub(crate) const DOORBELL: usize = 0xc;
+}
+
+/// BAR holding the shared memory.
+const SHM_BAR: u32 = 2;
+/// BAR holding the MSI-X table: present on `ivshmem-doorbell` only.
+const MSIX_BAR: u32 = 1;
+
+const NAME: &CStr = c"ivshmem";
+
+struct IvshmemDriver;
+
+/// A bound ivshmem device. Fields drop in order: the node goes first, so nothing new can be
+/// opened while the memory region and the device number are released.
+#[pin_data]
+struct IvshmemPci<'bound> {
+    #[pin]
+    node: DeviceNode,
+    shared: Arc<Shared>,
+    _shm: MemRegion,
+    _regs: pci::Bar<'bound, { regs::SIZE }>,
+    _slot: Slot,
+}
+
+kernel::pci_device_table!(
+    PCI_TABLE,
+    <IvshmemDriver as pci::Driver>::IdInfo,
+    [(
+        pci::DeviceId::from_id(pci::Vendor::REDHAT_QUMRANET, 0x1110),
+        ()
+    )]
+);
+
+impl pci::Driver for IvshmemDriver {
+    type IdInfo = ();
+    type Data<'bound> = IvshmemPci<'bound>;
+
+    const ID_TABLE: pci::IdTable<Self::IdInfo> = &PCI_TABLE;
+
+    fn probe<'bound>(
+        pdev: &'bound pci::Device<Core<'_>>,
+        _info: Option<&'bound Self::IdInfo>,
+    ) -> impl PinInit<Self::Data<'bound>, Error> + 'bound {
+        pin_init::pin_init_scope(move || {
+            pdev.enable_device_mem()?;
+            pdev.set_master();
+
+            let regs = pdev.iomap_region_sized::<{ regs::SIZE }>(0, NAME)?;
+            let doorbell = pdev.resource_len(MSIX_BAR)? > 0;
+            let peer_id = if doorbell {
+                regs.read32(regs::IV_POSITION)
+            } else {
+                uapi::IVSHMEM_NO_PEER
+            };
+            let shm = MemRegion::request(
+                pdev.resource_start(SHM_BAR)?,
+                pdev.resource_len(SHM_BAR)?,
+                NAME,
+            )?;
+            let slot = Slot::take()?;
+            let shared = Shared::new(DeviceDesc {
+                index: slot.index(),
+                phys: shm.start(),
+                size: shm.len(),
+                peer_id,
+                doorbell,
+            })?;
+
+            dev_info!(
+                pdev,
+                "/dev/{}: {} MiB shared memory at {:#x}, {}\n",
+                slot.name().to_str().unwrap_or("?"),
+                shm.len() >> 20,
+                shm.start(),
+                if doorbell { "doorbell" } else { "plain" }
+            );
+
+            Ok(try_pin_init!(IvshmemPci {
+                node <- DeviceNode::new(shared.clone(), slot.name()),
+                shared,
+                _shm: shm,
+                _regs: regs,
+                _slot: slot,
+            }))
+        })
+    }
+
+    fn unbind<'bound>(pdev: &'bound pci::Device<Core<'_>>, this: Pin<&Self::Data<'bound>>) {
+        this.shared.revoke();
+        dev_info!(pdev, "/dev/ivshmem{} removed\n", this.shared.desc.index);
+    }
+}
+
+kernel::module_pci_driver! {
+    type: IvshmemDriver,
+    name: "ivshmem",
+    authors: ["ivshmem-rs developers"],
+    description: "QEMU ivshmem shared memory: /dev/ivshmemN with mmap and ioctls",
+    license: "GPL v2",
+}

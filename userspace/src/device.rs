@@ -1,0 +1,143 @@
+//! An open `/dev/ivshmemN`.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+
+use crate::mapping::Mapping;
+use crate::{sys, uapi, Error, Result};
+
+/// How the CPU caches a mapping of the shared memory (see `IVSHMEM_SET_CACHE`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheType {
+    /// Write-back, the default: BAR2 is host RAM.
+    WriteBack,
+    /// Write-combining.
+    WriteCombining,
+    /// Uncached, as the seeds' sysfs `resource2` path.
+    Uncached,
+}
+
+impl CacheType {
+    /// The ABI value.
+    pub fn raw(self) -> u32 {
+        match self {
+            CacheType::WriteBack => uapi::IVSHMEM_CACHE_WB,
+            CacheType::WriteCombining => uapi::IVSHMEM_CACHE_WC,
+            CacheType::Uncached => uapi::IVSHMEM_CACHE_UC,
+        }
+    }
+
+    /// From the ABI value.
+    pub fn from_raw(raw: u32) -> Option<Self> {
+        match raw {
+            uapi::IVSHMEM_CACHE_WB => Some(CacheType::WriteBack),
+            uapi::IVSHMEM_CACHE_WC => Some(CacheType::WriteCombining),
+            uapi::IVSHMEM_CACHE_UC => Some(CacheType::Uncached),
+            _ => None,
+        }
+    }
+
+    /// `wb`, `wc` or `uc`.
+    pub fn name(self) -> &'static str {
+        match self {
+            CacheType::WriteBack => "wb",
+            CacheType::WriteCombining => "wc",
+            CacheType::Uncached => "uc",
+        }
+    }
+}
+
+impl std::str::FromStr for CacheType {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "wb" => Ok(CacheType::WriteBack),
+            "wc" => Ok(CacheType::WriteCombining),
+            "uc" => Ok(CacheType::Uncached),
+            _ => Err(format!("unknown cache type '{s}' (wb, wc or uc)")),
+        }
+    }
+}
+
+/// An open ivshmem device node.
+#[derive(Debug)]
+pub struct Device {
+    file: File,
+    path: String,
+}
+
+impl Device {
+    /// Opens `path` (e.g. `/dev/ivshmem0`) for reading and writing.
+    pub fn open(path: &str) -> Result<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| Error::new(path, "open", e))?;
+        Ok(Self {
+            file,
+            path: path.to_string(),
+        })
+    }
+
+    /// Opens `/dev/ivshmem<index>`.
+    pub fn open_index(index: usize) -> Result<Self> {
+        Self::open(&format!("/dev/ivshmem{index}"))
+    }
+
+    /// The path this device was opened with.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// The raw file descriptor, for experts (ioctls of later ABI versions, poll, ...).
+    pub fn as_raw_fd(&self) -> i32 {
+        self.file.as_raw_fd()
+    }
+
+    /// Issues ioctl `cmd` with `arg` pointing at a `T`.
+    fn ioctl<T>(&self, cmd: u32, arg: *mut T) -> Result<()> {
+        // SAFETY: `arg` points at a live `T`, the argument type `cmd` is defined with.
+        let rc = unsafe { sys::ioctl(self.file.as_raw_fd(), cmd.into(), arg) };
+        if rc < 0 {
+            return Err(Error::new(&self.path, "ioctl", io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+
+    /// Size of the shared memory in bytes.
+    pub fn size(&self) -> Result<u64> {
+        let mut size = 0u64;
+        self.ioctl(uapi::IVSHMEM_GET_SIZE, &mut size)?;
+        Ok(size)
+    }
+
+    /// Everything the driver knows about the device.
+    pub fn info(&self) -> Result<uapi::IvshmemInfo> {
+        let mut info = uapi::IvshmemInfo::default();
+        self.ioctl(uapi::IVSHMEM_GET_INFO, &mut info)?;
+        Ok(info)
+    }
+
+    /// Selects the cache type of later [`Device::map`] calls on this open file.
+    pub fn set_cache(&self, cache: CacheType) -> Result<()> {
+        let mut raw = cache.raw();
+        self.ioctl(uapi::IVSHMEM_SET_CACHE, &mut raw)
+    }
+
+    /// Maps `len` bytes of shared memory starting at `offset` (a multiple of the page size).
+    pub fn map(&self, offset: u64, len: usize) -> Result<Mapping> {
+        Mapping::new(self, offset, len)
+    }
+
+    /// Maps the whole shared memory.
+    pub fn map_all(&self) -> Result<Mapping> {
+        let size = self.size()?;
+        let len = usize::try_from(size).map_err(|_| {
+            Error::invalid(&self.path, "mmap", format!("{size} bytes do not fit in memory"))
+        })?;
+        self.map(0, len)
+    }
+}

@@ -1,0 +1,65 @@
+//! Errors that name the device, the operation and the errno, with a hint for the usual causes.
+
+use std::fmt;
+use std::io;
+
+/// An error of an operation on an ivshmem device.
+#[derive(Debug)]
+pub struct Error {
+    path: String,
+    op: &'static str,
+    source: io::Error,
+}
+
+impl Error {
+    pub(crate) fn new(path: &str, op: &'static str, source: io::Error) -> Self {
+        Self {
+            path: path.to_string(),
+            op,
+            source,
+        }
+    }
+
+    /// An error detected here rather than by the kernel.
+    pub(crate) fn invalid(path: &str, op: &'static str, msg: String) -> Self {
+        Self::new(path, op, io::Error::new(io::ErrorKind::InvalidInput, msg))
+    }
+
+    /// The errno, when the kernel reported the error.
+    pub fn errno(&self) -> Option<i32> {
+        self.source.raw_os_error()
+    }
+
+    /// The device path.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    fn hint(&self) -> Option<&'static str> {
+        match (self.op, self.errno()?) {
+            ("open", 2) => Some("is the ivshmem module loaded? (insmod ivshmem.ko)"),
+            ("open", 13) | ("open", 1) => {
+                Some("permission denied: run as root or see the udev rule in README.md")
+            }
+            (_, 19) => Some("the device was removed"),
+            ("ioctl", 25) => Some("not an ivshmem device, or the module is too old"),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}: {}", self.path, self.op, self.source)?;
+        if let Some(hint) = self.hint() {
+            write!(f, " ({hint})")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}

@@ -1,0 +1,29 @@
+//! Safe access to QEMU ivshmem shared memory through the `/dev/ivshmemN` nodes of the
+//! `ivshmem` kernel module.
+//!
+//! ```no_run
+//! let dev = ivshmem::Device::open_index(0)?;
+//! let map = dev.map(0, 4096)?;
+//! map.write(0, b"hello")?;
+//! # Ok::<(), ivshmem::Error>(())
+//! ```
+
+pub mod args;
+mod device;
+mod error;
+mod mapping;
+pub mod message;
+pub mod pattern;
+mod sys;
+
+/// The ioctl ABI, shared with the kernel module: one source file for both.
+#[path = "../../rust/uapi.rs"]
+#[allow(dead_code)]
+pub mod uapi;
+
+pub use device::{CacheType, Device};
+pub use error::Error;
+pub use mapping::Mapping;
+
+/// Result type of this crate.
+pub type Result<T> = std::result::Result<T, Error>;
