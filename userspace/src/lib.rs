@@ -14,7 +14,7 @@ mod error;
 mod mapping;
 pub mod message;
 pub mod pattern;
-mod sys;
+pub mod sys;
 
 /// The ioctl ABI, shared with the kernel module: one source file for both.
 #[path = "../../rust/uapi.rs"]

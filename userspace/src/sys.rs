@@ -1,4 +1,5 @@
-//! The few libc calls std does not wrap: ioctl, mmap, munmap, mremap.
+//! The few libc calls std does not wrap: ioctl, mmap, munmap, mremap. Public for tests and
+//! experts; [`crate::Device`] and [`crate::Mapping`] are the safe surface.
 
 use std::ffi::{c_int, c_long, c_ulong, c_void};
 

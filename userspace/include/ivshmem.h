@@ -1,0 +1,34 @@
+/* SPDX-License-Identifier: GPL-2.0 WITH Linux-syscall-note */
+/*
+ * ioctl ABI of /dev/ivshmemN, for C programs. The source of truth is rust/uapi.rs;
+ * userspace/tests/c_header.rs checks that this header agrees with it.
+ */
+#ifndef IVSHMEM_H
+#define IVSHMEM_H
+
+#include <linux/ioctl.h>
+#include <linux/types.h>
+
+#define IVSHMEM_IOCTL_MAGIC 0xB9
+
+struct ivshmem_info {
+	__u64 size;     /* bytes of shared memory (BAR2) */
+	__u32 peer_id;  /* IVPosition, or IVSHMEM_NO_PEER */
+	__u32 vectors;  /* MSI-X vectors set up (0 on ivshmem-plain) */
+	__u32 flags;    /* IVSHMEM_FLAG_* */
+	__u32 cache;    /* IVSHMEM_CACHE_* of this file's next mmap */
+	__u64 reserved[5];
+};
+
+#define IVSHMEM_GET_SIZE  _IOR(IVSHMEM_IOCTL_MAGIC, 0, __u64)
+#define IVSHMEM_GET_INFO  _IOR(IVSHMEM_IOCTL_MAGIC, 1, struct ivshmem_info)
+#define IVSHMEM_SET_CACHE _IOW(IVSHMEM_IOCTL_MAGIC, 2, __u32)
+
+#define IVSHMEM_CACHE_WB 0
+#define IVSHMEM_CACHE_WC 1
+#define IVSHMEM_CACHE_UC 2
+
+#define IVSHMEM_FLAG_DOORBELL (1u << 0)
+#define IVSHMEM_NO_PEER 0xffffffffu
+
+#endif /* IVSHMEM_H */

@@ -1,0 +1,169 @@
+//! A small command-line parser (std only): `--name VALUE`, `--name=VALUE`, short aliases,
+//! flags and positionals, with errors that say which option is wrong.
+
+use std::str::FromStr;
+
+/// Command-line arguments not yet consumed.
+#[derive(Debug)]
+pub struct Args {
+    items: Vec<String>,
+}
+
+impl Args {
+    /// The process's arguments, without the program name.
+    pub fn from_env() -> Self {
+        Self::new(std::env::args().skip(1))
+    }
+
+    /// Arguments from any list (for tests).
+    pub fn new<I: IntoIterator<Item = S>, S: Into<String>>(items: I) -> Self {
+        Self {
+            items: items.into_iter().map(Into::into).collect(),
+        }
+    }
+
+    /// Whether flag `names` (e.g. `["-h", "--help"]`) is present; consumes it.
+    pub fn flag(&mut self, names: &[&str]) -> bool {
+        let before = self.items.len();
+        self.items.retain(|a| !names.contains(&a.as_str()));
+        self.items.len() != before
+    }
+
+    /// The value of option `names`, consumed; the last one wins if repeated.
+    pub fn value(&mut self, names: &[&str]) -> Result<Option<String>, String> {
+        let mut found = None;
+        let mut i = 0;
+        while i < self.items.len() {
+            let a = &self.items[i];
+            if let Some((k, v)) = a.split_once('=').filter(|(k, _)| names.contains(k)) {
+                let _ = k;
+                found = Some(v.to_string());
+                self.items.remove(i);
+            } else if names.contains(&a.as_str()) {
+                if i + 1 >= self.items.len() {
+                    return Err(format!("option {a} needs a value"));
+                }
+                found = Some(self.items.remove(i + 1));
+                self.items.remove(i);
+            } else {
+                i += 1;
+            }
+        }
+        Ok(found)
+    }
+
+    /// The value of option `names` parsed as `T`.
+    pub fn parsed<T: FromStr>(&mut self, names: &[&str]) -> Result<Option<T>, String>
+    where
+        T::Err: std::fmt::Display,
+    {
+        match self.value(names)? {
+            None => Ok(None),
+            Some(v) => v
+                .parse()
+                .map(Some)
+                .map_err(|e| format!("bad value '{v}' for {}: {e}", names[names.len() - 1])),
+        }
+    }
+
+    /// A size option (`4096`, `64K`, `64M`, `1G`, `0x1000`).
+    pub fn size(&mut self, names: &[&str]) -> Result<Option<u64>, String> {
+        match self.value(names)? {
+            None => Ok(None),
+            Some(v) => parse_size(&v)
+                .map(Some)
+                .map_err(|e| format!("bad value '{v}' for {}: {e}", names[names.len() - 1])),
+        }
+    }
+
+    /// Takes the first argument if it is a word (a subcommand), not an option.
+    pub fn subcommand(&mut self) -> Option<String> {
+        match self.items.first() {
+            Some(a) if !a.starts_with('-') => Some(self.items.remove(0)),
+            _ => None,
+        }
+    }
+
+    /// The remaining positionals; fails on a leftover `-option`.
+    pub fn finish(self) -> Result<Vec<String>, String> {
+        if let Some(bad) = self.items.iter().find(|a| a.starts_with('-') && a.len() > 1) {
+            return Err(format!("unknown option {bad} (see --help)"));
+        }
+        Ok(self.items)
+    }
+}
+
+/// Parses `4096`, `0x1000`, `64K`, `64M`, `2G` (binary units; a trailing `iB`/`B` is allowed).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let t = t.strip_suffix("iB").or_else(|| t.strip_suffix('B')).unwrap_or(t);
+    let (num, shift) = match t.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&t[..i], 10),
+        Some((i, 'M' | 'm')) => (&t[..i], 20),
+        Some((i, 'G' | 'g')) => (&t[..i], 30),
+        _ => (t, 0),
+    };
+    let n = if let Some(hex) = num.strip_prefix("0x") {
+        u64::from_str_radix(hex, 16)
+    } else {
+        num.parse::<u64>()
+    }
+    .map_err(|_| "not a size (examples: 4096, 0x1000, 64K, 64M, 1G)".to_string())?;
+    n.checked_mul(1u64 << shift).ok_or_else(|| "size too large".to_string())
+}
+
+/// The device named by a `-d` option: `3` means `/dev/ivshmem3`, anything else is a path;
+/// none means `/dev/ivshmem0`.
+pub fn device_path(arg: Option<String>) -> String {
+    match arg {
+        None => "/dev/ivshmem0".into(),
+        Some(a) if !a.is_empty() && a.bytes().all(|b| b.is_ascii_digit()) => {
+            format!("/dev/ivshmem{a}")
+        }
+        Some(a) => a,
+    }
+}
+
+/// Prints `msg` and exits with status 2 (usage error).
+pub fn usage_error(prog: &str, msg: &str) -> ! {
+    eprintln!("{prog}: {msg}");
+    std::process::exit(2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("0x1000"), Ok(4096));
+        assert_eq!(parse_size("64K"), Ok(64 << 10));
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("").is_err());
+        assert!(parse_size("99999999999G").is_err());
+    }
+
+    #[test]
+    fn options_flags_and_positionals() {
+        let mut a = Args::new(["-d", "/dev/ivshmem1", "--offset=4096", "-v", "pos"]);
+        assert!(a.flag(&["-v"]));
+        assert!(!a.flag(&["--help"]));
+        assert_eq!(a.value(&["-d", "--device"]).unwrap().as_deref(), Some("/dev/ivshmem1"));
+        assert_eq!(a.size(&["-o", "--offset"]).unwrap(), Some(4096));
+        assert_eq!(a.finish().unwrap(), vec!["pos".to_string()]);
+    }
+
+    #[test]
+    fn errors_name_the_option() {
+        let mut a = Args::new(["--reps"]);
+        assert_eq!(a.value(&["--reps"]).unwrap_err(), "option --reps needs a value");
+        let mut a = Args::new(["--reps", "many"]);
+        assert!(a.parsed::<u32>(&["--reps"]).unwrap_err().contains("--reps"));
+        let a = Args::new(["--bogus"]);
+        assert!(a.finish().unwrap_err().contains("--bogus"));
+    }
+}

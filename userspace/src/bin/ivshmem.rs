@@ -1,0 +1,121 @@
+//! `ivshmem`: inspect a device and write or check reproducible patterns in its shared memory.
+
+use ivshmem::args::{device_path, usage_error, Args};
+use ivshmem::{pattern, uapi, CacheType, Device};
+
+const PROG: &str = "ivshmem";
+
+const HELP: &str = "\
+usage: ivshmem info   [-d DEVICE]
+       ivshmem fill   [-d DEVICE] --seed N [--offset O] [--len L] [--cache wb|wc|uc]
+       ivshmem verify [-d DEVICE] --seed N [--offset O] [--len L]
+
+  info     size, peer id, vectors, flags and cache type of the device
+  fill     write pattern N over [O, O+L) (byte i of the region gets pattern(N, i))
+  verify   check [O, O+L) holds pattern N; exit 1 at the first difference
+
+  -d, --device DEVICE   /dev/ivshmemN path or index N (default /dev/ivshmem0)
+      --offset O        start (default 0);  --len L  length (default: to the end)
+  -h, --help            this help";
+
+struct Range {
+    dev: Device,
+    offset: u64,
+    len: u64,
+}
+
+fn open_range(args: &mut Args) -> Result<Range, String> {
+    let dev = Device::open(&device_path(args.value(&["-d", "--device"])?)).map_err(|e| e.to_string())?;
+    let size = dev.size().map_err(|e| e.to_string())?;
+    let offset = args.size(&["--offset"])?.unwrap_or(0);
+    if offset > size {
+        return Err(format!("offset {offset} is beyond the {size}-byte region"));
+    }
+    let len = args.size(&["--len"])?.unwrap_or(size - offset);
+    if len > size - offset {
+        return Err(format!("{len} bytes at {offset} exceed the {size}-byte region"));
+    }
+    Ok(Range { dev, offset, len })
+}
+
+/// Maps the pages covering the range; returns the mapping and the range's start in it.
+fn map(r: &Range) -> Result<(ivshmem::Mapping, usize), String> {
+    let base = r.offset & !4095;
+    let len = (r.offset - base + r.len).div_ceil(4096) * 4096;
+    let m = r.dev.map(base, len as usize).map_err(|e| e.to_string())?;
+    Ok((m, (r.offset - base) as usize))
+}
+
+fn run(cmd: &str, mut args: Args) -> Result<(), String> {
+    match cmd {
+        "info" => {
+            let dev = Device::open(&device_path(args.value(&["-d", "--device"])?)).map_err(|e| e.to_string())?;
+            args.finish()?;
+            let info = dev.info().map_err(|e| e.to_string())?;
+            println!("device {}", dev.path());
+            println!("size {}", info.size);
+            if info.peer_id == uapi::IVSHMEM_NO_PEER {
+                println!("peer_id none");
+            } else {
+                println!("peer_id {}", info.peer_id);
+            }
+            println!("vectors {}", info.vectors);
+            let doorbell = info.flags & uapi::IVSHMEM_FLAG_DOORBELL != 0;
+            println!("mode {}", if doorbell { "doorbell" } else { "plain" });
+            let cache = CacheType::from_raw(info.cache).map_or("unknown", |c| c.name());
+            println!("cache {cache}");
+        }
+        "fill" | "verify" => {
+            let seed = args.parsed::<u64>(&["--seed"])?.ok_or("--seed is required")?;
+            let cache = args.parsed::<CacheType>(&["--cache"])?;
+            let r = open_range(&mut args)?;
+            args.finish()?;
+            if let Some(c) = cache {
+                r.dev.set_cache(c).map_err(|e| e.to_string())?;
+            }
+            let (m, at) = map(&r)?;
+            let mut buf = vec![0u8; 1 << 20];
+            let mut done = 0u64;
+            while done < r.len {
+                let n = (r.len - done).min(buf.len() as u64) as usize;
+                let pos = r.offset + done;
+                if cmd == "fill" {
+                    pattern::fill(seed, pos, &mut buf[..n]);
+                    m.write(at + done as usize, &buf[..n]).map_err(|e| e.to_string())?;
+                } else {
+                    m.read(at + done as usize, &mut buf[..n]).map_err(|e| e.to_string())?;
+                    if let Some(k) = pattern::first_mismatch(seed, pos, &buf[..n]) {
+                        let off = pos + k as u64;
+                        return Err(format!(
+                            "mismatch at offset {off}: found {:#04x}, pattern {seed} has {:#04x}",
+                            buf[k],
+                            pattern::byte(seed, off)
+                        ));
+                    }
+                }
+                done += n as u64;
+            }
+            let verb = if cmd == "fill" { "filled" } else { "verified" };
+            println!("{verb} {} bytes at offset {} with pattern {seed}", r.len, r.offset);
+        }
+        _ => return Err(format!("unknown command '{cmd}' (see --help)")),
+    }
+    Ok(())
+}
+
+fn main() {
+    let mut args = Args::from_env();
+    if args.flag(&["-h", "--help"]) {
+        println!("{HELP}");
+        return;
+    }
+    let cmd = match args.subcommand() {
+        Some(c) => c,
+        None => usage_error(PROG, "no command given (see --help)"),
+    };
+    if let Err(e) = run(&cmd, args) {
+        let code = if e.contains("unknown") || e.contains("required") || e.contains("bad value") { 2 } else { 1 };
+        eprintln!("{PROG}: {e}");
+        std::process::exit(code);
+    }
+}

@@ -1,0 +1,230 @@
+//! `ivshmem-check`: the driver's contract, checked from user space inside a guest.
+//!
+//! `ivshmem-check errors DEVICE` runs every bad-input case and prints `ok NAME` or
+//! `FAIL NAME: why` per check (exit 1 if any failed). `ivshmem-check revoke DEVICE FILE` maps
+//! the device, says `mapped`, waits for FILE to exist (the test removes the device meanwhile),
+//! then checks that ioctl and mmap fail with ENODEV and touches the old mapping, which must
+//! kill it with SIGBUS.
+
+use std::ffi::c_void;
+use std::io;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use ivshmem::{pattern, sys, uapi, CacheType, Device};
+
+const PAGE: usize = 4096;
+
+struct Checker {
+    failed: usize,
+}
+
+impl Checker {
+    fn check(&mut self, name: &str, result: Result<(), String>) {
+        match result {
+            Ok(()) => println!("ok {name}"),
+            Err(why) => {
+                println!("FAIL {name}: {why}");
+                self.failed += 1;
+            }
+        }
+    }
+}
+
+fn errno() -> i32 {
+    io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+fn expect_errno(what: &str, rc_failed: bool, want: i32) -> Result<(), String> {
+    let got = errno();
+    if !rc_failed {
+        return Err(format!("{what} succeeded, wanted errno {want}"));
+    }
+    if got != want {
+        return Err(format!("{what} failed with errno {got}, wanted {want}"));
+    }
+    Ok(())
+}
+
+fn raw_ioctl(fd: i32, cmd: u32, arg: usize) -> bool {
+    // SAFETY: the kernel validates `arg`; a bad pointer must give EFAULT, not corrupt us.
+    unsafe { sys::ioctl(fd, cmd.into(), arg) < 0 }
+}
+
+/// mmap that returns whether it failed, unmapping on success.
+fn try_mmap(fd: i32, len: usize, flags: i32, offset: i64, prot: i32) -> bool {
+    // SAFETY: a fresh mapping chosen by the kernel; unmapped right away.
+    let p = unsafe { sys::mmap(std::ptr::null_mut(), len, prot, flags, fd, offset) };
+    if p == sys::MAP_FAILED {
+        return true;
+    }
+    // SAFETY: `p`/`len` is the mapping just made.
+    unsafe { sys::munmap(p, len) };
+    false
+}
+
+const RW: i32 = sys::PROT_READ | sys::PROT_WRITE;
+
+fn errors(path: &str) -> i32 {
+    let mut c = Checker { failed: 0 };
+    let dev = match Device::open(path) {
+        Ok(d) => d,
+        Err(e) => {
+            println!("FAIL open: {e}");
+            return 1;
+        }
+    };
+    let fd = dev.as_raw_fd();
+    let size = dev.size().unwrap_or(0);
+    let len = size as usize;
+    let info = dev.info();
+    c.check("get-size", if size >= PAGE as u64 && size.is_power_of_two() { Ok(()) } else { Err(format!("size {size}")) });
+    c.check(
+        "get-info",
+        match &info {
+            Ok(i) if i.size == size && i.cache == uapi::IVSHMEM_CACHE_WB && i.reserved == [0; 5] => Ok(()),
+            Ok(i) => Err(format!("{i:?}")),
+            Err(e) => Err(e.to_string()),
+        },
+    );
+    c.check("get-size-efault", expect_errno("GET_SIZE(1)", raw_ioctl(fd, uapi::IVSHMEM_GET_SIZE, 1), 14));
+    c.check("get-info-efault", expect_errno("GET_INFO(NULL)", raw_ioctl(fd, uapi::IVSHMEM_GET_INFO, 0), 14));
+    c.check("set-cache-efault", expect_errno("SET_CACHE(NULL)", raw_ioctl(fd, uapi::IVSHMEM_SET_CACHE, 0), 14));
+    let bad_cache: u32 = 7;
+    c.check(
+        "set-cache-einval",
+        expect_errno("SET_CACHE(7)", raw_ioctl(fd, uapi::IVSHMEM_SET_CACHE, &bad_cache as *const u32 as usize), 22),
+    );
+    let unknown = uapi::IVSHMEM_GET_SIZE + 0x7f;
+    let mut scratch = [0u64; 16];
+    c.check("unknown-ioctl-enotty", expect_errno("ioctl 0xb97f", raw_ioctl(fd, unknown, scratch.as_mut_ptr() as usize), 25));
+    c.check("zero-ioctl-enotty", expect_errno("ioctl 0", raw_ioctl(fd, 0, 0), 25));
+    c.check("map-private-einval", expect_errno("MAP_PRIVATE", try_mmap(fd, PAGE, sys::MAP_PRIVATE, 0, RW), 22));
+    c.check("map-offset-at-end-enxio", expect_errno("offset=size", try_mmap(fd, PAGE, sys::MAP_SHARED, size as i64, RW), 6));
+    c.check("map-offset-beyond-enxio", expect_errno("offset>size", try_mmap(fd, PAGE, sys::MAP_SHARED, 2 * size as i64, RW), 6));
+    c.check("map-too-long-einval", expect_errno("len>size", try_mmap(fd, len + PAGE, sys::MAP_SHARED, 0, RW), 22));
+    c.check(
+        "map-straddling-end-einval",
+        expect_errno("offset+len>size", try_mmap(fd, 2 * PAGE, sys::MAP_SHARED, (size as i64) - PAGE as i64, RW), 22),
+    );
+    c.check("map-unaligned-offset-einval", expect_errno("offset 100", try_mmap(fd, PAGE, sys::MAP_SHARED, 100, RW), 22));
+    c.check("map-full", if try_mmap(fd, len, sys::MAP_SHARED, 0, RW) { Err(format!("errno {}", errno())) } else { Ok(()) });
+    c.check("map-last-page", if try_mmap(fd, PAGE, sys::MAP_SHARED, size as i64 - PAGE as i64, RW) { Err(format!("errno {}", errno())) } else { Ok(()) });
+    c.check("mremap-grow-fails", mremap_grow(&dev));
+    c.check("read-only-open", read_only(path, len));
+    c.check("offset-mapping-aliases-full", aliasing(&dev, len));
+    c.check("cache-types-map", cache_types(path));
+    c.failed as i32
+}
+
+/// Growing a mapping must fail (VM_DONTEXPAND): the kernel answers EFAULT.
+fn mremap_grow(dev: &Device) -> Result<(), String> {
+    let m = dev.map(0, PAGE).map_err(|e| e.to_string())?;
+    // SAFETY: remapping our own mapping; on the expected failure nothing changes.
+    let p = unsafe { sys::mremap(m.as_ptr().cast::<c_void>(), PAGE, 2 * PAGE, sys::MREMAP_MAYMOVE) };
+    if p != sys::MAP_FAILED {
+        // SAFETY: the mremap moved our mapping to `p`; unmap it and forget the old one.
+        unsafe { sys::munmap(p, 2 * PAGE) };
+        std::mem::forget(m);
+        return Err("mremap to twice the size succeeded".into());
+    }
+    expect_errno("mremap grow", true, 14)
+}
+
+/// An O_RDONLY file maps read-only, and refuses a writable shared mapping (EACCES).
+fn read_only(path: &str, len: usize) -> Result<(), String> {
+    let f = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    use std::os::fd::AsRawFd;
+    let fd = f.as_raw_fd();
+    if try_mmap(fd, len.min(1 << 20), sys::MAP_SHARED, 0, sys::PROT_READ) {
+        return Err(format!("read-only mapping failed: errno {}", errno()));
+    }
+    expect_errno("PROT_WRITE on O_RDONLY", try_mmap(fd, PAGE, sys::MAP_SHARED, 0, RW), 13)
+}
+
+/// Bytes written through a mapping at offset 2 pages appear in a full mapping at that offset.
+fn aliasing(dev: &Device, len: usize) -> Result<(), String> {
+    let full = dev.map(0, len).map_err(|e| e.to_string())?;
+    let part = dev.map(2 * PAGE as u64, PAGE).map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; PAGE];
+    pattern::fill(4242, 2 * PAGE as u64, &mut buf);
+    part.write(0, &buf).map_err(|e| e.to_string())?;
+    let mut back = vec![0u8; PAGE];
+    full.read(2 * PAGE, &mut back).map_err(|e| e.to_string())?;
+    match pattern::first_mismatch(4242, 2 * PAGE as u64, &back) {
+        None => Ok(()),
+        Some(k) => Err(format!("byte {k} differs")),
+    }
+}
+
+/// Every cache type maps and reads back what it wrote; GET_INFO reports the type.
+fn cache_types(path: &str) -> Result<(), String> {
+    for c in [CacheType::WriteCombining, CacheType::Uncached, CacheType::WriteBack] {
+        let dev = Device::open(path).map_err(|e| e.to_string())?;
+        dev.set_cache(c).map_err(|e| e.to_string())?;
+        let info = dev.info().map_err(|e| e.to_string())?;
+        if info.cache != c.raw() {
+            return Err(format!("{}: GET_INFO says cache {}", c.name(), info.cache));
+        }
+        let m = dev.map(0, PAGE).map_err(|e| e.to_string())?;
+        m.store_u32(8, 0x1234_5678 ^ c.raw()).map_err(|e| e.to_string())?;
+        if m.load_u32(8).map_err(|e| e.to_string())? != 0x1234_5678 ^ c.raw() {
+            return Err(format!("{}: read back differs", c.name()));
+        }
+    }
+    Ok(())
+}
+
+fn revoke(path: &str, go: &str) -> i32 {
+    let dev = Device::open(path).unwrap_or_else(|e| {
+        println!("FAIL open: {e}");
+        std::process::exit(1)
+    });
+    let m = dev.map_all().unwrap_or_else(|e| {
+        println!("FAIL map: {e}");
+        std::process::exit(1)
+    });
+    m.store_u32(0, 0xfeed_f00d).expect("store");
+    println!("mapped");
+    let start = Instant::now();
+    while !Path::new(go).exists() {
+        if start.elapsed() > Duration::from_secs(120) {
+            println!("FAIL timeout waiting for {go}");
+            return 1;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut c = Checker { failed: 0 };
+    let got = dev.size();
+    c.check("ioctl-after-removal-enodev", match got {
+        Err(e) if e.errno() == Some(19) => Ok(()),
+        other => Err(format!("{other:?}")),
+    });
+    c.check("mmap-after-removal-enodev", match dev.map(0, PAGE) {
+        Err(e) if e.errno() == Some(19) => Ok(()),
+        Err(e) => Err(e.to_string()),
+        Ok(_) => Err("mmap succeeded".into()),
+    });
+    println!("touching");
+    // Must raise SIGBUS: the mapping was revoked.
+    let v = m.load_u32(0).unwrap_or(0);
+    println!("FAIL revoked-mapping-sigbus: read {v:#x} after removal");
+    1
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let code = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        ["errors", dev] => errors(dev),
+        ["revoke", dev, go] => revoke(dev, go),
+        ["-h"] | ["--help"] => {
+            println!("usage: ivshmem-check errors DEVICE | ivshmem-check revoke DEVICE GO-FILE");
+            0
+        }
+        _ => {
+            eprintln!("usage: ivshmem-check errors DEVICE | ivshmem-check revoke DEVICE GO-FILE");
+            2
+        }
+    };
+    std::process::exit(code);
+}

@@ -1,0 +1,158 @@
+//! The seeds' shared-memory exchange, through /dev/ivshmemN: the first run writes a message,
+//! the next run (on another VM) reads and clears it.
+
+use ivshmem::args::{device_path, usage_error, Args};
+use ivshmem::message::{self, Slot};
+use ivshmem::Device;
+
+const PROG: &str = "read_write";
+const DEFAULT_MESSAGE: &str = "Other VM says hello world!";
+/// The window mapped at the offset: the longest message is this less the header.
+const WINDOW: u64 = 1 << 20;
+const PAGE: u64 = 4096;
+
+const HELP: &str = "\
+usage: read_write [-d DEVICE] [-o OFFSET] [-m MESSAGE] [--clear]
+
+If the shared memory holds a message at OFFSET, print it and clear it;
+otherwise write MESSAGE there for another VM to read.
+
+  -d, --device DEVICE   /dev/ivshmemN path or index N (default /dev/ivshmem0)
+  -o, --offset OFFSET   byte offset of the message slot (default 0; 4K, 1M, 0x1000 work)
+  -m, --message TEXT    message to write (default: 'Other VM says hello world!')
+      --clear           clear the slot (e.g. after a corrupt message) and exit
+  -h, --help            this help
+
+Exit status: 0 on success, 1 on a device or message error, 2 on a usage error.";
+
+#[derive(Debug)]
+struct Opts {
+    device: String,
+    offset: u64,
+    message: String,
+    clear: bool,
+}
+
+fn parse(mut args: Args) -> Result<Option<Opts>, String> {
+    if args.flag(&["-h", "--help"]) {
+        return Ok(None);
+    }
+    let clear = args.flag(&["--clear"]);
+    let device = device_path(args.value(&["-d", "--device"])?);
+    let offset = args.size(&["-o", "--offset"])?.unwrap_or(0);
+    let message = args.value(&["-m", "--message"])?.unwrap_or(DEFAULT_MESSAGE.into());
+    let rest = args.finish()?;
+    if !rest.is_empty() {
+        return Err(format!("unexpected argument '{}'", rest[0]));
+    }
+    if offset % 4 != 0 {
+        return Err(format!("offset {offset} is not a multiple of 4"));
+    }
+    if message.len() as u64 > WINDOW - message::HEADER_LEN as u64 {
+        return Err(format!("message too long: {} bytes", message.len()));
+    }
+    Ok(Some(Opts { device, offset, message, clear }))
+}
+
+fn run(o: &Opts) -> Result<(), String> {
+    let dev = Device::open(&o.device).map_err(|e| e.to_string())?;
+    let size = dev.size().map_err(|e| e.to_string())?;
+    if o.offset + message::HEADER_LEN as u64 > size {
+        return Err(format!(
+            "offset {} leaves no room for a message in the {size}-byte region of {}",
+            o.offset, o.device
+        ));
+    }
+    let base = o.offset & !(PAGE - 1);
+    let len = (size - base).min(WINDOW + PAGE);
+    let map = dev.map(base, len as usize).map_err(|e| e.to_string())?;
+    println!("--- mmap successful");
+    let at = (o.offset - base) as usize;
+    if o.clear {
+        message::clear(&map, at).map_err(|e| e.to_string())?;
+        println!("Cleared the message slot at offset {}", o.offset);
+        return Ok(());
+    }
+    match message::read(&map, at).map_err(|e| e.to_string())? {
+        Slot::Message(text) => {
+            message::clear(&map, at).map_err(|e| e.to_string())?;
+            println!("Read from shmem: '{text}'");
+        }
+        Slot::Empty => {
+            if o.message.len() + message::HEADER_LEN > map.len() - at {
+                return Err(format!("message does not fit at offset {}", o.offset));
+            }
+            message::write(&map, at, &o.message).map_err(|e| e.to_string())?;
+            println!(
+                "Written to shmem: '{}'; run this program again on another VM",
+                o.message
+            );
+        }
+        Slot::Corrupt(why) => {
+            return Err(format!(
+                "corrupt message at offset {} ({why}); left as is: run with --clear to reset it",
+                o.offset
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn main() {
+    let opts = match parse(Args::from_env()) {
+        Ok(Some(o)) => o,
+        Ok(None) => {
+            println!("{HELP}");
+            return;
+        }
+        Err(e) => usage_error(PROG, &e),
+    };
+    if let Err(e) = run(&opts) {
+        eprintln!("{PROG}: {e}");
+        std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(a: &[&str]) -> Result<Option<Opts>, String> {
+        parse(Args::new(a.iter().copied()))
+    }
+
+    #[test]
+    fn defaults() {
+        let o = p(&[]).unwrap().unwrap();
+        assert_eq!(o.device, "/dev/ivshmem0");
+        assert_eq!(o.offset, 0);
+        assert_eq!(o.message, DEFAULT_MESSAGE);
+        assert!(!o.clear);
+    }
+
+    #[test]
+    fn options() {
+        let o = p(&["-d", "1", "-o", "4K", "-m", "hi there"]).unwrap().unwrap();
+        assert_eq!(o.device, "/dev/ivshmem1");
+        assert_eq!(o.offset, 4096);
+        assert_eq!(o.message, "hi there");
+        assert!(p(&["--help"]).unwrap().is_none());
+    }
+
+    #[test]
+    fn bad_input() {
+        assert!(p(&["-o", "3"]).unwrap_err().contains("multiple of 4"));
+        assert!(p(&["--frobnicate"]).unwrap_err().contains("unknown option"));
+        assert!(p(&["extra"]).unwrap_err().contains("unexpected"));
+        let long = "x".repeat(2 << 20);
+        assert!(p(&["-m", &long]).unwrap_err().contains("too long"));
+    }
+
+    #[test]
+    fn missing_device_names_the_cause() {
+        let o = p(&["-d", "/nonexistent/ivshmem9"]).unwrap().unwrap();
+        let e = run(&o).unwrap_err();
+        assert!(e.contains("/nonexistent/ivshmem9"), "{e}");
+        assert!(e.contains("is the ivshmem module loaded"), "{e}");
+    }
+}

@@ -1,0 +1,81 @@
+//! The C header must agree with rust/uapi.rs: compile a C program with the system compiler
+//! that prints every constant and the struct layout, and compare with the Rust values.
+
+use std::process::Command;
+
+use ivshmem::uapi;
+
+#[test]
+fn c_header_matches_rust_abi() {
+    let dir = std::env::temp_dir().join(format!("ivshmem-h-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = dir.join("abi.c");
+    std::fs::write(
+        &src,
+        r#"#include <stdio.h>
+#include <stddef.h>
+#include "ivshmem.h"
+int main(void) {
+    printf("%lu %lu %lu\n", (unsigned long)IVSHMEM_GET_SIZE, (unsigned long)IVSHMEM_GET_INFO,
+           (unsigned long)IVSHMEM_SET_CACHE);
+    printf("%d %d %d %u %u\n", IVSHMEM_CACHE_WB, IVSHMEM_CACHE_WC, IVSHMEM_CACHE_UC,
+           IVSHMEM_FLAG_DOORBELL, IVSHMEM_NO_PEER);
+    printf("%zu %zu %zu %zu %zu %zu %zu\n", sizeof(struct ivshmem_info),
+           offsetof(struct ivshmem_info, size), offsetof(struct ivshmem_info, peer_id),
+           offsetof(struct ivshmem_info, vectors), offsetof(struct ivshmem_info, flags),
+           offsetof(struct ivshmem_info, cache), offsetof(struct ivshmem_info, reserved));
+    return 0;
+}
+"#,
+    )
+    .unwrap();
+    let exe = dir.join("abi");
+    let include = concat!(env!("CARGO_MANIFEST_DIR"), "/include");
+    let status = Command::new("cc")
+        .args(["-Wall", "-Werror", "-I", include, "-o"])
+        .arg(&exe)
+        .arg(&src)
+        .status()
+        .expect("a C compiler (cc) is needed for this test");
+    assert!(status.success(), "ivshmem.h does not compile");
+    let out = Command::new(&exe).output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut lines = text.lines();
+
+    let want = format!(
+        "{} {} {}",
+        uapi::IVSHMEM_GET_SIZE,
+        uapi::IVSHMEM_GET_INFO,
+        uapi::IVSHMEM_SET_CACHE
+    );
+    assert_eq!(lines.next().unwrap(), want, "ioctl numbers");
+    let want = format!(
+        "{} {} {} {} {}",
+        uapi::IVSHMEM_CACHE_WB,
+        uapi::IVSHMEM_CACHE_WC,
+        uapi::IVSHMEM_CACHE_UC,
+        uapi::IVSHMEM_FLAG_DOORBELL,
+        uapi::IVSHMEM_NO_PEER
+    );
+    assert_eq!(lines.next().unwrap(), want, "constants");
+    let want = format!(
+        "{} {} {} {} {} {} {}",
+        std::mem::size_of::<uapi::IvshmemInfo>(),
+        std::mem::offset_of!(uapi::IvshmemInfo, size),
+        std::mem::offset_of!(uapi::IvshmemInfo, peer_id),
+        std::mem::offset_of!(uapi::IvshmemInfo, vectors),
+        std::mem::offset_of!(uapi::IvshmemInfo, flags),
+        std::mem::offset_of!(uapi::IvshmemInfo, cache),
+        std::mem::offset_of!(uapi::IvshmemInfo, reserved),
+    );
+    assert_eq!(lines.next().unwrap(), want, "struct ivshmem_info layout");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn ioctl_numbers_are_the_documented_ones() {
+    // _IOR(0xB9, 0, __u64) and friends, computed by hand.
+    assert_eq!(uapi::IVSHMEM_GET_SIZE, 0x8008_b900);
+    assert_eq!(uapi::IVSHMEM_GET_INFO, 0x8040_b901);
+    assert_eq!(uapi::IVSHMEM_SET_CACHE, 0x4004_b902);
+}
