@@ -37,8 +37,8 @@ use crate::{
     },
 };
 
-// SAFETY: `IvshmemInfo` is `repr(C)` with integer fields only and no padding (8 + 4 * 4 + 40
-// bytes), so every byte of it is initialised.
+// SAFETY: `IvshmemInfo` is `repr(C)` with integer fields only and no padding (8 + 4 * 4 + 16 +
+// 24 bytes), so every byte of it is initialised.
 unsafe impl AsBytes for uapi::IvshmemInfo {}
 // SAFETY: any bit pattern is a valid `IvshmemInfo`: it holds integers only.
 unsafe impl FromBytes for uapi::IvshmemInfo {}

@@ -102,12 +102,17 @@ impl pci::Driver for IvshmemDriver {
                 NAME,
             )?;
             let slot = Slot::take()?;
+            let mut pci_name = [0u8; 16];
+            let name = pdev.as_ref().name().to_bytes();
+            let n = name.len().min(pci_name.len() - 1);
+            pci_name[..n].copy_from_slice(&name[..n]);
             let shared = Shared::new(DeviceDesc {
                 index: slot.index(),
                 phys: shm.start(),
                 size: shm.len(),
                 peer_id,
                 doorbell,
+                pci_name,
             })?;
 
             dev_info!(

@@ -41,6 +41,8 @@ pub(crate) struct DeviceDesc {
     pub(crate) peer_id: u32,
     /// Whether the device has a doorbell (BAR1 with MSI-X).
     pub(crate) doorbell: bool,
+    /// The PCI device name, NUL-padded.
+    pub(crate) pci_name: [u8; 16],
 }
 
 /// An open file, as the device knows it.
@@ -185,7 +187,8 @@ impl Shared {
                 0
             },
             cache,
-            reserved: [0; 5],
+            pci_name: self.desc.pci_name,
+            reserved: [0; 3],
         }
     }
 }

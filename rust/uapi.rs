@@ -62,6 +62,8 @@ pub struct IvshmemInfo {
     pub flags: u32,
     /// The cache type (`IVSHMEM_CACHE_*`) this file's next mmap will use.
     pub cache: u32,
+    /// PCI address of the device (`0000:00:04.0`), NUL-padded: which node is which device.
+    pub pci_name: [u8; 16],
     /// Zero; room to grow without changing the ioctl number.
-    pub reserved: [u64; 5],
+    pub reserved: [u64; 3],
 }

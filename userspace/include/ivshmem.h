@@ -17,7 +17,8 @@ struct ivshmem_info {
 	__u32 vectors;  /* MSI-X vectors set up (0 on ivshmem-plain) */
 	__u32 flags;    /* IVSHMEM_FLAG_* */
 	__u32 cache;    /* IVSHMEM_CACHE_* of this file's next mmap */
-	__u64 reserved[5];
+	char pci_name[16]; /* PCI address, e.g. "0000:00:04.0", NUL-padded */
+	__u64 reserved[3];
 };
 
 #define IVSHMEM_GET_SIZE  _IOR(IVSHMEM_IOCTL_MAGIC, 0, __u64)

@@ -20,10 +20,11 @@ int main(void) {
            (unsigned long)IVSHMEM_SET_CACHE);
     printf("%d %d %d %u %u\n", IVSHMEM_CACHE_WB, IVSHMEM_CACHE_WC, IVSHMEM_CACHE_UC,
            IVSHMEM_FLAG_DOORBELL, IVSHMEM_NO_PEER);
-    printf("%zu %zu %zu %zu %zu %zu %zu\n", sizeof(struct ivshmem_info),
+    printf("%zu %zu %zu %zu %zu %zu %zu %zu\n", sizeof(struct ivshmem_info),
            offsetof(struct ivshmem_info, size), offsetof(struct ivshmem_info, peer_id),
            offsetof(struct ivshmem_info, vectors), offsetof(struct ivshmem_info, flags),
-           offsetof(struct ivshmem_info, cache), offsetof(struct ivshmem_info, reserved));
+           offsetof(struct ivshmem_info, cache), offsetof(struct ivshmem_info, pci_name),
+           offsetof(struct ivshmem_info, reserved));
     return 0;
 }
 "#,
@@ -59,13 +60,14 @@ int main(void) {
     );
     assert_eq!(lines.next().unwrap(), want, "constants");
     let want = format!(
-        "{} {} {} {} {} {} {}",
+        "{} {} {} {} {} {} {} {}",
         std::mem::size_of::<uapi::IvshmemInfo>(),
         std::mem::offset_of!(uapi::IvshmemInfo, size),
         std::mem::offset_of!(uapi::IvshmemInfo, peer_id),
         std::mem::offset_of!(uapi::IvshmemInfo, vectors),
         std::mem::offset_of!(uapi::IvshmemInfo, flags),
         std::mem::offset_of!(uapi::IvshmemInfo, cache),
+        std::mem::offset_of!(uapi::IvshmemInfo, pci_name),
         std::mem::offset_of!(uapi::IvshmemInfo, reserved),
     );
     assert_eq!(lines.next().unwrap(), want, "struct ivshmem_info layout");

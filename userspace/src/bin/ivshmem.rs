@@ -1,5 +1,7 @@
 //! `ivshmem`: inspect a device and write or check reproducible patterns in its shared memory.
 
+use std::time::Instant;
+
 use ivshmem::args::{device_path, usage_error, Args};
 use ivshmem::{pattern, uapi, CacheType, Device};
 
@@ -9,10 +11,12 @@ const HELP: &str = "\
 usage: ivshmem info   [-d DEVICE]
        ivshmem fill   [-d DEVICE] --seed N [--offset O] [--len L] [--cache wb|wc|uc]
        ivshmem verify [-d DEVICE] --seed N [--offset O] [--len L]
+       ivshmem touch  [-d DEVICE] [--offset O] [--len L] [--cache wb|wc|uc]
 
-  info     size, peer id, vectors, flags and cache type of the device
+  info     size, PCI address, peer id, vectors, mode and cache type of the device
   fill     write pattern N over [O, O+L) (byte i of the region gets pattern(N, i))
   verify   check [O, O+L) holds pattern N; exit 1 at the first difference
+  touch    time mmap of [O, O+L) and a first read of each of its pages
 
   -d, --device DEVICE   /dev/ivshmemN path or index N (default /dev/ivshmem0)
       --offset O        start (default 0);  --len L  length (default: to the end)
@@ -54,6 +58,8 @@ fn run(cmd: &str, mut args: Args) -> Result<(), String> {
             let info = dev.info().map_err(|e| e.to_string())?;
             println!("device {}", dev.path());
             println!("size {}", info.size);
+            let name = info.pci_name.split(|&b| b == 0).next().unwrap_or_default();
+            println!("pci {}", String::from_utf8_lossy(name));
             if info.peer_id == uapi::IVSHMEM_NO_PEER {
                 println!("peer_id none");
             } else {
@@ -97,6 +103,30 @@ fn run(cmd: &str, mut args: Args) -> Result<(), String> {
             }
             let verb = if cmd == "fill" { "filled" } else { "verified" };
             println!("{verb} {} bytes at offset {} with pattern {seed}", r.len, r.offset);
+        }
+        "touch" => {
+            let cache = args.parsed::<CacheType>(&["--cache"])?;
+            let r = open_range(&mut args)?;
+            args.finish()?;
+            if let Some(c) = cache {
+                r.dev.set_cache(c).map_err(|e| e.to_string())?;
+            }
+            let t = Instant::now();
+            let (m, at) = map(&r)?;
+            let mapped = t.elapsed();
+            let t = Instant::now();
+            let mut sum = 0u32;
+            for page in (0..r.len as usize).step_by(4096) {
+                sum = sum.wrapping_add(m.load_u32((at + page) & !3).map_err(|e| e.to_string())?);
+            }
+            let touched = t.elapsed();
+            println!(
+                "mmap of {} bytes: {:.3} ms; first read of {} pages: {:.3} ms (checksum {sum:#x})",
+                r.len,
+                mapped.as_secs_f64() * 1e3,
+                r.len.div_ceil(4096),
+                touched.as_secs_f64() * 1e3
+            );
         }
         _ => return Err(format!("unknown command '{cmd}' (see --help)")),
     }

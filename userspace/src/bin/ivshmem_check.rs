@@ -4,7 +4,7 @@
 //! `FAIL NAME: why` per check (exit 1 if any failed). `ivshmem-check revoke DEVICE FILE` maps
 //! the device, says `mapped`, waits for FILE to exist (the test removes the device meanwhile),
 //! then checks that ioctl and mmap fail with ENODEV and touches the old mapping, which must
-//! kill it with SIGBUS.
+//! kill it with SIGBUS. `ivshmem-check hold DEVICE CACHE FILE` only maps and waits.
 
 use std::ffi::c_void;
 use std::io;
@@ -14,6 +14,11 @@ use std::time::{Duration, Instant};
 use ivshmem::{pattern, sys, uapi, CacheType, Device};
 
 const PAGE: usize = 4096;
+
+const USAGE: &str = "\
+usage: ivshmem-check errors DEVICE            every bad input gets its errno
+       ivshmem-check revoke DEVICE GO-FILE    map, wait for GO-FILE, expect ENODEV and SIGBUS
+       ivshmem-check hold DEVICE wb|wc|uc GO-FILE   map with a cache type until GO-FILE exists";
 
 struct Checker {
     failed: usize,
@@ -82,7 +87,7 @@ fn errors(path: &str) -> i32 {
     c.check(
         "get-info",
         match &info {
-            Ok(i) if i.size == size && i.cache == uapi::IVSHMEM_CACHE_WB && i.reserved == [0; 5] => Ok(()),
+            Ok(i) if i.size == size && i.cache == uapi::IVSHMEM_CACHE_WB && i.reserved == [0; 3] && i.pci_name.starts_with(b"0000:") => Ok(()),
             Ok(i) => Err(format!("{i:?}")),
             Err(e) => Err(e.to_string()),
         },
@@ -175,25 +180,33 @@ fn cache_types(path: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn revoke(path: &str, go: &str) -> i32 {
-    let dev = Device::open(path).unwrap_or_else(|e| {
-        println!("FAIL open: {e}");
-        std::process::exit(1)
-    });
-    let m = dev.map_all().unwrap_or_else(|e| {
-        println!("FAIL map: {e}");
-        std::process::exit(1)
-    });
-    m.store_u32(0, 0xfeed_f00d).expect("store");
+/// Opens and maps all of `path` with `cache`, touches the first page, says `mapped`, and
+/// waits for `go` to exist (at most 120 s).
+fn hold(path: &str, cache: CacheType, go: &str) -> Result<(Device, ivshmem::Mapping), String> {
+    let dev = Device::open(path).map_err(|e| e.to_string())?;
+    dev.set_cache(cache).map_err(|e| e.to_string())?;
+    let m = dev.map_all().map_err(|e| e.to_string())?;
+    let v = m.load_u32(0).map_err(|e| e.to_string())?;
+    m.store_u32(0, v).map_err(|e| e.to_string())?;
     println!("mapped");
     let start = Instant::now();
     while !Path::new(go).exists() {
         if start.elapsed() > Duration::from_secs(120) {
-            println!("FAIL timeout waiting for {go}");
-            return 1;
+            return Err(format!("timeout waiting for {go}"));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    Ok((dev, m))
+}
+
+fn revoke(path: &str, go: &str) -> i32 {
+    let (dev, m) = match hold(path, CacheType::WriteBack, go) {
+        Ok(x) => x,
+        Err(e) => {
+            println!("FAIL hold: {e}");
+            return 1;
+        }
+    };
     let mut c = Checker { failed: 0 };
     let got = dev.size();
     c.check("ioctl-after-removal-enodev", match got {
@@ -217,12 +230,19 @@ fn main() {
     let code = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
         ["errors", dev] => errors(dev),
         ["revoke", dev, go] => revoke(dev, go),
+        ["hold", dev, cache, go] => match cache.parse().and_then(|c| hold(dev, c, go)) {
+            Ok(_) => 0,
+            Err(e) => {
+                println!("FAIL hold: {e}");
+                1
+            }
+        },
         ["-h"] | ["--help"] => {
-            println!("usage: ivshmem-check errors DEVICE | ivshmem-check revoke DEVICE GO-FILE");
+            println!("{USAGE}");
             0
         }
         _ => {
-            eprintln!("usage: ivshmem-check errors DEVICE | ivshmem-check revoke DEVICE GO-FILE");
+            eprintln!("{USAGE}");
             2
         }
     };

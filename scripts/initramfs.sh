@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Builds the guest image: busybox, the module, the static userspace tools, the agent.
+#   scripts/initramfs.sh OUTPUT MODULE.ko TOOLS_DIR
+set -euo pipefail
+source "$(dirname "$0")/config.sh"
+out=$1 module=$2 tools=$3
+busybox=$(command -v busybox) || die "busybox-static is not installed (scripts/setup.sh host)"
+{ ldd "$busybox" 2>&1 || true; } | grep -qE "not a dynamic|statically linked" || die "$busybox is not static: install busybox-static"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+mkdir -p "$tmp"/{bin,sbin,proc,sys,dev,tmp,root,etc}
+cp "$busybox" "$tmp/bin/busybox"
+install -m 755 "$IVSHMEM_ROOT/scripts/guest/init" "$tmp/init"
+install -m 755 "$IVSHMEM_ROOT/scripts/guest/agent" "$tmp/bin/agent"
+cp "$module" "$tmp/ivshmem.ko"
+for t in read_write bandwidth ivshmem ivshmem-check; do
+	[ -x "$tools/$t" ] || die "missing tool $tools/$t (make tools)"
+	cp "$tools/$t" "$tmp/bin/$t"
+done
+(cd "$tmp" && find . | cpio -o -H newc --quiet | gzip -1) >"$out.tmp"
+mv "$out.tmp" "$out"

@@ -1,0 +1,164 @@
+#!/usr/bin/env python3
+"""Talks to the lab guests: run a command in guest N and get its output and exit status.
+
+Each guest serves commands on its second serial port, a UNIX socket on the host
+($IVSHMEM_RUN/guestN.sock). Protocol (scripts/guest/agent): the host sends one line
+"<id> <command>", the guest answers "@@BEGIN <id>", the output, "@@END <id> <status>".
+
+    scripts/lab.py wait N [TIMEOUT]          wait until guest N answers
+    scripts/lab.py run N [--timeout S] CMD   run CMD in guest N; exit with its status
+"""
+
+import os
+import re
+import socket
+import sys
+import time
+import uuid
+
+RUN = os.environ.get("IVSHMEM_RUN", os.path.join(os.environ.get("TMPDIR", "/tmp"), "ivshmem-rs-run"))
+
+
+class GuestError(Exception):
+    pass
+
+
+class Guest:
+    def __init__(self, n, run=None):
+        run = run or RUN
+        self.n = n
+        self.sock_path = os.path.join(run, f"guest{n}.sock")
+        self.console = os.path.join(run, f"guest{n}.console")
+        self.pidfile = os.path.join(run, f"guest{n}.pid")
+        self.sock = None
+        self.buf = b""
+
+    def alive(self):
+        try:
+            pid = int(open(self.pidfile).read())
+            os.kill(pid, 0)
+            return True
+        except (OSError, ValueError):
+            return False
+
+    def _connect(self):
+        if self.sock is None:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(self.sock_path)
+            self.sock = s
+            self.buf = b""
+
+    def close(self):
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    def _read_until(self, pattern, deadline):
+        rx = re.compile(pattern)
+        while True:
+            m = rx.search(self.buf)
+            if m:
+                return m
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            self.sock.settimeout(min(left, 1.0))
+            try:
+                data = self.sock.recv(65536)
+            except socket.timeout:
+                if not self.alive():
+                    raise GuestError(f"guest {self.n} died (see {self.console})")
+                continue
+            if not data:
+                self.close()
+                raise GuestError(f"guest {self.n} closed its command port")
+            self.buf += data
+
+    def _send(self, cmd, timeout):
+        if "\n" in cmd:
+            raise ValueError("commands are one line")
+        self._connect()
+        tag = uuid.uuid4().hex[:12]
+        self.sock.sendall(f"{tag} {cmd}\n".encode())
+        deadline = time.monotonic() + timeout
+        m = self._read_until(re.escape(f"@@BEGIN {tag}\n".encode()), deadline)
+        if m is None:
+            return None
+        self.buf = self.buf[m.end():]
+        m = self._read_until(rb"@@END " + re.escape(tag.encode()) + rb" (\d+)\n", deadline)
+        if m is None:
+            raise GuestError(f"guest {self.n}: timeout after {timeout}s running: {cmd}")
+        out = self.buf[:m.start()]
+        self.buf = self.buf[m.end():]
+        return int(m.group(1)), out.decode(errors="replace")
+
+    def wait_ready(self, timeout=180):
+        """Waits until the guest's agent answers."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise GuestError(f"guest {self.n} is not running (see {self.console})")
+            try:
+                r = self._send("echo ready", 2)
+                if r is not None and r[1].strip() == "ready":
+                    return
+            except (OSError, GuestError):
+                self.close()
+                time.sleep(0.5)
+        raise GuestError(f"guest {self.n} did not answer within {timeout}s (see {self.console})")
+
+    def run(self, cmd, timeout=120):
+        """Runs `cmd` with sh in the guest; returns (status, output)."""
+        r = self._send(cmd, timeout)
+        if r is None:
+            raise GuestError(f"guest {self.n}: no answer to: {cmd}")
+        return r
+
+
+# The reproducible pattern of userspace/src/pattern.rs, byte for byte.
+M64 = (1 << 64) - 1
+
+
+def _word(seed, w):
+    z = (seed * 0x9E3779B97F4A7C15 + w + 0x632BE59BD9B4E019) & M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
+    return z ^ (z >> 31)
+
+
+def pattern(seed, start, length):
+    out = bytearray()
+    w = start // 8
+    while len(out) < (start % 8) + length:
+        out += _word(seed, w).to_bytes(8, "little")
+        w += 1
+    return bytes(out[start % 8:start % 8 + length])
+
+
+def main(argv):
+    if len(argv) >= 2 and argv[0] == "wait":
+        Guest(int(argv[1])).wait_ready(float(argv[2]) if len(argv) > 2 else 180)
+        return 0
+    if len(argv) >= 3 and argv[0] == "run":
+        n, rest = int(argv[1]), argv[2:]
+        timeout = 120
+        if rest[0] == "--timeout":
+            timeout, rest = float(rest[1]), rest[2:]
+        status, out = Guest(n).run(" ".join(rest), timeout)
+        sys.stdout.write(out)
+        return status
+    if argv == ["selftest"]:
+        assert list(pattern(1, 0, 8)) == [186, 2, 105, 119, 71, 5, 198, 92]
+        assert pattern(5, 13, 20) == pattern(5, 0, 40)[13:33]
+        print("ok")
+        return 0
+    print(__doc__.strip(), file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except GuestError as e:
+        print(f"lab: {e}", file=sys.stderr)
+        sys.exit(125)

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Starts IVSHMEM_GUESTS guests in the background, all sharing one ivshmem-plain backing file.
+# Each guest N has: console log $IVSHMEM_RUN/guestN.console, command socket guestN.sock
+# (see scripts/lab.py), pid file guestN.pid. Stop them with scripts/stop.sh.
+#   scripts/start.sh [INITRAMFS]
+set -euo pipefail
+source "$(dirname "$0")/config.sh"
+
+initrd=${1:-$IVSHMEM_RUN/initramfs.cpio.gz}
+kernel=$(ivshmem_kdir)/arch/x86/boot/bzImage
+[ -f "$kernel" ] || die "no guest kernel at $kernel: run scripts/setup.sh (or make)"
+[ -f "$initrd" ] || die "no guest image at $initrd: run make (it builds one)"
+command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 missing: scripts/setup.sh host"
+mkdir -p "$IVSHMEM_RUN"
+
+for pidfile in "$IVSHMEM_RUN"/guest*.pid; do
+	[ -e "$pidfile" ] || continue
+	if kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+		die "guests are already running ($pidfile): scripts/stop.sh first"
+	fi
+	rm -f "$pidfile"
+done
+
+# A probe boot tells whether KVM really works here (on some hosts /dev/kvm exists but guests
+# hang). The answer is cached per QEMU and kernel build.
+accel_probe() {
+	local key cache
+	key=$(printf '%s %s' "$(qemu-system-x86_64 --version | head -n1)" "$kernel" | sha256sum | cut -c1-12)
+	cache=$IVSHMEM_CACHE/kvm-probe-$key
+	if [ ! -f "$cache" ]; then
+		local out=$IVSHMEM_RUN/kvm-probe.log
+		timeout 30 qemu-system-x86_64 -accel kvm -cpu host -m 256M -nodefaults -no-reboot \
+			-display none -kernel "$kernel" -initrd "$initrd" -serial "file:$out" \
+			-append "console=ttyS0 ivshmem_lab.probe=1 panic=-1" >/dev/null 2>&1 || true
+		if grep -q "lab probe ok" "$out" 2>/dev/null; then echo kvm >"$cache"; else echo tcg >"$cache"; fi
+	fi
+	cat "$cache"
+}
+
+case "$IVSHMEM_ACCEL" in
+tcg | kvm) accel=$IVSHMEM_ACCEL ;;
+auto) if [ -w /dev/kvm ]; then accel=$(accel_probe); else accel=tcg; fi ;;
+*) die "IVSHMEM_ACCEL must be tcg, kvm or auto, not '$IVSHMEM_ACCEL'" ;;
+esac
+if [ "$accel" = kvm ]; then cpu=(-accel kvm -cpu host); else cpu=(-accel tcg -cpu max); fi
+
+# Backing files: created (and sized) by QEMU if missing; the host reads and writes them too.
+backing=("$IVSHMEM_SHM_SIZE:$IVSHMEM_SHM_PATH")
+k=1
+for size in $IVSHMEM_EXTRA_SHM; do
+	backing+=("$size:$IVSHMEM_SHM_PATH.$k")
+	k=$((k + 1))
+done
+dev_args=()
+k=0
+for b in "${backing[@]}"; do
+	size=${b%%:*} path=${b#*:}
+	mkdir -p "$(dirname "$path")"
+	if [ -e "$path" ]; then
+		want=$(numfmt --from=iec "$size")
+		have=$(stat -c %s "$path")
+		[ "$have" = "$want" ] || die "$path is $have bytes, not $size: remove it or choose another IVSHMEM_SHM_PATH"
+	fi
+	dev_args+=(-object "memory-backend-file,id=shm$k,size=$size,mem-path=$path,share=on"
+		-device "ivshmem-plain,memdev=shm$k")
+	k=$((k + 1))
+done
+
+for i in $(seq 1 "$IVSHMEM_GUESTS"); do
+	rm -f "$IVSHMEM_RUN/guest$i.sock" "$IVSHMEM_RUN/guest$i.console"
+	qemu-system-x86_64 -name "guest$i" "${cpu[@]}" -m "$IVSHMEM_GUEST_MEM" -smp "$IVSHMEM_GUEST_CPUS" \
+		-nodefaults -no-reboot -display none \
+		-kernel "$kernel" -initrd "$initrd" \
+		-append "console=ttyS0 ivshmem_lab.guest=$i panic=-1" \
+		-serial "file:$IVSHMEM_RUN/guest$i.console" \
+		-serial "unix:$IVSHMEM_RUN/guest$i.sock,server=on,wait=off" \
+		"${dev_args[@]}" \
+		-daemonize -pidfile "$IVSHMEM_RUN/guest$i.pid" ||
+		{ "$IVSHMEM_ROOT/scripts/stop.sh"; die "QEMU failed to start guest $i"; }
+done
+echo "started $IVSHMEM_GUESTS guest(s) ($accel, ${backing[*]}) in $IVSHMEM_RUN" >&2

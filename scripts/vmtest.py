@@ -1,0 +1,414 @@
+#!/usr/bin/env python3
+"""The VM test suite: real guests, real shared memory, the real driver.
+
+Boots the lab twice: two guests that share a 64 MiB region and each have a second, 4 MiB
+device (most tests), then one guest with a 4 GiB device beside the 64 MiB one (which moves
+every BAR above 4 GiB, where x86 MTRRs allow write-back). Prints one line per check and a
+closing "N passed, N failed"; exits non-zero on any failure, after printing the guests'
+console logs. Needs the module and tools built (make).
+"""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import lab  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOOLS = os.path.join(ROOT, "userspace/target/x86_64-unknown-linux-gnu/release")
+RUN = os.path.join(tempfile.gettempdir(), "ivshmem-rs-vmtest")
+SHM = "/dev/shm/ivshmem-rs-vmtest"
+MAIN_SIZE = 64 << 20
+SMALL_SIZE = 4 << 20
+BIG_SIZE = 4 << 30
+MESSAGE = "Other VM says hello world!"
+BAD_DMESG = re.compile(r"WARNING:|BUG:|BUG |Oops|Kernel panic|Call Trace|general protection fault|kmemleak: \d+ new suspected")
+
+
+class Failure(Exception):
+    pass
+
+
+def check(cond, msg):
+    if not cond:
+        raise Failure(msg)
+
+
+class Suite:
+    def __init__(self):
+        self.passed = 0
+        self.failed = []
+        self.guests = []
+
+    def record(self, name, ok, msg=""):
+        if ok:
+            self.passed += 1
+            print(f"PASS {name}", flush=True)
+        else:
+            self.failed.append(name)
+            print(f"FAIL {name}: {msg}", flush=True)
+
+    def test(self, name, fn):
+        try:
+            fn()
+            self.record(name, True)
+        except (Failure, lab.GuestError, OSError, subprocess.SubprocessError) as e:
+            self.record(name, False, str(e))
+        except Exception:  # a bug in the test itself still counts as a failure
+            self.record(name, False, traceback.format_exc())
+
+    # --- the lab -------------------------------------------------------------------------
+
+    def boot(self, guests, extra):
+        self.stop()
+        env = dict(os.environ, IVSHMEM_RUN=RUN, IVSHMEM_GUESTS=str(guests), IVSHMEM_SHM_SIZE="64M",
+                   IVSHMEM_SHM_PATH=SHM, IVSHMEM_EXTRA_SHM=extra)
+        for suffix in ["", ".1"]:
+            if os.path.exists(SHM + suffix):
+                os.unlink(SHM + suffix)
+        subprocess.run(["bash", os.path.join(ROOT, "scripts/start.sh"), os.path.join(RUN, "initramfs.cpio.gz")],
+                       env=env, check=True)
+        self.guests = [lab.Guest(i, RUN) for i in range(1, guests + 1)]
+        for g in self.guests:
+            g.wait_ready(240)
+
+    def stop(self):
+        for g in self.guests:
+            g.close()
+        subprocess.run(["bash", os.path.join(ROOT, "scripts/stop.sh")], env=dict(os.environ, IVSHMEM_RUN=RUN),
+                       check=False)
+
+    def sh(self, g, cmd, timeout=300, ok=True):
+        """Runs cmd in guest g (1-based); with ok, fails the test on a non-zero status."""
+        status, out = self.guests[g - 1].run(cmd, timeout)
+        if ok and status != 0:
+            raise Failure(f"guest {g}: '{cmd}' exited {status}:\n{out}")
+        return status, out
+
+    def dmesg_clean(self, g):
+        _, out = self.sh(g, "dmesg")
+        bad = [line for line in out.splitlines() if BAD_DMESG.search(line)]
+        check(not bad, f"guest {g} dmesg:\n" + "\n".join(bad[:20]))
+
+    def console_logs(self):
+        for g in self.guests:
+            try:
+                text = open(g.console, errors="replace").read()
+            except OSError:
+                continue
+            print(f"----- {g.console} (last 60 lines) -----")
+            print("\n".join(text.splitlines()[-60:]))
+
+
+def host_read(path, offset, length):
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(length)
+
+
+def host_write(path, offset, data):
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(data)
+
+
+def message_bytes(text):
+    """userspace/src/message.rs's encoding, written independently."""
+    data = text.encode()
+    h = 0x811C9DC5
+    for b in data:
+        h = ((h ^ b) * 0x01000193) & 0xFFFFFFFF
+    return b"IVMS" + len(data).to_bytes(4, "little") + h.to_bytes(4, "little") + bytes(4) + data
+
+
+def bar2_range(s, g, bdf):
+    _, out = s.sh(g, f"cat /sys/bus/pci/devices/{bdf}/resource")
+    start, end, _flags = out.splitlines()[2].split()
+    return int(start, 16), int(end, 16) + 1
+
+
+def pat_type(s, g, start, end):
+    _, out = s.sh(g, "cat /sys/kernel/debug/x86/pat_memtype_list")
+    for line in out.splitlines():
+        m = re.search(r"\[mem 0x([0-9a-f]+)-0x([0-9a-f]+)\] (\S+)", line)
+        if m and int(m.group(1), 16) == start and int(m.group(2), 16) == end:
+            return m.group(3)
+    return None
+
+
+def hold_and_read_pat(s, g, dev, cache, bdf):
+    """Maps /dev/ivshmem<dev> with `cache` in guest g and returns BAR2's PAT type meanwhile."""
+    start, end = bar2_range(s, g, bdf)
+    s.sh(g, f"rm -f /tmp/go; ivshmem-check hold /dev/ivshmem{dev} {cache} /tmp/go > /tmp/hold.out 2>&1 &")
+    s.sh(g, "for i in $(seq 100); do grep -q mapped /tmp/hold.out && break; sleep 0.1; done; grep mapped /tmp/hold.out")
+    try:
+        return pat_type(s, g, start, end)
+    finally:
+        s.sh(g, "touch /tmp/go; wait; cat /tmp/hold.out", ok=False)
+
+
+def main_lab(s):
+    s.boot(2, "4M")
+    main1 = SHM
+    small = SHM + ".1"
+
+    def sees_device():
+        for g in (1, 2):
+            _, out = s.sh(g, "cd /sys/bus/pci/devices && for d in *; do echo $d $(cat $d/vendor) $(cat $d/device); done")
+            n = len([l for l in out.splitlines() if l.endswith("0x1af4 0x1110")])
+            check(n == 2, f"guest {g} sees {n} ivshmem devices:\n{out}")
+    s.test("both guests see two 1af4:1110 devices", sees_device)
+
+    def insmod():
+        for g in (1, 2):
+            s.sh(g, "insmod /ivshmem.ko")
+            _, out = s.sh(g, "ls /dev/ivshmem*; dmesg | grep 'ivshmem 0000'")
+            check("/dev/ivshmem0" in out and "/dev/ivshmem1" in out, out)
+            check("/dev/ivshmem0: 64 MiB shared memory" in out and "/dev/ivshmem1: 4 MiB shared memory" in out, out)
+    s.test("insmod creates /dev/ivshmem0 and /dev/ivshmem1, one log line each", insmod)
+
+    def info():
+        for g in (1, 2):
+            for dev, size in ((0, MAIN_SIZE), (1, SMALL_SIZE)):
+                _, out = s.sh(g, f"ivshmem info -d {dev}")
+                check(f"size {size}\n" in out, out)
+                check("mode plain" in out and "peer_id none" in out and "vectors 0" in out and "cache wb" in out, out)
+    s.test("GET_SIZE and GET_INFO match QEMU's sizes on both devices", info)
+
+    def host_to_guests():
+        data = lab.pattern(11, 0, MAIN_SIZE)
+        host_write(main1, 0, data)
+        for g in (1, 2):
+            s.sh(g, "ivshmem verify -d 0 --seed 11")
+    s.test("64 MiB written by the host read back exactly in both guests", host_to_guests)
+
+    def guest_to_guest_and_host():
+        s.sh(1, "ivshmem fill -d 0 --seed 22 --offset 12345 --len 1000000")
+        s.sh(2, "ivshmem verify -d 0 --seed 22 --offset 12345 --len 1000000")
+        check(host_read(main1, 12345, 1000000) == lab.pattern(22, 12345, 1000000), "host sees other bytes")
+        # Bytes around the filled range are untouched.
+        check(host_read(main1, 0, 12345) == lab.pattern(11, 0, 12345), "bytes before the range changed")
+        check(host_read(main1, 1012345, 4096) == lab.pattern(11, 1012345, 4096), "bytes after the range changed")
+    s.test("pattern written by guest 1 read back exactly by guest 2 and by the host", guest_to_guest_and_host)
+
+    def partial_and_offset_maps():
+        # Last page of the region, through a one-page mapping at the end.
+        s.sh(2, f"ivshmem fill -d 0 --seed 23 --offset {MAIN_SIZE - 4096} --len 4096")
+        s.sh(1, f"ivshmem verify -d 0 --seed 23 --offset {MAIN_SIZE - 4096} --len 4096")
+        check(host_read(main1, MAIN_SIZE - 4096, 4096) == lab.pattern(23, MAIN_SIZE - 4096, 4096), "host: last page")
+    s.test("offset mapping of the last page works across guests and host", partial_and_offset_maps)
+
+    def second_device():
+        s.sh(1, "ivshmem fill -d 1 --seed 33")
+        s.sh(2, "ivshmem verify -d 1 --seed 33")
+        check(host_read(small, 0, SMALL_SIZE) == lab.pattern(33, 0, SMALL_SIZE), "host: 4 MiB device")
+        s.sh(2, "ivshmem verify -d 0 --seed 23 --offset %d --len 4096" % (MAIN_SIZE - 4096))
+    s.test("second device (4 MiB) is its own region in both guests and the host", second_device)
+
+    for dev in (0, 1):
+        status, out = s.sh(1, f"ivshmem-check errors /dev/ivshmem{dev}", ok=False)
+        lines = [l for l in out.splitlines() if l.startswith(("ok ", "FAIL "))]
+        for line in lines:
+            name = line.split()[1].rstrip(":")
+            s.record(f"ivshmem{dev} {name}", line.startswith("ok "), line)
+        if not lines or status != 0 and all(l.startswith("ok ") for l in lines):
+            s.record(f"ivshmem{dev} errors run", False, f"status {status}:\n{out}")
+
+    def read_write():
+        _, out = s.sh(1, "read_write")
+        check(f"Written to shmem: '{MESSAGE}'; run this program again on another VM" in out, out)
+        check(host_read(main1, 0, 16 + len(MESSAGE)) == message_bytes(MESSAGE), "host sees another encoding")
+        _, out = s.sh(2, "read_write")
+        check(f"Read from shmem: '{MESSAGE}'" in out, out)
+        check(host_read(main1, 0, 4) == bytes(4), "message not cleared")
+        _, out = s.sh(2, "read_write -m 'guest 2 answers'")
+        check("Written to shmem: 'guest 2 answers'" in out, out)
+        _, out = s.sh(1, "read_write")
+        check("Read from shmem: 'guest 2 answers'" in out, out)
+        _, out = s.sh(1, "read_write -d 1 -o 64K -m 'on the small device'")
+        check("Written" in out and host_read(small, 65536, 16 + 19) == message_bytes("on the small device"), out)
+        _, out = s.sh(2, "read_write -d /dev/ivshmem1 --offset 0x10000")
+        check("Read from shmem: 'on the small device'" in out, out)
+    s.test("read_write: guest 1 writes, guest 2 reads and clears, and back", read_write)
+
+    def read_write_corrupt():
+        bad = bytearray(message_bytes("tampered"))
+        bad[16] ^= 0x20
+        host_write(main1, 8192, bytes(bad))
+        status, out = s.sh(2, "read_write -o 8192", ok=False)
+        check(status == 1 and "corrupt message" in out and "checksum" in out, f"status {status}: {out}")
+        check(host_read(main1, 8192, len(bad)) == bytes(bad), "corrupt message was modified")
+        huge = bytearray(message_bytes("x"))
+        huge[4:8] = (1 << 30).to_bytes(4, "little")
+        host_write(main1, 16384, bytes(huge))
+        status, out = s.sh(2, "read_write -o 16384", ok=False)
+        check(status == 1 and "exceeds" in out, f"status {status}: {out}")
+        s.sh(2, "read_write -o 8192 --clear")
+        _, out = s.sh(2, "read_write -o 8192 -m fresh")
+        check("Written to shmem: 'fresh'" in out, out)
+        status, out = s.sh(1, "read_write -d 7", ok=False)
+        check(status == 1 and "is the ivshmem module loaded" in out, out)
+        status, out = s.sh(1, f"read_write -o {MAIN_SIZE}", ok=False)
+        check(status == 1 and "no room" in out, out)
+    s.test("read_write: corrupt headers are reported and left intact, bad options fail clearly", read_write_corrupt)
+
+    def bandwidth():
+        _, out = s.sh(1, "bandwidth -s 8M -r 2")
+        check(re.search(r"^memcpy bandwidth: \d+\.\d\d MB/s", out, re.M), out)
+        check(re.search(r"ratio shared/private \d+\.\d\d", out), out)
+        _, out = s.sh(2, "bandwidth -s 4M -r 1 --direction both --cache wc --machine")
+        check(len(re.findall(r"^direction=(write|read) size=4194304 .*shm_mbps=[\d.]+ private_mbps=[\d.]+ ratio=[\d.]+$",
+                             out, re.M)) == 2, out)
+        status, out = s.sh(1, "bandwidth -d 1", ok=False)
+        check(status == 1 and "too small" in out, out)
+        _, out = s.sh(1, "bandwidth --help; read_write --help; ivshmem --help; ivshmem-check --help")
+        check(out.count("usage:") >= 4, out)
+    s.test("bandwidth prints its figure, the ratio to private memory, and refuses a small region", bandwidth)
+
+    def pat_low():
+        # BARs below 4 GiB sit in the range SeaBIOS's MTRRs make uncachable: x86 PAT then
+        # grants write-back requests only as uncached-minus (arch/x86/mm/pat/memtype.c).
+        got = {c: hold_and_read_pat(s, 1, 0, c, "0000:00:02.0") for c in ("wc", "uc", "wb")}
+        check(got == {"wc": "write-combining", "uc": "uncached-minus", "wb": "uncached-minus"}, str(got))
+    s.test("PAT memtype of BAR2 follows the cache type (below 4 GiB)", pat_low)
+
+    def revoke_unbind():
+        s.sh(1, "ivshmem fill -d 0 --seed 44 --len 65536")
+        s.sh(1, "rm -f /tmp/go; (ivshmem-check revoke /dev/ivshmem0 /tmp/go > /tmp/rv.out 2>&1; echo exit=$? >> /tmp/rv.out) &")
+        s.sh(1, "for i in $(seq 100); do grep -q mapped /tmp/rv.out && break; sleep 0.1; done; grep mapped /tmp/rv.out")
+        status, out = s.sh(1, "rmmod ivshmem", ok=False)
+        check(status != 0, "rmmod succeeded with a file open")
+        s.sh(1, "grep -q '^ivshmem ' /proc/modules && test -e /dev/ivshmem0")
+        s.sh(1, "echo 0000:00:02.0 > /sys/bus/pci/drivers/ivshmem/unbind")
+        s.sh(1, "test ! -e /dev/ivshmem0 && test -e /dev/ivshmem1")
+        s.sh(1, "touch /tmp/go; for i in $(seq 100); do grep -q exit= /tmp/rv.out && break; sleep 0.1; done")
+        _, out = s.sh(1, "cat /tmp/rv.out")
+        check("ok ioctl-after-removal-enodev" in out and "ok mmap-after-removal-enodev" in out, out)
+        check("exit=135" in out and "FAIL" not in out, "the revoked mapping did not raise SIGBUS:\n" + out)
+        s.sh(1, "echo 0000:00:02.0 > /sys/bus/pci/drivers/ivshmem/bind")
+        s.sh(1, "test -e /dev/ivshmem0 && ivshmem verify -d 0 --seed 44 --len 65536")
+        s.dmesg_clean(1)
+    s.test("unbind with the device open and mapped: ENODEV, SIGBUS, rebind works", revoke_unbind)
+
+    def pci_remove():
+        s.sh(2, "ivshmem fill -d 1 --seed 34")
+        s.sh(2, "rm -f /tmp/go; (ivshmem-check revoke /dev/ivshmem1 /tmp/go > /tmp/rv.out 2>&1; echo exit=$? >> /tmp/rv.out) &")
+        s.sh(2, "for i in $(seq 100); do grep -q mapped /tmp/rv.out && break; sleep 0.1; done; grep mapped /tmp/rv.out")
+        s.sh(2, "echo 1 > /sys/bus/pci/devices/0000:00:03.0/remove; test ! -e /dev/ivshmem1")
+        s.sh(2, "touch /tmp/go; for i in $(seq 100); do grep -q exit= /tmp/rv.out && break; sleep 0.1; done")
+        _, out = s.sh(2, "cat /tmp/rv.out")
+        check("exit=135" in out and "FAIL" not in out, out)
+        s.sh(2, "echo 1 > /sys/bus/pci/rescan; for i in $(seq 50); do test -e /dev/ivshmem1 && break; sleep 0.1; done")
+        s.sh(2, "ivshmem info -d 1 | grep -q 'pci 0000:00:03.0' && ivshmem verify -d 1 --seed 34")
+        s.dmesg_clean(2)
+    s.test("PCI remove with the device mapped revokes it; rescan brings /dev/ivshmem1 back", pci_remove)
+
+    def cycles():
+        s.sh(1, "test -w /sys/kernel/debug/kmemleak")  # the leak check below must be able to fail
+        s.sh(1, "echo scan > /sys/kernel/debug/kmemleak; echo clear > /sys/kernel/debug/kmemleak")
+        script = (
+            "set -e; for i in $(seq 20); do "
+            "dev=; for d in /dev/ivshmem*; do ivshmem info -d $d | grep -q 'pci 0000:00:02.0' && dev=$d; done; "
+            "test -n \"$dev\"; "
+            "rm -f /tmp/go; ivshmem-check revoke $dev /tmp/go > /tmp/c.out 2>&1 & pid=$!; "
+            "n=0; until grep -q mapped /tmp/c.out; do n=$((n+1)); test $n -lt 200; sleep 0.05; done; "
+            "if rmmod ivshmem 2>/dev/null; then echo rmmod-succeeded-while-open; exit 1; fi; "
+            "if [ $((i % 2)) = 0 ]; then echo 0000:00:02.0 > /sys/bus/pci/drivers/ivshmem/unbind; "
+            "else echo 1 > /sys/bus/pci/devices/0000:00:02.0/remove; fi; "
+            "touch /tmp/go; set +e; wait $pid; st=$?; set -e; "
+            "test $st = 135 || { echo cycle $i: holder exited $st; cat /tmp/c.out; exit 1; }; "
+            "rmmod ivshmem; test ! -e /dev/ivshmem0; test ! -e /dev/ivshmem1; "
+            "test -e /sys/bus/pci/devices/0000:00:02.0 || echo 1 > /sys/bus/pci/rescan; "
+            "insmod /ivshmem.ko; test -e /dev/ivshmem0; test -e /dev/ivshmem1; "
+            "done; echo cycles-done")
+        _, out = s.sh(1, script, timeout=600)
+        check("cycles-done" in out, out)
+        # Numbers are handed out lowest-free in probe order: both devices are back, each intact.
+        _, out = s.sh(1, "ivshmem info -d 0; ivshmem info -d 1")
+        check("size 67108864" in out and "size 4194304" in out, out)
+        # kmemleak: two scans, so that young objects are judged too.
+        s.sh(1, "echo scan > /sys/kernel/debug/kmemleak; sleep 1; echo scan > /sys/kernel/debug/kmemleak", ok=False)
+        _, out = s.sh(1, "cat /sys/kernel/debug/kmemleak")
+        check(out.strip() == "", "kmemleak reports leaks:\n" + out[:3000])
+        s.dmesg_clean(1)
+    s.test("20 unbind/remove + rmmod/insmod cycles with the device open and mapped; no leak", cycles)
+
+    def dmesg():
+        for g in (1, 2):
+            s.dmesg_clean(g)
+    s.test("guests' dmesg has no WARNING/BUG/Oops/panic", dmesg)
+
+
+def high_lab(s):
+    s.boot(1, "4G")
+    big = SHM + ".1"
+
+    def big_device():
+        s.sh(1, "insmod /ivshmem.ko")
+        _, out = s.sh(1, "ivshmem info -d 1")
+        check(f"size {BIG_SIZE}\n" in out, out)
+        start, _end = bar2_range(s, 1, "0000:00:03.0")
+        check(start >= 1 << 32, f"BAR2 at {start:#x}, expected above 4 GiB")
+    s.test("4 GiB device: GET_SIZE beyond 4 GiB, BAR above 4 GiB", big_device)
+
+    def beyond_4g():
+        off = BIG_SIZE - 8192
+        s.sh(1, f"ivshmem fill -d 1 --seed 55 --offset {off} --len 8192")
+        check(host_read(big, off, 8192) == lab.pattern(55, off, 8192), "host sees other bytes at 4 GiB - 8 KiB")
+        host_write(big, (3 << 30) + 4096, lab.pattern(56, 0, 4096))
+        s.sh(1, f"ivshmem verify -d 1 --seed 56 --offset {(3 << 30) + 4096} --len 4096 2>&1 | grep -q mismatch && exit 0; exit 1")
+    s.test("offsets past 3 GiB of a 4 GiB region map to the right bytes", beyond_4g)
+
+    def pat_high():
+        got = {c: hold_and_read_pat(s, 1, 0, c, "0000:00:02.0") for c in ("wb", "wc", "uc")}
+        check(got == {"wb": "write-back", "wc": "write-combining", "uc": "uncached-minus"}, str(got))
+    s.test("PAT memtype of BAR2 is write-back by default above 4 GiB", pat_high)
+
+    def touch_1g():
+        _, out = s.sh(1, "ivshmem touch -d 1 --len 1G", timeout=600)
+        print("  measured: " + out.strip(), flush=True)
+        check("first read of 262144 pages" in out, out)
+    s.test("1 GiB mmap + first touch of every page (figure printed)", touch_1g)
+
+    s.test("dmesg clean with a 4 GiB device", lambda: s.dmesg_clean(1))
+
+
+def main():
+    s = Suite()
+
+    def on_signal(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    signal.signal(signal.SIGTERM, on_signal)
+    os.makedirs(RUN, exist_ok=True)
+    started = time.monotonic()
+    try:
+        subprocess.run(["bash", os.path.join(ROOT, "scripts/initramfs.sh"), os.path.join(RUN, "initramfs.cpio.gz"),
+                        os.path.join(ROOT, "ivshmem.ko"), TOOLS], check=True)
+        for phase in (main_lab, high_lab):
+            try:
+                phase(s)
+            except (lab.GuestError, subprocess.SubprocessError, OSError) as e:
+                s.record(f"{phase.__name__} lab", False, str(e))
+            if s.failed:
+                s.console_logs()
+            s.stop()
+    finally:
+        s.stop()
+        for suffix in ("", ".1"):
+            try:
+                os.unlink(SHM + suffix)
+            except OSError:
+                pass
+    print(f"VM suite took {time.monotonic() - started:.0f} s")
+    print(f"{s.passed} passed, {len(s.failed)} failed")
+    return 1 if s.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
