@@ -19,7 +19,7 @@ TOOLS := read_write bandwidth ivshmem ivshmem-check
 
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all module tools setup demo test vm-test unit-test lint clean rustfmt-check clippy
+.PHONY: all module tools setup demo test vm-test unit-test lint clean rustfmt rustfmt-check clippy
 
 all: module tools
 
@@ -42,6 +42,11 @@ clippy:
 rustfmt-check:
 	kdir=$$($(KDIR_CMD)) && rustfmt --check --edition 2021 \
 		--config-path $$(readlink -f $$kdir/source)/.rustfmt.toml rust/ivshmem.rs
+
+rustfmt:
+	kdir=$$($(KDIR_CMD)) && rustfmt --edition 2021 \
+		--config-path $$(readlink -f $$kdir/source)/.rustfmt.toml rust/ivshmem.rs
+	cd userspace && $(CARGO) fmt
 
 lint: clippy rustfmt-check
 	cd userspace && $(CARGO) fmt --check && $(CARGO) clippy --locked --all-targets -- -D warnings

@@ -137,7 +137,9 @@ impl MiscDevice for IvshmemFile {
             uapi::IVSHMEM_GET_SIZE => {
                 this.shared.check_alive()?;
                 let size: u64 = this.shared.desc.size;
-                UserSlice::new(user, size_of::<u64>()).writer().write(&size)?;
+                UserSlice::new(user, size_of::<u64>())
+                    .writer()
+                    .write(&size)?;
             }
             uapi::IVSHMEM_GET_INFO => {
                 this.shared.check_alive()?;

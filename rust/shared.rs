@@ -169,7 +169,10 @@ impl Shared {
         let state = self.state.lock();
         for (i, file) in state.files.iter().enumerate() {
             // Files opened through the same inode share one mapping: zap it once.
-            if !state.files[..i].iter().any(|f| f.mappings.same(&file.mappings)) {
+            if !state.files[..i]
+                .iter()
+                .any(|f| f.mappings.same(&file.mappings))
+            {
                 file.mappings.zap_all();
             }
         }

@@ -34,7 +34,7 @@ extern "C" {
 /// Page offset (`vm_pgoff`) the user asked for: the mmap offset in pages.
 pub(crate) fn vma_pgoff(vma: &VmaNew) -> usize {
     // SAFETY: `vma` is valid while it is being set up; `vm_pgoff` is plain data fixed by mmap.
-    unsafe { (*vma.as_ptr()).vm_pgoff as usize }
+    unsafe { (*vma.as_ptr()).vm_pgoff }
 }
 
 /// Maps the physical range `[phys, phys + len)` into `vma`, starting `vm_pgoff` pages into it.

@@ -86,7 +86,11 @@ impl Args {
 
     /// The remaining positionals; fails on a leftover `-option`.
     pub fn finish(self) -> Result<Vec<String>, String> {
-        if let Some(bad) = self.items.iter().find(|a| a.starts_with('-') && a.len() > 1) {
+        if let Some(bad) = self
+            .items
+            .iter()
+            .find(|a| a.starts_with('-') && a.len() > 1)
+        {
             return Err(format!("unknown option {bad} (see --help)"));
         }
         Ok(self.items)
@@ -96,7 +100,10 @@ impl Args {
 /// Parses `4096`, `0x1000`, `64K`, `64M`, `2G` (binary units; a trailing `iB`/`B` is allowed).
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
-    let t = t.strip_suffix("iB").or_else(|| t.strip_suffix('B')).unwrap_or(t);
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
     let (num, shift) = match t.char_indices().last() {
         Some((i, 'K' | 'k')) => (&t[..i], 10),
         Some((i, 'M' | 'm')) => (&t[..i], 20),
@@ -109,7 +116,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         num.parse::<u64>()
     }
     .map_err(|_| "not a size (examples: 4096, 0x1000, 64K, 64M, 1G)".to_string())?;
-    n.checked_mul(1u64 << shift).ok_or_else(|| "size too large".to_string())
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| "size too large".to_string())
 }
 
 /// The device named by a `-d` option: `3` means `/dev/ivshmem3`, anything else is a path;
@@ -152,7 +160,10 @@ mod tests {
         let mut a = Args::new(["-d", "/dev/ivshmem1", "--offset=4096", "-v", "pos"]);
         assert!(a.flag(&["-v"]));
         assert!(!a.flag(&["--help"]));
-        assert_eq!(a.value(&["-d", "--device"]).unwrap().as_deref(), Some("/dev/ivshmem1"));
+        assert_eq!(
+            a.value(&["-d", "--device"]).unwrap().as_deref(),
+            Some("/dev/ivshmem1")
+        );
         assert_eq!(a.size(&["-o", "--offset"]).unwrap(), Some(4096));
         assert_eq!(a.finish().unwrap(), vec!["pos".to_string()]);
     }
@@ -160,7 +171,10 @@ mod tests {
     #[test]
     fn errors_name_the_option() {
         let mut a = Args::new(["--reps"]);
-        assert_eq!(a.value(&["--reps"]).unwrap_err(), "option --reps needs a value");
+        assert_eq!(
+            a.value(&["--reps"]).unwrap_err(),
+            "option --reps needs a value"
+        );
         let mut a = Args::new(["--reps", "many"]);
         assert!(a.parsed::<u32>(&["--reps"]).unwrap_err().contains("--reps"));
         let a = Args::new(["--bogus"]);

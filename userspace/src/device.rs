@@ -136,7 +136,11 @@ impl Device {
     pub fn map_all(&self) -> Result<Mapping> {
         let size = self.size()?;
         let len = usize::try_from(size).map_err(|_| {
-            Error::invalid(&self.path, "mmap", format!("{size} bytes do not fit in memory"))
+            Error::invalid(
+                &self.path,
+                "mmap",
+                format!("{size} bytes do not fit in memory"),
+            )
         })?;
         self.map(0, len)
     }

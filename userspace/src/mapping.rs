@@ -27,8 +27,9 @@ unsafe impl Sync for Mapping {}
 
 impl Mapping {
     pub(crate) fn new(dev: &Device, offset: u64, len: usize) -> Result<Self> {
-        let off = i64::try_from(offset)
-            .map_err(|_| Error::invalid(dev.path(), "mmap", format!("offset {offset} too large")))?;
+        let off = i64::try_from(offset).map_err(|_| {
+            Error::invalid(dev.path(), "mmap", format!("offset {offset} too large"))
+        })?;
         // SAFETY: a fresh shared mapping chosen by the kernel; no existing memory is touched.
         let ptr = unsafe {
             sys::mmap(
@@ -86,7 +87,9 @@ impl Mapping {
     pub fn read(&self, at: usize, buf: &mut [u8]) -> Result<()> {
         self.check(at, buf.len(), "read")?;
         // SAFETY: the range is inside the mapping (checked) and `buf` is a distinct buffer.
-        unsafe { std::ptr::copy_nonoverlapping(self.as_ptr().add(at), buf.as_mut_ptr(), buf.len()) };
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.as_ptr().add(at), buf.as_mut_ptr(), buf.len())
+        };
         Ok(())
     }
 
@@ -128,8 +131,12 @@ impl Mapping {
 
     fn check_word(&self, at: usize, op: &'static str) -> Result<()> {
         self.check(at, 4, op)?;
-        if at % 4 != 0 {
-            return Err(Error::invalid(&self.path, op, format!("offset {at} is not 4-byte aligned")));
+        if !at.is_multiple_of(4) {
+            return Err(Error::invalid(
+                &self.path,
+                op,
+                format!("offset {at} is not 4-byte aligned"),
+            ));
         }
         Ok(())
     }
@@ -141,4 +148,3 @@ impl Drop for Mapping {
         unsafe { sys::munmap(self.ptr.as_ptr().cast(), self.len) };
     }
 }
-

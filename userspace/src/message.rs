@@ -31,8 +31,9 @@ pub enum Slot {
 
 /// FNV-1a, 32 bits: small, dependency-free, good enough to catch torn or stale text.
 pub fn checksum(data: &[u8]) -> u32 {
-    data.iter()
-        .fold(0x811c_9dc5u32, |h, &b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
+    data.iter().fold(0x811c_9dc5u32, |h, &b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
 }
 
 /// Encodes `text` as header + text, with `magic` in place (for tests and the host).
@@ -47,7 +48,11 @@ pub fn encode(text: &str) -> Vec<u8> {
 }
 
 /// Decodes a header and the bytes after it; `avail` is how many text bytes the region has.
-pub fn decode(header: &[u8; HEADER_LEN], avail: usize, text: impl FnOnce(usize) -> Vec<u8>) -> Slot {
+pub fn decode(
+    header: &[u8; HEADER_LEN],
+    avail: usize,
+    text: impl FnOnce(usize) -> Vec<u8>,
+) -> Slot {
     let word = |i: usize| u32::from_le_bytes(header[i..i + 4].try_into().unwrap());
     if word(0) != MAGIC {
         return Slot::Empty;
@@ -137,7 +142,10 @@ mod tests {
     fn torn_text_is_corrupt() {
         let mut b = encode("hello");
         b[HEADER_LEN] = b'j';
-        assert_eq!(decode_bytes(&b), Slot::Corrupt("checksum mismatch".to_string()));
+        assert_eq!(
+            decode_bytes(&b),
+            Slot::Corrupt("checksum mismatch".to_string())
+        );
     }
 
     #[test]

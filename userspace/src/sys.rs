@@ -21,6 +21,11 @@ extern "C" {
         offset: c_long,
     ) -> *mut c_void;
     pub fn munmap(addr: *mut c_void, len: usize) -> c_int;
-    pub fn mremap(old: *mut c_void, old_len: usize, new_len: usize, flags: c_int, ...)
-        -> *mut c_void;
+    pub fn mremap(
+        old: *mut c_void,
+        old_len: usize,
+        new_len: usize,
+        flags: c_int,
+        ...
+    ) -> *mut c_void;
 }

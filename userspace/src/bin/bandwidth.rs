@@ -56,7 +56,9 @@ fn parse(mut args: Args) -> Result<Option<Opts>, String> {
         Some("both") => Direction::Both,
         Some(d) => return Err(format!("bad direction '{d}' (write, read or both)")),
     };
-    let cache = args.parsed::<CacheType>(&["--cache"])?.unwrap_or(CacheType::WriteBack);
+    let cache = args
+        .parsed::<CacheType>(&["--cache"])?
+        .unwrap_or(CacheType::WriteBack);
     let offset = args.size(&["--offset"])?.unwrap_or(0);
     let rest = args.finish()?;
     if !rest.is_empty() {
@@ -68,7 +70,15 @@ fn parse(mut args: Args) -> Result<Option<Opts>, String> {
     if offset % 4096 != 0 {
         return Err(format!("offset {offset} is not page-aligned"));
     }
-    Ok(Some(Opts { device, size, reps, direction, cache, offset, machine }))
+    Ok(Some(Opts {
+        device,
+        size,
+        reps,
+        direction,
+        cache,
+        offset,
+        machine,
+    }))
 }
 
 /// Best (shortest) time of `reps` runs of `f`.
@@ -122,7 +132,9 @@ fn run(o: &Opts) -> Result<(), String> {
         let shm = best(o.reps, || copy_to(&map, &src));
         copy_from(&map, &mut dst);
         if let Some(at) = pattern::first_mismatch(0xb4d, 0, &dst) {
-            return Err(format!("verification failed: shared memory differs at byte {at}"));
+            return Err(format!(
+                "verification failed: shared memory differs at byte {at}"
+            ));
         }
         let private = best(o.reps, || dst.copy_from_slice(&src));
         results.push(("write", shm, private));
@@ -132,7 +144,9 @@ fn run(o: &Opts) -> Result<(), String> {
         dst.fill(0);
         let shm = best(o.reps, || copy_from(&map, &mut dst));
         if let Some(at) = pattern::first_mismatch(0xb4d, 0, &dst) {
-            return Err(format!("verification failed: copy out differs at byte {at}"));
+            return Err(format!(
+                "verification failed: copy out differs at byte {at}"
+            ));
         }
         let private = best(o.reps, || dst.copy_from_slice(&src));
         results.push(("read", shm, private));
@@ -151,7 +165,10 @@ fn run(o: &Opts) -> Result<(), String> {
         } else {
             let what = if dir == "write" { "to" } else { "from" };
             println!("memcpy bandwidth: {s:.2} MB/s ({what} shared memory, {} MiB, best of {}, cache {})", o.size >> 20, o.reps, o.cache.name());
-            println!("private memory:   {p:.2} MB/s (ratio shared/private {:.2})", s / p);
+            println!(
+                "private memory:   {p:.2} MB/s (ratio shared/private {:.2})",
+                s / p
+            );
         }
     }
     Ok(())
@@ -191,20 +208,39 @@ mod tests {
 
     #[test]
     fn options_and_errors() {
-        let o = p(&["-s", "1M", "-r", "2", "--direction", "both", "--cache", "wc", "--machine"])
-            .unwrap()
-            .unwrap();
-        assert_eq!((o.size, o.reps, o.direction, o.cache, o.machine), (1 << 20, 2, Direction::Both, CacheType::WriteCombining, true));
-        assert!(p(&["--direction", "sideways"]).unwrap_err().contains("sideways"));
+        let o = p(&[
+            "-s",
+            "1M",
+            "-r",
+            "2",
+            "--direction",
+            "both",
+            "--cache",
+            "wc",
+            "--machine",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (o.size, o.reps, o.direction, o.cache, o.machine),
+            (1 << 20, 2, Direction::Both, CacheType::WriteCombining, true)
+        );
+        assert!(p(&["--direction", "sideways"])
+            .unwrap_err()
+            .contains("sideways"));
         assert!(p(&["--cache", "xx"]).unwrap_err().contains("xx"));
         assert!(p(&["-s", "0"]).is_err());
-        assert!(p(&["--offset", "100"]).unwrap_err().contains("page-aligned"));
+        assert!(p(&["--offset", "100"])
+            .unwrap_err()
+            .contains("page-aligned"));
     }
 
     #[test]
     fn missing_device_is_a_clear_error() {
         let o = p(&["-d", "/nonexistent/ivshmem0"]).unwrap().unwrap();
-        assert!(run(&o).unwrap_err().contains("is the ivshmem module loaded"));
+        assert!(run(&o)
+            .unwrap_err()
+            .contains("is the ivshmem module loaded"));
     }
 
     #[test]

@@ -29,7 +29,8 @@ struct Range {
 }
 
 fn open_range(args: &mut Args) -> Result<Range, String> {
-    let dev = Device::open(&device_path(args.value(&["-d", "--device"])?)).map_err(|e| e.to_string())?;
+    let dev =
+        Device::open(&device_path(args.value(&["-d", "--device"])?)).map_err(|e| e.to_string())?;
     let size = dev.size().map_err(|e| e.to_string())?;
     let offset = args.size(&["--offset"])?.unwrap_or(0);
     if offset > size {
@@ -37,7 +38,9 @@ fn open_range(args: &mut Args) -> Result<Range, String> {
     }
     let len = args.size(&["--len"])?.unwrap_or(size - offset);
     if len > size - offset {
-        return Err(format!("{len} bytes at {offset} exceed the {size}-byte region"));
+        return Err(format!(
+            "{len} bytes at {offset} exceed the {size}-byte region"
+        ));
     }
     Ok(Range { dev, offset, len })
 }
@@ -53,7 +56,8 @@ fn map(r: &Range) -> Result<(ivshmem::Mapping, usize), String> {
 fn run(cmd: &str, mut args: Args) -> Result<(), String> {
     match cmd {
         "info" => {
-            let dev = Device::open(&device_path(args.value(&["-d", "--device"])?)).map_err(|e| e.to_string())?;
+            let dev = Device::open(&device_path(args.value(&["-d", "--device"])?))
+                .map_err(|e| e.to_string())?;
             args.finish()?;
             let info = dev.info().map_err(|e| e.to_string())?;
             println!("device {}", dev.path());
@@ -72,7 +76,9 @@ fn run(cmd: &str, mut args: Args) -> Result<(), String> {
             println!("cache {cache}");
         }
         "fill" | "verify" => {
-            let seed = args.parsed::<u64>(&["--seed"])?.ok_or("--seed is required")?;
+            let seed = args
+                .parsed::<u64>(&["--seed"])?
+                .ok_or("--seed is required")?;
             let cache = args.parsed::<CacheType>(&["--cache"])?;
             let r = open_range(&mut args)?;
             args.finish()?;
@@ -87,9 +93,11 @@ fn run(cmd: &str, mut args: Args) -> Result<(), String> {
                 let pos = r.offset + done;
                 if cmd == "fill" {
                     pattern::fill(seed, pos, &mut buf[..n]);
-                    m.write(at + done as usize, &buf[..n]).map_err(|e| e.to_string())?;
+                    m.write(at + done as usize, &buf[..n])
+                        .map_err(|e| e.to_string())?;
                 } else {
-                    m.read(at + done as usize, &mut buf[..n]).map_err(|e| e.to_string())?;
+                    m.read(at + done as usize, &mut buf[..n])
+                        .map_err(|e| e.to_string())?;
                     if let Some(k) = pattern::first_mismatch(seed, pos, &buf[..n]) {
                         let off = pos + k as u64;
                         return Err(format!(
@@ -102,7 +110,10 @@ fn run(cmd: &str, mut args: Args) -> Result<(), String> {
                 done += n as u64;
             }
             let verb = if cmd == "fill" { "filled" } else { "verified" };
-            println!("{verb} {} bytes at offset {} with pattern {seed}", r.len, r.offset);
+            println!(
+                "{verb} {} bytes at offset {} with pattern {seed}",
+                r.len, r.offset
+            );
         }
         "touch" => {
             let cache = args.parsed::<CacheType>(&["--cache"])?;
@@ -144,7 +155,11 @@ fn main() {
         None => usage_error(PROG, "no command given (see --help)"),
     };
     if let Err(e) = run(&cmd, args) {
-        let code = if e.contains("unknown") || e.contains("required") || e.contains("bad value") { 2 } else { 1 };
+        let code = if e.contains("unknown") || e.contains("required") || e.contains("bad value") {
+            2
+        } else {
+            1
+        };
         eprintln!("{PROG}: {e}");
         std::process::exit(code);
     }

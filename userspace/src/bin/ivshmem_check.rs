@@ -83,38 +83,146 @@ fn errors(path: &str) -> i32 {
     let size = dev.size().unwrap_or(0);
     let len = size as usize;
     let info = dev.info();
-    c.check("get-size", if size >= PAGE as u64 && size.is_power_of_two() { Ok(()) } else { Err(format!("size {size}")) });
+    c.check(
+        "get-size",
+        if size >= PAGE as u64 && size.is_power_of_two() {
+            Ok(())
+        } else {
+            Err(format!("size {size}"))
+        },
+    );
     c.check(
         "get-info",
         match &info {
-            Ok(i) if i.size == size && i.cache == uapi::IVSHMEM_CACHE_WB && i.reserved == [0; 3] && i.pci_name.starts_with(b"0000:") => Ok(()),
+            Ok(i)
+                if i.size == size
+                    && i.cache == uapi::IVSHMEM_CACHE_WB
+                    && i.reserved == [0; 3]
+                    && i.pci_name.starts_with(b"0000:") =>
+            {
+                Ok(())
+            }
             Ok(i) => Err(format!("{i:?}")),
             Err(e) => Err(e.to_string()),
         },
     );
-    c.check("get-size-efault", expect_errno("GET_SIZE(1)", raw_ioctl(fd, uapi::IVSHMEM_GET_SIZE, 1), 14));
-    c.check("get-info-efault", expect_errno("GET_INFO(NULL)", raw_ioctl(fd, uapi::IVSHMEM_GET_INFO, 0), 14));
-    c.check("set-cache-efault", expect_errno("SET_CACHE(NULL)", raw_ioctl(fd, uapi::IVSHMEM_SET_CACHE, 0), 14));
+    c.check(
+        "get-size-efault",
+        expect_errno("GET_SIZE(1)", raw_ioctl(fd, uapi::IVSHMEM_GET_SIZE, 1), 14),
+    );
+    c.check(
+        "get-info-efault",
+        expect_errno(
+            "GET_INFO(NULL)",
+            raw_ioctl(fd, uapi::IVSHMEM_GET_INFO, 0),
+            14,
+        ),
+    );
+    c.check(
+        "set-cache-efault",
+        expect_errno(
+            "SET_CACHE(NULL)",
+            raw_ioctl(fd, uapi::IVSHMEM_SET_CACHE, 0),
+            14,
+        ),
+    );
     let bad_cache: u32 = 7;
     c.check(
         "set-cache-einval",
-        expect_errno("SET_CACHE(7)", raw_ioctl(fd, uapi::IVSHMEM_SET_CACHE, &bad_cache as *const u32 as usize), 22),
+        expect_errno(
+            "SET_CACHE(7)",
+            raw_ioctl(
+                fd,
+                uapi::IVSHMEM_SET_CACHE,
+                &bad_cache as *const u32 as usize,
+            ),
+            22,
+        ),
     );
     let unknown = uapi::IVSHMEM_GET_SIZE + 0x7f;
     let mut scratch = [0u64; 16];
-    c.check("unknown-ioctl-enotty", expect_errno("ioctl 0xb97f", raw_ioctl(fd, unknown, scratch.as_mut_ptr() as usize), 25));
-    c.check("zero-ioctl-enotty", expect_errno("ioctl 0", raw_ioctl(fd, 0, 0), 25));
-    c.check("map-private-einval", expect_errno("MAP_PRIVATE", try_mmap(fd, PAGE, sys::MAP_PRIVATE, 0, RW), 22));
-    c.check("map-offset-at-end-enxio", expect_errno("offset=size", try_mmap(fd, PAGE, sys::MAP_SHARED, size as i64, RW), 6));
-    c.check("map-offset-beyond-enxio", expect_errno("offset>size", try_mmap(fd, PAGE, sys::MAP_SHARED, 2 * size as i64, RW), 6));
-    c.check("map-too-long-einval", expect_errno("len>size", try_mmap(fd, len + PAGE, sys::MAP_SHARED, 0, RW), 22));
+    c.check(
+        "unknown-ioctl-enotty",
+        expect_errno(
+            "ioctl 0xb97f",
+            raw_ioctl(fd, unknown, scratch.as_mut_ptr() as usize),
+            25,
+        ),
+    );
+    c.check(
+        "zero-ioctl-enotty",
+        expect_errno("ioctl 0", raw_ioctl(fd, 0, 0), 25),
+    );
+    c.check(
+        "map-private-einval",
+        expect_errno(
+            "MAP_PRIVATE",
+            try_mmap(fd, PAGE, sys::MAP_PRIVATE, 0, RW),
+            22,
+        ),
+    );
+    c.check(
+        "map-offset-at-end-enxio",
+        expect_errno(
+            "offset=size",
+            try_mmap(fd, PAGE, sys::MAP_SHARED, size as i64, RW),
+            6,
+        ),
+    );
+    c.check(
+        "map-offset-beyond-enxio",
+        expect_errno(
+            "offset>size",
+            try_mmap(fd, PAGE, sys::MAP_SHARED, 2 * size as i64, RW),
+            6,
+        ),
+    );
+    c.check(
+        "map-too-long-einval",
+        expect_errno(
+            "len>size",
+            try_mmap(fd, len + PAGE, sys::MAP_SHARED, 0, RW),
+            22,
+        ),
+    );
     c.check(
         "map-straddling-end-einval",
-        expect_errno("offset+len>size", try_mmap(fd, 2 * PAGE, sys::MAP_SHARED, (size as i64) - PAGE as i64, RW), 22),
+        expect_errno(
+            "offset+len>size",
+            try_mmap(
+                fd,
+                2 * PAGE,
+                sys::MAP_SHARED,
+                (size as i64) - PAGE as i64,
+                RW,
+            ),
+            22,
+        ),
     );
-    c.check("map-unaligned-offset-einval", expect_errno("offset 100", try_mmap(fd, PAGE, sys::MAP_SHARED, 100, RW), 22));
-    c.check("map-full", if try_mmap(fd, len, sys::MAP_SHARED, 0, RW) { Err(format!("errno {}", errno())) } else { Ok(()) });
-    c.check("map-last-page", if try_mmap(fd, PAGE, sys::MAP_SHARED, size as i64 - PAGE as i64, RW) { Err(format!("errno {}", errno())) } else { Ok(()) });
+    c.check(
+        "map-unaligned-offset-einval",
+        expect_errno(
+            "offset 100",
+            try_mmap(fd, PAGE, sys::MAP_SHARED, 100, RW),
+            22,
+        ),
+    );
+    c.check(
+        "map-full",
+        if try_mmap(fd, len, sys::MAP_SHARED, 0, RW) {
+            Err(format!("errno {}", errno()))
+        } else {
+            Ok(())
+        },
+    );
+    c.check(
+        "map-last-page",
+        if try_mmap(fd, PAGE, sys::MAP_SHARED, size as i64 - PAGE as i64, RW) {
+            Err(format!("errno {}", errno()))
+        } else {
+            Ok(())
+        },
+    );
     c.check("mremap-grow-fails", mremap_grow(&dev));
     c.check("read-only-open", read_only(path, len));
     c.check("offset-mapping-aliases-full", aliasing(&dev, len));
@@ -126,7 +234,14 @@ fn errors(path: &str) -> i32 {
 fn mremap_grow(dev: &Device) -> Result<(), String> {
     let m = dev.map(0, PAGE).map_err(|e| e.to_string())?;
     // SAFETY: remapping our own mapping; on the expected failure nothing changes.
-    let p = unsafe { sys::mremap(m.as_ptr().cast::<c_void>(), PAGE, 2 * PAGE, sys::MREMAP_MAYMOVE) };
+    let p = unsafe {
+        sys::mremap(
+            m.as_ptr().cast::<c_void>(),
+            PAGE,
+            2 * PAGE,
+            sys::MREMAP_MAYMOVE,
+        )
+    };
     if p != sys::MAP_FAILED {
         // SAFETY: the mremap moved our mapping to `p`; unmap it and forget the old one.
         unsafe { sys::munmap(p, 2 * PAGE) };
@@ -144,7 +259,11 @@ fn read_only(path: &str, len: usize) -> Result<(), String> {
     if try_mmap(fd, len.min(1 << 20), sys::MAP_SHARED, 0, sys::PROT_READ) {
         return Err(format!("read-only mapping failed: errno {}", errno()));
     }
-    expect_errno("PROT_WRITE on O_RDONLY", try_mmap(fd, PAGE, sys::MAP_SHARED, 0, RW), 13)
+    expect_errno(
+        "PROT_WRITE on O_RDONLY",
+        try_mmap(fd, PAGE, sys::MAP_SHARED, 0, RW),
+        13,
+    )
 }
 
 /// Bytes written through a mapping at offset 2 pages appear in a full mapping at that offset.
@@ -164,7 +283,11 @@ fn aliasing(dev: &Device, len: usize) -> Result<(), String> {
 
 /// Every cache type maps and reads back what it wrote; GET_INFO reports the type.
 fn cache_types(path: &str) -> Result<(), String> {
-    for c in [CacheType::WriteCombining, CacheType::Uncached, CacheType::WriteBack] {
+    for c in [
+        CacheType::WriteCombining,
+        CacheType::Uncached,
+        CacheType::WriteBack,
+    ] {
         let dev = Device::open(path).map_err(|e| e.to_string())?;
         dev.set_cache(c).map_err(|e| e.to_string())?;
         let info = dev.info().map_err(|e| e.to_string())?;
@@ -172,7 +295,8 @@ fn cache_types(path: &str) -> Result<(), String> {
             return Err(format!("{}: GET_INFO says cache {}", c.name(), info.cache));
         }
         let m = dev.map(0, PAGE).map_err(|e| e.to_string())?;
-        m.store_u32(8, 0x1234_5678 ^ c.raw()).map_err(|e| e.to_string())?;
+        m.store_u32(8, 0x1234_5678 ^ c.raw())
+            .map_err(|e| e.to_string())?;
         if m.load_u32(8).map_err(|e| e.to_string())? != 0x1234_5678 ^ c.raw() {
             return Err(format!("{}: read back differs", c.name()));
         }
@@ -209,15 +333,21 @@ fn revoke(path: &str, go: &str) -> i32 {
     };
     let mut c = Checker { failed: 0 };
     let got = dev.size();
-    c.check("ioctl-after-removal-enodev", match got {
-        Err(e) if e.errno() == Some(19) => Ok(()),
-        other => Err(format!("{other:?}")),
-    });
-    c.check("mmap-after-removal-enodev", match dev.map(0, PAGE) {
-        Err(e) if e.errno() == Some(19) => Ok(()),
-        Err(e) => Err(e.to_string()),
-        Ok(_) => Err("mmap succeeded".into()),
-    });
+    c.check(
+        "ioctl-after-removal-enodev",
+        match got {
+            Err(e) if e.errno() == Some(19) => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    c.check(
+        "mmap-after-removal-enodev",
+        match dev.map(0, PAGE) {
+            Err(e) if e.errno() == Some(19) => Ok(()),
+            Err(e) => Err(e.to_string()),
+            Ok(_) => Err("mmap succeeded".into()),
+        },
+    );
     println!("touching");
     // Must raise SIGBUS: the mapping was revoked.
     let v = m.load_u32(0).unwrap_or(0);

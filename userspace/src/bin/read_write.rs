@@ -40,7 +40,9 @@ fn parse(mut args: Args) -> Result<Option<Opts>, String> {
     let clear = args.flag(&["--clear"]);
     let device = device_path(args.value(&["-d", "--device"])?);
     let offset = args.size(&["-o", "--offset"])?.unwrap_or(0);
-    let message = args.value(&["-m", "--message"])?.unwrap_or(DEFAULT_MESSAGE.into());
+    let message = args
+        .value(&["-m", "--message"])?
+        .unwrap_or(DEFAULT_MESSAGE.into());
     let rest = args.finish()?;
     if !rest.is_empty() {
         return Err(format!("unexpected argument '{}'", rest[0]));
@@ -51,7 +53,12 @@ fn parse(mut args: Args) -> Result<Option<Opts>, String> {
     if message.len() as u64 > WINDOW - message::HEADER_LEN as u64 {
         return Err(format!("message too long: {} bytes", message.len()));
     }
-    Ok(Some(Opts { device, offset, message, clear }))
+    Ok(Some(Opts {
+        device,
+        offset,
+        message,
+        clear,
+    }))
 }
 
 fn run(o: &Opts) -> Result<(), String> {
@@ -132,7 +139,9 @@ mod tests {
 
     #[test]
     fn options() {
-        let o = p(&["-d", "1", "-o", "4K", "-m", "hi there"]).unwrap().unwrap();
+        let o = p(&["-d", "1", "-o", "4K", "-m", "hi there"])
+            .unwrap()
+            .unwrap();
         assert_eq!(o.device, "/dev/ivshmem1");
         assert_eq!(o.offset, 4096);
         assert_eq!(o.message, "hi there");
