@@ -14,6 +14,7 @@ mod error;
 mod mapping;
 pub mod message;
 pub mod pattern;
+pub mod server;
 pub mod sys;
 
 /// The ioctl ABI, shared with the kernel module: one source file for both.

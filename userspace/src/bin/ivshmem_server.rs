@@ -1,0 +1,235 @@
+//! `ivshmem-server`: hands QEMU's `ivshmem-doorbell` devices their shared memory and eventfds.
+//! Accepts the options of QEMU's contrib/ivshmem-server with the same meanings.
+
+use std::ffi::c_int;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use ivshmem::args::{parse_size, usage_error, Args};
+use ivshmem::server::{Server, MAX_VECTORS};
+
+const PROG: &str = "ivshmem-server";
+
+const HELP: &str = "\
+usage: ivshmem-server [-S SOCKET] [-l SIZE] [-n VECTORS] [-m DIR | -M NAME | --memfd]
+                      [-F] [-p PIDFILE] [-v]
+
+Serves QEMU ivshmem-doorbell devices (-chardev socket,path=SOCKET,id=X
+-device ivshmem-doorbell,chardev=X,vectors=VECTORS): each gets the shared memory,
+its peer id and one eventfd per vector for every peer.
+
+  -S SOCKET   UNIX socket path (default /tmp/ivshmem_socket)
+  -l SIZE     shared memory size, a power of two (default 4M; K, M, G suffixes)
+  -n VECTORS  interrupt vectors per peer, 1..64 (default 1)
+  -m DIR      back the memory with an unlinked file in DIR (e.g. a hugetlbfs mount)
+  -M NAME     back the memory with /dev/shm/NAME (POSIX shm; default 'ivshmem')
+  --memfd     back the memory with an anonymous memfd
+  -F          stay in the foreground (default: daemonize)
+  -p PIDFILE  pid file (default /var/run/ivshmem-server.pid)
+  -v          verbose: log joins and departures
+  -h          this help";
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" {
+    fn signal(sig: c_int, handler: extern "C" fn(c_int)) -> usize;
+    fn fork() -> c_int;
+    fn setsid() -> c_int;
+    fn memfd_create(name: *const std::ffi::c_char, flags: u32) -> c_int;
+}
+
+extern "C" fn on_signal(_: c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
+
+enum Backing {
+    Dir(String),
+    Name(String),
+    Memfd,
+}
+
+struct Opts {
+    socket: String,
+    size: u64,
+    vectors: u32,
+    backing: Backing,
+    foreground: bool,
+    pidfile: String,
+    verbose: bool,
+}
+
+fn parse(mut a: Args) -> Result<Option<Opts>, String> {
+    if a.flag(&["-h", "--help"]) {
+        return Ok(None);
+    }
+    let foreground = a.flag(&["-F"]);
+    let verbose = a.flag(&["-v"]);
+    let memfd = a.flag(&["--memfd"]);
+    let socket = a.value(&["-S"])?.unwrap_or("/tmp/ivshmem_socket".into());
+    let size = match a.value(&["-l"])? {
+        Some(v) => parse_size(&v).map_err(|e| format!("bad value '{v}' for -l: {e}"))?,
+        None => 4 << 20,
+    };
+    let vectors = a.parsed::<u32>(&["-n"])?.unwrap_or(1);
+    let dir = a.value(&["-m"])?;
+    let name = a.value(&["-M"])?;
+    let pidfile = a.value(&["-p"])?.unwrap_or("/var/run/ivshmem-server.pid".into());
+    let rest = a.finish()?;
+    if !rest.is_empty() {
+        return Err(format!("unexpected argument '{}'", rest[0]));
+    }
+    if !size.is_power_of_two() {
+        return Err(format!("size {size} is not a power of two"));
+    }
+    if vectors == 0 || vectors > MAX_VECTORS {
+        return Err(format!("-n must be 1..={MAX_VECTORS}"));
+    }
+    let backing = match (dir, name, memfd) {
+        (Some(d), None, false) => Backing::Dir(d),
+        (None, Some(n), false) => Backing::Name(n),
+        (None, None, true) => Backing::Memfd,
+        (None, None, false) => Backing::Name("ivshmem".into()),
+        _ => return Err("-m, -M and --memfd exclude each other".into()),
+    };
+    Ok(Some(Opts { socket, size, vectors, backing, foreground, pidfile, verbose }))
+}
+
+fn open_shm(o: &Opts) -> io::Result<File> {
+    let file = match &o.backing {
+        Backing::Name(name) => {
+            if name.contains('/') {
+                return Err(io::Error::new(io::ErrorKind::InvalidInput, "-M takes a name, not a path"));
+            }
+            OpenOptions::new().read(true).write(true).create(true).mode(0o600).open(format!("/dev/shm/{name}"))?
+        }
+        Backing::Dir(dir) => {
+            let path = format!("{dir}/ivshmem.{}", std::process::id());
+            let f = OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(&path)?;
+            fs::remove_file(&path)?;
+            f
+        }
+        Backing::Memfd => {
+            // SAFETY: a NUL-terminated name; the fd is checked and owned below.
+            let fd = unsafe { memfd_create(c"ivshmem".as_ptr(), 1 /* MFD_CLOEXEC */) };
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: `fd` is a fresh descriptor nobody else owns.
+            unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) }
+        }
+    };
+    file.set_len(o.size)?;
+    Ok(file)
+}
+
+/// Binds the socket; a stale socket file (nobody listening) is replaced, a live one is an error.
+fn bind(path: &str) -> io::Result<UnixListener> {
+    match UnixListener::bind(path) {
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+            if UnixStream::connect(path).is_ok() {
+                return Err(io::Error::new(io::ErrorKind::AddrInUse, format!("{path}: a server is already listening")));
+            }
+            fs::remove_file(path)?;
+            UnixListener::bind(path)
+        }
+        r => r,
+    }
+}
+
+fn daemonize() -> io::Result<()> {
+    // SAFETY: called before any thread exists, so the child is a full copy of this process.
+    match unsafe { fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => {
+            // SAFETY: plain syscall in the child.
+            unsafe { setsid() };
+            let null = OpenOptions::new().read(true).write(true).open("/dev/null")?;
+            use std::os::fd::AsRawFd;
+            extern "C" {
+                fn dup2(old: c_int, new: c_int) -> c_int;
+            }
+            for fd in 0..3 {
+                // SAFETY: replaces stdio with /dev/null; `null` is open.
+                unsafe { dup2(null.as_raw_fd(), fd) };
+            }
+            Ok(())
+        }
+        _ => std::process::exit(0),
+    }
+}
+
+fn run(o: Opts) -> Result<(), String> {
+    let shm = open_shm(&o).map_err(|e| format!("shared memory: {e}"))?;
+    let listener = bind(&o.socket).map_err(|e| format!("socket {}: {e}", o.socket))?;
+    if !o.foreground {
+        daemonize().map_err(|e| format!("daemonize: {e}"))?;
+    }
+    fs::write(&o.pidfile, format!("{}\n", std::process::id())).map_err(|e| format!("pid file {}: {e}", o.pidfile))?;
+    // SAFETY: the handler only stores to an atomic.
+    unsafe {
+        signal(2, on_signal);
+        signal(15, on_signal);
+    }
+    let server = Server::new(shm, o.vectors, o.verbose).map_err(|e| e.to_string())?;
+    if o.verbose {
+        println!("listening on {} ({} bytes, {} vectors)", o.socket, o.size, o.vectors);
+    }
+    let result = server.serve(listener, &STOP).map_err(|e| e.to_string());
+    let _ = fs::remove_file(&o.socket);
+    let _ = fs::remove_file(&o.pidfile);
+    result
+}
+
+fn main() {
+    let opts = match parse(Args::from_env()) {
+        Ok(Some(o)) => o,
+        Ok(None) => {
+            println!("{HELP}");
+            return;
+        }
+        Err(e) => usage_error(PROG, &e),
+    };
+    if let Err(e) = run(opts) {
+        eprintln!("{PROG}: {e}");
+        std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(a: &[&str]) -> Result<Option<Opts>, String> {
+        parse(Args::new(a.iter().copied()))
+    }
+
+    #[test]
+    fn qemu_defaults() {
+        let o = p(&[]).unwrap().unwrap();
+        assert_eq!(o.socket, "/tmp/ivshmem_socket");
+        assert_eq!(o.size, 4 << 20);
+        assert_eq!(o.vectors, 1);
+        assert!(matches!(o.backing, Backing::Name(ref n) if n == "ivshmem"));
+        assert!(!o.foreground);
+        assert_eq!(o.pidfile, "/var/run/ivshmem-server.pid");
+    }
+
+    #[test]
+    fn qemu_options() {
+        let o = p(&["-S", "/tmp/s", "-l", "1G", "-n", "4", "-m", "/mnt/huge", "-F", "-p", "/tmp/p", "-v"]).unwrap().unwrap();
+        assert_eq!((o.socket.as_str(), o.size, o.vectors, o.foreground, o.verbose), ("/tmp/s", 1 << 30, 4, true, true));
+        assert!(matches!(o.backing, Backing::Dir(ref d) if d == "/mnt/huge"));
+    }
+
+    #[test]
+    fn bad_options() {
+        assert!(p(&["-l", "3M"]).unwrap_err().contains("power of two"));
+        assert!(p(&["-n", "0"]).is_err());
+        assert!(p(&["-n", "65"]).is_err());
+        assert!(p(&["-m", "/a", "-M", "b"]).unwrap_err().contains("exclude"));
+        assert!(p(&["-x"]).unwrap_err().contains("unknown option"));
+    }
+}
