@@ -29,6 +29,7 @@ use kernel::{
 };
 
 use crate::{
+    doorbell::Seen,
     shared::Shared,
     uapi,
     vma_pfn::{
@@ -42,6 +43,14 @@ use crate::{
 unsafe impl AsBytes for uapi::IvshmemInfo {}
 // SAFETY: any bit pattern is a valid `IvshmemInfo`: it holds integers only.
 unsafe impl FromBytes for uapi::IvshmemInfo {}
+// SAFETY: `repr(C)`, two `u32`: no padding.
+unsafe impl FromBytes for uapi::IvshmemRing {}
+// SAFETY: `repr(C)`, `u32`, `i32`, `u64`: no padding, and any bit pattern is valid.
+unsafe impl FromBytes for uapi::IvshmemWait {}
+// SAFETY: as above: every byte is initialised.
+unsafe impl AsBytes for uapi::IvshmemWait {}
+// SAFETY: `repr(C)`, `u32` and `i32`: no padding, and any bit pattern is valid.
+unsafe impl FromBytes for uapi::IvshmemEventfd {}
 
 /// The registration of one `/dev/ivshmemN`, with the device state its files need.
 ///
@@ -80,6 +89,8 @@ pub(crate) struct IvshmemFile {
     shared: Arc<Shared>,
     /// `uapi::IVSHMEM_CACHE_*` for the next mmap.
     cache: Atomic<u32>,
+    /// Interrupt counts this file has seen, per vector.
+    seen: Seen,
 }
 
 impl IvshmemFile {
@@ -99,6 +110,7 @@ impl IvshmemFile {
 #[pinned_drop]
 impl PinnedDrop for IvshmemFile {
     fn drop(self: Pin<&mut Self>) {
+        self.shared.doorbell.release_file(self.id());
         self.shared.remove_file(self.id());
     }
 }
@@ -112,6 +124,7 @@ impl MiscDevice for IvshmemFile {
         shared.check_alive()?;
         let this = KBox::pin_init(
             pin_init!(Self {
+                seen: shared.doorbell.seen_now(),
                 shared,
                 cache: Atomic::new(uapi::IVSHMEM_CACHE_WB),
             }),
@@ -158,6 +171,33 @@ impl MiscDevice for IvshmemFile {
                     return Err(EINVAL);
                 }
                 this.cache.store(mode, Relaxed);
+            }
+            uapi::IVSHMEM_RING => {
+                this.shared.check_alive()?;
+                let ring: uapi::IvshmemRing = UserSlice::new(user, size_of::<uapi::IvshmemRing>())
+                    .reader()
+                    .read()?;
+                this.shared.doorbell.ring(ring.peer, ring.vector)?;
+            }
+            uapi::IVSHMEM_WAIT => {
+                let (mut reader, mut writer) =
+                    UserSlice::new(user, size_of::<uapi::IvshmemWait>()).reader_writer();
+                let mut wait: uapi::IvshmemWait = reader.read()?;
+                wait.count = this
+                    .shared
+                    .doorbell
+                    .wait(&this.seen, wait.vector, wait.timeout_ms)?;
+                writer.write(&wait)?;
+            }
+            uapi::IVSHMEM_SET_EVENTFD => {
+                this.shared.check_alive()?;
+                let efd: uapi::IvshmemEventfd =
+                    UserSlice::new(user, size_of::<uapi::IvshmemEventfd>())
+                        .reader()
+                        .read()?;
+                this.shared
+                    .doorbell
+                    .set_eventfd(this.id(), efd.vector, efd.fd)?;
             }
             _ => return Err(ENOTTY),
         }

@@ -13,6 +13,8 @@ use kernel::{
     sync::Arc, //
 };
 
+mod doorbell;
+mod eventfd;
 mod file;
 mod mem_region;
 mod shared;
@@ -20,6 +22,10 @@ mod slots;
 pub mod uapi;
 mod vma_pfn;
 
+use doorbell::{
+    Interrupts,
+    Vectors, //
+};
 use file::DeviceNode;
 use mem_region::MemRegion;
 use shared::{
@@ -32,16 +38,10 @@ use slots::Slot;
 mod regs {
     /// Size of BAR0.
     pub(crate) const SIZE: usize = 0x100;
-    /// Interrupt mask (doorbell mode, INTx only).
-    #[allow(dead_code)]
-    pub(crate) const INTR_MASK: usize = 0x0;
-    /// Interrupt status (doorbell mode, INTx only).
-    #[allow(dead_code)]
-    pub(crate) const INTR_STATUS: usize = 0x4;
+    // IntrMask (0x0) and IntrStatus (0x4) only matter for INTx, which this driver does not use.
     /// This guest's peer id (doorbell mode), read-only.
     pub(crate) const IV_POSITION: usize = 0x8;
     /// Doorbell: write `peer << 16 | vector` to interrupt a peer.
-    #[allow(dead_code)]
     pub(crate) const DOORBELL: usize = 0xc;
 }
 
@@ -62,7 +62,7 @@ struct IvshmemPci<'bound> {
     node: DeviceNode,
     shared: Arc<Shared>,
     _shm: MemRegion,
-    _regs: pci::Bar<'bound, { regs::SIZE }>,
+    _irqs: Option<Interrupts<'bound>>,
     _slot: Slot,
 }
 
@@ -106,14 +106,31 @@ impl pci::Driver for IvshmemDriver {
             let name = pdev.as_ref().name().to_bytes();
             let n = name.len().min(pci_name.len() - 1);
             pci_name[..n].copy_from_slice(&name[..n]);
-            let shared = Shared::new(DeviceDesc {
-                index: slot.index(),
-                phys: shm.start(),
-                size: shm.len(),
-                peer_id,
-                doorbell,
-                pci_name,
-            })?;
+            // Doorbell devices interrupt us through MSI-X; without it they work as plain ones.
+            let vectors = if doorbell {
+                Vectors::alloc(pdev)
+                    .inspect_err(|e| {
+                        dev_warn!(pdev, "no MSI-X vectors ({e:?}): doorbell unavailable\n")
+                    })
+                    .ok()
+            } else {
+                None
+            };
+            let shared = Shared::new(
+                DeviceDesc {
+                    index: slot.index(),
+                    phys: shm.start(),
+                    size: shm.len(),
+                    peer_id,
+                    doorbell,
+                    pci_name,
+                },
+                regs.into_devres()?,
+                vectors.as_ref().map_or(0, Vectors::len),
+            )?;
+            let irqs = vectors
+                .map(|v| Interrupts::request(v, &shared))
+                .transpose()?;
 
             dev_info!(
                 pdev,
@@ -123,12 +140,20 @@ impl pci::Driver for IvshmemDriver {
                 shm.start(),
                 if doorbell { "doorbell" } else { "plain" }
             );
+            if doorbell {
+                dev_info!(
+                    pdev,
+                    "peer id {}, {} MSI-X vectors\n",
+                    peer_id,
+                    shared.doorbell.vectors()
+                );
+            }
 
             Ok(try_pin_init!(IvshmemPci {
                 node <- DeviceNode::new(shared.clone(), slot.name()),
                 shared,
                 _shm: shm,
-                _regs: regs,
+                _irqs: irqs,
                 _slot: slot,
             }))
         })

@@ -20,6 +20,10 @@ use kernel::{
 };
 
 use crate::{
+    doorbell::{
+        Doorbell,
+        Regs, //
+    },
     uapi,
     vma_pfn::{
         self,
@@ -65,15 +69,18 @@ struct State {
 pub(crate) struct Shared {
     pub(crate) desc: DeviceDesc,
     #[pin]
+    pub(crate) doorbell: Doorbell,
+    #[pin]
     state: Mutex<State>,
 }
 
 impl Shared {
-    /// Creates the state of a live device.
-    pub(crate) fn new(desc: DeviceDesc) -> Result<Arc<Self>> {
+    /// Creates the state of a live device with `vectors` MSI-X vectors (0 without doorbell).
+    pub(crate) fn new(desc: DeviceDesc, regs: Regs, vectors: u32) -> Result<Arc<Self>> {
         Arc::pin_init(
             pin_init!(Self {
                 desc,
+                doorbell <- Doorbell::new(regs, vectors),
                 state <- kernel::new_mutex!(State {
                     alive: true,
                     files: KVec::new(),
@@ -143,9 +150,10 @@ impl Shared {
         vma_pfn::map_phys_range(vma, self.desc.phys, size, mode)
     }
 
-    /// Marks the device gone and takes down every user mapping of it. Accesses through a
-    /// revoked mapping raise `SIGBUS`.
+    /// Marks the device gone, wakes doorbell waiters (`ENODEV`) and takes down every user
+    /// mapping of it. Accesses through a revoked mapping raise `SIGBUS`.
     pub(crate) fn revoke(&self) {
+        self.doorbell.revoke();
         let mms = {
             let mut state = self.state.lock();
             state.alive = false;
@@ -183,7 +191,7 @@ impl Shared {
         uapi::IvshmemInfo {
             size: self.desc.size,
             peer_id: self.desc.peer_id,
-            vectors: 0,
+            vectors: self.doorbell.vectors(),
             flags: if self.desc.doorbell {
                 uapi::IVSHMEM_FLAG_DOORBELL
             } else {

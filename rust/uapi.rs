@@ -35,6 +35,21 @@ pub const IVSHMEM_GET_INFO: u32 = ioc(IOC_READ, 1, core::mem::size_of::<IvshmemI
 /// mmaps. Mappings made before keep their type.
 pub const IVSHMEM_SET_CACHE: u32 = ioc(IOC_WRITE, 2, core::mem::size_of::<u32>());
 
+/// `_IOW(0xB9, 3, struct ivshmem_ring)`: rings `vector` of peer `peer` (doorbell devices).
+pub const IVSHMEM_RING: u32 = ioc(IOC_WRITE, 3, core::mem::size_of::<IvshmemRing>());
+
+/// `_IOWR(0xB9, 4, struct ivshmem_wait)`: waits for an interrupt on a vector of this device.
+pub const IVSHMEM_WAIT: u32 = ioc(IOC_READ | IOC_WRITE, 4, core::mem::size_of::<IvshmemWait>());
+
+/// `_IOW(0xB9, 5, struct ivshmem_eventfd)`: signals an eventfd on each interrupt of a vector.
+pub const IVSHMEM_SET_EVENTFD: u32 = ioc(IOC_WRITE, 5, core::mem::size_of::<IvshmemEventfd>());
+
+/// Most MSI-X vectors the driver uses per device (QEMU's server allows 64).
+pub const IVSHMEM_MAX_VECTORS: u32 = 64;
+
+/// Highest peer id: the doorbell register holds it in 16 bits.
+pub const IVSHMEM_MAX_PEER: u32 = 0xffff;
+
 /// Cache type: write-back, the default. BAR2 is ordinary host RAM.
 pub const IVSHMEM_CACHE_WB: u32 = 0;
 /// Cache type: write-combining.
@@ -66,4 +81,39 @@ pub struct IvshmemInfo {
     pub pci_name: [u8; 16],
     /// Zero; room to grow without changing the ioctl number.
     pub reserved: [u64; 3],
+}
+
+/// Argument of `IVSHMEM_RING`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IvshmemRing {
+    /// Target peer id (0..=`IVSHMEM_MAX_PEER`). QEMU drops rings to peers it does not know.
+    pub peer: u32,
+    /// Target vector; must be below this device's vector count (all peers share the count).
+    pub vector: u32,
+}
+
+/// Argument of `IVSHMEM_WAIT`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IvshmemWait {
+    /// Vector to wait on.
+    pub vector: u32,
+    /// Milliseconds to wait: 0 does not block (`EAGAIN`), negative waits without limit.
+    /// Expiry gives `ETIMEDOUT`, a signal `EINTR`, removal of the device `ENODEV`.
+    pub timeout_ms: i32,
+    /// Out: interrupts on `vector` since this file last saw one (at least 1). Interrupts that
+    /// arrive between two waits are counted, never lost.
+    pub count: u64,
+}
+
+/// Argument of `IVSHMEM_SET_EVENTFD`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IvshmemEventfd {
+    /// Vector whose interrupts signal the eventfd.
+    pub vector: u32,
+    /// An eventfd, or -1 to remove this file's eventfd from the vector. One eventfd per vector
+    /// and device (`EBUSY` if another file set one); it is removed when its file is closed.
+    pub fd: i32,
 }

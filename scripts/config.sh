@@ -8,6 +8,9 @@
 : "${IVSHMEM_SHM_SIZE:=64M}"                 # size of the shared memory (QEMU syntax: 64M, 1G)
 : "${IVSHMEM_SHM_PATH:=/dev/shm/ivshmem-rs}" # backing file; a path on hugetlbfs works too
 : "${IVSHMEM_EXTRA_SHM:=}"                   # extra "size" list: one more ivshmem-plain each, e.g. "4M 16M"
+: "${IVSHMEM_MODE:=plain}"                   # plain | doorbell (ivshmem-doorbell + scripts' ivshmem-server)
+: "${IVSHMEM_VECTORS:=2}"                    # doorbell mode: MSI-X vectors per guest
+: "${IVSHMEM_ONLY:=}"                        # start.sh: start only these guest numbers (e.g. "2")
 : "${IVSHMEM_ACCEL:=auto}"                   # tcg | kvm | auto (kvm only if a probe boot proves it)
 : "${IVSHMEM_GUEST_MEM:=512M}"               # guest RAM
 : "${IVSHMEM_GUEST_CPUS:=1}"                 # guest vCPUs
@@ -31,6 +34,9 @@ ivshmem_kernel_key() {
 }
 
 ivshmem_kdir() { echo "$IVSHMEM_CACHE/build/$(ivshmem_kernel_key)"; }
+
+# Whether process $1 runs (a zombie does not: daemonized QEMUs may be reaped late).
+alive() { [ -r "/proc/$1/status" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null; }
 
 die() { echo "error: $*" >&2; exit 1; }
 step() { echo "==> $*" >&2; }

@@ -13,7 +13,7 @@ cp "$busybox" "$tmp/bin/busybox"
 install -m 755 "$IVSHMEM_ROOT/scripts/guest/init" "$tmp/init"
 install -m 755 "$IVSHMEM_ROOT/scripts/guest/agent" "$tmp/bin/agent"
 cp "$module" "$tmp/ivshmem.ko"
-for t in read_write bandwidth ivshmem ivshmem-check; do
+for t in read_write bandwidth ivshmem ivshmem-check pingpong; do
 	[ -x "$tools/$t" ] || die "missing tool $tools/$t (make tools)"
 	cp "$tools/$t" "$tmp/bin/$t"
 done

@@ -36,8 +36,8 @@ class Guest:
     def alive(self):
         try:
             pid = int(open(self.pidfile).read())
-            os.kill(pid, 0)
-            return True
+            with open(f"/proc/{pid}/status") as f:
+                return not re.search(r"^State:\s*Z", f.read(), re.M)
         except (OSError, ValueError):
             return False
 

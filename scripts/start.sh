@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Starts IVSHMEM_GUESTS guests in the background, all sharing one ivshmem-plain backing file.
-# Each guest N has: console log $IVSHMEM_RUN/guestN.console, command socket guestN.sock
-# (see scripts/lab.py), pid file guestN.pid. Stop them with scripts/stop.sh.
+# Starts IVSHMEM_GUESTS guests in the background, all sharing one backing file through
+# ivshmem-plain, or in IVSHMEM_MODE=doorbell through ivshmem-doorbell and our ivshmem-server
+# (pid file server.pid, log server.log, socket ivshmem.sock). Each guest N has: console log
+# $IVSHMEM_RUN/guestN.console, command socket guestN.sock (see scripts/lab.py), pid file
+# guestN.pid. IVSHMEM_ONLY="N ..." starts just those guests (e.g. to rejoin a killed one).
+# Stop everything with scripts/stop.sh.
 #   scripts/start.sh [INITRAMFS]
 set -euo pipefail
 source "$(dirname "$0")/config.sh"
@@ -13,10 +16,12 @@ kernel=$(ivshmem_kdir)/arch/x86/boot/bzImage
 command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 missing: scripts/setup.sh host"
 mkdir -p "$IVSHMEM_RUN"
 
-for pidfile in "$IVSHMEM_RUN"/guest*.pid; do
+guests=${IVSHMEM_ONLY:-$(seq 1 "$IVSHMEM_GUESTS")}
+for i in $guests; do
+	pidfile=$IVSHMEM_RUN/guest$i.pid
 	[ -e "$pidfile" ] || continue
-	if kill -0 "$(cat "$pidfile")" 2>/dev/null; then
-		die "guests are already running ($pidfile): scripts/stop.sh first"
+	if alive "$(cat "$pidfile")"; then
+		die "guest $i is already running ($pidfile): scripts/stop.sh first"
 	fi
 	rm -f "$pidfile"
 done
@@ -53,6 +58,25 @@ for size in $IVSHMEM_EXTRA_SHM; do
 done
 dev_args=()
 k=0
+if [ "$IVSHMEM_MODE" = doorbell ]; then
+	# The server owns the first region: /dev/shm/NAME, which the host can read and write too.
+	case "$IVSHMEM_SHM_PATH" in
+	/dev/shm/*) ;;
+	*) die "doorbell mode keeps the memory in /dev/shm: set IVSHMEM_SHM_PATH=/dev/shm/NAME" ;;
+	esac
+	server=$IVSHMEM_ROOT/userspace/target/x86_64-unknown-linux-gnu/release/ivshmem-server
+	[ -x "$server" ] || die "no $server: run make tools"
+	if ! { [ -e "$IVSHMEM_RUN/server.pid" ] && alive "$(cat "$IVSHMEM_RUN/server.pid")"; }; then
+		"$server" -F -v -S "$IVSHMEM_RUN/ivshmem.sock" -l "$IVSHMEM_SHM_SIZE" -n "$IVSHMEM_VECTORS" \
+			-M "${IVSHMEM_SHM_PATH#/dev/shm/}" -p "$IVSHMEM_RUN/server.pid" >"$IVSHMEM_RUN/server.log" 2>&1 &
+		for _ in $(seq 100); do [ -S "$IVSHMEM_RUN/ivshmem.sock" ] && break; sleep 0.05; done
+		[ -S "$IVSHMEM_RUN/ivshmem.sock" ] || die "ivshmem-server did not start: $(cat "$IVSHMEM_RUN/server.log")"
+	fi
+	dev_args+=(-chardev "socket,path=$IVSHMEM_RUN/ivshmem.sock,id=ivs"
+		-device "ivshmem-doorbell,chardev=ivs,vectors=$IVSHMEM_VECTORS")
+	backing=("${backing[@]:1}")
+	k=1
+fi
 for b in "${backing[@]}"; do
 	size=${b%%:*} path=${b#*:}
 	mkdir -p "$(dirname "$path")"
@@ -66,16 +90,16 @@ for b in "${backing[@]}"; do
 	k=$((k + 1))
 done
 
-for i in $(seq 1 "$IVSHMEM_GUESTS"); do
+for i in $guests; do
 	rm -f "$IVSHMEM_RUN/guest$i.sock" "$IVSHMEM_RUN/guest$i.console"
 	qemu-system-x86_64 -name "guest$i" "${cpu[@]}" -m "$IVSHMEM_GUEST_MEM" -smp "$IVSHMEM_GUEST_CPUS" \
 		-nodefaults -no-reboot -display none \
 		-kernel "$kernel" -initrd "$initrd" \
-		-append "console=ttyS0 ivshmem_lab.guest=$i panic=-1" \
+		-append "console=ttyS0 ivshmem_lab.guest=$i panic=-1 tsc=reliable" \
 		-serial "file:$IVSHMEM_RUN/guest$i.console" \
 		-serial "unix:$IVSHMEM_RUN/guest$i.sock,server=on,wait=off" \
 		"${dev_args[@]}" \
 		-daemonize -pidfile "$IVSHMEM_RUN/guest$i.pid" ||
 		{ "$IVSHMEM_ROOT/scripts/stop.sh"; die "QEMU failed to start guest $i"; }
 done
-echo "started $IVSHMEM_GUESTS guest(s) ($accel, ${backing[*]}) in $IVSHMEM_RUN" >&2
+echo "started guest(s) $(echo $guests) ($accel, $IVSHMEM_MODE, $IVSHMEM_SHM_SIZE:$IVSHMEM_SHM_PATH ${backing[*]}) in $IVSHMEM_RUN" >&2

@@ -65,18 +65,25 @@ class Suite:
 
     # --- the lab -------------------------------------------------------------------------
 
-    def boot(self, guests, extra):
+    def env(self, **kw):
+        return dict(os.environ, IVSHMEM_RUN=RUN, IVSHMEM_SHM_SIZE="64M", IVSHMEM_SHM_PATH=SHM, **kw)
+
+    def boot(self, guests, extra, mode="plain"):
         self.stop()
-        env = dict(os.environ, IVSHMEM_RUN=RUN, IVSHMEM_GUESTS=str(guests), IVSHMEM_SHM_SIZE="64M",
-                   IVSHMEM_SHM_PATH=SHM, IVSHMEM_EXTRA_SHM=extra)
+        self.mode = mode
         for suffix in ["", ".1"]:
             if os.path.exists(SHM + suffix):
                 os.unlink(SHM + suffix)
-        subprocess.run(["bash", os.path.join(ROOT, "scripts/start.sh"), os.path.join(RUN, "initramfs.cpio.gz")],
-                       env=env, check=True)
+        self.start(guests=guests, extra=extra)
         self.guests = [lab.Guest(i, RUN) for i in range(1, guests + 1)]
         for g in self.guests:
             g.wait_ready(240)
+
+    def start(self, guests, extra, only=""):
+        env = self.env(IVSHMEM_GUESTS=str(guests), IVSHMEM_EXTRA_SHM=extra, IVSHMEM_MODE=self.mode,
+                       IVSHMEM_VECTORS="2", IVSHMEM_ONLY=only)
+        subprocess.run(["bash", os.path.join(ROOT, "scripts/start.sh"), os.path.join(RUN, "initramfs.cpio.gz")],
+                       env=env, check=True)
 
     def stop(self):
         for g in self.guests:
@@ -379,6 +386,166 @@ def high_lab(s):
     s.test("dmesg clean with a 4 GiB device", lambda: s.dmesg_clean(1))
 
 
+def doorbell_lab(s):
+    """Three guests on ivshmem-doorbell through scripts' ivshmem-server, plus a plain device."""
+    s.boot(3, "4M", mode="doorbell")
+    ids = {}
+
+    def bg(g, cmd, out):
+        s.sh(g, f"rm -f {out}; ({cmd} > {out} 2>&1; echo exit=$? >> {out}) &")
+
+    def wait_line(g, out, text, secs=30):
+        s.sh(g, f"for i in $(seq {secs * 10}); do grep -q '{text}' {out} && break; sleep 0.1; done")
+        return s.sh(g, f"cat {out}")[1]
+
+    def probe():
+        for g in (1, 2, 3):
+            s.sh(g, "insmod /ivshmem.ko")
+            _, out = s.sh(g, "ivshmem info -d 0")
+            check("mode doorbell" in out and "vectors 2" in out, out)
+            ids[g] = int(re.search(r"peer_id (\d+)", out).group(1))
+            _, out = s.sh(g, "ivshmem info -d 1")
+            check("mode plain" in out and "vectors 0" in out, out)
+        check(len(set(ids.values())) == 3, f"peer ids {ids}")
+        host_write(SHM, 0, lab.pattern(66, 0, 1 << 20))
+        s.sh(3, "ivshmem verify -d 0 --seed 66 --len 1M")
+    s.test("doorbell devices: distinct peer ids, 2 vectors, memory shared with the host", probe)
+
+    def ring_both_ways():
+        for a, b in ((1, 2), (2, 1)):
+            bg(b, "ivshmem wait --vector 0 --timeout 20000", "/tmp/w.out")
+            wait_line(b, "/tmp/w.out", "waiting")
+            s.sh(a, f"ivshmem ring --peer {ids[b]} --vector 0")
+            out = wait_line(b, "/tmp/w.out", "exit=")
+            check("1 interrupt(s) on vector 0" in out and "exit=0" in out, f"guest {b}: {out}")
+    s.test("guest 1 rings guest 2's vector 0 and guest 2 wakes; and back", ring_both_ways)
+
+    def ring_reaches_only_target():
+        for g in (1, 2, 3):
+            bg(g, "ivshmem wait --vector 1 --timeout 4000", "/tmp/t.out")
+            wait_line(g, "/tmp/t.out", "waiting")
+        s.sh(1, f"ivshmem ring --peer {ids[3]} --vector 1")
+        outs = {g: wait_line(g, "/tmp/t.out", "exit=", 20) for g in (1, 2, 3)}
+        check("1 interrupt(s) on vector 1" in outs[3], f"target: {outs[3]}")
+        for g in (1, 2):
+            check("ETIMEDOUT" in outs[g] and "exit=1" in outs[g], f"guest {g} woke: {outs[g]}")
+    s.test("three guests: a ring reaches only its target", ring_reaches_only_target)
+
+    def wait_errors():
+        status, out = s.sh(2, "ivshmem wait --vector 0 --timeout 0", ok=False)
+        check(status == 1 and "EAGAIN" in out, out)
+        status, out = s.sh(2, "ivshmem wait --vector 0 --timeout 300", ok=False)
+        check(status == 1 and "ETIMEDOUT" in out, out)
+        s.sh(2, "rm -f /tmp/i.out; (ivshmem wait --vector 0 --timeout -1 --catch-signal > /tmp/i.out 2>&1 & "
+                "echo $! > /tmp/i.pid; wait $!; echo exit=$? >> /tmp/i.out) &")
+        wait_line(2, "/tmp/i.out", "waiting")
+        s.sh(2, "sleep 0.3; kill -USR1 $(cat /tmp/i.pid)")
+        out = wait_line(2, "/tmp/i.out", "exit=")
+        check("EINTR" in out and "exit=1" in out, out)
+        # An interrupt that arrives before the wait is counted, not lost.
+        s.sh(1, f"ivshmem ring --peer {ids[2]} --vector 1")
+        s.sh(2, "sleep 0.5")
+        status, out = s.sh(2, "ivshmem wait --vector 1 --timeout 0", ok=False)
+        check(status == 1 and "EAGAIN" in out, "a new open file must not see old interrupts: " + out)
+        for cmd, errno in ((f"ivshmem ring --peer {ids[2]} --vector 2", "Invalid argument"),
+                           ("ivshmem ring --peer 65536 --vector 0", "Invalid argument"),
+                           ("ivshmem wait --vector 2 --timeout 0", "Invalid argument"),
+                           ("ivshmem ring -d 1 --peer 0", "not a doorbell device"),
+                           ("ivshmem wait -d 1 --timeout 0", "not a doorbell device")):
+            status, out = s.sh(1, cmd, ok=False)
+            check(status == 1 and errno in out, f"{cmd}: {out}")
+    s.test("waits: EAGAIN, ETIMEDOUT, EINTR; bad vector/peer EINVAL; plain device EOPNOTSUPP", wait_errors)
+
+    def counted_not_lost():
+        # A file that is open when interrupts arrive sees all of them on its next wait.
+        bg(2, "ivshmem-check counted /dev/ivshmem0 1 /tmp/go", "/tmp/c.out")
+        wait_line(2, "/tmp/c.out", "opened")
+        s.sh(1, f"for i in 1 2 3; do ivshmem ring --peer {ids[2]} --vector 1; done")
+        s.sh(2, "sleep 0.5; touch /tmp/go")
+        out = wait_line(2, "/tmp/c.out", "exit=")
+        check("counted 3" in out and "then EAGAIN" in out and "exit=0" in out, out)
+        s.sh(2, "rm -f /tmp/go; (ivshmem-check eventfd /dev/ivshmem0 1 10000 > /tmp/e.out 2>&1; echo exit=$? >> /tmp/e.out) &")
+        wait_line(2, "/tmp/e.out", "polling")
+        s.sh(1, f"ivshmem ring --peer {ids[2]} --vector 1")
+        out = wait_line(2, "/tmp/e.out", "exit=")
+        check("eventfd signalled 1" in out and "exit=0" in out and "FAIL" not in out, out)
+    s.test("interrupts reach an eventfd for poll/epoll users; one eventfd per vector (EBUSY)", counted_not_lost)
+
+    def read_write_wait():
+        bg(2, "read_write --wait 60", "/tmp/rw.out")
+        wait_line(2, "/tmp/rw.out", "waiting for a message")
+        _, out = s.sh(1, f"read_write --peer {ids[2]} -m 'rung, not polled'")
+        check(f"rang peer {ids[2]}" in out, out)
+        out = wait_line(2, "/tmp/rw.out", "exit=")
+        check("Read from shmem: 'rung, not polled'" in out and "exit=0" in out, out)
+    s.test("read_write --wait sleeps until the writer rings", read_write_wait)
+
+    def pingpong(mode, rounds):
+        def run():
+            bg(2, f"pingpong --role pong --peer {ids[1]} --mode {mode} --rounds {rounds} --offset 2M", "/tmp/pp.out")
+            s.sh(2, "sleep 0.5")
+            _, out = s.sh(1, f"pingpong --role ping --peer {ids[2]} --mode {mode} --rounds {rounds} --offset 2M",
+                          timeout=900)
+            print("  measured: " + out.strip(), flush=True)
+            check(re.search(rf"{rounds} round trips, latency us: min [\d.]+ median [\d.]+ p99 [\d.]+ max [\d.]+; \d+ messages/s", out), out)
+            pong = wait_line(2, "/tmp/pp.out", "exit=", 60)
+            check(f"answered {rounds} rounds" in pong and "exit=0" in pong, pong)
+        return run
+    s.test("pingpong: 10,000 doorbell rounds lose no wake-up (figures printed)", pingpong("doorbell", 10000))
+    s.test("pingpong: spin mode (figures printed)", pingpong("spin", 2000))
+
+    def removal_wakes_waiter():
+        bg(3, "ivshmem wait --vector 0 --timeout -1", "/tmp/r.out")
+        wait_line(3, "/tmp/r.out", "waiting")
+        s.sh(3, "echo 0000:00:02.0 > /sys/bus/pci/drivers/ivshmem/unbind")
+        out = wait_line(3, "/tmp/r.out", "exit=", 10)
+        check("ENODEV" in out and "exit=1" in out, out)
+        s.sh(3, "echo 0000:00:02.0 > /sys/bus/pci/drivers/ivshmem/bind")
+        _, out = s.sh(3, "ivshmem info -d 0 2>/dev/null || ivshmem info -d 1")
+        check("mode doorbell" in out, out)
+        s.dmesg_clean(3)
+    s.test("unbind wakes a blocked waiter with ENODEV; rebind works", removal_wakes_waiter)
+
+    def server_survives():
+        spid = int(open(os.path.join(RUN, "server.pid")).read())
+        fds = lambda: len(os.listdir(f"/proc/{spid}/fd"))
+        before = fds()
+        gpid = int(open(os.path.join(RUN, "guest3.pid")).read())
+        os.kill(gpid, signal.SIGKILL)
+        check(not s.guests[2].alive() or time.sleep(1) or not s.guests[2].alive(), "guest 3 survived SIGKILL")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and f"peer {ids[3]} left" not in open(os.path.join(RUN, "server.log")).read():
+            time.sleep(0.1)
+        check(f"peer {ids[3]} left" in open(os.path.join(RUN, "server.log")).read(), "server did not see guest 3 go")
+        check(fds() < before, f"server fds {fds()} after a peer left, {before} before")
+        # The others keep working.
+        bg(2, "ivshmem wait --vector 0 --timeout 20000", "/tmp/w.out")
+        wait_line(2, "/tmp/w.out", "waiting")
+        s.sh(1, f"ivshmem ring --peer {ids[2]} --vector 0")
+        check("1 interrupt(s)" in wait_line(2, "/tmp/w.out", "exit="), "guest 2 stopped getting rings")
+        # Guest 3 rejoins with a new id and talks to guest 1.
+        s.guests[2].close()
+        s.start(guests=3, extra="4M", only="3")
+        s.guests[2].wait_ready(240)
+        s.sh(3, "insmod /ivshmem.ko")
+        _, out = s.sh(3, "ivshmem info -d 0")
+        new_id = int(re.search(r"peer_id (\d+)", out).group(1))
+        check(new_id not in (ids[1], ids[2]), f"rejoined guest got id {new_id}, taken by {ids}")
+        bg(3, "ivshmem wait --vector 0 --timeout 20000", "/tmp/w.out")
+        wait_line(3, "/tmp/w.out", "waiting")
+        s.sh(1, f"ivshmem ring --peer {new_id} --vector 0")
+        check("1 interrupt(s)" in wait_line(3, "/tmp/w.out", "exit="), "rejoined guest gets no rings")
+        host_write(SHM, 4 << 20, lab.pattern(67, 4 << 20, 1 << 20))
+        s.sh(3, "ivshmem verify -d 0 --seed 67 --offset 4M --len 1M")
+        check(fds() == before, f"server fds {fds()} after rejoin, {before} before")
+    s.test("server survives a killed guest and its rejoin; no fd leak; others keep working", server_survives)
+
+    def dmesg():
+        for g in (1, 2, 3):
+            s.dmesg_clean(g)
+    s.test("doorbell guests' dmesg clean", dmesg)
+
+
 def main():
     s = Suite()
 
@@ -390,7 +557,10 @@ def main():
     try:
         subprocess.run(["bash", os.path.join(ROOT, "scripts/initramfs.sh"), os.path.join(RUN, "initramfs.cpio.gz"),
                         os.path.join(ROOT, "ivshmem.ko"), TOOLS], check=True)
-        for phase in (main_lab, high_lab):
+        phases = [main_lab, high_lab, doorbell_lab]
+        if len(sys.argv) > 1:  # e.g. scripts/vmtest.py doorbell_lab
+            phases = [p for p in phases if p.__name__ in sys.argv[1:]]
+        for phase in phases:
             try:
                 phase(s)
             except (lab.GuestError, subprocess.SubprocessError, OSError) as e:

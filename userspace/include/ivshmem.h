@@ -21,9 +21,31 @@ struct ivshmem_info {
 	__u64 reserved[3];
 };
 
-#define IVSHMEM_GET_SIZE  _IOR(IVSHMEM_IOCTL_MAGIC, 0, __u64)
-#define IVSHMEM_GET_INFO  _IOR(IVSHMEM_IOCTL_MAGIC, 1, struct ivshmem_info)
-#define IVSHMEM_SET_CACHE _IOW(IVSHMEM_IOCTL_MAGIC, 2, __u32)
+struct ivshmem_ring {
+	__u32 peer;     /* target peer id, 0..IVSHMEM_MAX_PEER */
+	__u32 vector;   /* target vector, below this device's vector count */
+};
+
+struct ivshmem_wait {
+	__u32 vector;     /* vector to wait on */
+	__s32 timeout_ms; /* 0: don't block (EAGAIN); < 0: no limit; expiry: ETIMEDOUT */
+	__u64 count;      /* out: interrupts since this file last saw one (>= 1) */
+};
+
+struct ivshmem_eventfd {
+	__u32 vector;   /* interrupts of this vector signal the eventfd */
+	__s32 fd;       /* eventfd, or -1 to remove this file's */
+};
+
+#define IVSHMEM_GET_SIZE    _IOR(IVSHMEM_IOCTL_MAGIC, 0, __u64)
+#define IVSHMEM_GET_INFO    _IOR(IVSHMEM_IOCTL_MAGIC, 1, struct ivshmem_info)
+#define IVSHMEM_SET_CACHE   _IOW(IVSHMEM_IOCTL_MAGIC, 2, __u32)
+#define IVSHMEM_RING        _IOW(IVSHMEM_IOCTL_MAGIC, 3, struct ivshmem_ring)
+#define IVSHMEM_WAIT        _IOWR(IVSHMEM_IOCTL_MAGIC, 4, struct ivshmem_wait)
+#define IVSHMEM_SET_EVENTFD _IOW(IVSHMEM_IOCTL_MAGIC, 5, struct ivshmem_eventfd)
+
+#define IVSHMEM_MAX_VECTORS 64
+#define IVSHMEM_MAX_PEER 0xffff
 
 #define IVSHMEM_CACHE_WB 0
 #define IVSHMEM_CACHE_WC 1

@@ -127,6 +127,45 @@ impl Device {
         self.ioctl(uapi::IVSHMEM_SET_CACHE, &mut raw)
     }
 
+    /// This guest's peer id on a doorbell device, `None` on `ivshmem-plain`.
+    pub fn peer_id(&self) -> Result<Option<u32>> {
+        let info = self.info()?;
+        Ok((info.peer_id != uapi::IVSHMEM_NO_PEER).then_some(info.peer_id))
+    }
+
+    /// Interrupts `vector` of peer `peer` (doorbell devices; QEMU drops rings to unknown peers).
+    pub fn ring(&self, peer: u32, vector: u32) -> Result<()> {
+        let mut ring = uapi::IvshmemRing { peer, vector };
+        self.ioctl(uapi::IVSHMEM_RING, &mut ring)
+    }
+
+    /// Waits for an interrupt on `vector` and returns how many arrived since this open file
+    /// last saw one. `None` waits forever, `Some(Duration::ZERO)` does not block (`EAGAIN`).
+    /// Expiry gives `ETIMEDOUT`, a signal `EINTR`, device removal `ENODEV`.
+    pub fn wait(&self, vector: u32, timeout: Option<std::time::Duration>) -> Result<u64> {
+        let timeout_ms = match timeout {
+            None => -1,
+            Some(t) => i32::try_from(t.as_millis()).unwrap_or(i32::MAX),
+        };
+        let mut wait = uapi::IvshmemWait {
+            vector,
+            timeout_ms,
+            count: 0,
+        };
+        self.ioctl(uapi::IVSHMEM_WAIT, &mut wait)?;
+        Ok(wait.count)
+    }
+
+    /// Makes every interrupt on `vector` signal the eventfd `fd` (for poll/epoll users), or
+    /// removes this file's eventfd with `None`.
+    pub fn set_eventfd(&self, vector: u32, fd: Option<i32>) -> Result<()> {
+        let mut arg = uapi::IvshmemEventfd {
+            vector,
+            fd: fd.unwrap_or(-1),
+        };
+        self.ioctl(uapi::IVSHMEM_SET_EVENTFD, &mut arg)
+    }
+
     /// Maps `len` bytes of shared memory starting at `offset` (a multiple of the page size).
     pub fn map(&self, offset: u64, len: usize) -> Result<Mapping> {
         Mapping::new(self, offset, len)

@@ -42,6 +42,7 @@ impl Error {
                 Some("permission denied: run as root or see the udev rule in README.md")
             }
             (_, 19) => Some("the device was removed"),
+            (_, 95) => Some("not a doorbell device: ivshmem-plain has no interrupts"),
             ("ioctl", 25) => Some("not an ivshmem device, or the module is too old"),
             _ => None,
         }

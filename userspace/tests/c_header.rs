@@ -16,8 +16,14 @@ fn c_header_matches_rust_abi() {
 #include <stddef.h>
 #include "ivshmem.h"
 int main(void) {
-    printf("%lu %lu %lu\n", (unsigned long)IVSHMEM_GET_SIZE, (unsigned long)IVSHMEM_GET_INFO,
-           (unsigned long)IVSHMEM_SET_CACHE);
+    printf("%lu %lu %lu %lu %lu %lu\n", (unsigned long)IVSHMEM_GET_SIZE,
+           (unsigned long)IVSHMEM_GET_INFO, (unsigned long)IVSHMEM_SET_CACHE,
+           (unsigned long)IVSHMEM_RING, (unsigned long)IVSHMEM_WAIT,
+           (unsigned long)IVSHMEM_SET_EVENTFD);
+    printf("%d %d %zu %zu %zu %zu %zu %zu\n", IVSHMEM_MAX_VECTORS, IVSHMEM_MAX_PEER,
+           sizeof(struct ivshmem_ring), offsetof(struct ivshmem_ring, vector),
+           sizeof(struct ivshmem_wait), offsetof(struct ivshmem_wait, count),
+           sizeof(struct ivshmem_eventfd), offsetof(struct ivshmem_eventfd, fd));
     printf("%d %d %d %u %u\n", IVSHMEM_CACHE_WB, IVSHMEM_CACHE_WC, IVSHMEM_CACHE_UC,
            IVSHMEM_FLAG_DOORBELL, IVSHMEM_NO_PEER);
     printf("%zu %zu %zu %zu %zu %zu %zu %zu\n", sizeof(struct ivshmem_info),
@@ -44,12 +50,31 @@ int main(void) {
     let mut lines = text.lines();
 
     let want = format!(
-        "{} {} {}",
+        "{} {} {} {} {} {}",
         uapi::IVSHMEM_GET_SIZE,
         uapi::IVSHMEM_GET_INFO,
-        uapi::IVSHMEM_SET_CACHE
+        uapi::IVSHMEM_SET_CACHE,
+        uapi::IVSHMEM_RING,
+        uapi::IVSHMEM_WAIT,
+        uapi::IVSHMEM_SET_EVENTFD
     );
     assert_eq!(lines.next().unwrap(), want, "ioctl numbers");
+    let want = format!(
+        "{} {} {} {} {} {} {} {}",
+        uapi::IVSHMEM_MAX_VECTORS,
+        uapi::IVSHMEM_MAX_PEER,
+        std::mem::size_of::<uapi::IvshmemRing>(),
+        std::mem::offset_of!(uapi::IvshmemRing, vector),
+        std::mem::size_of::<uapi::IvshmemWait>(),
+        std::mem::offset_of!(uapi::IvshmemWait, count),
+        std::mem::size_of::<uapi::IvshmemEventfd>(),
+        std::mem::offset_of!(uapi::IvshmemEventfd, fd),
+    );
+    assert_eq!(
+        lines.next().unwrap(),
+        want,
+        "doorbell constants and structs"
+    );
     let want = format!(
         "{} {} {} {} {}",
         uapi::IVSHMEM_CACHE_WB,
@@ -80,4 +105,7 @@ fn ioctl_numbers_are_the_documented_ones() {
     assert_eq!(uapi::IVSHMEM_GET_SIZE, 0x8008_b900);
     assert_eq!(uapi::IVSHMEM_GET_INFO, 0x8040_b901);
     assert_eq!(uapi::IVSHMEM_SET_CACHE, 0x4004_b902);
+    assert_eq!(uapi::IVSHMEM_RING, 0x4008_b903);
+    assert_eq!(uapi::IVSHMEM_WAIT, 0xc010_b904);
+    assert_eq!(uapi::IVSHMEM_SET_EVENTFD, 0x4008_b905);
 }

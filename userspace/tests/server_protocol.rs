@@ -14,12 +14,25 @@ const VECTORS: u32 = 3;
 /// The tests count this process's descriptors: run them one at a time.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn start(tag: &str) -> (Arc<Server>, String, Arc<AtomicBool>, std::thread::JoinHandle<()>) {
+fn start(
+    tag: &str,
+) -> (
+    Arc<Server>,
+    String,
+    Arc<AtomicBool>,
+    std::thread::JoinHandle<()>,
+) {
     let dir = std::env::temp_dir();
     let sock = dir.join(format!("ivshmem-test-{tag}-{}.sock", std::process::id()));
     let shm_path = dir.join(format!("ivshmem-test-{tag}-{}.shm", std::process::id()));
     let _ = std::fs::remove_file(&sock);
-    let shm = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&shm_path).unwrap();
+    let shm = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&shm_path)
+        .unwrap();
     shm.set_len(1 << 20).unwrap();
     std::fs::remove_file(&shm_path).unwrap();
     let server = Server::new(shm, VECTORS, false).unwrap();

@@ -1,6 +1,18 @@
 //! `ivshmem`: inspect a device and write or check reproducible patterns in its shared memory.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+extern "C" {
+    fn signal(sig: i32, handler: extern "C" fn(i32)) -> usize;
+}
+
+extern "C" fn ignore(_: i32) {}
+
+/// Installs a do-nothing SIGUSR1 handler, so the signal interrupts a wait (EINTR).
+fn catch_sigusr1() {
+    // SAFETY: the handler does nothing; SIGUSR1 is 10 on x86-64 and arm64.
+    unsafe { signal(10, ignore) };
+}
 
 use ivshmem::args::{device_path, usage_error, Args};
 use ivshmem::{pattern, uapi, CacheType, Device};
@@ -12,11 +24,17 @@ usage: ivshmem info   [-d DEVICE]
        ivshmem fill   [-d DEVICE] --seed N [--offset O] [--len L] [--cache wb|wc|uc]
        ivshmem verify [-d DEVICE] --seed N [--offset O] [--len L]
        ivshmem touch  [-d DEVICE] [--offset O] [--len L] [--cache wb|wc|uc]
+       ivshmem ring   [-d DEVICE] --peer ID [--vector V]
+       ivshmem wait   [-d DEVICE] [--vector V] [--timeout MS] [--catch-signal]
 
   info     size, PCI address, peer id, vectors, mode and cache type of the device
   fill     write pattern N over [O, O+L) (byte i of the region gets pattern(N, i))
   verify   check [O, O+L) holds pattern N; exit 1 at the first difference
   touch    time mmap of [O, O+L) and a first read of each of its pages
+  ring     interrupt vector V (default 0) of peer ID (doorbell devices)
+  wait     wait for an interrupt on vector V; MS: -1 forever (default), 0 don't block;
+           prints the count, or the errno (EAGAIN, ETIMEDOUT, EINTR, ENODEV) and exits 1;
+           --catch-signal: SIGUSR1 interrupts the wait instead of killing the process
 
   -d, --device DEVICE   /dev/ivshmemN path or index N (default /dev/ivshmem0)
       --offset O        start (default 0);  --len L  length (default: to the end)
@@ -138,6 +156,42 @@ fn run(cmd: &str, mut args: Args) -> Result<(), String> {
                 r.len.div_ceil(4096),
                 touched.as_secs_f64() * 1e3
             );
+        }
+        "ring" => {
+            let dev = Device::open(&device_path(args.value(&["-d", "--device"])?))
+                .map_err(|e| e.to_string())?;
+            let peer = args
+                .parsed::<u32>(&["--peer"])?
+                .ok_or("--peer is required")?;
+            let vector = args.parsed::<u32>(&["--vector"])?.unwrap_or(0);
+            args.finish()?;
+            dev.ring(peer, vector).map_err(|e| e.to_string())?;
+            println!("rang peer {peer} vector {vector}");
+        }
+        "wait" => {
+            let dev = Device::open(&device_path(args.value(&["-d", "--device"])?))
+                .map_err(|e| e.to_string())?;
+            let vector = args.parsed::<u32>(&["--vector"])?.unwrap_or(0);
+            let ms = args.parsed::<i64>(&["--timeout"])?.unwrap_or(-1);
+            if args.flag(&["--catch-signal"]) {
+                catch_sigusr1();
+            }
+            args.finish()?;
+            let timeout = (ms >= 0).then(|| Duration::from_millis(ms as u64));
+            println!("waiting");
+            match dev.wait(vector, timeout) {
+                Ok(n) => println!("{n} interrupt(s) on vector {vector}"),
+                Err(e) => {
+                    let name = match e.errno() {
+                        Some(11) => "EAGAIN",
+                        Some(110) => "ETIMEDOUT",
+                        Some(4) => "EINTR",
+                        Some(19) => "ENODEV",
+                        _ => "error",
+                    };
+                    return Err(format!("{name}: {e}"));
+                }
+            }
         }
         _ => return Err(format!("unknown command '{cmd}' (see --help)")),
     }

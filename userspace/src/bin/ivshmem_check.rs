@@ -18,7 +18,9 @@ const PAGE: usize = 4096;
 const USAGE: &str = "\
 usage: ivshmem-check errors DEVICE            every bad input gets its errno
        ivshmem-check revoke DEVICE GO-FILE    map, wait for GO-FILE, expect ENODEV and SIGBUS
-       ivshmem-check hold DEVICE wb|wc|uc GO-FILE   map with a cache type until GO-FILE exists";
+       ivshmem-check hold DEVICE wb|wc|uc GO-FILE   map with a cache type until GO-FILE exists
+       ivshmem-check eventfd DEVICE VECTOR MS   register an eventfd, poll it up to MS ms
+       ivshmem-check counted DEVICE VECTOR GO-FILE   open, wait for GO-FILE, count interrupts";
 
 struct Checker {
     failed: usize,
@@ -355,11 +357,124 @@ fn revoke(path: &str, go: &str) -> i32 {
     1
 }
 
+#[repr(C)]
+struct PollFd {
+    fd: i32,
+    events: i16,
+    revents: i16,
+}
+
+extern "C" {
+    fn eventfd(initval: u32, flags: i32) -> i32;
+    fn poll(fds: *mut PollFd, nfds: u64, timeout: i32) -> i32;
+}
+
+/// Registers an eventfd for `vector`, checks a second file gets EBUSY for the same vector,
+/// then polls the eventfd like an epoll user would and prints what it read.
+fn eventfd_poll(path: &str, vector: u32, ms: i32) -> i32 {
+    use std::io::Read;
+    use std::os::fd::FromRawFd;
+    let mut c = Checker { failed: 0 };
+    let dev = match Device::open(path) {
+        Ok(d) => d,
+        Err(e) => {
+            println!("FAIL open: {e}");
+            return 1;
+        }
+    };
+    // SAFETY: plain syscall; the fd is owned by `efd` below.
+    let raw = unsafe { eventfd(0, 0) };
+    // SAFETY: `raw` is a fresh eventfd nobody else owns.
+    let mut efd = unsafe { std::fs::File::from_raw_fd(raw) };
+    c.check(
+        "set-eventfd",
+        dev.set_eventfd(vector, Some(raw))
+            .map_err(|e| e.to_string()),
+    );
+    let other = Device::open(path).expect("second open");
+    c.check(
+        "second-file-ebusy",
+        match other.set_eventfd(vector, Some(raw)) {
+            Err(e) if e.errno() == Some(16) => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    c.check(
+        "bad-fd-ebadf",
+        match dev.set_eventfd(vector, Some(9999)) {
+            Err(e) if e.errno() == Some(9) => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    println!("polling");
+    let mut pfd = PollFd {
+        fd: raw,
+        events: 1,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    let n = unsafe { poll(&mut pfd, 1, ms) };
+    if n == 1 {
+        let mut buf = [0u8; 8];
+        let _ = efd.read_exact(&mut buf);
+        println!("eventfd signalled {}", u64::from_ne_bytes(buf));
+    } else {
+        println!("eventfd not signalled (poll returned {n})");
+        c.failed += 1;
+    }
+    c.check(
+        "remove-eventfd",
+        dev.set_eventfd(vector, None).map_err(|e| e.to_string()),
+    );
+    c.failed as i32
+}
+
+/// Interrupts that arrive while a file is open are all reported by its next wait, once.
+fn counted(path: &str, vector: u32, go: &str) -> i32 {
+    let dev = match Device::open(path) {
+        Ok(d) => d,
+        Err(e) => {
+            println!("FAIL open: {e}");
+            return 1;
+        }
+    };
+    println!("opened");
+    let start = Instant::now();
+    while !Path::new(go).exists() && start.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    match dev.wait(vector, Some(Duration::ZERO)) {
+        Ok(n) => println!("counted {n}"),
+        Err(e) => {
+            println!("FAIL first wait: {e}");
+            return 1;
+        }
+    }
+    match dev.wait(vector, Some(Duration::ZERO)) {
+        Err(e) if e.errno() == Some(11) => {
+            println!("then EAGAIN");
+            0
+        }
+        other => {
+            println!("FAIL second wait: {other:?}");
+            1
+        }
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let code = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
         ["errors", dev] => errors(dev),
         ["revoke", dev, go] => revoke(dev, go),
+        ["counted", dev, vector, go] => match vector.parse() {
+            Ok(v) => counted(dev, v, go),
+            Err(_) => 2,
+        },
+        ["eventfd", dev, vector, ms] => match (vector.parse(), ms.parse()) {
+            (Ok(v), Ok(ms)) => eventfd_poll(dev, v, ms),
+            _ => 2,
+        },
         ["hold", dev, cache, go] => match cache.parse().and_then(|c| hold(dev, c, go)) {
             Ok(_) => 0,
             Err(e) => {

@@ -45,12 +45,14 @@ extern "C" fn on_signal(_: c_int) {
     STOP.store(true, Ordering::Relaxed);
 }
 
+#[derive(Debug)]
 enum Backing {
     Dir(String),
     Name(String),
     Memfd,
 }
 
+#[derive(Debug)]
 struct Opts {
     socket: String,
     size: u64,
@@ -76,7 +78,9 @@ fn parse(mut a: Args) -> Result<Option<Opts>, String> {
     let vectors = a.parsed::<u32>(&["-n"])?.unwrap_or(1);
     let dir = a.value(&["-m"])?;
     let name = a.value(&["-M"])?;
-    let pidfile = a.value(&["-p"])?.unwrap_or("/var/run/ivshmem-server.pid".into());
+    let pidfile = a
+        .value(&["-p"])?
+        .unwrap_or("/var/run/ivshmem-server.pid".into());
     let rest = a.finish()?;
     if !rest.is_empty() {
         return Err(format!("unexpected argument '{}'", rest[0]));
@@ -94,26 +98,49 @@ fn parse(mut a: Args) -> Result<Option<Opts>, String> {
         (None, None, false) => Backing::Name("ivshmem".into()),
         _ => return Err("-m, -M and --memfd exclude each other".into()),
     };
-    Ok(Some(Opts { socket, size, vectors, backing, foreground, pidfile, verbose }))
+    Ok(Some(Opts {
+        socket,
+        size,
+        vectors,
+        backing,
+        foreground,
+        pidfile,
+        verbose,
+    }))
 }
 
 fn open_shm(o: &Opts) -> io::Result<File> {
     let file = match &o.backing {
         Backing::Name(name) => {
             if name.contains('/') {
-                return Err(io::Error::new(io::ErrorKind::InvalidInput, "-M takes a name, not a path"));
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "-M takes a name, not a path",
+                ));
             }
-            OpenOptions::new().read(true).write(true).create(true).mode(0o600).open(format!("/dev/shm/{name}"))?
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .mode(0o600)
+                .open(format!("/dev/shm/{name}"))?
         }
         Backing::Dir(dir) => {
             let path = format!("{dir}/ivshmem.{}", std::process::id());
-            let f = OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(&path)?;
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)?;
             fs::remove_file(&path)?;
             f
         }
         Backing::Memfd => {
             // SAFETY: a NUL-terminated name; the fd is checked and owned below.
-            let fd = unsafe { memfd_create(c"ivshmem".as_ptr(), 1 /* MFD_CLOEXEC */) };
+            let fd = unsafe {
+                memfd_create(c"ivshmem".as_ptr(), 1 /* MFD_CLOEXEC */)
+            };
             if fd < 0 {
                 return Err(io::Error::last_os_error());
             }
@@ -130,7 +157,10 @@ fn bind(path: &str) -> io::Result<UnixListener> {
     match UnixListener::bind(path) {
         Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
             if UnixStream::connect(path).is_ok() {
-                return Err(io::Error::new(io::ErrorKind::AddrInUse, format!("{path}: a server is already listening")));
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("{path}: a server is already listening"),
+                ));
             }
             fs::remove_file(path)?;
             UnixListener::bind(path)
@@ -146,7 +176,10 @@ fn daemonize() -> io::Result<()> {
         0 => {
             // SAFETY: plain syscall in the child.
             unsafe { setsid() };
-            let null = OpenOptions::new().read(true).write(true).open("/dev/null")?;
+            let null = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")?;
             use std::os::fd::AsRawFd;
             extern "C" {
                 fn dup2(old: c_int, new: c_int) -> c_int;
@@ -167,7 +200,8 @@ fn run(o: Opts) -> Result<(), String> {
     if !o.foreground {
         daemonize().map_err(|e| format!("daemonize: {e}"))?;
     }
-    fs::write(&o.pidfile, format!("{}\n", std::process::id())).map_err(|e| format!("pid file {}: {e}", o.pidfile))?;
+    fs::write(&o.pidfile, format!("{}\n", std::process::id()))
+        .map_err(|e| format!("pid file {}: {e}", o.pidfile))?;
     // SAFETY: the handler only stores to an atomic.
     unsafe {
         signal(2, on_signal);
@@ -175,7 +209,10 @@ fn run(o: Opts) -> Result<(), String> {
     }
     let server = Server::new(shm, o.vectors, o.verbose).map_err(|e| e.to_string())?;
     if o.verbose {
-        println!("listening on {} ({} bytes, {} vectors)", o.socket, o.size, o.vectors);
+        println!(
+            "listening on {} ({} bytes, {} vectors)",
+            o.socket, o.size, o.vectors
+        );
     }
     let result = server.serve(listener, &STOP).map_err(|e| e.to_string());
     let _ = fs::remove_file(&o.socket);
@@ -219,8 +256,32 @@ mod tests {
 
     #[test]
     fn qemu_options() {
-        let o = p(&["-S", "/tmp/s", "-l", "1G", "-n", "4", "-m", "/mnt/huge", "-F", "-p", "/tmp/p", "-v"]).unwrap().unwrap();
-        assert_eq!((o.socket.as_str(), o.size, o.vectors, o.foreground, o.verbose), ("/tmp/s", 1 << 30, 4, true, true));
+        let o = p(&[
+            "-S",
+            "/tmp/s",
+            "-l",
+            "1G",
+            "-n",
+            "4",
+            "-m",
+            "/mnt/huge",
+            "-F",
+            "-p",
+            "/tmp/p",
+            "-v",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (
+                o.socket.as_str(),
+                o.size,
+                o.vectors,
+                o.foreground,
+                o.verbose
+            ),
+            ("/tmp/s", 1 << 30, 4, true, true)
+        );
         assert!(matches!(o.backing, Backing::Dir(ref d) if d == "/mnt/huge"));
     }
 

@@ -1,6 +1,8 @@
 //! The seeds' shared-memory exchange, through /dev/ivshmemN: the first run writes a message,
 //! the next run (on another VM) reads and clears it.
 
+use std::time::{Duration, Instant};
+
 use ivshmem::args::{device_path, usage_error, Args};
 use ivshmem::message::{self, Slot};
 use ivshmem::Device;
@@ -12,7 +14,7 @@ const WINDOW: u64 = 1 << 20;
 const PAGE: u64 = 4096;
 
 const HELP: &str = "\
-usage: read_write [-d DEVICE] [-o OFFSET] [-m MESSAGE] [--clear]
+usage: read_write [-d DEVICE] [-o OFFSET] [-m MESSAGE] [--clear] [--wait SECONDS] [--peer ID]
 
 If the shared memory holds a message at OFFSET, print it and clear it;
 otherwise write MESSAGE there for another VM to read.
@@ -21,6 +23,9 @@ otherwise write MESSAGE there for another VM to read.
   -o, --offset OFFSET   byte offset of the message slot (default 0; 4K, 1M, 0x1000 work)
   -m, --message TEXT    message to write (default: 'Other VM says hello world!')
       --clear           clear the slot (e.g. after a corrupt message) and exit
+      --wait SECONDS    (doorbell devices) if there is no message, sleep until a peer rings
+                        vector 0 and read it, instead of writing one
+      --peer ID         (doorbell devices) after writing, ring vector 0 of peer ID
   -h, --help            this help
 
 Exit status: 0 on success, 1 on a device or message error, 2 on a usage error.";
@@ -31,6 +36,8 @@ struct Opts {
     offset: u64,
     message: String,
     clear: bool,
+    wait: Option<u64>,
+    peer: Option<u32>,
 }
 
 fn parse(mut args: Args) -> Result<Option<Opts>, String> {
@@ -43,6 +50,8 @@ fn parse(mut args: Args) -> Result<Option<Opts>, String> {
     let message = args
         .value(&["-m", "--message"])?
         .unwrap_or(DEFAULT_MESSAGE.into());
+    let wait = args.parsed::<u64>(&["--wait"])?;
+    let peer = args.parsed::<u32>(&["--peer"])?;
     let rest = args.finish()?;
     if !rest.is_empty() {
         return Err(format!("unexpected argument '{}'", rest[0]));
@@ -58,6 +67,8 @@ fn parse(mut args: Args) -> Result<Option<Opts>, String> {
         offset,
         message,
         clear,
+        wait,
+        peer,
     }))
 }
 
@@ -80,7 +91,24 @@ fn run(o: &Opts) -> Result<(), String> {
         println!("Cleared the message slot at offset {}", o.offset);
         return Ok(());
     }
-    match message::read(&map, at).map_err(|e| e.to_string())? {
+    let mut slot = message::read(&map, at).map_err(|e| e.to_string())?;
+    if let (Slot::Empty, Some(secs)) = (&slot, o.wait) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        println!("--- waiting for a message (up to {secs} s)");
+        while slot == Slot::Empty {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(format!("no message within {secs} s"));
+            }
+            match dev.wait(0, Some(left)) {
+                Ok(_) => {}
+                Err(e) if e.errno() == Some(110) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+            slot = message::read(&map, at).map_err(|e| e.to_string())?;
+        }
+    }
+    match slot {
         Slot::Message(text) => {
             message::clear(&map, at).map_err(|e| e.to_string())?;
             println!("Read from shmem: '{text}'");
@@ -90,10 +118,15 @@ fn run(o: &Opts) -> Result<(), String> {
                 return Err(format!("message does not fit at offset {}", o.offset));
             }
             message::write(&map, at, &o.message).map_err(|e| e.to_string())?;
-            println!(
-                "Written to shmem: '{}'; run this program again on another VM",
-                o.message
-            );
+            if let Some(peer) = o.peer {
+                dev.ring(peer, 0).map_err(|e| e.to_string())?;
+                println!("Written to shmem: '{}'; rang peer {peer}", o.message);
+            } else {
+                println!(
+                    "Written to shmem: '{}'; run this program again on another VM",
+                    o.message
+                );
+            }
         }
         Slot::Corrupt(why) => {
             return Err(format!(

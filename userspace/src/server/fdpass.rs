@@ -108,7 +108,10 @@ pub fn recv_msg(stream: &UnixStream) -> io::Result<Option<(i64, Option<std::os::
         return Ok(None);
     }
     if n != 8 {
-        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "short message"));
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "short message",
+        ));
     }
     let mut fd = None;
     if msg.controllen >= CMSG_LEN_FD {

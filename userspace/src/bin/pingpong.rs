@@ -1,0 +1,256 @@
+//! `pingpong`: two guests bounce a counter through shared memory, either spinning on it or
+//! sleeping on the doorbell, and the pinging side reports round-trip latency.
+
+use std::time::{Duration, Instant};
+
+use ivshmem::args::{device_path, usage_error, Args};
+use ivshmem::{Device, Mapping};
+
+const PROG: &str = "pingpong";
+/// Written by the pong side when it is ready; cleared by ping when it starts.
+const READY: u32 = u32::from_le_bytes(*b"PONG");
+/// How long one side waits for the other before giving up (a lost wake-up shows up here).
+const PATIENCE: Duration = Duration::from_secs(10);
+
+const HELP: &str = "\
+usage: pingpong --role ping|pong [--peer ID] [-d DEVICE] [--mode spin|doorbell]
+                [--rounds N] [--offset OFFSET] [--vector V]
+
+Start the pong side first, then the ping side on another guest. Each round, ping
+writes an odd counter and pong answers with the next even one. With --mode doorbell
+(default) each side rings the other's vector V after writing and sleeps in
+IVSHMEM_WAIT; with --mode spin both poll the counter. Ping prints the round-trip
+latency (min, median, p99, max) and messages per second.
+
+  --role ROLE      ping or pong
+  --peer ID        the other guest's peer id (ivshmem info); needed for doorbell mode
+  -d DEVICE        /dev/ivshmemN path or index (default /dev/ivshmem0)
+  --mode MODE      doorbell (default) or spin
+  --rounds N       round trips (default 1000)
+  --offset OFFSET  where the two control words live (default 0, page-aligned)
+  --vector V       doorbell vector (default 0)
+  -h, --help       this help";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Spin,
+    Doorbell,
+}
+
+#[derive(Debug)]
+struct Opts {
+    ping: bool,
+    peer: Option<u32>,
+    device: String,
+    mode: Mode,
+    rounds: u32,
+    offset: u64,
+    vector: u32,
+}
+
+fn parse(mut a: Args) -> Result<Option<Opts>, String> {
+    if a.flag(&["-h", "--help"]) {
+        return Ok(None);
+    }
+    let ping = match a.value(&["--role"])?.as_deref() {
+        Some("ping") => true,
+        Some("pong") => false,
+        Some(r) => return Err(format!("bad role '{r}' (ping or pong)")),
+        None => return Err("--role is required (ping or pong)".into()),
+    };
+    let mode = match a.value(&["--mode"])?.as_deref() {
+        None | Some("doorbell") => Mode::Doorbell,
+        Some("spin") => Mode::Spin,
+        Some(m) => return Err(format!("bad mode '{m}' (spin or doorbell)")),
+    };
+    let peer = a.parsed::<u32>(&["--peer"])?;
+    let device = device_path(a.value(&["-d", "--device"])?);
+    let rounds = a.parsed::<u32>(&["--rounds"])?.unwrap_or(1000);
+    let offset = a.size(&["--offset"])?.unwrap_or(0);
+    let vector = a.parsed::<u32>(&["--vector"])?.unwrap_or(0);
+    let rest = a.finish()?;
+    if !rest.is_empty() {
+        return Err(format!("unexpected argument '{}'", rest[0]));
+    }
+    if mode == Mode::Doorbell && peer.is_none() {
+        return Err("doorbell mode needs --peer (the other guest's id, see 'ivshmem info')".into());
+    }
+    if rounds == 0 || rounds > (u32::MAX - 2) / 2 {
+        return Err("rounds out of range".into());
+    }
+    if offset % 4096 != 0 {
+        return Err(format!("offset {offset} is not page-aligned"));
+    }
+    Ok(Some(Opts {
+        ping,
+        peer,
+        device,
+        mode,
+        rounds,
+        offset,
+        vector,
+    }))
+}
+
+struct Link<'a> {
+    dev: &'a Device,
+    map: &'a Mapping,
+    o: &'a Opts,
+}
+
+impl Link<'_> {
+    fn counter(&self) -> u32 {
+        self.map.load_u32(4).unwrap_or(0)
+    }
+
+    fn send(&self, value: u32) -> Result<(), String> {
+        self.map.store_u32(4, value).map_err(|e| e.to_string())?;
+        if self.o.mode == Mode::Doorbell {
+            self.dev
+                .ring(self.o.peer.unwrap_or(0), self.o.vector)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Waits until `done(counter)`; sleeps on the doorbell or spins.
+    fn wait_for(&self, done: impl Fn(u32) -> bool) -> Result<u32, String> {
+        let start = Instant::now();
+        loop {
+            let c = self.counter();
+            if done(c) {
+                return Ok(c);
+            }
+            if start.elapsed() > PATIENCE {
+                return Err(format!(
+                    "no answer within {PATIENCE:?} (counter {c}): lost wake-up?"
+                ));
+            }
+            match self.o.mode {
+                Mode::Spin => std::hint::spin_loop(),
+                Mode::Doorbell => match self.dev.wait(self.o.vector, Some(PATIENCE)) {
+                    Ok(_) => {}
+                    Err(e) if e.errno() == Some(110) => {}
+                    Err(e) => return Err(e.to_string()),
+                },
+            }
+        }
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn run(o: &Opts) -> Result<(), String> {
+    let dev = Device::open(&o.device).map_err(|e| e.to_string())?;
+    let map = dev.map(o.offset, 4096).map_err(|e| e.to_string())?;
+    let link = Link {
+        dev: &dev,
+        map: &map,
+        o,
+    };
+    let last = 2 * o.rounds;
+    if !o.ping {
+        map.store_u32(4, 0).map_err(|e| e.to_string())?;
+        map.store_u32(0, READY).map_err(|e| e.to_string())?;
+        // Waiting for the first ping can take as long as the user needs to start it.
+        let mut expect = 1;
+        while expect < last {
+            let start = Instant::now();
+            let c = loop {
+                match link.wait_for(|c| c >= expect && c % 2 == 1) {
+                    Ok(c) => break c,
+                    Err(e) if expect == 1 && start.elapsed() < Duration::from_secs(120) => {
+                        let _ = e;
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
+            link.send(c + 1)?;
+            expect = c + 2;
+        }
+        println!("pong: answered {} rounds ({:?} mode)", o.rounds, o.mode);
+        return Ok(());
+    }
+    let start = Instant::now();
+    while map.load_u32(0).map_err(|e| e.to_string())? != READY {
+        if start.elapsed() > Duration::from_secs(60) {
+            return Err("the pong side is not running (start it first)".into());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    map.store_u32(0, 0).map_err(|e| e.to_string())?;
+    let mut rtts = Vec::with_capacity(o.rounds as usize);
+    let all = Instant::now();
+    for k in 0..o.rounds {
+        let t = Instant::now();
+        link.send(2 * k + 1)?;
+        link.wait_for(|c| c == 2 * k + 2)?;
+        rtts.push(t.elapsed());
+    }
+    let total = all.elapsed();
+    rtts.sort();
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    println!(
+        "{:?}: {} round trips, latency us: min {:.1} median {:.1} p99 {:.1} max {:.1}; {:.0} messages/s",
+        o.mode,
+        o.rounds,
+        us(rtts[0]),
+        us(percentile(&rtts, 0.5)),
+        us(percentile(&rtts, 0.99)),
+        us(rtts[rtts.len() - 1]),
+        2.0 * f64::from(o.rounds) / total.as_secs_f64()
+    );
+    Ok(())
+}
+
+fn main() {
+    let opts = match parse(Args::from_env()) {
+        Ok(Some(o)) => o,
+        Ok(None) => {
+            println!("{HELP}");
+            return;
+        }
+        Err(e) => usage_error(PROG, &e),
+    };
+    if let Err(e) = run(&opts) {
+        eprintln!("{PROG}: {e}");
+        std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(a: &[&str]) -> Result<Option<Opts>, String> {
+        parse(Args::new(a.iter().copied()))
+    }
+
+    #[test]
+    fn options() {
+        let o = p(&["--role", "ping", "--peer", "3", "--rounds", "10"])
+            .unwrap()
+            .unwrap();
+        assert!(o.ping && o.peer == Some(3) && o.rounds == 10 && o.mode == Mode::Doorbell);
+        let o = p(&["--role", "pong", "--mode", "spin"]).unwrap().unwrap();
+        assert!(!o.ping && o.mode == Mode::Spin);
+    }
+
+    #[test]
+    fn errors() {
+        assert!(p(&[]).unwrap_err().contains("--role"));
+        assert!(p(&["--role", "ping"]).unwrap_err().contains("--peer"));
+        assert!(p(&["--role", "x"]).unwrap_err().contains("bad role"));
+        assert!(p(&["--role", "ping", "--mode", "spin", "--rounds", "0"]).is_err());
+    }
+
+    #[test]
+    fn percentiles() {
+        let v: Vec<Duration> = (1..=100).map(Duration::from_micros).collect();
+        assert_eq!(percentile(&v, 0.5), Duration::from_micros(51));
+        assert_eq!(percentile(&v, 0.99), Duration::from_micros(99));
+    }
+}
