@@ -102,6 +102,11 @@ kernel_build() {
 $(tail -n 20 "$kdir/build.log")"
 	touch "$kdir/.ivshmem-built"
 	ln -sfn "$kdir" "$IVSHMEM_CACHE/kernel"
+	# Builds for older fragments or compilers are not used again: free their space.
+	local old
+	for old in "$IVSHMEM_CACHE"/build/*; do
+		[ "$old" = "$kdir" ] || rm -rf "$old"
+	done
 }
 
 mkdir -p "$IVSHMEM_CACHE"

@@ -132,6 +132,28 @@ pub fn device_path(arg: Option<String>) -> String {
     }
 }
 
+/// The `main` of a tool: `--help` prints `help`; a usage error exits with status 2, an error
+/// of `run` with status 1, each with a `prog: ` message on stderr.
+pub fn run_tool<O>(
+    prog: &str,
+    help: &str,
+    parse: impl FnOnce(Args) -> Result<Option<O>, String>,
+    run: impl FnOnce(O) -> Result<(), String>,
+) {
+    let opts = match parse(Args::from_env()) {
+        Ok(Some(o)) => o,
+        Ok(None) => {
+            println!("{help}");
+            return;
+        }
+        Err(e) => usage_error(prog, &e),
+    };
+    if let Err(e) = run(opts) {
+        eprintln!("{prog}: {e}");
+        std::process::exit(1);
+    }
+}
+
 /// Prints `msg` and exits with status 2 (usage error).
 pub fn usage_error(prog: &str, msg: &str) -> ! {
     eprintln!("{prog}: {msg}");

@@ -78,10 +78,21 @@ fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
 
-fn wait_for(cond: impl Fn() -> bool) {
+fn fd_list() -> Vec<String> {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect()
+}
+
+fn wait_for(what: &str, cond: impl Fn() -> bool) {
     let t = Instant::now();
     while !cond() {
-        assert!(t.elapsed() < Duration::from_secs(5), "timed out");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "timed out waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -111,12 +122,12 @@ fn join_announce_leave_and_rejoin() {
         let (v, fd) = recv(s);
         assert_eq!((v, fd.is_none()), (idb, true));
     }
-    wait_for(|| server.peer_ids().len() == 2);
+    wait_for("two peers", || server.peer_ids().len() == 2);
     // A newcomer gets a fresh id, not b's.
     let (d, idd) = join(&sock, &[ida, idc]);
     assert!(idd != idb && idd != ida && idd != idc);
     drop((a, c, d));
-    wait_for(|| server.peer_ids().is_empty());
+    wait_for("no peers", || server.peer_ids().is_empty());
     stop.store(true, Ordering::Relaxed);
     handle.join().unwrap();
 }
@@ -126,7 +137,12 @@ fn bad_clients_do_not_hurt_and_nothing_leaks() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let (server, sock, stop, handle) = start("bad");
     let (good, idg) = join(&sock, &[]);
+    // The server registers a peer (and clones its socket) after greeting it: count after that.
+    wait_for("the good peer registered", || {
+        server.peer_ids() == vec![idg as u16]
+    });
     let before = open_fds();
+    let before_list = fd_list();
     for _ in 0..20 {
         // Connects and hangs up at once, or writes garbage and hangs up.
         let c = UnixStream::connect(&sock).unwrap();
@@ -135,14 +151,26 @@ fn bad_clients_do_not_hurt_and_nothing_leaks() {
         drop(c);
     }
     // The good peer hears of each departed newcomer (join + leave), and keeps working.
-    wait_for(|| server.peer_ids() == vec![idg as u16]);
+    wait_for("only the good peer", || {
+        server.peer_ids() == vec![idg as u16]
+    });
     let (late, _) = join(&sock, &[idg]);
     drop(late);
-    wait_for(|| server.peer_ids() == vec![idg as u16]);
+    wait_for("only the good peer", || {
+        server.peer_ids() == vec![idg as u16]
+    });
     // Drain what `good` was sent; the server is fine and has no leaked descriptors.
     good.set_nonblocking(true).unwrap();
     while let Ok(Some(_)) = recv_msg(&good) {}
-    wait_for(|| open_fds() <= before);
+    let t = Instant::now();
+    while open_fds() > before {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "descriptors: {before_list:?} before, {:?} now",
+            fd_list()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     stop.store(true, Ordering::Relaxed);
     handle.join().unwrap();
 }

@@ -8,7 +8,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use ivshmem::args::{parse_size, usage_error, Args};
+use ivshmem::args::{parse_size, run_tool, Args};
 use ivshmem::server::{Server, MAX_VECTORS};
 
 const PROG: &str = "ivshmem-server";
@@ -221,18 +221,7 @@ fn run(o: Opts) -> Result<(), String> {
 }
 
 fn main() {
-    let opts = match parse(Args::from_env()) {
-        Ok(Some(o)) => o,
-        Ok(None) => {
-            println!("{HELP}");
-            return;
-        }
-        Err(e) => usage_error(PROG, &e),
-    };
-    if let Err(e) = run(opts) {
-        eprintln!("{PROG}: {e}");
-        std::process::exit(1);
-    }
+    run_tool(PROG, HELP, parse, run);
 }
 
 #[cfg(test)]

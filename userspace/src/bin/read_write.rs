@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use ivshmem::args::{device_path, usage_error, Args};
+use ivshmem::args::{device_path, run_tool, Args};
 use ivshmem::message::{self, Slot};
 use ivshmem::Device;
 
@@ -139,18 +139,7 @@ fn run(o: &Opts) -> Result<(), String> {
 }
 
 fn main() {
-    let opts = match parse(Args::from_env()) {
-        Ok(Some(o)) => o,
-        Ok(None) => {
-            println!("{HELP}");
-            return;
-        }
-        Err(e) => usage_error(PROG, &e),
-    };
-    if let Err(e) = run(&opts) {
-        eprintln!("{PROG}: {e}");
-        std::process::exit(1);
-    }
+    run_tool(PROG, HELP, parse, |o| run(&o));
 }
 
 #[cfg(test)]

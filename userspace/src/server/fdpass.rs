@@ -23,6 +23,21 @@ struct MsgHdr {
     flags: c_int,
 }
 
+impl MsgHdr {
+    /// A header for one 8-byte buffer and a control buffer (`controllen` 0: none).
+    fn new(iov: &mut IoVec, control: *mut c_void, controllen: usize) -> Self {
+        Self {
+            name: std::ptr::null_mut(),
+            namelen: 0,
+            iov,
+            iovlen: 1,
+            control,
+            controllen,
+            flags: 0,
+        }
+    }
+}
+
 const SOL_SOCKET: c_int = 1;
 const SCM_RIGHTS: c_int = 1;
 const MSG_NOSIGNAL: c_int = 0x4000;
@@ -43,15 +58,7 @@ pub fn send_msg(stream: &UnixStream, value: i64, fd: Option<RawFd>) -> io::Resul
     };
     // u64 storage keeps the control buffer aligned for cmsghdr.
     let mut control = [0u64; CMSG_SPACE_FD / 8];
-    let mut msg = MsgHdr {
-        name: std::ptr::null_mut(),
-        namelen: 0,
-        iov: &mut iov,
-        iovlen: 1,
-        control: std::ptr::null_mut(),
-        controllen: 0,
-        flags: 0,
-    };
+    let mut msg = MsgHdr::new(&mut iov, std::ptr::null_mut(), 0);
     if let Some(fd) = fd {
         let buf = control.as_mut_ptr().cast::<u8>();
         // SAFETY: `control` is CMSG_SPACE_FD bytes, 8-aligned: room for a cmsghdr (len: usize,
@@ -90,15 +97,7 @@ pub fn recv_msg(stream: &UnixStream) -> io::Result<Option<(i64, Option<std::os::
         len: bytes.len(),
     };
     let mut control = [0u64; CMSG_SPACE_FD / 8];
-    let mut msg = MsgHdr {
-        name: std::ptr::null_mut(),
-        namelen: 0,
-        iov: &mut iov,
-        iovlen: 1,
-        control: control.as_mut_ptr().cast(),
-        controllen: CMSG_SPACE_FD,
-        flags: 0,
-    };
+    let mut msg = MsgHdr::new(&mut iov, control.as_mut_ptr().cast(), CMSG_SPACE_FD);
     // SAFETY: `msg` and its buffers live across the call; MSG_WAITALL for the 8 bytes.
     let n = unsafe { recvmsg(stream.as_raw_fd(), &mut msg, 0x100) };
     if n < 0 {
