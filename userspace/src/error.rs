@@ -64,3 +64,45 @@ impl std::error::Error for Error {
         Some(&self.source)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(op: &'static str, errno: i32) -> String {
+        Error::new("/dev/ivshmem0", op, io::Error::from_raw_os_error(errno)).to_string()
+    }
+
+    #[test]
+    fn messages_name_path_operation_errno_and_hint() {
+        let e = err("open", 2);
+        assert!(
+            e.starts_with("/dev/ivshmem0: open: No such file or directory"),
+            "{e}"
+        );
+        assert!(e.contains("is the ivshmem module loaded"), "{e}");
+        let e = err("open", 13);
+        assert!(
+            e.contains("Permission denied") && e.contains("udev rule in README.md"),
+            "{e}"
+        );
+        assert!(err("ioctl", 19).contains("the device was removed"));
+        assert!(err("ioctl", 95).contains("not a doorbell device"));
+        assert!(err("ioctl", 25).contains("not an ivshmem device"));
+        assert_eq!(
+            err("mmap", 22),
+            "/dev/ivshmem0: mmap: Invalid argument (os error 22)"
+        );
+    }
+
+    #[test]
+    fn errno_is_kept() {
+        let e = Error::new("x", "open", io::Error::from_raw_os_error(13));
+        assert_eq!(e.errno(), Some(13));
+        assert_eq!(e.path(), "x");
+        assert_eq!(
+            Error::invalid("x", "read", "out of range".into()).errno(),
+            None
+        );
+    }
+}

@@ -107,15 +107,21 @@ fn copy_from(map: &Mapping, dst: &mut [u8]) {
     unsafe { std::ptr::copy_nonoverlapping(map.as_ptr(), dst.as_mut_ptr(), dst.len()) }
 }
 
-fn run(o: &Opts) -> Result<(), String> {
-    let dev = Device::open(&o.device).map_err(|e| e.to_string())?;
-    let region = dev.size().map_err(|e| e.to_string())?;
+/// The copies must fit in the region: a clear error instead of a failed mmap.
+fn check_fits(o: &Opts, region: u64) -> Result<(), String> {
     if o.offset.checked_add(o.size).is_none_or(|end| end > region) {
         return Err(format!(
             "{} has {} bytes of shared memory: too small for {} bytes at offset {} (use --size)",
             o.device, region, o.size, o.offset
         ));
     }
+    Ok(())
+}
+
+fn run(o: &Opts) -> Result<(), String> {
+    let dev = Device::open(&o.device).map_err(|e| e.to_string())?;
+    let region = dev.size().map_err(|e| e.to_string())?;
+    check_fits(o, region)?;
     let len = usize::try_from(o.size).map_err(|_| "size too large".to_string())?;
     dev.set_cache(o.cache).map_err(|e| e.to_string())?;
     let map = dev.map(o.offset, len).map_err(|e| e.to_string())?;
@@ -230,6 +236,20 @@ mod tests {
         assert!(run(&o)
             .unwrap_err()
             .contains("is the ivshmem module loaded"));
+    }
+
+    #[test]
+    fn too_small_region_is_refused() {
+        let o = p(&["-s", "64M"]).unwrap().unwrap();
+        assert!(check_fits(&o, 64 << 20).is_ok());
+        let e = check_fits(&o, 4 << 20).unwrap_err();
+        assert!(e.contains("too small") && e.contains("--size"), "{e}");
+        let o = p(&["-s", "4M", "--offset", "4K"]).unwrap().unwrap();
+        assert!(check_fits(&o, 4 << 20).is_err());
+        let o = p(&["-s", "4K", "--offset", "0xfffffffffffff000"])
+            .unwrap()
+            .unwrap();
+        assert!(check_fits(&o, 4 << 20).is_err(), "overflow must not wrap");
     }
 
     #[test]
