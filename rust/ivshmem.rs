@@ -54,6 +54,15 @@ const NAME: &CStr = c"ivshmem";
 
 struct IvshmemDriver;
 
+/// The PCI address (`0000:00:04.0`) NUL-padded to 16 bytes, for `IVSHMEM_GET_INFO`.
+fn pci_name(pdev: &pci::Device<Core<'_>>) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    let name = pdev.as_ref().name().to_bytes();
+    let n = name.len().min(out.len() - 1);
+    out[..n].copy_from_slice(&name[..n]);
+    out
+}
+
 /// A bound ivshmem device. Fields drop in order: the node goes first, so nothing new can be
 /// opened while the memory region and the device number are released.
 #[pin_data]
@@ -102,10 +111,6 @@ impl pci::Driver for IvshmemDriver {
                 NAME,
             )?;
             let slot = Slot::take()?;
-            let mut pci_name = [0u8; 16];
-            let name = pdev.as_ref().name().to_bytes();
-            let n = name.len().min(pci_name.len() - 1);
-            pci_name[..n].copy_from_slice(&name[..n]);
             // Doorbell devices interrupt us through MSI-X; without it they work as plain ones.
             let vectors = if doorbell {
                 Vectors::alloc(pdev)
@@ -123,7 +128,7 @@ impl pci::Driver for IvshmemDriver {
                     size: shm.len(),
                     peer_id,
                     doorbell,
-                    pci_name,
+                    pci_name: pci_name(pdev),
                 },
                 regs.into_devres()?,
                 vectors.as_ref().map_or(0, Vectors::len),
@@ -132,20 +137,24 @@ impl pci::Driver for IvshmemDriver {
                 .map(|v| Interrupts::request(v, &shared))
                 .transpose()?;
 
-            dev_info!(
-                pdev,
-                "/dev/{}: {} MiB shared memory at {:#x}, {}\n",
-                slot.name().to_str().unwrap_or("?"),
-                shm.len() >> 20,
-                shm.start(),
-                if doorbell { "doorbell" } else { "plain" }
-            );
+            let (size, unit) = if shm.len() >= 1 << 20 {
+                (shm.len() >> 20, "MiB")
+            } else {
+                (shm.len() >> 10, "KiB")
+            };
+            let name = slot.name().to_str().unwrap_or("?");
             if doorbell {
                 dev_info!(
                     pdev,
-                    "peer id {}, {} MSI-X vectors\n",
-                    peer_id,
+                    "/dev/{name}: {size} {unit} shared memory at {:#x}, doorbell: peer id {peer_id}, {} MSI-X vectors\n",
+                    shm.start(),
                     shared.doorbell.vectors()
+                );
+            } else {
+                dev_info!(
+                    pdev,
+                    "/dev/{name}: {size} {unit} shared memory at {:#x}, plain\n",
+                    shm.start()
                 );
             }
 

@@ -111,6 +111,10 @@ $(tail -n 20 "$kdir/build.log")"
 
 mkdir -p "$IVSHMEM_CACHE"
 [ -w "$IVSHMEM_CACHE" ] || die "cache directory $IVSHMEM_CACHE is not writable"
+# One setup at a time (a second waits): two builds in one directory would wreck each other.
+# The lock is released when this process exits, however it exits.
+exec 9>"$IVSHMEM_CACHE/.setup.lock"
+flock 9
 avail=$(df -Pk "$IVSHMEM_CACHE" | awk 'NR==2 {print $4}')
 [ "$avail" -gt 4000000 ] || [ -f "$(ivshmem_kdir)/.ivshmem-built" ] ||
 	die "less than 4 GB free in $IVSHMEM_CACHE: no space for the kernel build"
