@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """The VM test suite: real guests, real shared memory, the real driver.
 
-Boots the lab twice: two guests that share a 64 MiB region and each have a second, 4 MiB
-device (most tests), then one guest with a 4 GiB device beside the 64 MiB one (which moves
-every BAR above 4 GiB, where x86 MTRRs allow write-back). Prints one line per check and a
+Boots the lab four times: two guests that share a 64 MiB region and each have a second, 4 MiB
+device (most tests); one guest with a 4 GiB device beside the 64 MiB one (which moves every
+BAR above 4 GiB, where x86 MTRRs allow write-back); three guests in doorbell mode with our
+ivshmem-server; two guests on a hugetlbfs file as in the seeds. Prints one line per check and a
 closing "N passed, N failed"; exits non-zero on any failure, after printing the guests'
 console logs. Needs the module and tools built (make).
 """
@@ -43,6 +44,7 @@ def check(cond, msg):
 class Suite:
     def __init__(self):
         self.passed = 0
+        self.skipped = 0
         self.failed = []
         self.guests = []
 
@@ -68,12 +70,13 @@ class Suite:
     def env(self, **kw):
         return dict(os.environ, IVSHMEM_RUN=RUN, IVSHMEM_SHM_SIZE="64M", IVSHMEM_SHM_PATH=SHM, **kw)
 
-    def boot(self, guests, extra, mode="plain"):
+    def boot(self, guests, extra, mode="plain", shm=SHM):
         self.stop()
         self.mode = mode
+        self.shm = shm
         for suffix in ["", ".1"]:
-            if os.path.exists(SHM + suffix):
-                os.unlink(SHM + suffix)
+            if os.path.exists(shm + suffix):
+                os.unlink(shm + suffix)
         self.start(guests=guests, extra=extra)
         self.guests = [lab.Guest(i, RUN) for i in range(1, guests + 1)]
         for g in self.guests:
@@ -82,6 +85,7 @@ class Suite:
     def start(self, guests, extra, only=""):
         env = self.env(IVSHMEM_GUESTS=str(guests), IVSHMEM_EXTRA_SHM=extra, IVSHMEM_MODE=self.mode,
                        IVSHMEM_VECTORS="2", IVSHMEM_ONLY=only)
+        env["IVSHMEM_SHM_PATH"] = self.shm
         subprocess.run(["bash", os.path.join(ROOT, "scripts/start.sh"), os.path.join(RUN, "initramfs.cpio.gz")],
                        env=env, check=True)
 
@@ -549,6 +553,55 @@ def doorbell_lab(s):
     s.test("doorbell guests' dmesg clean", dmesg)
 
 
+def hugetlb_lab(s):
+    """The seeds' setup: the shared memory in a file on hugetlbfs (2 MiB pages)."""
+    if os.geteuid() != 0:
+        s.skipped += 1
+        print("SKIP hugetlbfs backing: needs root to reserve huge pages and mount hugetlbfs")
+        return
+    nr_path = "/proc/sys/vm/nr_hugepages"
+    mnt = os.path.join(RUN, "huge")
+    old = int(open(nr_path).read())
+    mounted = False
+    try:
+        with open(nr_path, "w") as f:
+            f.write(str(old + 40))
+        check(int(open(nr_path).read()) >= old + 32, "could not reserve 32 huge pages")
+        os.makedirs(mnt, exist_ok=True)
+        subprocess.run(["mount", "-t", "hugetlbfs", "-o", "pagesize=2M", "none", mnt], check=True)
+        mounted = True
+        path = os.path.join(mnt, "ivshmem")
+        s.boot(2, "", shm=path)
+
+        def exchange():
+            for g in (1, 2):
+                s.sh(g, "insmod /ivshmem.ko")
+            s.sh(1, "ivshmem fill -d 0 --seed 77 --len 8M")
+            s.sh(2, "ivshmem verify -d 0 --seed 77 --len 8M")
+            import mmap
+            with open(path, "r+b") as f:
+                m = mmap.mmap(f.fileno(), MAIN_SIZE)
+                check(m[:1 << 20] == lab.pattern(77, 0, 1 << 20), "host sees other bytes on hugetlbfs")
+                m[8 << 20:9 << 20] = lab.pattern(78, 8 << 20, 1 << 20)
+                m.close()
+            s.sh(1, "ivshmem verify -d 0 --seed 78 --offset 8M --len 1M")
+            _, out = s.sh(1, "read_write")
+            check("Written to shmem" in out, out)
+            _, out = s.sh(2, "read_write")
+            check(f"Read from shmem: '{MESSAGE}'" in out, out)
+            for g in (1, 2):
+                s.dmesg_clean(g)
+        s.test("hugetlbfs backing (as in the seeds): guests and host share it byte for byte", exchange)
+    finally:
+        s.stop()
+        if os.path.exists(os.path.join(mnt, "ivshmem")):
+            os.unlink(os.path.join(mnt, "ivshmem"))
+        if mounted:
+            subprocess.run(["umount", mnt], check=False)
+        with open(nr_path, "w") as f:
+            f.write(str(old))
+
+
 def main():
     s = Suite()
 
@@ -560,7 +613,7 @@ def main():
     try:
         subprocess.run(["bash", os.path.join(ROOT, "scripts/initramfs.sh"), os.path.join(RUN, "initramfs.cpio.gz"),
                         os.path.join(ROOT, "ivshmem.ko"), TOOLS], check=True)
-        phases = [main_lab, high_lab, doorbell_lab]
+        phases = [main_lab, high_lab, doorbell_lab, hugetlb_lab]
         if len(sys.argv) > 1:  # e.g. scripts/vmtest.py doorbell_lab
             phases = [p for p in phases if p.__name__ in sys.argv[1:]]
         for phase in phases:
@@ -579,7 +632,8 @@ def main():
             except OSError:
                 pass
     print(f"VM suite took {time.monotonic() - started:.0f} s")
-    print(f"{s.passed} passed, {len(s.failed)} failed")
+    skipped = f", {s.skipped} skipped" if s.skipped else ""
+    print(f"{s.passed} passed, {len(s.failed)} failed{skipped}")
     return 1 if s.failed else 0
 
 
