@@ -107,6 +107,17 @@ class Suite:
         bad = [line for line in out.splitlines() if BAD_DMESG.search(line)]
         check(not bad, f"guest {g} dmesg:\n" + "\n".join(bad[:20]))
 
+    def leak_check_start(self, g):
+        s = self
+        s.sh(g, "test -w /sys/kernel/debug/kmemleak")  # the check below must be able to fail
+        s.sh(g, "echo scan > /sys/kernel/debug/kmemleak; echo clear > /sys/kernel/debug/kmemleak")
+
+    def no_leaks(self, g):
+        # Two scans, so that young objects are judged too.
+        self.sh(g, "echo scan > /sys/kernel/debug/kmemleak; sleep 1; echo scan > /sys/kernel/debug/kmemleak")
+        _, out = self.sh(g, "cat /sys/kernel/debug/kmemleak")
+        check(out.strip() == "", f"guest {g}: kmemleak reports leaks:\n" + out[:3000])
+
     def console_logs(self):
         for g in self.guests:
             try:
@@ -321,8 +332,7 @@ def main_lab(s):
     s.test("PCI remove with the device mapped revokes it; rescan brings /dev/ivshmem1 back", pci_remove)
 
     def cycles():
-        s.sh(1, "test -w /sys/kernel/debug/kmemleak")  # the leak check below must be able to fail
-        s.sh(1, "echo scan > /sys/kernel/debug/kmemleak; echo clear > /sys/kernel/debug/kmemleak")
+        s.leak_check_start(1)
         script = (
             "set -e; for i in $(seq 20); do "
             "dev=; for d in /dev/ivshmem*; do ivshmem info -d $d | grep -q 'pci 0000:00:02.0' && dev=$d; done; "
@@ -343,10 +353,7 @@ def main_lab(s):
         # Numbers are handed out lowest-free in probe order: both devices are back, each intact.
         _, out = s.sh(1, "ivshmem info -d 0; ivshmem info -d 1")
         check("size 67108864" in out and "size 4194304" in out, out)
-        # kmemleak: two scans, so that young objects are judged too.
-        s.sh(1, "echo scan > /sys/kernel/debug/kmemleak; sleep 1; echo scan > /sys/kernel/debug/kmemleak", ok=False)
-        _, out = s.sh(1, "cat /sys/kernel/debug/kmemleak")
-        check(out.strip() == "", "kmemleak reports leaks:\n" + out[:3000])
+        s.no_leaks(1)
         s.dmesg_clean(1)
     s.test("20 unbind/remove + rmmod/insmod cycles with the device open and mapped; no leak", cycles)
 
@@ -404,6 +411,7 @@ def doorbell_lab(s):
 
     def probe():
         for g in (1, 2, 3):
+            s.leak_check_start(g)
             s.sh(g, "insmod /ivshmem.ko")
             _, out = s.sh(g, "ivshmem info -d 0")
             check("mode doorbell" in out and "vectors 2" in out, out)
@@ -548,9 +556,11 @@ def doorbell_lab(s):
     s.test("server survives a killed guest and its rejoin; no fd leak; others keep working", server_survives)
 
     def dmesg():
+        for g in (1, 2):
+            s.no_leaks(g)
         for g in (1, 2, 3):
             s.dmesg_clean(g)
-    s.test("doorbell guests' dmesg clean", dmesg)
+    s.test("doorbell guests: no leaks (kmemleak), dmesg clean", dmesg)
 
 
 def hugetlb_lab(s):
