@@ -166,6 +166,10 @@ impl Doorbell {
             _ => return Err(EBADF),
         };
         let mut events = self.events.lock();
+        if !events.alive {
+            // `revoke` already dropped the eventfds: do not add one it would miss.
+            return Err(ENODEV);
+        }
         let old = match &events.eventfds[v] {
             Some((o, _)) if *o != owner => return Err(EBUSY),
             _ => core::mem::replace(&mut events.eventfds[v], new),
