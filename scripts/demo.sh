@@ -25,6 +25,7 @@ for g in 1 2; do in_guest "$g" insmod /ivshmem.ko; done
 in_guest 1 "dmesg | grep 'ivshmem 0000'; ls -l /dev/ivshmem0"
 echo
 in_guest 1 read_write
+echo "host: the backing file holds '$(dd if="$IVSHMEM_SHM_PATH" bs=1 skip=16 count=26 status=none)' after a 16-byte header"
 in_guest 2 read_write
 echo
 in_guest 1 bandwidth

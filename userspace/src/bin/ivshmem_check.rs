@@ -229,7 +229,66 @@ fn errors(path: &str) -> i32 {
     c.check("read-only-open", read_only(path, len));
     c.check("offset-mapping-aliases-full", aliasing(&dev, len));
     c.check("cache-types-map", cache_types(path));
+    c.check("bad-pointers-efault", bad_pointers(fd));
+    c.check("unknown-commands-enotty", unknown_commands(fd));
     c.failed as i32
+}
+
+/// Every ioctl that takes a pointer fails with EFAULT for pointers it must not touch: NULL,
+/// unaligned garbage, a kernel address, an unmapped user address.
+fn bad_pointers(fd: i32) -> Result<(), String> {
+    let cmds = [
+        uapi::IVSHMEM_GET_SIZE,
+        uapi::IVSHMEM_GET_INFO,
+        uapi::IVSHMEM_SET_CACHE,
+        uapi::IVSHMEM_RING,
+        uapi::IVSHMEM_WAIT,
+        uapi::IVSHMEM_SET_EVENTFD,
+    ];
+    let ptrs = [
+        0usize,
+        1,
+        0xffff_8880_0000_0000,
+        0xffff_ffff_8100_0000,
+        0x7fff_ffff_0000,
+    ];
+    for cmd in cmds {
+        for ptr in ptrs {
+            let failed = raw_ioctl(fd, cmd, ptr);
+            let e = errno();
+            // RING/WAIT/SET_EVENTFD on a plain device may fail earlier, with EOPNOTSUPP, only
+            // after reading their argument: EFAULT comes first.
+            if !failed || e != 14 {
+                return Err(format!(
+                    "ioctl {cmd:#x} with pointer {ptr:#x}: failed={failed} errno {e}"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Commands this driver does not define, including ours with a wrong size or direction.
+fn unknown_commands(fd: i32) -> Result<(), String> {
+    let mut scratch = [0u64; 64];
+    let arg = scratch.as_mut_ptr() as usize;
+    let mut cmds: Vec<u32> = (6..64)
+        .map(|nr| (2 << 30) | (8 << 16) | (0xb9 << 8) | nr)
+        .collect();
+    cmds.extend([
+        (2 << 30) | (4 << 16) | (0xb9 << 8), // GET_SIZE with a 4-byte size
+        (1 << 30) | (8 << 16) | (0xb9 << 8), // GET_SIZE as a write
+        (2 << 30) | (64 << 16) | (0xb8 << 8) | 1, // GET_INFO with another magic
+        0x5401,                              // TCGETS
+        0xffff_ffff,
+    ]);
+    for cmd in cmds {
+        let failed = raw_ioctl(fd, cmd, arg);
+        if !failed || errno() != 25 {
+            return Err(format!("ioctl {cmd:#x}: failed={failed} errno {}", errno()));
+        }
+    }
+    Ok(())
 }
 
 /// Growing a mapping must fail (VM_DONTEXPAND): the kernel answers EFAULT.
