@@ -63,7 +63,8 @@ vm-test: all
 test:
 	bash scripts/test.sh
 
+# Without a kernel tree: `make clean` must not build one first.
 clean:
-	-kdir=$$($(KDIR_CMD)) && $(MAKE) -C $$kdir M=$(ROOT) clean
+	rm -f *.o *.ko *.mod *.mod.c .*.cmd modules.order Module.symvers .module-common.o
+	rm -f rust/*.o rust/.*.cmd rust/*.long-type-*.txt .clippy.log
 	cd userspace && $(CARGO) clean
-	rm -f .clippy.log
