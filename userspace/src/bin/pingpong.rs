@@ -11,6 +11,8 @@ const PROG: &str = "pingpong";
 const READY: u32 = u32::from_le_bytes(*b"PONG");
 /// How long one side waits for the other before giving up (a lost wake-up shows up here).
 const PATIENCE: Duration = Duration::from_secs(10);
+/// How long the pong side waits for the ping side to start.
+const FIRST_PING: Duration = Duration::from_secs(120);
 
 const HELP: &str = "\
 usage: pingpong --role ping|pong [--peer ID] [-d DEVICE] [--mode spin|doorbell]
@@ -113,22 +115,22 @@ impl Link<'_> {
         Ok(())
     }
 
-    /// Waits until `done(counter)`; sleeps on the doorbell or spins.
-    fn wait_for(&self, done: impl Fn(u32) -> bool) -> Result<u32, String> {
+    /// Waits up to `patience` until `done(counter)`; sleeps on the doorbell or spins.
+    fn wait_for(&self, patience: Duration, done: impl Fn(u32) -> bool) -> Result<u32, String> {
         let start = Instant::now();
         loop {
             let c = self.counter();
             if done(c) {
                 return Ok(c);
             }
-            if start.elapsed() > PATIENCE {
+            if start.elapsed() > patience {
                 return Err(format!(
-                    "no answer within {PATIENCE:?} (counter {c}): lost wake-up?"
+                    "no answer within {patience:?} (counter {c}): lost wake-up?"
                 ));
             }
             match self.o.mode {
                 Mode::Spin => std::hint::spin_loop(),
-                Mode::Doorbell => match self.dev.wait(self.o.vector, Some(PATIENCE)) {
+                Mode::Doorbell => match self.dev.wait(self.o.vector, Some(patience)) {
                     Ok(_) => {}
                     Err(e) if e.errno() == Some(110) => {}
                     Err(e) => return Err(e.to_string()),
@@ -155,19 +157,11 @@ fn run(o: &Opts) -> Result<(), String> {
     if !o.ping {
         map.store_u32(4, 0).map_err(|e| e.to_string())?;
         map.store_u32(0, READY).map_err(|e| e.to_string())?;
-        // Waiting for the first ping can take as long as the user needs to start it.
         let mut expect = 1;
         while expect < last {
-            let start = Instant::now();
-            let c = loop {
-                match link.wait_for(|c| c >= expect && c % 2 == 1) {
-                    Ok(c) => break c,
-                    Err(e) if expect == 1 && start.elapsed() < Duration::from_secs(120) => {
-                        let _ = e;
-                    }
-                    Err(e) => return Err(e),
-                }
-            };
+            // The first ping comes when the user starts the other side: allow for that.
+            let patience = if expect == 1 { FIRST_PING } else { PATIENCE };
+            let c = link.wait_for(patience, |c| c >= expect && c % 2 == 1)?;
             link.send(c + 1)?;
             expect = c + 2;
         }
@@ -187,7 +181,7 @@ fn run(o: &Opts) -> Result<(), String> {
     for k in 0..o.rounds {
         let t = Instant::now();
         link.send(2 * k + 1)?;
-        link.wait_for(|c| c == 2 * k + 2)?;
+        link.wait_for(PATIENCE, |c| c == 2 * k + 2)?;
         rtts.push(t.elapsed());
     }
     let total = all.elapsed();
