@@ -19,7 +19,7 @@ TOOLS := read_write bandwidth ivshmem ivshmem-check
 
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all module tools setup demo test vm-test unit-test lint clean rustfmt rustfmt-check clippy
+.PHONY: module-race all module tools setup demo test vm-test unit-test lint clean rustfmt rustfmt-check clippy
 
 all: module tools
 
@@ -33,6 +33,12 @@ module:
 tools:
 	cd userspace && RUSTFLAGS="-C target-feature=+crt-static" \
 		$(CARGO) build --release --locked --target $(TOOLS_TARGET) --bins
+
+# A fault-injection build for the VM suite, in its own directory: see rust/file.rs.
+module-race:
+	rm -rf $(ROOT)/.race-build && mkdir -p $(ROOT)/.race-build
+	cp -r $(ROOT)/Kbuild $(ROOT)/rust $(ROOT)/.race-build/
+	kdir=$$($(KDIR_CMD)) && $(MAKE) -C $$kdir M=$(ROOT)/.race-build IVSHMEM_RACE_DELAY=1 modules
 
 clippy:
 	kdir=$$($(KDIR_CMD)) && $(MAKE) -C $$kdir M=$(ROOT) CLIPPY=1 modules 2>&1 | tee $(ROOT)/.clippy.log
@@ -57,7 +63,7 @@ unit-test:
 demo: all
 	bash scripts/demo.sh
 
-vm-test: all
+vm-test: all module-race
 	python3 scripts/vmtest.py
 
 test:
@@ -66,5 +72,5 @@ test:
 # Without a kernel tree: `make clean` must not build one first.
 clean:
 	rm -f *.o *.ko *.mod *.mod.c .*.cmd modules.order Module.symvers .module-common.o
-	rm -f rust/*.o rust/.*.cmd rust/*.long-type-*.txt .clippy.log
+	rm -rf rust/*.o rust/.*.cmd rust/*.long-type-*.txt .clippy.log .race-build
 	cd userspace && $(CARGO) clean

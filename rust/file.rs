@@ -141,7 +141,13 @@ impl MiscDevice for IvshmemFile {
         if vma.flags() & kernel::mm::virt::flags::MAYSHARE == 0 {
             return Err(EINVAL);
         }
-        this.shared.map(vma, this.cache_mode())
+        this.shared.map(vma, this.cache_mode())?;
+        // Fault injection for the VM suite (`make module-race`): widen the window between
+        // populating the VMA and the kernel linking it into the file's mapping, the window
+        // `Shared::revoke` has to close.
+        #[cfg(ivshmem_race_delay)]
+        kernel::time::delay::fsleep(kernel::time::Delta::from_millis(50));
+        Ok(())
     }
 
     fn ioctl(this: Pin<&Self>, _file: &File, cmd: u32, arg: usize) -> Result<isize> {

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the guest image: busybox, the module, the static userspace tools, the agent.
-#   scripts/initramfs.sh OUTPUT MODULE.ko TOOLS_DIR
+#   scripts/initramfs.sh OUTPUT MODULE.ko TOOLS_DIR [RACE-MODULE.ko]
+# The optional fault-injection build (make module-race) lands as /ivshmem-race.ko.
 set -euo pipefail
 source "$(dirname "$0")/config.sh"
 out=$1 module=$2 tools=$3
@@ -13,6 +14,7 @@ cp "$busybox" "$tmp/bin/busybox"
 install -m 755 "$IVSHMEM_ROOT/scripts/guest/init" "$tmp/init"
 install -m 755 "$IVSHMEM_ROOT/scripts/guest/agent" "$tmp/bin/agent"
 cp "$module" "$tmp/ivshmem.ko"
+[ -z "${4:-}" ] || cp "$4" "$tmp/ivshmem-race.ko"
 for t in read_write bandwidth ivshmem ivshmem-check pingpong; do
 	[ -x "$tools/$t" ] || die "missing tool $tools/$t (make tools)"
 	cp "$tools/$t" "$tmp/bin/$t"

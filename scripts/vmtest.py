@@ -318,6 +318,24 @@ def main_lab(s):
         s.dmesg_clean(1)
     s.test("unbind with the device open and mapped: ENODEV, SIGBUS, rebind works", revoke_unbind)
 
+    def mmap_racing_removal():
+        # mmaps in flight while the device goes away must not leave a mapping behind. The
+        # fault-injection build sleeps 50 ms between populating a VMA and its linking into the
+        # file's mapping, so that the removal lands in that window nearly every time.
+        s.sh(1, "rmmod ivshmem && insmod /ivshmem-race.ko && test -e /dev/ivshmem0")
+        for delay in ("0.2", "0.5", "1"):
+            s.sh(1, "rm -f /tmp/go; (ivshmem-check race /dev/ivshmem0 /tmp/go > /tmp/race.out 2>&1; "
+                    "echo exit=$? >> /tmp/race.out) &")
+            s.sh(1, "for i in $(seq 100); do grep -q mapping /tmp/race.out && break; sleep 0.1; done")
+            s.sh(1, f"sleep {delay}; echo 0000:00:02.0 > /sys/bus/pci/drivers/ivshmem/unbind; touch /tmp/go")
+            s.sh(1, "for i in $(seq 600); do grep -q exit= /tmp/race.out && break; sleep 0.1; done")
+            _, out = s.sh(1, "cat /tmp/race.out")
+            check("stale 0" in out and "exit=0" in out, out)
+            s.sh(1, "echo 0000:00:02.0 > /sys/bus/pci/drivers/ivshmem/bind; test -e /dev/ivshmem0")
+        s.sh(1, "rmmod ivshmem && insmod /ivshmem.ko && test -e /dev/ivshmem0 && test -e /dev/ivshmem1")
+        s.dmesg_clean(1)
+    s.test("mmap racing with unbind leaves no stale mapping (every one raises SIGBUS)", mmap_racing_removal)
+
     def pci_remove():
         s.sh(2, "ivshmem fill -d 1 --seed 34")
         s.sh(2, "rm -f /tmp/go; (ivshmem-check revoke /dev/ivshmem1 /tmp/go > /tmp/rv.out 2>&1; echo exit=$? >> /tmp/rv.out) &")
@@ -622,7 +640,8 @@ def main():
     started = time.monotonic()
     try:
         subprocess.run(["bash", os.path.join(ROOT, "scripts/initramfs.sh"), os.path.join(RUN, "initramfs.cpio.gz"),
-                        os.path.join(ROOT, "ivshmem.ko"), TOOLS], check=True)
+                        os.path.join(ROOT, "ivshmem.ko"), TOOLS, os.path.join(ROOT, ".race-build/ivshmem.ko")],
+                       check=True)
         phases = [main_lab, high_lab, doorbell_lab, hugetlb_lab]
         if len(sys.argv) > 1:  # e.g. scripts/vmtest.py doorbell_lab
             phases = [p for p in phases if p.__name__ in sys.argv[1:]]

@@ -20,7 +20,9 @@ usage: ivshmem-check errors DEVICE            every bad input gets its errno
        ivshmem-check revoke DEVICE GO-FILE    map, wait for GO-FILE, expect ENODEV and SIGBUS
        ivshmem-check hold DEVICE wb|wc|uc GO-FILE   map with a cache type until GO-FILE exists
        ivshmem-check eventfd DEVICE VECTOR MS   register an eventfd, poll it up to MS ms
-       ivshmem-check counted DEVICE VECTOR GO-FILE   open, wait for GO-FILE, count interrupts";
+       ivshmem-check counted DEVICE VECTOR GO-FILE   open, wait for GO-FILE, count interrupts
+       ivshmem-check race DEVICE GO-FILE   mmap in a loop while the device is removed;
+                                           after GO-FILE every mapping must raise SIGBUS";
 
 struct Checker {
     failed: usize,
@@ -521,11 +523,99 @@ fn counted(path: &str, vector: u32, go: &str) -> i32 {
     }
 }
 
+extern "C" {
+    fn signal(sig: i32, handler: usize) -> usize;
+    fn fork() -> i32;
+    fn waitpid(pid: i32, status: *mut i32, options: i32) -> i32;
+    fn _exit(code: i32) -> !;
+}
+
+/// mmaps one page after another, from two threads, until the device is removed (ENODEV) or
+/// GO-FILE appears; then, once GO-FILE exists (the remover is done), touches each mapping in a
+/// child process: every one must die of SIGBUS. A mapping that still reads is a stale mapping
+/// that escaped revocation, e.g. one whose mmap raced with the removal.
+fn race(path: &str, go: &str) -> i32 {
+    let dev = match Device::open(path) {
+        Ok(d) => d,
+        Err(e) => {
+            println!("FAIL open: {e}");
+            return 1;
+        }
+    };
+    println!("mapping");
+    // Each thread keeps its latest 64 mappings: the ones made around the removal matter,
+    // older ones were certainly in place before it.
+    const KEEP: usize = 64;
+    let maps = std::sync::Mutex::new(Vec::new());
+    let other_errors = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                let mut mine = std::collections::VecDeque::new();
+                loop {
+                    if Path::new(go).exists() {
+                        break;
+                    }
+                    match dev.map(0, PAGE) {
+                        Ok(m) => {
+                            mine.push_back(m);
+                            if mine.len() > KEEP {
+                                mine.pop_front();
+                            }
+                        }
+                        Err(e) if e.errno() == Some(19) => break,
+                        Err(e) => {
+                            other_errors.lock().unwrap().push(e.to_string());
+                            break;
+                        }
+                    }
+                }
+                maps.lock().unwrap().extend(mine);
+            });
+        }
+    });
+    let start = Instant::now();
+    while !Path::new(go).exists() && start.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let maps = maps.into_inner().unwrap();
+    let (mut revoked, mut stale) = (0, 0);
+    for m in &maps {
+        // SAFETY: the process is single-threaded again (the scope joined its threads); the
+        // child only reads one word and exits.
+        let pid = unsafe { fork() };
+        if pid == 0 {
+            // Default SIGBUS action: std's handler would report the fault as a stack overflow.
+            // SAFETY: SIG_DFL (0) for SIGBUS (7), in the single-threaded child.
+            unsafe { signal(7, 0) };
+            let _ = m.load_u32(0);
+            // SAFETY: leave the child without running the parent's destructors.
+            unsafe { _exit(0) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child just forked.
+        unsafe { waitpid(pid, &mut status, 0) };
+        // WIFSIGNALED && WTERMSIG == SIGBUS (7).
+        if status & 0x7f == 7 {
+            revoked += 1;
+        } else {
+            stale += 1;
+        }
+    }
+    let errors = other_errors.into_inner().unwrap();
+    println!(
+        "mappings {}, revoked {revoked}, stale {stale}, other errors {errors:?}",
+        maps.len()
+    );
+    i32::from(stale > 0 || maps.is_empty() || !errors.is_empty())
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let code = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
         ["errors", dev] => errors(dev),
         ["revoke", dev, go] => revoke(dev, go),
+        ["race", dev, go] => race(dev, go),
         ["counted", dev, vector, go] => match vector.parse() {
             Ok(v) => counted(dev, v, go),
             Err(_) => 2,
