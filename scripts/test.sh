@@ -13,7 +13,7 @@ bash scripts/setup.sh >/dev/null
 phase "userspace unit tests"
 make --no-print-directory unit-test
 phase "module and tools build"
-make --no-print-directory all
+make --no-print-directory all module-race
 phase "lints: kernel clippy, rustfmt, cargo clippy/fmt"
 make --no-print-directory lint
 phase "VM test suite"
