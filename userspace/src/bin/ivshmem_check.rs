@@ -24,6 +24,25 @@ usage: ivshmem-check errors DEVICE            every bad input gets its errno
        ivshmem-check race DEVICE GO-FILE   mmap in a loop while the device is removed;
                                            after GO-FILE every mapping must raise SIGBUS";
 
+/// Opens `path`, or prints `FAIL open: ...` and returns `None`.
+fn open_or_report(path: &str) -> Option<Device> {
+    Device::open(path)
+        .inspect_err(|e| println!("FAIL open: {e}"))
+        .ok()
+}
+
+/// Waits up to 120 s for the test to create `go`; whether it did.
+fn wait_for_file(go: &str) -> bool {
+    let start = Instant::now();
+    while !Path::new(go).exists() {
+        if start.elapsed() > Duration::from_secs(120) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
 struct Checker {
     failed: usize,
 }
@@ -76,12 +95,8 @@ const RW: i32 = sys::PROT_READ | sys::PROT_WRITE;
 
 fn errors(path: &str) -> i32 {
     let mut c = Checker { failed: 0 };
-    let dev = match Device::open(path) {
-        Ok(d) => d,
-        Err(e) => {
-            println!("FAIL open: {e}");
-            return 1;
-        }
+    let Some(dev) = open_or_report(path) else {
+        return 1;
     };
     let fd = dev.as_raw_fd();
     let size = dev.size().unwrap_or(0);
@@ -376,12 +391,8 @@ fn hold(path: &str, cache: CacheType, go: &str) -> Result<(Device, ivshmem::Mapp
     let v = m.load_u32(0).map_err(|e| e.to_string())?;
     m.store_u32(0, v).map_err(|e| e.to_string())?;
     println!("mapped");
-    let start = Instant::now();
-    while !Path::new(go).exists() {
-        if start.elapsed() > Duration::from_secs(120) {
-            return Err(format!("timeout waiting for {go}"));
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    if !wait_for_file(go) {
+        return Err(format!("timeout waiting for {go}"));
     }
     Ok((dev, m))
 }
@@ -436,12 +447,8 @@ fn eventfd_poll(path: &str, vector: u32, ms: i32) -> i32 {
     use std::io::Read;
     use std::os::fd::FromRawFd;
     let mut c = Checker { failed: 0 };
-    let dev = match Device::open(path) {
-        Ok(d) => d,
-        Err(e) => {
-            println!("FAIL open: {e}");
-            return 1;
-        }
+    let Some(dev) = open_or_report(path) else {
+        return 1;
     };
     // SAFETY: plain syscall; the fd is owned by `efd` below.
     let raw = unsafe { eventfd(0, 0) };
@@ -492,18 +499,11 @@ fn eventfd_poll(path: &str, vector: u32, ms: i32) -> i32 {
 
 /// Interrupts that arrive while a file is open are all reported by its next wait, once.
 fn counted(path: &str, vector: u32, go: &str) -> i32 {
-    let dev = match Device::open(path) {
-        Ok(d) => d,
-        Err(e) => {
-            println!("FAIL open: {e}");
-            return 1;
-        }
+    let Some(dev) = open_or_report(path) else {
+        return 1;
     };
     println!("opened");
-    let start = Instant::now();
-    while !Path::new(go).exists() && start.elapsed() < Duration::from_secs(60) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_file(go);
     match dev.wait(vector, Some(Duration::ZERO)) {
         Ok(n) => println!("counted {n}"),
         Err(e) => {
@@ -535,12 +535,8 @@ extern "C" {
 /// child process: every one must die of SIGBUS. A mapping that still reads is a stale mapping
 /// that escaped revocation, e.g. one whose mmap raced with the removal.
 fn race(path: &str, go: &str) -> i32 {
-    let dev = match Device::open(path) {
-        Ok(d) => d,
-        Err(e) => {
-            println!("FAIL open: {e}");
-            return 1;
-        }
+    let Some(dev) = open_or_report(path) else {
+        return 1;
     };
     println!("mapping");
     // Each thread keeps its latest 64 mappings: the ones made around the removal matter,
@@ -574,10 +570,7 @@ fn race(path: &str, go: &str) -> i32 {
             });
         }
     });
-    let start = Instant::now();
-    while !Path::new(go).exists() && start.elapsed() < Duration::from_secs(120) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_file(go);
     let maps = maps.into_inner().unwrap();
     let (mut revoked, mut stale) = (0, 0);
     for m in &maps {
