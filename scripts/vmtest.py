@@ -107,6 +107,17 @@ class Suite:
         bad = [line for line in out.splitlines() if BAD_DMESG.search(line)]
         check(not bad, f"guest {g} dmesg:\n" + "\n".join(bad[:20]))
 
+    def bg(self, g, cmd, out):
+        """Starts cmd in the background in guest g; its output, then `exit=STATUS`, go to out."""
+        self.sh(g, f"rm -f {out}; ({cmd} > {out} 2>&1; echo exit=$? >> {out}) &")
+
+    def wait_line(self, g, out, text, secs=30):
+        """Waits until file out in guest g holds text; fails the test if it never does."""
+        _, found = self.sh(g, f"for i in $(seq {secs * 10}); do grep -q '{text}' {out} && break; sleep 0.1; done; "
+                              f"cat {out}")
+        check(text in found, f"guest {g}: no '{text}' in {out} after {secs} s:\n{found}")
+        return found
+
     def leak_check_start(self, g):
         s = self
         s.sh(g, "test -w /sys/kernel/debug/kmemleak")  # the check below must be able to fail
@@ -167,12 +178,14 @@ def pat_type(s, g, start, end):
 def hold_and_read_pat(s, g, dev, cache, bdf):
     """Maps /dev/ivshmem<dev> with `cache` in guest g and returns BAR2's PAT type meanwhile."""
     start, end = bar2_range(s, g, bdf)
-    s.sh(g, f"rm -f /tmp/go; ivshmem-check hold /dev/ivshmem{dev} {cache} /tmp/go > /tmp/hold.out 2>&1 &")
-    s.sh(g, "for i in $(seq 100); do grep -q mapped /tmp/hold.out && break; sleep 0.1; done; grep mapped /tmp/hold.out")
+    s.sh(g, "rm -f /tmp/go")
+    s.bg(g, f"ivshmem-check hold /dev/ivshmem{dev} {cache} /tmp/go", "/tmp/hold.out")
+    s.wait_line(g, "/tmp/hold.out", "mapped", 10)
     try:
         return pat_type(s, g, start, end)
     finally:
-        s.sh(g, "touch /tmp/go; wait; cat /tmp/hold.out", ok=False)
+        s.sh(g, "touch /tmp/go")
+        s.wait_line(g, "/tmp/hold.out", "exit=", 10)
 
 
 def main_lab(s):
@@ -302,15 +315,16 @@ def main_lab(s):
 
     def revoke_unbind():
         s.sh(1, "ivshmem fill -d 0 --seed 44 --len 65536")
-        s.sh(1, "rm -f /tmp/go; (ivshmem-check revoke /dev/ivshmem0 /tmp/go > /tmp/rv.out 2>&1; echo exit=$? >> /tmp/rv.out) &")
-        s.sh(1, "for i in $(seq 100); do grep -q mapped /tmp/rv.out && break; sleep 0.1; done; grep mapped /tmp/rv.out")
+        s.sh(1, "rm -f /tmp/go")
+        s.bg(1, "ivshmem-check revoke /dev/ivshmem0 /tmp/go", "/tmp/rv.out")
+        s.wait_line(1, "/tmp/rv.out", "mapped", 10)
         status, out = s.sh(1, "rmmod ivshmem", ok=False)
         check(status != 0, "rmmod succeeded with a file open")
         s.sh(1, "grep -q '^ivshmem ' /proc/modules && test -e /dev/ivshmem0")
         s.sh(1, "echo 0000:00:02.0 > /sys/bus/pci/drivers/ivshmem/unbind")
         s.sh(1, "test ! -e /dev/ivshmem0 && test -e /dev/ivshmem1")
-        s.sh(1, "touch /tmp/go; for i in $(seq 100); do grep -q exit= /tmp/rv.out && break; sleep 0.1; done")
-        _, out = s.sh(1, "cat /tmp/rv.out")
+        s.sh(1, "touch /tmp/go")
+        out = s.wait_line(1, "/tmp/rv.out", "exit=", 10)
         check("ok ioctl-after-removal-enodev" in out and "ok mmap-after-removal-enodev" in out, out)
         check("exit=135" in out and "FAIL" not in out, "the revoked mapping did not raise SIGBUS:\n" + out)
         s.sh(1, "echo 0000:00:02.0 > /sys/bus/pci/drivers/ivshmem/bind")
@@ -324,12 +338,11 @@ def main_lab(s):
         # file's mapping, so that the removal lands in that window nearly every time.
         s.sh(1, "rmmod ivshmem && insmod /ivshmem-race.ko && test -e /dev/ivshmem0")
         for delay in ("0.2", "0.5", "1"):
-            s.sh(1, "rm -f /tmp/go; (ivshmem-check race /dev/ivshmem0 /tmp/go > /tmp/race.out 2>&1; "
-                    "echo exit=$? >> /tmp/race.out) &")
-            s.sh(1, "for i in $(seq 100); do grep -q mapping /tmp/race.out && break; sleep 0.1; done")
+            s.sh(1, "rm -f /tmp/go")
+            s.bg(1, "ivshmem-check race /dev/ivshmem0 /tmp/go", "/tmp/race.out")
+            s.wait_line(1, "/tmp/race.out", "mapping", 10)
             s.sh(1, f"sleep {delay}; echo 0000:00:02.0 > /sys/bus/pci/drivers/ivshmem/unbind; touch /tmp/go")
-            s.sh(1, "for i in $(seq 600); do grep -q exit= /tmp/race.out && break; sleep 0.1; done")
-            _, out = s.sh(1, "cat /tmp/race.out")
+            out = s.wait_line(1, "/tmp/race.out", "exit=", 60)
             check("stale 0" in out and "exit=0" in out, out)
             s.sh(1, "echo 0000:00:02.0 > /sys/bus/pci/drivers/ivshmem/bind; test -e /dev/ivshmem0")
         s.sh(1, "rmmod ivshmem && insmod /ivshmem.ko && test -e /dev/ivshmem0 && test -e /dev/ivshmem1")
@@ -338,11 +351,12 @@ def main_lab(s):
 
     def pci_remove():
         s.sh(2, "ivshmem fill -d 1 --seed 34")
-        s.sh(2, "rm -f /tmp/go; (ivshmem-check revoke /dev/ivshmem1 /tmp/go > /tmp/rv.out 2>&1; echo exit=$? >> /tmp/rv.out) &")
-        s.sh(2, "for i in $(seq 100); do grep -q mapped /tmp/rv.out && break; sleep 0.1; done; grep mapped /tmp/rv.out")
+        s.sh(2, "rm -f /tmp/go")
+        s.bg(2, "ivshmem-check revoke /dev/ivshmem1 /tmp/go", "/tmp/rv.out")
+        s.wait_line(2, "/tmp/rv.out", "mapped", 10)
         s.sh(2, "echo 1 > /sys/bus/pci/devices/0000:00:03.0/remove; test ! -e /dev/ivshmem1")
-        s.sh(2, "touch /tmp/go; for i in $(seq 100); do grep -q exit= /tmp/rv.out && break; sleep 0.1; done")
-        _, out = s.sh(2, "cat /tmp/rv.out")
+        s.sh(2, "touch /tmp/go")
+        out = s.wait_line(2, "/tmp/rv.out", "exit=", 10)
         check("exit=135" in out and "FAIL" not in out, out)
         s.sh(2, "echo 1 > /sys/bus/pci/rescan; for i in $(seq 50); do test -e /dev/ivshmem1 && break; sleep 0.1; done")
         s.sh(2, "ivshmem info -d 1 | grep -q 'pci 0000:00:03.0' && ivshmem verify -d 1 --seed 34")
@@ -420,12 +434,7 @@ def doorbell_lab(s):
     s.boot(3, "4M", mode="doorbell")
     ids = {}
 
-    def bg(g, cmd, out):
-        s.sh(g, f"rm -f {out}; ({cmd} > {out} 2>&1; echo exit=$? >> {out}) &")
-
-    def wait_line(g, out, text, secs=30):
-        s.sh(g, f"for i in $(seq {secs * 10}); do grep -q '{text}' {out} && break; sleep 0.1; done")
-        return s.sh(g, f"cat {out}")[1]
+    bg, wait_line = s.bg, s.wait_line
 
     def probe():
         for g in (1, 2, 3):
@@ -495,7 +504,7 @@ def doorbell_lab(s):
         s.sh(2, "sleep 0.5; touch /tmp/go")
         out = wait_line(2, "/tmp/c.out", "exit=")
         check("counted 3" in out and "then EAGAIN" in out and "exit=0" in out, out)
-        s.sh(2, "rm -f /tmp/go; (ivshmem-check eventfd /dev/ivshmem0 1 10000 > /tmp/e.out 2>&1; echo exit=$? >> /tmp/e.out) &")
+        bg(2, "ivshmem-check eventfd /dev/ivshmem0 1 10000", "/tmp/e.out")
         wait_line(2, "/tmp/e.out", "polling")
         s.sh(1, f"ivshmem ring --peer {ids[2]} --vector 1")
         out = wait_line(2, "/tmp/e.out", "exit=")
