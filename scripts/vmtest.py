@@ -23,8 +23,9 @@ import lab  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = os.path.join(ROOT, "userspace/target/x86_64-unknown-linux-gnu/release")
-RUN = os.path.join(tempfile.gettempdir(), "ivshmem-rs-vmtest")
-SHM = "/dev/shm/ivshmem-rs-vmtest"
+# Overridable so that two suites (two checkouts) can run side by side.
+RUN = os.environ.get("IVSHMEM_VMTEST_RUN", os.path.join(tempfile.gettempdir(), "ivshmem-rs-vmtest"))
+SHM = os.environ.get("IVSHMEM_VMTEST_SHM", "/dev/shm/ivshmem-rs-vmtest")
 MAIN_SIZE = 64 << 20
 SMALL_SIZE = 4 << 20
 BIG_SIZE = 4 << 30
