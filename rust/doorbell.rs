@@ -4,20 +4,16 @@
 //! counting, waiting for and forwarding (eventfd) the MSI-X interrupts peers send us.
 
 use kernel::{
-    device::Bound,
     io::Io,
-    irq::{
-        self,
-        IrqReturn, //
-    },
-    new_condvar, new_spinlock_irq, pci,
+    new_condvar, new_spinlock_irq,
+    num::Bounded,
+    pci,
     prelude::*,
     sync::{
         atomic::{
             ordering::Relaxed,
             Atomic, //
         },
-        Arc,
         CondVar,
         CondVarTimeoutResult,
         SpinLockIrq, //
@@ -31,7 +27,6 @@ use kernel::{
 use crate::{
     eventfd::EventFd,
     regs,
-    shared::Shared,
     uapi, //
 };
 
@@ -41,7 +36,8 @@ const MAX: usize = uapi::IVSHMEM_MAX_VECTORS as usize;
 pub(crate) type Regs = pci::DevresBar<{ regs::SIZE }>;
 
 struct Events {
-    /// Cleared on removal: waiters return `ENODEV`.
+    /// Cleared by `Shared::revoke` (the one place that decides the device is gone), so that
+    /// waiters, which sleep under this lock, return `ENODEV`.
     alive: bool,
     /// Interrupts received per vector since probe.
     counts: [u64; MAX],
@@ -100,7 +96,7 @@ impl Doorbell {
     }
 
     /// Interrupt on `vector`: count it, signal its eventfd, wake the waiters.
-    fn interrupt(&self, vector: usize) {
+    pub(crate) fn interrupt(&self, vector: usize) {
         let mut events = self.events.lock();
         events.counts[vector] += 1;
         if let Some((_, efd)) = &events.eventfds[vector] {
@@ -113,11 +109,11 @@ impl Doorbell {
     /// Writes the Doorbell register: interrupt `vector` of peer `peer`.
     pub(crate) fn ring(&self, peer: u32, vector: u32) -> Result {
         self.check_vector(vector)?;
-        if peer > uapi::IVSHMEM_MAX_PEER {
-            return Err(EINVAL);
-        }
+        // Out-of-range values cannot be encoded into the register.
+        let peer = Bounded::<u32, 16>::try_new(peer).ok_or(EINVAL)?;
+        let vector = Bounded::<u32, 16>::try_new(vector).ok_or(EINVAL)?;
         let regs = self.regs.try_access().ok_or(ENODEV)?;
-        regs.write32((peer << 16) | vector, regs::DOORBELL);
+        regs.write_reg(regs::DOORBELL::zeroed().with_peer(peer).with_vector(vector));
         Ok(())
     }
 
@@ -204,77 +200,5 @@ impl Doorbell {
         self.events.lock().alive = false;
         self.waiters.notify_all();
         self.drop_eventfds(|_| true);
-    }
-}
-
-/// The interrupt handler of one vector.
-struct VectorHandler {
-    shared: Arc<Shared>,
-    vector: usize,
-}
-
-impl irq::Handler for VectorHandler {
-    fn handle(&self) -> IrqReturn {
-        self.shared.doorbell.interrupt(self.vector);
-        IrqReturn::Handled
-    }
-}
-
-/// The MSI-X vectors of a bound doorbell device and their handlers.
-pub(crate) struct Interrupts<'bound> {
-    // Declared (so dropped) before `_vectors`: the handlers use the vectors' IRQ numbers.
-    _handlers: KVec<Pin<KBox<irq::Registration<'bound, VectorHandler>>>>,
-    _vectors: KBox<pci::IrqVectorRegistration<'bound>>,
-}
-
-/// MSI-X vectors allocated for a device, before their handlers exist.
-pub(crate) struct Vectors<'bound>(KBox<pci::IrqVectorRegistration<'bound>>);
-
-impl<'bound> Vectors<'bound> {
-    /// Allocates as many MSI-X vectors as the device has, up to `IVSHMEM_MAX_VECTORS`.
-    pub(crate) fn alloc(pdev: &'bound pci::Device<Bound>) -> Result<Self> {
-        let types = pci::IrqTypes::default().with(pci::IrqType::MsiX);
-        let vectors = pdev.alloc_irq_vectors(1, uapi::IVSHMEM_MAX_VECTORS, types)?;
-        Ok(Self(KBox::new(vectors, GFP_KERNEL)?))
-    }
-
-    /// How many were allocated.
-    pub(crate) fn len(&self) -> u32 {
-        // CAST: at most `IVSHMEM_MAX_VECTORS` were asked for.
-        self.0.len() as u32
-    }
-}
-
-impl<'bound> Interrupts<'bound> {
-    /// Requests one handler per vector, delivering to `shared`'s doorbell.
-    pub(crate) fn request(vectors: Vectors<'bound>, shared: &Arc<Shared>) -> Result<Self> {
-        let vectors = vectors.0;
-        // SAFETY: the registration lives in a box whose address does not change, and it is
-        // dropped after every handler that borrows it (field order of `Self`), so extending
-        // the borrow to `'bound` never lets a handler outlive the vectors.
-        let vref: &'bound pci::IrqVectorRegistration<'bound> =
-            unsafe { &*core::ptr::from_ref(&*vectors) };
-        let mut handlers = KVec::new();
-        for i in 0..vref.len() {
-            let handler = VectorHandler {
-                shared: shared.clone(),
-                vector: i,
-            };
-            // SAFETY: the registration is kept in `handlers` and dropped normally, never
-            // forgotten.
-            let reg = unsafe {
-                irq::Registration::new(
-                    vref.index(i)?.into(),
-                    irq::Flags::TRIGGER_NONE,
-                    c"ivshmem",
-                    Ok::<_, Error>(handler),
-                )
-            };
-            handlers.push(KBox::pin_init(reg, GFP_KERNEL)?, GFP_KERNEL)?;
-        }
-        Ok(Self {
-            _handlers: handlers,
-            _vectors: vectors,
-        })
     }
 }

@@ -18,10 +18,6 @@ use kernel::{
         },
         Arc, //
     },
-    transmute::{
-        AsBytes,
-        FromBytes, //
-    },
     uaccess::{
         UserPtr,
         UserSlice, //
@@ -30,38 +26,26 @@ use kernel::{
 
 use crate::{
     doorbell::Seen,
+    file_mappings::FileMappings,
     shared::Shared,
     uapi,
-    vma_pfn::{
-        CacheMode,
-        FileMappings, //
-    },
+    vma_pfn::CacheMode, //
 };
-
-// SAFETY: `IvshmemInfo` is `repr(C)` with integer fields only and no padding (8 + 4 * 4 + 16 +
-// 24 bytes), so every byte of it is initialised.
-unsafe impl AsBytes for uapi::IvshmemInfo {}
-// SAFETY: any bit pattern is a valid `IvshmemInfo`: it holds integers only.
-unsafe impl FromBytes for uapi::IvshmemInfo {}
-// SAFETY: `repr(C)`, two `u32`: no padding.
-unsafe impl FromBytes for uapi::IvshmemRing {}
-// SAFETY: `repr(C)`, `u32`, `i32`, `u64`: no padding, and any bit pattern is valid.
-unsafe impl FromBytes for uapi::IvshmemWait {}
-// SAFETY: as above: every byte is initialised.
-unsafe impl AsBytes for uapi::IvshmemWait {}
-// SAFETY: `repr(C)`, `u32` and `i32`: no padding, and any bit pattern is valid.
-unsafe impl FromBytes for uapi::IvshmemEventfd {}
 
 /// The registration of one `/dev/ivshmemN`, with the device state its files need.
 ///
 /// # Invariants
 ///
 /// Every `MiscDeviceRegistration<IvshmemFile>` is the `reg` field of a `DeviceNode`.
+///
+/// Fields drop in declaration order: the node is deregistered first, which waits for every
+/// `open` in flight (`misc_open` runs under the lock `misc_deregister` takes), and only then is
+/// `shared` put.
 #[pin_data]
 pub(crate) struct DeviceNode {
-    shared: Arc<Shared>,
     #[pin]
     reg: MiscDeviceRegistration<IvshmemFile>,
+    shared: Arc<Shared>,
 }
 
 impl DeviceNode {
@@ -141,6 +125,12 @@ impl MiscDevice for IvshmemFile {
         if vma.flags() & kernel::mm::virt::flags::MAYSHARE == 0 {
             return Err(EINVAL);
         }
+        // Memory another guest (or the host) can write never becomes executable: `PROT_EXEC`
+        // fails with `EPERM` here, and a later `mprotect(PROT_EXEC)` with `EACCES`.
+        if vma.executable() {
+            return Err(EPERM);
+        }
+        vma.try_clear_mayexec()?;
         this.shared.map(vma, this.cache_mode())?;
         // Fault injection for the VM suite (`make module-race`): widen the window between
         // populating the VMA and the kernel linking it into the file's mapping, the window

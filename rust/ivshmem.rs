@@ -16,39 +16,33 @@ use kernel::{
 mod doorbell;
 mod eventfd;
 mod file;
+mod file_mappings;
 mod mem_region;
+mod mm_users;
+mod msix;
+mod regs;
 mod shared;
 mod slots;
 pub mod uapi;
+mod uapi_abi;
 mod vma_pfn;
 
-use doorbell::{
+use file::DeviceNode;
+use mem_region::MemRegion;
+use msix::{
     Interrupts,
     Vectors, //
 };
-use file::DeviceNode;
-use mem_region::MemRegion;
+use regs::{
+    MSIX_BAR,
+    REGS_BAR,
+    SHM_BAR, //
+};
 use shared::{
     DeviceDesc,
     Shared, //
 };
 use slots::Slot;
-
-/// The ivshmem register block (BAR0): 256 bytes of 32-bit registers.
-mod regs {
-    /// Size of BAR0.
-    pub(crate) const SIZE: usize = 0x100;
-    // IntrMask (0x0) and IntrStatus (0x4) only matter for INTx, which this driver does not use.
-    /// This guest's peer id (doorbell mode), read-only.
-    pub(crate) const IV_POSITION: usize = 0x8;
-    /// Doorbell: write `peer << 16 | vector` to interrupt a peer.
-    pub(crate) const DOORBELL: usize = 0xc;
-}
-
-/// BAR holding the shared memory.
-const SHM_BAR: u32 = 2;
-/// BAR holding the MSI-X table: present on `ivshmem-doorbell` only.
-const MSIX_BAR: u32 = 1;
 
 const NAME: &CStr = c"ivshmem";
 
@@ -64,13 +58,13 @@ fn pci_name(pdev: &pci::Device<Core<'_>>) -> [u8; 16] {
 }
 
 /// A bound ivshmem device. Fields drop in order: the node goes first, so nothing new can be
-/// opened while the memory region and the device number are released.
+/// opened while the interrupts and the device number are released. The shared memory region
+/// belongs to `shared`, which gives it back in `unbind` (`Shared::revoke`).
 #[pin_data]
 struct IvshmemPci<'bound> {
     #[pin]
     node: DeviceNode,
     shared: Arc<Shared>,
-    _shm: MemRegion,
     _irqs: Option<Interrupts<'bound>>,
     _slot: Slot,
 }
@@ -98,10 +92,11 @@ impl pci::Driver for IvshmemDriver {
             pdev.enable_device_mem()?;
             pdev.set_master();
 
-            let regs = pdev.iomap_region_sized::<{ regs::SIZE }>(0, NAME)?;
+            let regs = pdev.iomap_region_sized::<{ regs::SIZE }>(REGS_BAR, NAME)?;
             let doorbell = pdev.resource_len(MSIX_BAR)? > 0;
-            let peer_id = if doorbell {
-                regs.read32(regs::IV_POSITION)
+            let position = regs.read(regs::IV_POSITION).position().get();
+            let peer_id = if doorbell && position <= uapi::IVSHMEM_MAX_PEER {
+                position
             } else {
                 uapi::IVSHMEM_NO_PEER
             };
@@ -121,15 +116,15 @@ impl pci::Driver for IvshmemDriver {
             } else {
                 None
             };
+            let (start, len) = (shm.start(), shm.len());
             let shared = Shared::new(
                 DeviceDesc {
                     index: slot.index(),
-                    phys: shm.start(),
-                    size: shm.len(),
+                    size: len,
                     peer_id,
-                    doorbell,
                     pci_name: pci_name(pdev),
                 },
+                shm,
                 regs.into_devres()?,
                 vectors.as_ref().map_or(0, Vectors::len),
             )?;
@@ -137,31 +132,28 @@ impl pci::Driver for IvshmemDriver {
                 .map(|v| Interrupts::request(v, &shared))
                 .transpose()?;
 
-            let (size, unit) = if shm.len() >= 1 << 20 {
-                (shm.len() >> 20, "MiB")
+            let (size, unit) = if len >= 1 << 20 {
+                (len >> 20, "MiB")
             } else {
-                (shm.len() >> 10, "KiB")
+                (len >> 10, "KiB")
             };
             let name = slot.name().to_str().unwrap_or("?");
-            if doorbell {
+            if shared.doorbell.vectors() > 0 {
                 dev_info!(
                     pdev,
-                    "/dev/{name}: {size} {unit} shared memory at {:#x}, doorbell: peer id {peer_id}, {} MSI-X vectors\n",
-                    shm.start(),
+                    "/dev/{name}: {size} {unit} shared memory at {start:#x}, doorbell: peer id {peer_id}, {} MSI-X vectors\n",
                     shared.doorbell.vectors()
                 );
             } else {
                 dev_info!(
                     pdev,
-                    "/dev/{name}: {size} {unit} shared memory at {:#x}, plain\n",
-                    shm.start()
+                    "/dev/{name}: {size} {unit} shared memory at {start:#x}, plain\n"
                 );
             }
 
             Ok(try_pin_init!(IvshmemPci {
                 node <- DeviceNode::new(shared.clone(), slot.name()),
                 shared,
-                _shm: shm,
                 _irqs: irqs,
                 _slot: slot,
             }))

@@ -2,9 +2,29 @@
 
 //! Per-device state that open files and mappings share, and its revocation on removal.
 //!
-//! The PCI device can go away (unbind, hot-unplug, rmmod) while files are open and the shared
-//! memory is mapped. Open files hold an `Arc<Shared>`, which outlives the device; it records the
-//! files and address spaces so that removal can take every user mapping down.
+//! The PCI device can go away (unbind, hot-unplug) while files are open and the shared memory
+//! is mapped. Open files hold an `Arc<Shared>`, which outlives the device; it records the files
+//! and address spaces so that removal can take every user mapping down.
+//!
+//! # Device gone
+//!
+//! Removal is decided in one place, [`Shared::revoke`], called from the PCI `unbind` callback.
+//! It takes the shared-memory region out of [`State`]: from then on every file operation finds
+//! `State::region` empty and fails with `ENODEV`, and no new mapping can be made. In the same
+//! call it tells the doorbell (waiters wake with `ENODEV`, eventfds are dropped), then zaps
+//! every user mapping, then releases the region. BAR0 is a `Devres` that the driver core revokes
+//! after `unbind` returns; it cannot outlive the device either.
+//!
+//! # Locking
+//!
+//! - `Shared::state` (a mutex) protects the region, the open files and the address spaces that
+//!   mapped the device. `mmap` takes it with the caller's mmap lock held for writing, so the
+//!   order is *mmap lock, then `state`*. Nothing may take an mmap lock while holding `state`:
+//!   [`Shared::revoke`] takes each recorded mm's mmap lock only after dropping `state`, and the
+//!   exited address spaces that `state` forgets are dropped with `mmdrop` semantics only (an
+//!   `ARef<Mm>` holds `mm_count`, not `mm_users`), which takes no mmap lock.
+//! - The doorbell's `events` spinlock (IRQ-safe) is innermost: it is taken from interrupt
+//!   context and never held across anything that sleeps or takes `state`.
 
 use kernel::{
     mm::{
@@ -24,12 +44,14 @@ use crate::{
         Doorbell,
         Regs, //
     },
+    file_mappings::FileMappings,
+    mem_region::MemRegion,
+    mm_users::has_exited,
     uapi,
     vma_pfn::{
         self,
         vma_pgoff,
-        CacheMode,
-        FileMappings, //
+        CacheMode, //
     },
 };
 
@@ -37,14 +59,10 @@ use crate::{
 pub(crate) struct DeviceDesc {
     /// Index N of `/dev/ivshmemN`.
     pub(crate) index: usize,
-    /// Physical address of BAR2.
-    pub(crate) phys: u64,
     /// Size of BAR2 in bytes.
     pub(crate) size: u64,
     /// IVPosition, or `uapi::IVSHMEM_NO_PEER`.
     pub(crate) peer_id: u32,
-    /// Whether the device has a doorbell (BAR1 with MSI-X).
-    pub(crate) doorbell: bool,
     /// The PCI device name, NUL-padded.
     pub(crate) pci_name: [u8; 16],
 }
@@ -56,12 +74,22 @@ struct OpenFile {
     mappings: FileMappings,
 }
 
+/// What `Shared::state` protects.
 struct State {
-    /// Cleared once, on removal. Afterwards ioctls and mmaps fail with `ENODEV`.
-    alive: bool,
+    /// The shared memory (BAR2) while the device is bound; `None` once it is gone.
+    region: Option<MemRegion>,
     files: KVec<OpenFile>,
-    /// Every address space that mapped the device while a file was open (no duplicates).
+    /// Address spaces that mapped the device and have not exited (no duplicates). `revoke`
+    /// needs them to wait for an mmap in flight; see there.
     mms: KVec<ARef<Mm>>,
+}
+
+/// Forgets the address spaces in `mms` that have exited. An exited address space has no mmap in
+/// flight and never gets a new one, so `revoke` has nothing to wait for there. This bounds the
+/// list by the number of live processes that mapped the device, however many come and go while
+/// a file stays open.
+fn forget_exited(mms: &mut KVec<ARef<Mm>>) {
+    mms.retain(|mm| !has_exited(mm));
 }
 
 /// State shared by the PCI driver and the device's open files.
@@ -75,14 +103,20 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// Creates the state of a live device with `vectors` MSI-X vectors (0 without doorbell).
-    pub(crate) fn new(desc: DeviceDesc, regs: Regs, vectors: u32) -> Result<Arc<Self>> {
+    /// Creates the state of a live device: its shared memory `region`, and `vectors` MSI-X
+    /// vectors with handlers (0 without doorbell).
+    pub(crate) fn new(
+        desc: DeviceDesc,
+        region: MemRegion,
+        regs: Regs,
+        vectors: u32,
+    ) -> Result<Arc<Self>> {
         Arc::pin_init(
             pin_init!(Self {
                 desc,
                 doorbell <- Doorbell::new(regs, vectors),
                 state <- kernel::new_mutex!(State {
-                    alive: true,
+                    region: Some(region),
                     files: KVec::new(),
                     mms: KVec::new(),
                 }),
@@ -93,7 +127,7 @@ impl Shared {
 
     /// Fails with `ENODEV` once the device is gone.
     pub(crate) fn check_alive(&self) -> Result {
-        if self.state.lock().alive {
+        if self.state.lock().region.is_some() {
             Ok(())
         } else {
             Err(ENODEV)
@@ -103,7 +137,7 @@ impl Shared {
     /// Records an open file, so that removal can revoke its mappings.
     pub(crate) fn add_file(&self, id: usize, mappings: FileMappings) -> Result {
         let mut state = self.state.lock();
-        if !state.alive {
+        if state.region.is_none() {
             return Err(ENODEV);
         }
         state.files.push(OpenFile { id, mappings }, GFP_KERNEL)?;
@@ -117,9 +151,13 @@ impl Shared {
             // `pos` is in bounds: it was just found.
             let _ = state.files.remove(pos);
         }
-        // A mapping keeps its file open, so with no file open nothing is mapped any more.
         if state.files.is_empty() {
+            // A mapping keeps its file open, so with no file open nothing is mapped any more.
             state.mms.clear();
+        } else {
+            // The last file of an exiting process is released after its address space is torn
+            // down: a good moment to forget it.
+            forget_exited(&mut state.mms);
         }
     }
 
@@ -138,34 +176,28 @@ impl Shared {
             return Err(EINVAL);
         }
 
-        let mut state = self.state.lock();
-        if !state.alive {
-            return Err(ENODEV);
-        }
+        let mut guard = self.state.lock();
+        let State { region, mms, .. } = &mut *guard;
+        let region = region.as_ref().ok_or(ENODEV)?;
         let mm = vma.mm();
-        if !state.mms.iter().any(|m| core::ptr::eq(&**m, &**mm)) {
-            state.mms.push(ARef::from(&**mm), GFP_KERNEL)?;
+        if !mms.iter().any(|m| core::ptr::eq(&**m, &**mm)) {
+            forget_exited(mms);
+            mms.push(ARef::from(&**mm), GFP_KERNEL)?;
         }
         // Mapping under the lock: `revoke` cannot slip in between the check and the mapping.
-        vma_pfn::map_phys_range(vma, self.desc.phys, size, mode)
+        vma_pfn::map_region(vma, region, mode)
     }
 
-    /// Marks the device gone, wakes doorbell waiters (`ENODEV`) and takes down every user
-    /// mapping of it. Accesses through a revoked mapping raise `SIGBUS`.
+    /// Marks the device gone, wakes doorbell waiters (`ENODEV`), takes down every user mapping
+    /// of it and releases the region. Accesses through a revoked mapping raise `SIGBUS`.
     pub(crate) fn revoke(&self) {
-        self.doorbell.revoke();
-        let mms = {
+        let (region, mms) = {
             let mut state = self.state.lock();
-            state.alive = false;
-            let mut mms = KVec::new();
-            for mm in state.mms.iter() {
-                // Best effort on allocation failure: the mm lock pass below only closes a
-                // race with an mmap in flight.
-                let _ = mms.push(mm.clone(), GFP_KERNEL);
-            }
-            mms
+            // Taken, not copied: no allocation, so no address space can be skipped.
+            (state.region.take(), core::mem::take(&mut state.mms))
         };
-        // An mmap that passed the `alive` check has populated its VMA, but the VMA is linked
+        self.doorbell.revoke();
+        // An mmap that passed the region check has populated its VMA, but the VMA is linked
         // into the file's mapping only after our `mmap` returns, under the mm's mmap lock held
         // for writing. Taking each mm's lock once waits for such an mmap to finish, so the zap
         // below sees its VMA. Our own lock is not held here: mmap takes it under the mm lock.
@@ -174,25 +206,32 @@ impl Shared {
                 drop(mm.mmap_read_lock());
             }
         }
-        let state = self.state.lock();
-        for (i, file) in state.files.iter().enumerate() {
-            // Files opened through the same inode share one mapping: zap it once.
-            if !state.files[..i]
-                .iter()
-                .any(|f| f.mappings.same(&file.mappings))
-            {
-                file.mappings.zap_all();
+        drop(mms);
+        {
+            let state = self.state.lock();
+            for (i, file) in state.files.iter().enumerate() {
+                // Files opened through the same inode share one mapping: zap it once.
+                if !state.files[..i]
+                    .iter()
+                    .any(|f| f.mappings.same(&file.mappings))
+                {
+                    file.mappings.zap_all();
+                }
             }
         }
+        // No user mapping of the region is left: give it back.
+        drop(region);
     }
 
     /// What `IVSHMEM_GET_INFO` reports for a file whose next mmap uses `cache`.
     pub(crate) fn info(&self, cache: u32) -> uapi::IvshmemInfo {
+        let vectors = self.doorbell.vectors();
         uapi::IvshmemInfo {
             size: self.desc.size,
             peer_id: self.desc.peer_id,
-            vectors: self.doorbell.vectors(),
-            flags: if self.desc.doorbell {
+            vectors,
+            // A doorbell is what the vectors actually set up make of the device.
+            flags: if vectors > 0 {
                 uapi::IVSHMEM_FLAG_DOORBELL
             } else {
                 0
