@@ -22,7 +22,9 @@ usage: ivshmem-check errors DEVICE            every bad input gets its errno
        ivshmem-check eventfd DEVICE VECTOR MS   register an eventfd, poll it up to MS ms
        ivshmem-check counted DEVICE VECTOR GO-FILE   open, wait for GO-FILE, count interrupts
        ivshmem-check race DEVICE GO-FILE   mmap in a loop while the device is removed;
-                                           after GO-FILE every mapping must raise SIGBUS";
+                                           after GO-FILE every mapping must raise SIGBUS
+       ivshmem-check churn DEVICE N   hold DEVICE open while N children map it and exit;
+                                      print the drop of MemAvailable";
 
 /// Opens `path`, or prints `FAIL open: ...` and returns `None`.
 fn open_or_report(path: &str) -> Option<Device> {
@@ -242,6 +244,15 @@ fn errors(path: &str) -> i32 {
             Ok(())
         },
     );
+    c.check(
+        "map-exec-eperm",
+        expect_errno(
+            "PROT_EXEC",
+            try_mmap(fd, PAGE, sys::MAP_SHARED, 0, sys::PROT_READ | PROT_EXEC),
+            1,
+        ),
+    );
+    c.check("mprotect-exec-eacces", mprotect_exec(&dev));
     c.check("mremap-grow-fails", mremap_grow(&dev));
     c.check("read-only-open", read_only(path, len));
     c.check("offset-mapping-aliases-full", aliasing(&dev, len));
@@ -249,6 +260,23 @@ fn errors(path: &str) -> i32 {
     c.check("bad-pointers-efault", bad_pointers(fd));
     c.check("unknown-commands-enotty", unknown_commands(fd));
     c.failed as i32
+}
+
+const PROT_EXEC: i32 = 4;
+
+extern "C" {
+    fn mprotect(addr: *mut c_void, len: usize, prot: i32) -> i32;
+}
+
+/// A mapping that was not executable cannot be made so: `mprotect` fails with EACCES and the
+/// mapping stays usable.
+fn mprotect_exec(dev: &Device) -> Result<(), String> {
+    let map = dev.map(0, PAGE).map_err(|e| e.to_string())?;
+    // SAFETY: changes the protection of our own mapping; on success the page would merely
+    // become executable, and we never execute it.
+    let failed = unsafe { mprotect(map.as_ptr().cast(), PAGE, sys::PROT_READ | PROT_EXEC) } < 0;
+    expect_errno("mprotect(PROT_EXEC)", failed, 13)?;
+    map.write(0, b"still writable").map_err(|e| e.to_string())
 }
 
 /// Every ioctl that takes a pointer fails with EFAULT for pointers it must not touch: NULL,
@@ -603,12 +631,78 @@ fn race(path: &str, go: &str) -> i32 {
     i32::from(stale > 0 || maps.is_empty() || !errors.is_empty())
 }
 
+/// `MemAvailable` from /proc/meminfo, in kB.
+fn mem_available_kb() -> Option<i64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Forks `n` short-lived children that each map one page and exit, while this process keeps
+/// the device open: half map through the inherited file, half open their own. Returns how many
+/// did not exit 0.
+fn churn_children(dev: &Device, path: &str, n: usize) -> usize {
+    let mut bad = 0;
+    for i in 0..n {
+        // SAFETY: this process is single-threaded; the child maps, touches and `_exit`s.
+        let pid = unsafe { fork() };
+        if pid == 0 {
+            let own = if i % 2 == 0 { None } else { Device::open(path).ok() };
+            let ok = own
+                .as_ref()
+                .unwrap_or(dev)
+                .map(0, PAGE)
+                .and_then(|m| m.store_u32(0, i as u32))
+                .is_ok();
+            // SAFETY: leave the child without running the parent's destructors.
+            unsafe { _exit(i32::from(!ok)) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child just forked.
+        if pid < 0 || unsafe { waitpid(pid, &mut status, 0) } != pid || status != 0 {
+            bad += 1;
+        }
+    }
+    bad
+}
+
+/// Kernel memory kept per departed child while a file stays open: `n` children map the device
+/// and exit, and the drop of `MemAvailable` over them is printed (after a warm-up round, so
+/// that caches the first children fill do not count).
+fn churn(path: &str, n: usize) -> i32 {
+    let Some(dev) = open_or_report(path) else {
+        return 1;
+    };
+    let warm_bad = churn_children(&dev, path, n / 10 + 1);
+    let before = mem_available_kb();
+    let bad = churn_children(&dev, path, n);
+    let after = mem_available_kb();
+    let (Some(before), Some(after)) = (before, after) else {
+        println!("FAIL churn: no MemAvailable in /proc/meminfo");
+        return 1;
+    };
+    let drop_kb = before - after;
+    println!(
+        "churn: {n} children mapped and exited, MemAvailable dropped {drop_kb} kB ({} bytes per child)",
+        drop_kb * 1024 / n.max(1) as i64
+    );
+    if warm_bad + bad > 0 {
+        println!("FAIL churn: {} children failed to map", warm_bad + bad);
+        return 1;
+    }
+    0
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let code = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
         ["errors", dev] => errors(dev),
         ["revoke", dev, go] => revoke(dev, go),
         ["race", dev, go] => race(dev, go),
+        ["churn", dev, n] => match n.parse() {
+            Ok(n) => churn(dev, n),
+            Err(_) => 2,
+        },
         ["counted", dev, vector, go] => match vector.parse() {
             Ok(v) => counted(dev, v, go),
             Err(_) => 2,
