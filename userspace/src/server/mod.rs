@@ -27,6 +27,8 @@ pub const PROTOCOL_VERSION: i64 = 0;
 pub const MAX_VECTORS: u32 = 64;
 /// Peer ids are 16 bits (the doorbell register's high half).
 pub const MAX_PEERS: usize = 1 << 16;
+/// How long a client may leave a message unread before the server drops it.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
 extern "C" {
     fn eventfd(initval: u32, flags: i32) -> i32;
@@ -53,6 +55,7 @@ pub struct Server {
     shm: File,
     vectors: u32,
     verbose: bool,
+    write_timeout: Duration,
     peers: Mutex<Peers>,
 }
 
@@ -66,6 +69,22 @@ struct Peers {
 impl Server {
     /// A server for `shm` with `vectors` interrupt vectors per peer.
     pub fn new(shm: File, vectors: u32, verbose: bool) -> io::Result<Arc<Self>> {
+        Self::with_write_timeout(shm, vectors, verbose, DEFAULT_WRITE_TIMEOUT)
+    }
+
+    /// Like [`Server::new`], dropping a client that leaves a message unread for `write_timeout`.
+    pub fn with_write_timeout(
+        shm: File,
+        vectors: u32,
+        verbose: bool,
+        write_timeout: Duration,
+    ) -> io::Result<Arc<Self>> {
+        if write_timeout.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "write timeout must be positive",
+            ));
+        }
         if vectors == 0 || vectors > MAX_VECTORS {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -76,6 +95,7 @@ impl Server {
             shm,
             vectors,
             verbose,
+            write_timeout,
             peers: Mutex::new(Peers {
                 by_id: BTreeMap::new(),
                 next_id: 0,
@@ -119,7 +139,7 @@ impl Server {
     fn add_peer(self: &Arc<Self>, stream: UnixStream) -> io::Result<()> {
         stream.set_nonblocking(false)?;
         // A client that stops reading must not stall the server.
-        stream.set_write_timeout(Some(Duration::from_secs(2)))?;
+        stream.set_write_timeout(Some(self.write_timeout))?;
         let mut peers = self.peers.lock().unwrap();
         if peers.by_id.len() >= MAX_PEERS {
             return Err(io::Error::other("no free peer id"));
