@@ -13,8 +13,8 @@
 //!
 //! - Memory the kernel may write (ioctl results, `read`) is a per-thread scratch area followed
 //!   by a `PROT_NONE` guard page, device mappings of our own (result structs never reach a
-//!   page's first 8 bytes, see [`MAGIC`]), or addresses no mapping can have (NULL, the first
-//!   64 KiB, kernel and non-canonical addresses). Never a random address of ours.
+//!   page's first 8 bytes, see [`MAGIC`]), or addresses where nothing of ours can be (NULL,
+//!   the first 64 KiB, kernel and non-canonical addresses). Never a random address of ours.
 //! - `MAP_FIXED` (and `mremap` to a fixed place) only targets a per-thread arena reserved with
 //!   `PROT_NONE` at [`ARENA_BASE`], far below anything the kernel hands out on its own (it
 //!   allocates top-down from the stack, or bottom-up from a third of the address space, and
@@ -236,11 +236,11 @@ enum Cmd {
     Foreign(u64),
 }
 
-/// Ioctl types the VFS serves itself before a driver sees the call (fs/ioctl.c: FIOCLEX,
-/// FIONBIO, FIFREEZE, FICLONE, FS_IOC_SETFLAGS, FS_IOC_GETFSUUID, ...). They never reach the
-/// driver, and some act on the filesystem holding the node (FIFREEZE would freeze devtmpfs):
-/// left out.
-const VFS_IOCTL_TYPES: [u32; 5] = [b'T' as u32, b'X' as u32, b'f' as u32, 0x94, 0x15];
+/// Ioctl types the VFS serves itself before a driver sees the call (fs/ioctl.c: FIBMAP,
+/// FIGETBSZ, FIOCLEX, FIONBIO, FIFREEZE, FICLONE, FS_IOC_SETFLAGS, FS_IOC_GETFSUUID, ...). They
+/// never reach the driver, and some act on the filesystem holding the node (FIFREEZE would
+/// freeze devtmpfs): left out.
+const VFS_IOCTL_TYPES: [u32; 6] = [0x00, b'T' as u32, b'X' as u32, b'f' as u32, 0x94, 0x15];
 
 fn gen_foreign(r: &mut Rng) -> u64 {
     loop {
@@ -462,7 +462,8 @@ fn gen_len(r: &mut Rng, env: &GenEnv) -> u64 {
     match r.below(100) {
         0..=39 => r.between(1, 4) * page,
         40..=69 => r.between(1, 64) * page,
-        70..=79 => env.size(r),
+        70..=75 => env.size(r),
+        76..=79 => r.between(65, 1024) * page,
         80..=83 => 0,
         84..=88 => env.size(r) + r.between(1, 16) * page,
         89..=94 => r.below(64) * page + r.between(1, page - 1),
@@ -1456,8 +1457,9 @@ impl<'a> Worker<'a> {
         }
     }
 
+    /// Opens `/dev/ivshmem<dev>` and swaps it into the slot, closing the file it replaces
+    /// (which other threads may be using). On failure the slot keeps its file.
     fn reopen(&mut self, slot: u8, dev: u8, mode: OpenMode) {
-        self.close_slot(slot);
         let mut o = OpenOptions::new();
         match mode {
             OpenMode::ReadWrite => o.read(true).write(true),
@@ -1467,7 +1469,7 @@ impl<'a> Worker<'a> {
             OpenMode::NonBlock => o.read(true).write(true).custom_flags(sys::O_NONBLOCK),
         };
         // While a device is unbound its node is missing (and rebinding may renumber the
-        // nodes): the next ones are tried, or the slots would mostly stay empty.
+        // nodes): the next ones are tried, or the slots would often stay empty.
         let n = self.env.sizes.len();
         let tries = if (dev as usize) < n { n } else { 1 };
         for t in 0..tries {
@@ -1478,11 +1480,11 @@ impl<'a> Worker<'a> {
             self.sh.calls.fetch_add(1, Relaxed);
             match o.open(path) {
                 Ok(f) => {
-                    let fd = f.into_raw_fd();
-                    let s = &self.sh.fds[slot as usize % FD_SLOTS];
-                    if s.compare_exchange(-1, fd, SeqCst, SeqCst).is_err() {
-                        // SAFETY: the fd we just opened and did not publish.
-                        unsafe { sys::close(fd) };
+                    let old = self.sh.fds[slot as usize % FD_SLOTS].swap(f.into_raw_fd(), SeqCst);
+                    if old >= 0 {
+                        // SAFETY: the swap made us the only owner of `old` (see `close_slot`).
+                        let rc = unsafe { sys::close(old) };
+                        self.note(rc < 0);
                     }
                     return;
                 }
