@@ -1233,6 +1233,11 @@ impl<'a> Worker<'a> {
     }
 
     fn mremap(&mut self, map: u32, at: u32, pages: u32, how: Remap) {
+        // Room first: the range picked below must not be unmapped (and taken by someone
+        // else) before it is remapped.
+        if matches!(how, Remap::GrowMove(_) | Remap::DontUnmap) {
+            self.make_room();
+        }
         let Some((i, a, l)) = self.pick_range(map, at, pages) else {
             return;
         };
@@ -1305,7 +1310,6 @@ impl<'a> Worker<'a> {
                 }
             }
             Remap::DontUnmap => {
-                self.make_room();
                 let flags = sys::MREMAP_MAYMOVE | sys::MREMAP_DONTUNMAP;
                 let p = remap(a, l, l, flags, 0);
                 self.note(p.is_none());
