@@ -1,7 +1,9 @@
-//! The few libc calls std does not wrap: ioctl, mmap, munmap, mremap. Public for tests and
-//! experts; [`crate::Device`] and [`crate::Mapping`] are the safe surface.
+//! Every libc call of the crate that std does not wrap, with the constants they take. Public
+//! for tests and experts; [`crate::Device`] and [`crate::Mapping`] are the safe surface.
+//!
+//! Values are Linux's on x86-64 and aarch64 (the generic ABI both use).
 
-use std::ffi::{c_int, c_long, c_ulong, c_void};
+use std::ffi::{c_int, c_long, c_uint, c_ulong, c_void};
 
 pub const PROT_READ: c_int = 1;
 pub const PROT_WRITE: c_int = 2;
@@ -9,6 +11,42 @@ pub const MAP_SHARED: c_int = 0x01;
 pub const MAP_PRIVATE: c_int = 0x02;
 pub const MREMAP_MAYMOVE: c_int = 1;
 pub const MAP_FAILED: *mut c_void = !0usize as *mut c_void;
+
+/// `poll` event: data to read.
+pub const POLLIN: i16 = 1;
+
+/// Signal numbers.
+pub const SIGBUS: c_int = 7;
+pub const SIGUSR1: c_int = 10;
+/// `signal` handler value: the default action.
+pub const SIG_DFL: usize = 0;
+
+/// Error numbers, as `io::Error::raw_os_error` and [`crate::Error::errno`] report them.
+pub mod errno {
+    pub const EPERM: i32 = 1;
+    pub const ENOENT: i32 = 2;
+    pub const EINTR: i32 = 4;
+    pub const ENXIO: i32 = 6;
+    pub const EBADF: i32 = 9;
+    pub const EAGAIN: i32 = 11;
+    pub const EACCES: i32 = 13;
+    pub const EFAULT: i32 = 14;
+    pub const EBUSY: i32 = 16;
+    pub const ENODEV: i32 = 19;
+    pub const EINVAL: i32 = 22;
+    pub const ENOTTY: i32 = 25;
+    pub const EOPNOTSUPP: i32 = 95;
+    pub const ETIMEDOUT: i32 = 110;
+}
+
+/// `struct pollfd`.
+#[repr(C)]
+#[derive(Debug)]
+pub struct PollFd {
+    pub fd: c_int,
+    pub events: i16,
+    pub revents: i16,
+}
 
 extern "C" {
     pub fn ioctl(fd: c_int, request: c_ulong, ...) -> c_int;
@@ -28,4 +66,11 @@ extern "C" {
         flags: c_int,
         ...
     ) -> *mut c_void;
+    pub fn eventfd(initval: c_uint, flags: c_int) -> c_int;
+    pub fn poll(fds: *mut PollFd, nfds: c_ulong, timeout: c_int) -> c_int;
+    /// `handler` is a `sighandler_t`: [`SIG_DFL`] or an `extern "C" fn(c_int)` as `usize`.
+    pub fn signal(sig: c_int, handler: usize) -> usize;
+    pub fn fork() -> c_int;
+    pub fn waitpid(pid: c_int, status: *mut c_int, options: c_int) -> c_int;
+    pub fn _exit(code: c_int) -> !;
 }

@@ -2,20 +2,18 @@
 
 use std::time::{Duration, Instant};
 
-extern "C" {
-    fn signal(sig: i32, handler: extern "C" fn(i32)) -> usize;
-}
+use ivshmem::args::{device_path, usage_error, Args};
+use ivshmem::sys::errno::{EAGAIN, EINTR, ENODEV, ETIMEDOUT};
+use ivshmem::{pattern, sys, uapi, CacheType, Device};
 
 extern "C" fn ignore(_: i32) {}
 
 /// Installs a do-nothing SIGUSR1 handler, so the signal interrupts a wait (EINTR).
 fn catch_sigusr1() {
-    // SAFETY: the handler does nothing; SIGUSR1 is 10 on x86-64 and arm64.
-    unsafe { signal(10, ignore) };
+    let handler: extern "C" fn(i32) = ignore;
+    // SAFETY: the handler does nothing, so it is safe to run at any point.
+    unsafe { sys::signal(sys::SIGUSR1, handler as usize) };
 }
-
-use ivshmem::args::{device_path, usage_error, Args};
-use ivshmem::{pattern, uapi, CacheType, Device};
 
 const PROG: &str = "ivshmem";
 
@@ -183,10 +181,10 @@ fn run(cmd: &str, mut args: Args) -> Result<(), String> {
                 Ok(n) => println!("{n} interrupt(s) on vector {vector}"),
                 Err(e) => {
                     let name = match e.errno() {
-                        Some(11) => "EAGAIN",
-                        Some(110) => "ETIMEDOUT",
-                        Some(4) => "EINTR",
-                        Some(19) => "ENODEV",
+                        Some(EAGAIN) => "EAGAIN",
+                        Some(ETIMEDOUT) => "ETIMEDOUT",
+                        Some(EINTR) => "EINTR",
+                        Some(ENODEV) => "ENODEV",
                         _ => "error",
                     };
                     return Err(format!("{name}: {e}"));

@@ -8,9 +8,11 @@
 
 use std::ffi::c_void;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use ivshmem::sys::errno::{EACCES, EAGAIN, EBADF, EBUSY, EFAULT, EINVAL, ENODEV, ENOTTY, ENXIO};
 use ivshmem::{pattern, sys, uapi, CacheType, Device};
 
 const PAGE: usize = 4096;
@@ -127,14 +129,18 @@ fn errors(path: &str) -> i32 {
     );
     c.check(
         "get-size-efault",
-        expect_errno("GET_SIZE(1)", raw_ioctl(fd, uapi::IVSHMEM_GET_SIZE, 1), 14),
+        expect_errno(
+            "GET_SIZE(1)",
+            raw_ioctl(fd, uapi::IVSHMEM_GET_SIZE, 1),
+            EFAULT,
+        ),
     );
     c.check(
         "get-info-efault",
         expect_errno(
             "GET_INFO(NULL)",
             raw_ioctl(fd, uapi::IVSHMEM_GET_INFO, 0),
-            14,
+            EFAULT,
         ),
     );
     c.check(
@@ -142,7 +148,7 @@ fn errors(path: &str) -> i32 {
         expect_errno(
             "SET_CACHE(NULL)",
             raw_ioctl(fd, uapi::IVSHMEM_SET_CACHE, 0),
-            14,
+            EFAULT,
         ),
     );
     let bad_cache: u32 = 7;
@@ -155,7 +161,7 @@ fn errors(path: &str) -> i32 {
                 uapi::IVSHMEM_SET_CACHE,
                 &bad_cache as *const u32 as usize,
             ),
-            22,
+            EINVAL,
         ),
     );
     let unknown = uapi::IVSHMEM_GET_SIZE + 0x7f;
@@ -165,19 +171,19 @@ fn errors(path: &str) -> i32 {
         expect_errno(
             "ioctl 0xb97f",
             raw_ioctl(fd, unknown, scratch.as_mut_ptr() as usize),
-            25,
+            ENOTTY,
         ),
     );
     c.check(
         "zero-ioctl-enotty",
-        expect_errno("ioctl 0", raw_ioctl(fd, 0, 0), 25),
+        expect_errno("ioctl 0", raw_ioctl(fd, 0, 0), ENOTTY),
     );
     c.check(
         "map-private-einval",
         expect_errno(
             "MAP_PRIVATE",
             try_mmap(fd, PAGE, sys::MAP_PRIVATE, 0, RW),
-            22,
+            EINVAL,
         ),
     );
     c.check(
@@ -185,7 +191,7 @@ fn errors(path: &str) -> i32 {
         expect_errno(
             "offset=size",
             try_mmap(fd, PAGE, sys::MAP_SHARED, size as i64, RW),
-            6,
+            ENXIO,
         ),
     );
     c.check(
@@ -193,7 +199,7 @@ fn errors(path: &str) -> i32 {
         expect_errno(
             "offset>size",
             try_mmap(fd, PAGE, sys::MAP_SHARED, 2 * size as i64, RW),
-            6,
+            ENXIO,
         ),
     );
     c.check(
@@ -201,7 +207,7 @@ fn errors(path: &str) -> i32 {
         expect_errno(
             "len>size",
             try_mmap(fd, len + PAGE, sys::MAP_SHARED, 0, RW),
-            22,
+            EINVAL,
         ),
     );
     c.check(
@@ -215,7 +221,7 @@ fn errors(path: &str) -> i32 {
                 (size as i64) - PAGE as i64,
                 RW,
             ),
-            22,
+            EINVAL,
         ),
     );
     c.check(
@@ -223,7 +229,7 @@ fn errors(path: &str) -> i32 {
         expect_errno(
             "offset 100",
             try_mmap(fd, PAGE, sys::MAP_SHARED, 100, RW),
-            22,
+            EINVAL,
         ),
     );
     c.check(
@@ -275,7 +281,7 @@ fn bad_pointers(fd: i32) -> Result<(), String> {
             let e = errno();
             // RING/WAIT/SET_EVENTFD on a plain device may fail earlier, with EOPNOTSUPP, only
             // after reading their argument: EFAULT comes first.
-            if !failed || e != 14 {
+            if !failed || e != EFAULT {
                 return Err(format!(
                     "ioctl {cmd:#x} with pointer {ptr:#x}: failed={failed} errno {e}"
                 ));
@@ -301,7 +307,7 @@ fn unknown_commands(fd: i32) -> Result<(), String> {
     ]);
     for cmd in cmds {
         let failed = raw_ioctl(fd, cmd, arg);
-        if !failed || errno() != 25 {
+        if !failed || errno() != ENOTTY {
             return Err(format!("ioctl {cmd:#x}: failed={failed} errno {}", errno()));
         }
     }
@@ -326,13 +332,12 @@ fn mremap_grow(dev: &Device) -> Result<(), String> {
         std::mem::forget(m);
         return Err("mremap to twice the size succeeded".into());
     }
-    expect_errno("mremap grow", true, 14)
+    expect_errno("mremap grow", true, EFAULT)
 }
 
 /// An O_RDONLY file maps read-only, and refuses a writable shared mapping (EACCES).
 fn read_only(path: &str, len: usize) -> Result<(), String> {
     let f = std::fs::File::open(path).map_err(|e| e.to_string())?;
-    use std::os::fd::AsRawFd;
     let fd = f.as_raw_fd();
     if try_mmap(fd, len.min(1 << 20), sys::MAP_SHARED, 0, sys::PROT_READ) {
         return Err(format!("read-only mapping failed: errno {}", errno()));
@@ -340,7 +345,7 @@ fn read_only(path: &str, len: usize) -> Result<(), String> {
     expect_errno(
         "PROT_WRITE on O_RDONLY",
         try_mmap(fd, PAGE, sys::MAP_SHARED, 0, RW),
-        13,
+        EACCES,
     )
 }
 
@@ -410,14 +415,14 @@ fn revoke(path: &str, go: &str) -> i32 {
     c.check(
         "ioctl-after-removal-enodev",
         match got {
-            Err(e) if e.errno() == Some(19) => Ok(()),
+            Err(e) if e.errno() == Some(ENODEV) => Ok(()),
             other => Err(format!("{other:?}")),
         },
     );
     c.check(
         "mmap-after-removal-enodev",
         match dev.map(0, PAGE) {
-            Err(e) if e.errno() == Some(19) => Ok(()),
+            Err(e) if e.errno() == Some(ENODEV) => Ok(()),
             Err(e) => Err(e.to_string()),
             Ok(_) => Err("mmap succeeded".into()),
         },
@@ -427,18 +432,6 @@ fn revoke(path: &str, go: &str) -> i32 {
     let v = m.load_u32(0).unwrap_or(0);
     println!("FAIL revoked-mapping-sigbus: read {v:#x} after removal");
     1
-}
-
-#[repr(C)]
-struct PollFd {
-    fd: i32,
-    events: i16,
-    revents: i16,
-}
-
-extern "C" {
-    fn eventfd(initval: u32, flags: i32) -> i32;
-    fn poll(fds: *mut PollFd, nfds: u64, timeout: i32) -> i32;
 }
 
 /// Registers an eventfd for `vector`, checks a second file gets EBUSY for the same vector,
@@ -451,7 +444,7 @@ fn eventfd_poll(path: &str, vector: u32, ms: i32) -> i32 {
         return 1;
     };
     // SAFETY: plain syscall; the fd is owned by `efd` below.
-    let raw = unsafe { eventfd(0, 0) };
+    let raw = unsafe { sys::eventfd(0, 0) };
     // SAFETY: `raw` is a fresh eventfd nobody else owns.
     let mut efd = unsafe { std::fs::File::from_raw_fd(raw) };
     c.check(
@@ -463,25 +456,25 @@ fn eventfd_poll(path: &str, vector: u32, ms: i32) -> i32 {
     c.check(
         "second-file-ebusy",
         match other.set_eventfd(vector, Some(raw)) {
-            Err(e) if e.errno() == Some(16) => Ok(()),
+            Err(e) if e.errno() == Some(EBUSY) => Ok(()),
             other => Err(format!("{other:?}")),
         },
     );
     c.check(
         "bad-fd-ebadf",
         match dev.set_eventfd(vector, Some(9999)) {
-            Err(e) if e.errno() == Some(9) => Ok(()),
+            Err(e) if e.errno() == Some(EBADF) => Ok(()),
             other => Err(format!("{other:?}")),
         },
     );
     println!("polling");
-    let mut pfd = PollFd {
+    let mut pfd = sys::PollFd {
         fd: raw,
-        events: 1,
+        events: sys::POLLIN,
         revents: 0,
     };
     // SAFETY: one valid pollfd.
-    let n = unsafe { poll(&mut pfd, 1, ms) };
+    let n = unsafe { sys::poll(&mut pfd, 1, ms) };
     if n == 1 {
         let mut buf = [0u8; 8];
         let _ = efd.read_exact(&mut buf);
@@ -512,7 +505,7 @@ fn counted(path: &str, vector: u32, go: &str) -> i32 {
         }
     }
     match dev.wait(vector, Some(Duration::ZERO)) {
-        Err(e) if e.errno() == Some(11) => {
+        Err(e) if e.errno() == Some(EAGAIN) => {
             println!("then EAGAIN");
             0
         }
@@ -521,13 +514,6 @@ fn counted(path: &str, vector: u32, go: &str) -> i32 {
             1
         }
     }
-}
-
-extern "C" {
-    fn signal(sig: i32, handler: usize) -> usize;
-    fn fork() -> i32;
-    fn waitpid(pid: i32, status: *mut i32, options: i32) -> i32;
-    fn _exit(code: i32) -> !;
 }
 
 /// mmaps one page after another, from two threads, until the device is removed (ENODEV) or
@@ -559,7 +545,7 @@ fn race(path: &str, go: &str) -> i32 {
                                 mine.pop_front();
                             }
                         }
-                        Err(e) if e.errno() == Some(19) => break,
+                        Err(e) if e.errno() == Some(ENODEV) => break,
                         Err(e) => {
                             other_errors.lock().unwrap().push(e.to_string());
                             break;
@@ -576,20 +562,20 @@ fn race(path: &str, go: &str) -> i32 {
     for m in &maps {
         // SAFETY: the process is single-threaded again (the scope joined its threads); the
         // child only reads one word and exits.
-        let pid = unsafe { fork() };
+        let pid = unsafe { sys::fork() };
         if pid == 0 {
             // Default SIGBUS action: std's handler would report the fault as a stack overflow.
-            // SAFETY: SIG_DFL (0) for SIGBUS (7), in the single-threaded child.
-            unsafe { signal(7, 0) };
+            // SAFETY: the default action for SIGBUS, in the single-threaded child.
+            unsafe { sys::signal(sys::SIGBUS, sys::SIG_DFL) };
             let _ = m.load_u32(0);
             // SAFETY: leave the child without running the parent's destructors.
-            unsafe { _exit(0) };
+            unsafe { sys::_exit(0) };
         }
         let mut status = 0;
         // SAFETY: waits for the child just forked.
-        unsafe { waitpid(pid, &mut status, 0) };
-        // WIFSIGNALED && WTERMSIG == SIGBUS (7).
-        if status & 0x7f == 7 {
+        unsafe { sys::waitpid(pid, &mut status, 0) };
+        // WIFSIGNALED && WTERMSIG == SIGBUS.
+        if status & 0x7f == sys::SIGBUS {
             revoked += 1;
         } else {
             stale += 1;

@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use ivshmem::args::{device_path, run_tool, Args};
+use ivshmem::sys::errno::ETIMEDOUT;
 use ivshmem::{Device, Mapping};
 
 const PROG: &str = "pingpong";
@@ -132,7 +133,7 @@ impl Link<'_> {
                 Mode::Spin => std::hint::spin_loop(),
                 Mode::Doorbell => match self.dev.wait(self.o.vector, Some(patience)) {
                     Ok(_) => {}
-                    Err(e) if e.errno() == Some(110) => {}
+                    Err(e) if e.errno() == Some(ETIMEDOUT) => {}
                     Err(e) => return Err(e.to_string()),
                 },
             }

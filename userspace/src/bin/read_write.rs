@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use ivshmem::args::{device_path, run_tool, Args};
 use ivshmem::message::{self, Slot};
+use ivshmem::sys::errno::ETIMEDOUT;
 use ivshmem::Device;
 
 const PROG: &str = "read_write";
@@ -102,7 +103,7 @@ fn run(o: &Opts) -> Result<(), String> {
             }
             match dev.wait(0, Some(left)) {
                 Ok(_) => {}
-                Err(e) if e.errno() == Some(110) => {}
+                Err(e) if e.errno() == Some(ETIMEDOUT) => {}
                 Err(e) => return Err(e.to_string()),
             }
             slot = message::read(&map, at).map_err(|e| e.to_string())?;
