@@ -37,6 +37,61 @@ pub mod errno {
     pub const ENOTTY: i32 = 25;
     pub const EOPNOTSUPP: i32 = 95;
     pub const ETIMEDOUT: i32 = 110;
+
+    /// The symbolic name of `errno`, e.g. `"EAGAIN"`, if it is one of the above.
+    pub fn name(errno: i32) -> Option<&'static str> {
+        Some(match errno {
+            EPERM => "EPERM",
+            ENOENT => "ENOENT",
+            EINTR => "EINTR",
+            ENXIO => "ENXIO",
+            EBADF => "EBADF",
+            EAGAIN => "EAGAIN",
+            EACCES => "EACCES",
+            EFAULT => "EFAULT",
+            EBUSY => "EBUSY",
+            ENODEV => "ENODEV",
+            EINVAL => "EINVAL",
+            ENOTTY => "ENOTTY",
+            EOPNOTSUPP => "EOPNOTSUPP",
+            ETIMEDOUT => "ETIMEDOUT",
+            _ => return None,
+        })
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use std::io;
+
+        #[test]
+        fn values_are_the_kernels() {
+            // std's messages come from libc: each must match its constant.
+            for (n, text) in [
+                (ENOENT, "No such file or directory"),
+                (EAGAIN, "Resource temporarily unavailable"),
+                (ENOTTY, "Inappropriate ioctl for device"),
+                (EOPNOTSUPP, "Operation not supported"),
+                (ETIMEDOUT, "Connection timed out"),
+                (ENODEV, "No such device"),
+            ] {
+                let e = io::Error::from_raw_os_error(n).to_string();
+                assert!(e.starts_with(text), "{n}: {e}");
+            }
+            let kind = |n| io::Error::from_raw_os_error(n).kind();
+            assert_eq!(kind(EINTR), io::ErrorKind::Interrupted);
+            assert_eq!(kind(EACCES), io::ErrorKind::PermissionDenied);
+            assert_eq!(kind(EINVAL), io::ErrorKind::InvalidInput);
+        }
+
+        #[test]
+        fn names() {
+            assert_eq!(name(EAGAIN), Some("EAGAIN"));
+            assert_eq!(name(ETIMEDOUT), Some("ETIMEDOUT"));
+            assert_eq!(name(EINVAL), Some("EINVAL"));
+            assert_eq!(name(12345), None);
+        }
+    }
 }
 
 /// `struct pollfd`.

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ivshmem::sys::errno::{EACCES, EAGAIN, EBADF, EBUSY, EFAULT, EINVAL, ENODEV, ENOTTY, ENXIO};
-use ivshmem::{pattern, sys, uapi, CacheType, Device};
+use ivshmem::{pattern, sys, uapi, CacheType, Device, ToolError};
 
 const PAGE: usize = 4096;
 
@@ -50,8 +50,8 @@ struct Checker {
 }
 
 impl Checker {
-    fn check(&mut self, name: &str, result: Result<(), String>) {
-        match result {
+    fn check(&mut self, name: &str, result: Result<(), impl Into<ToolError>>) {
+        match result.map_err(Into::into) {
             Ok(()) => println!("ok {name}"),
             Err(why) => {
                 println!("FAIL {name}: {why}");
@@ -65,13 +65,17 @@ fn errno() -> i32 {
     io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
 
-fn expect_errno(what: &str, rc_failed: bool, want: i32) -> Result<(), String> {
+fn expect_errno(what: &str, rc_failed: bool, want: i32) -> Result<(), ToolError> {
     let got = errno();
     if !rc_failed {
-        return Err(format!("{what} succeeded, wanted errno {want}"));
+        return Err(ToolError::Check(format!(
+            "{what} succeeded, wanted errno {want}"
+        )));
     }
     if got != want {
-        return Err(format!("{what} failed with errno {got}, wanted {want}"));
+        return Err(ToolError::Check(format!(
+            "{what} failed with errno {got}, wanted {want}"
+        )));
     }
     Ok(())
 }
@@ -109,12 +113,12 @@ fn errors(path: &str) -> i32 {
         if size >= PAGE as u64 && size.is_power_of_two() {
             Ok(())
         } else {
-            Err(format!("size {size}"))
+            Err(ToolError::Check(format!("size {size}")))
         },
     );
     c.check(
         "get-info",
-        match &info {
+        match info {
             Ok(i)
                 if i.size == size
                     && i.cache == uapi::IVSHMEM_CACHE_WB
@@ -123,8 +127,8 @@ fn errors(path: &str) -> i32 {
             {
                 Ok(())
             }
-            Ok(i) => Err(format!("{i:?}")),
-            Err(e) => Err(e.to_string()),
+            Ok(i) => Err(ToolError::Check(format!("{i:?}"))),
+            Err(e) => Err(e.into()),
         },
     );
     c.check(
@@ -235,7 +239,7 @@ fn errors(path: &str) -> i32 {
     c.check(
         "map-full",
         if try_mmap(fd, len, sys::MAP_SHARED, 0, RW) {
-            Err(format!("errno {}", errno()))
+            Err(ToolError::Check(format!("errno {}", errno())))
         } else {
             Ok(())
         },
@@ -243,7 +247,7 @@ fn errors(path: &str) -> i32 {
     c.check(
         "map-last-page",
         if try_mmap(fd, PAGE, sys::MAP_SHARED, size as i64 - PAGE as i64, RW) {
-            Err(format!("errno {}", errno()))
+            Err(ToolError::Check(format!("errno {}", errno())))
         } else {
             Ok(())
         },
@@ -259,7 +263,7 @@ fn errors(path: &str) -> i32 {
 
 /// Every ioctl that takes a pointer fails with EFAULT for pointers it must not touch: NULL,
 /// unaligned garbage, a kernel address, an unmapped user address.
-fn bad_pointers(fd: i32) -> Result<(), String> {
+fn bad_pointers(fd: i32) -> Result<(), ToolError> {
     let cmds = [
         uapi::IVSHMEM_GET_SIZE,
         uapi::IVSHMEM_GET_INFO,
@@ -282,9 +286,9 @@ fn bad_pointers(fd: i32) -> Result<(), String> {
             // RING/WAIT/SET_EVENTFD on a plain device may fail earlier, with EOPNOTSUPP, only
             // after reading their argument: EFAULT comes first.
             if !failed || e != EFAULT {
-                return Err(format!(
+                return Err(ToolError::Check(format!(
                     "ioctl {cmd:#x} with pointer {ptr:#x}: failed={failed} errno {e}"
-                ));
+                )));
             }
         }
     }
@@ -292,7 +296,7 @@ fn bad_pointers(fd: i32) -> Result<(), String> {
 }
 
 /// Commands this driver does not define, including ours with a wrong size or direction.
-fn unknown_commands(fd: i32) -> Result<(), String> {
+fn unknown_commands(fd: i32) -> Result<(), ToolError> {
     let mut scratch = [0u64; 64];
     let arg = scratch.as_mut_ptr() as usize;
     let mut cmds: Vec<u32> = (6..64)
@@ -308,15 +312,18 @@ fn unknown_commands(fd: i32) -> Result<(), String> {
     for cmd in cmds {
         let failed = raw_ioctl(fd, cmd, arg);
         if !failed || errno() != ENOTTY {
-            return Err(format!("ioctl {cmd:#x}: failed={failed} errno {}", errno()));
+            return Err(ToolError::Check(format!(
+                "ioctl {cmd:#x}: failed={failed} errno {}",
+                errno()
+            )));
         }
     }
     Ok(())
 }
 
 /// Growing a mapping must fail (VM_DONTEXPAND): the kernel answers EFAULT.
-fn mremap_grow(dev: &Device) -> Result<(), String> {
-    let m = dev.map(0, PAGE).map_err(|e| e.to_string())?;
+fn mremap_grow(dev: &Device) -> Result<(), ToolError> {
+    let m = dev.map(0, PAGE)?;
     // SAFETY: remapping our own mapping; on the expected failure nothing changes.
     let p = unsafe {
         sys::mremap(
@@ -330,17 +337,22 @@ fn mremap_grow(dev: &Device) -> Result<(), String> {
         // SAFETY: the mremap moved our mapping to `p`; unmap it and forget the old one.
         unsafe { sys::munmap(p, 2 * PAGE) };
         std::mem::forget(m);
-        return Err("mremap to twice the size succeeded".into());
+        return Err(ToolError::Check(
+            "mremap to twice the size succeeded".into(),
+        ));
     }
     expect_errno("mremap grow", true, EFAULT)
 }
 
 /// An O_RDONLY file maps read-only, and refuses a writable shared mapping (EACCES).
-fn read_only(path: &str, len: usize) -> Result<(), String> {
-    let f = std::fs::File::open(path).map_err(|e| e.to_string())?;
+fn read_only(path: &str, len: usize) -> Result<(), ToolError> {
+    let f = std::fs::File::open(path)?;
     let fd = f.as_raw_fd();
     if try_mmap(fd, len.min(1 << 20), sys::MAP_SHARED, 0, sys::PROT_READ) {
-        return Err(format!("read-only mapping failed: errno {}", errno()));
+        return Err(ToolError::Check(format!(
+            "read-only mapping failed: errno {}",
+            errno()
+        )));
     }
     expect_errno(
         "PROT_WRITE on O_RDONLY",
@@ -350,38 +362,41 @@ fn read_only(path: &str, len: usize) -> Result<(), String> {
 }
 
 /// Bytes written through a mapping at offset 2 pages appear in a full mapping at that offset.
-fn aliasing(dev: &Device, len: usize) -> Result<(), String> {
-    let full = dev.map(0, len).map_err(|e| e.to_string())?;
-    let part = dev.map(2 * PAGE as u64, PAGE).map_err(|e| e.to_string())?;
+fn aliasing(dev: &Device, len: usize) -> Result<(), ToolError> {
+    let full = dev.map(0, len)?;
+    let part = dev.map(2 * PAGE as u64, PAGE)?;
     let mut buf = vec![0u8; PAGE];
     pattern::fill(4242, 2 * PAGE as u64, &mut buf);
-    part.write(0, &buf).map_err(|e| e.to_string())?;
+    part.write(0, &buf)?;
     let mut back = vec![0u8; PAGE];
-    full.read(2 * PAGE, &mut back).map_err(|e| e.to_string())?;
+    full.read(2 * PAGE, &mut back)?;
     match pattern::first_mismatch(4242, 2 * PAGE as u64, &back) {
         None => Ok(()),
-        Some(k) => Err(format!("byte {k} differs")),
+        Some(k) => Err(ToolError::Check(format!("byte {k} differs"))),
     }
 }
 
 /// Every cache type maps and reads back what it wrote; GET_INFO reports the type.
-fn cache_types(path: &str) -> Result<(), String> {
+fn cache_types(path: &str) -> Result<(), ToolError> {
     for c in [
         CacheType::WriteCombining,
         CacheType::Uncached,
         CacheType::WriteBack,
     ] {
-        let dev = Device::open(path).map_err(|e| e.to_string())?;
-        dev.set_cache(c).map_err(|e| e.to_string())?;
-        let info = dev.info().map_err(|e| e.to_string())?;
+        let dev = Device::open(path)?;
+        dev.set_cache(c)?;
+        let info = dev.info()?;
         if info.cache != c.raw() {
-            return Err(format!("{}: GET_INFO says cache {}", c.name(), info.cache));
+            return Err(ToolError::Check(format!(
+                "{}: GET_INFO says cache {}",
+                c.name(),
+                info.cache
+            )));
         }
-        let m = dev.map(0, PAGE).map_err(|e| e.to_string())?;
-        m.store_u32(8, 0x1234_5678 ^ c.raw())
-            .map_err(|e| e.to_string())?;
-        if m.load_u32(8).map_err(|e| e.to_string())? != 0x1234_5678 ^ c.raw() {
-            return Err(format!("{}: read back differs", c.name()));
+        let m = dev.map(0, PAGE)?;
+        m.store_u32(8, 0x1234_5678 ^ c.raw())?;
+        if m.load_u32(8)? != 0x1234_5678 ^ c.raw() {
+            return Err(ToolError::Check(format!("{}: read back differs", c.name())));
         }
     }
     Ok(())
@@ -389,15 +404,15 @@ fn cache_types(path: &str) -> Result<(), String> {
 
 /// Opens and maps all of `path` with `cache`, touches the first page, says `mapped`, and
 /// waits for `go` to exist (at most 120 s).
-fn hold(path: &str, cache: CacheType, go: &str) -> Result<(Device, ivshmem::Mapping), String> {
-    let dev = Device::open(path).map_err(|e| e.to_string())?;
-    dev.set_cache(cache).map_err(|e| e.to_string())?;
-    let m = dev.map_all().map_err(|e| e.to_string())?;
-    let v = m.load_u32(0).map_err(|e| e.to_string())?;
-    m.store_u32(0, v).map_err(|e| e.to_string())?;
+fn hold(path: &str, cache: CacheType, go: &str) -> Result<(Device, ivshmem::Mapping), ToolError> {
+    let dev = Device::open(path)?;
+    dev.set_cache(cache)?;
+    let m = dev.map_all()?;
+    let v = m.load_u32(0)?;
+    m.store_u32(0, v)?;
     println!("mapped");
     if !wait_for_file(go) {
-        return Err(format!("timeout waiting for {go}"));
+        return Err(ToolError::Check(format!("timeout waiting for {go}")));
     }
     Ok((dev, m))
 }
@@ -416,15 +431,15 @@ fn revoke(path: &str, go: &str) -> i32 {
         "ioctl-after-removal-enodev",
         match got {
             Err(e) if e.errno() == Some(ENODEV) => Ok(()),
-            other => Err(format!("{other:?}")),
+            other => Err(ToolError::Check(format!("{other:?}"))),
         },
     );
     c.check(
         "mmap-after-removal-enodev",
         match dev.map(0, PAGE) {
             Err(e) if e.errno() == Some(ENODEV) => Ok(()),
-            Err(e) => Err(e.to_string()),
-            Ok(_) => Err("mmap succeeded".into()),
+            Err(e) => Err(e.into()),
+            Ok(_) => Err(ToolError::Check("mmap succeeded".into())),
         },
     );
     println!("touching");
@@ -447,24 +462,20 @@ fn eventfd_poll(path: &str, vector: u32, ms: i32) -> i32 {
     let raw = unsafe { sys::eventfd(0, 0) };
     // SAFETY: `raw` is a fresh eventfd nobody else owns.
     let mut efd = unsafe { std::fs::File::from_raw_fd(raw) };
-    c.check(
-        "set-eventfd",
-        dev.set_eventfd(vector, Some(raw))
-            .map_err(|e| e.to_string()),
-    );
+    c.check("set-eventfd", dev.set_eventfd(vector, Some(raw)));
     let other = Device::open(path).expect("second open");
     c.check(
         "second-file-ebusy",
         match other.set_eventfd(vector, Some(raw)) {
             Err(e) if e.errno() == Some(EBUSY) => Ok(()),
-            other => Err(format!("{other:?}")),
+            other => Err(ToolError::Check(format!("{other:?}"))),
         },
     );
     c.check(
         "bad-fd-ebadf",
         match dev.set_eventfd(vector, Some(9999)) {
             Err(e) if e.errno() == Some(EBADF) => Ok(()),
-            other => Err(format!("{other:?}")),
+            other => Err(ToolError::Check(format!("{other:?}"))),
         },
     );
     println!("polling");
@@ -483,10 +494,7 @@ fn eventfd_poll(path: &str, vector: u32, ms: i32) -> i32 {
         println!("eventfd not signalled (poll returned {n})");
         c.failed += 1;
     }
-    c.check(
-        "remove-eventfd",
-        dev.set_eventfd(vector, None).map_err(|e| e.to_string()),
-    );
+    c.check("remove-eventfd", dev.set_eventfd(vector, None));
     c.failed as i32
 }
 
@@ -603,7 +611,11 @@ fn main() {
             (Ok(v), Ok(ms)) => eventfd_poll(dev, v, ms),
             _ => 2,
         },
-        ["hold", dev, cache, go] => match cache.parse().and_then(|c| hold(dev, c, go)) {
+        ["hold", dev, cache, go] => match cache
+            .parse()
+            .map_err(ToolError::Usage)
+            .and_then(|c| hold(dev, c, go))
+        {
             Ok(_) => 0,
             Err(e) => {
                 println!("FAIL hold: {e}");
