@@ -349,10 +349,10 @@ fn run(o: &Opts) -> Result<(), ToolError> {
     let mut dst = vec![0u8; len];
     for &dir in o.direction.dirs() {
         let times = measure(&mut MemCopier::new(dir, &map, &src, &mut dst), o.reps)?;
-        let (Some(shm), Some(private)) = (summarize(&times.shared), summarize(&times.private))
-        else {
-            unreachable!("reps is positive");
+        let summary = |t: &[Duration]| {
+            summarize(t).ok_or_else(|| ToolError::usage("size and reps must be positive"))
         };
+        let (shm, private) = (summary(&times.shared)?, summary(&times.private)?);
         println!("{}", report(o, dir, shm, private));
     }
     Ok(())
