@@ -9,6 +9,9 @@ pub const PROT_READ: c_int = 1;
 pub const PROT_WRITE: c_int = 2;
 pub const MAP_SHARED: c_int = 0x01;
 pub const MAP_PRIVATE: c_int = 0x02;
+pub const MAP_ANONYMOUS: c_int = 0x20;
+/// Map at the address given or fail (`EEXIST`); older kernels take it as a hint.
+pub const MAP_FIXED_NOREPLACE: c_int = 0x10_0000;
 pub const MREMAP_MAYMOVE: c_int = 1;
 pub const MAP_FAILED: *mut c_void = !0usize as *mut c_void;
 
