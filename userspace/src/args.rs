@@ -1,7 +1,10 @@
 //! A small command-line parser (std only): `--name VALUE`, `--name=VALUE`, short aliases,
-//! flags and positionals, with errors that say which option is wrong.
+//! flags and positionals, with errors that say which option is wrong; and the `main` the tools
+//! share.
 
 use std::str::FromStr;
+
+use crate::ToolError;
 
 /// Command-line arguments not yet consumed.
 #[derive(Debug)]
@@ -30,7 +33,7 @@ impl Args {
     }
 
     /// The value of option `names`, consumed; the last one wins if repeated.
-    pub fn value(&mut self, names: &[&str]) -> Result<Option<String>, String> {
+    pub fn value(&mut self, names: &[&str]) -> Result<Option<String>, ToolError> {
         let mut found = None;
         let mut i = 0;
         while i < self.items.len() {
@@ -41,7 +44,7 @@ impl Args {
                 self.items.remove(i);
             } else if names.contains(&a.as_str()) {
                 if i + 1 >= self.items.len() {
-                    return Err(format!("option {a} needs a value"));
+                    return Err(ToolError::Usage(format!("option {a} needs a value")));
                 }
                 found = Some(self.items.remove(i + 1));
                 self.items.remove(i);
@@ -53,26 +56,23 @@ impl Args {
     }
 
     /// The value of option `names` parsed as `T`.
-    pub fn parsed<T: FromStr>(&mut self, names: &[&str]) -> Result<Option<T>, String>
+    pub fn parsed<T: FromStr>(&mut self, names: &[&str]) -> Result<Option<T>, ToolError>
     where
         T::Err: std::fmt::Display,
     {
         match self.value(names)? {
             None => Ok(None),
-            Some(v) => v
-                .parse()
-                .map(Some)
-                .map_err(|e| format!("bad value '{v}' for {}: {e}", names[names.len() - 1])),
+            Some(v) => v.parse().map(Some).map_err(|e| bad_value(&v, names, e)),
         }
     }
 
     /// A size option (`4096`, `64K`, `64M`, `1G`, `0x1000`).
-    pub fn size(&mut self, names: &[&str]) -> Result<Option<u64>, String> {
+    pub fn size(&mut self, names: &[&str]) -> Result<Option<u64>, ToolError> {
         match self.value(names)? {
             None => Ok(None),
             Some(v) => parse_size(&v)
                 .map(Some)
-                .map_err(|e| format!("bad value '{v}' for {}: {e}", names[names.len() - 1])),
+                .map_err(|e| bad_value(&v, names, e)),
         }
     }
 
@@ -85,16 +85,26 @@ impl Args {
     }
 
     /// The remaining positionals; fails on a leftover `-option`.
-    pub fn finish(self) -> Result<Vec<String>, String> {
+    pub fn finish(self) -> Result<Vec<String>, ToolError> {
         if let Some(bad) = self
             .items
             .iter()
             .find(|a| a.starts_with('-') && a.len() > 1)
         {
-            return Err(format!("unknown option {bad} (see --help)"));
+            return Err(ToolError::Usage(format!(
+                "unknown option {bad} (see --help)"
+            )));
         }
         Ok(self.items)
     }
+}
+
+/// The usage error of value `v` of option `names` (the last name is shown).
+fn bad_value(v: &str, names: &[&str], why: impl std::fmt::Display) -> ToolError {
+    ToolError::Usage(format!(
+        "bad value '{v}' for {}: {why}",
+        names[names.len() - 1]
+    ))
 }
 
 /// Parses `4096`, `0x1000`, `64K`, `64M`, `2G` (binary units; a trailing `iB`/`B` is allowed).
@@ -132,32 +142,29 @@ pub fn device_path(arg: Option<String>) -> String {
     }
 }
 
-/// The `main` of a tool: `--help` prints `help`; a usage error exits with status 2, an error
-/// of `run` with status 1, each with a `prog: ` message on stderr.
-pub fn run_tool<O>(
+/// The `main` of a tool: `--help` prints `help`; an error of `parse` is a usage error (status
+/// 2, whatever its type), an error of `run` exits with its [`ToolError::exit_code`]; each with a
+/// `prog: ` message on stderr.
+pub fn run_tool<O, PE, RE>(
     prog: &str,
     help: &str,
-    parse: impl FnOnce(Args) -> Result<Option<O>, String>,
-    run: impl FnOnce(O) -> Result<(), String>,
-) {
+    parse: impl FnOnce(Args) -> Result<Option<O>, PE>,
+    run: impl FnOnce(O) -> Result<(), RE>,
+) where
+    PE: Into<ToolError>,
+    RE: Into<ToolError>,
+{
     let opts = match parse(Args::from_env()) {
         Ok(Some(o)) => o,
         Ok(None) => {
             println!("{help}");
             return;
         }
-        Err(e) => usage_error(prog, &e),
+        Err(e) => ToolError::Usage(e.into().to_string()).exit(prog),
     };
     if let Err(e) = run(opts) {
-        eprintln!("{prog}: {e}");
-        std::process::exit(1);
+        e.into().exit(prog);
     }
-}
-
-/// Prints `msg` and exits with status 2 (usage error).
-pub fn usage_error(prog: &str, msg: &str) -> ! {
-    eprintln!("{prog}: {msg}");
-    std::process::exit(2)
 }
 
 #[cfg(test)]
@@ -193,13 +200,26 @@ mod tests {
     #[test]
     fn errors_name_the_option() {
         let mut a = Args::new(["--reps"]);
-        assert_eq!(
-            a.value(&["--reps"]).unwrap_err(),
-            "option --reps needs a value"
+        let e = a.value(&["--reps"]).unwrap_err();
+        assert!(
+            matches!(&e, ToolError::Usage(m) if m == "option --reps needs a value"),
+            "{e:?}"
         );
         let mut a = Args::new(["--reps", "many"]);
-        assert!(a.parsed::<u32>(&["--reps"]).unwrap_err().contains("--reps"));
+        let e = a.parsed::<u32>(&["-r", "--reps"]).unwrap_err();
+        assert!(
+            matches!(&e, ToolError::Usage(m) if m.starts_with("bad value 'many' for --reps: ")),
+            "{e:?}"
+        );
+        let mut a = Args::new(["-s", "lots"]);
+        let e = a.size(&["-s", "--size"]).unwrap_err();
+        assert!(
+            matches!(&e, ToolError::Usage(m) if m.starts_with("bad value 'lots' for --size: not a size")),
+            "{e:?}"
+        );
         let a = Args::new(["--bogus"]);
-        assert!(a.finish().unwrap_err().contains("--bogus"));
+        let e = a.finish().unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert_eq!(e.to_string(), "unknown option --bogus (see --help)");
     }
 }

@@ -2,7 +2,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 
 use crate::mapping::Mapping;
 use crate::{sys, uapi, Error, Result};
@@ -68,6 +68,19 @@ pub struct Device {
     path: String,
 }
 
+/// The file descriptor, for experts: ioctls of later ABI versions, poll, ...
+impl AsFd for Device {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+}
+
+impl AsRawFd for Device {
+    fn as_raw_fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+}
+
 impl Device {
     /// Opens `path` (e.g. `/dev/ivshmem0`) for reading and writing.
     pub fn open(path: &str) -> Result<Self> {
@@ -90,11 +103,6 @@ impl Device {
     /// The path this device was opened with.
     pub fn path(&self) -> &str {
         &self.path
-    }
-
-    /// The raw file descriptor, for experts (ioctls of later ABI versions, poll, ...).
-    pub fn as_raw_fd(&self) -> i32 {
-        self.file.as_raw_fd()
     }
 
     /// Issues ioctl `cmd` with `arg` pointing at a `T`.
@@ -182,5 +190,22 @@ impl Device {
             )
         })?;
         self.map(0, len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::errno::ENOTTY;
+
+    #[test]
+    fn fd_traits_expose_the_open_file() {
+        let dev = Device::open("/dev/null").unwrap();
+        assert!(dev.as_raw_fd() >= 0);
+        assert_eq!(dev.as_fd().as_raw_fd(), dev.as_raw_fd());
+        // The descriptor is the real one: an ivshmem ioctl on /dev/null gets ENOTTY.
+        let e = dev.size().unwrap_err();
+        assert_eq!(e.errno(), Some(ENOTTY));
+        assert!(e.to_string().contains("not an ivshmem device"), "{e}");
     }
 }

@@ -3,6 +3,8 @@
 use std::fmt;
 use std::io;
 
+use crate::sys::errno::{EACCES, ENODEV, ENOENT, ENOTTY, EOPNOTSUPP, EPERM};
+
 /// An error of an operation on an ivshmem device.
 #[derive(Debug)]
 pub struct Error {
@@ -37,13 +39,13 @@ impl Error {
 
     fn hint(&self) -> Option<&'static str> {
         match (self.op, self.errno()?) {
-            ("open", 2) => Some("is the ivshmem module loaded? (insmod ivshmem.ko)"),
-            ("open", 13) | ("open", 1) => {
+            ("open", ENOENT) => Some("is the ivshmem module loaded? (insmod ivshmem.ko)"),
+            ("open", EACCES | EPERM) => {
                 Some("permission denied: run as root or see the udev rule in README.md")
             }
-            (_, 19) => Some("the device was removed"),
-            (_, 95) => Some("not a doorbell device: ivshmem-plain has no interrupts"),
-            ("ioctl", 25) => Some("not an ivshmem device, or the module is too old"),
+            (_, ENODEV) => Some("the device was removed"),
+            (_, EOPNOTSUPP) => Some("not a doorbell device: ivshmem-plain has no interrupts"),
+            ("ioctl", ENOTTY) => Some("not an ivshmem device, or the module is too old"),
             _ => None,
         }
     }
@@ -68,6 +70,7 @@ impl std::error::Error for Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sys::errno::EINVAL;
 
     fn err(op: &'static str, errno: i32) -> String {
         Error::new("/dev/ivshmem0", op, io::Error::from_raw_os_error(errno)).to_string()
@@ -75,30 +78,30 @@ mod tests {
 
     #[test]
     fn messages_name_path_operation_errno_and_hint() {
-        let e = err("open", 2);
+        let e = err("open", ENOENT);
         assert!(
             e.starts_with("/dev/ivshmem0: open: No such file or directory"),
             "{e}"
         );
         assert!(e.contains("is the ivshmem module loaded"), "{e}");
-        let e = err("open", 13);
+        let e = err("open", EACCES);
         assert!(
             e.contains("Permission denied") && e.contains("udev rule in README.md"),
             "{e}"
         );
-        assert!(err("ioctl", 19).contains("the device was removed"));
-        assert!(err("ioctl", 95).contains("not a doorbell device"));
-        assert!(err("ioctl", 25).contains("not an ivshmem device"));
+        assert!(err("ioctl", ENODEV).contains("the device was removed"));
+        assert!(err("ioctl", EOPNOTSUPP).contains("not a doorbell device"));
+        assert!(err("ioctl", ENOTTY).contains("not an ivshmem device"));
         assert_eq!(
-            err("mmap", 22),
+            err("mmap", EINVAL),
             "/dev/ivshmem0: mmap: Invalid argument (os error 22)"
         );
     }
 
     #[test]
     fn errno_is_kept() {
-        let e = Error::new("x", "open", io::Error::from_raw_os_error(13));
-        assert_eq!(e.errno(), Some(13));
+        let e = Error::new("x", "open", io::Error::from_raw_os_error(EACCES));
+        assert_eq!(e.errno(), Some(EACCES));
         assert_eq!(e.path(), "x");
         assert_eq!(
             Error::invalid("x", "read", "out of range".into()).errno(),

@@ -16,6 +16,7 @@ pub mod message;
 pub mod pattern;
 pub mod server;
 pub mod sys;
+mod tool_error;
 
 /// The ioctl ABI, shared with the kernel module: one source file for both.
 #[path = "../../rust/uapi.rs"]
@@ -25,6 +26,7 @@ pub mod uapi;
 pub use device::{CacheType, Device};
 pub use error::Error;
 pub use mapping::Mapping;
+pub use tool_error::ToolError;
 
 /// Result type of this crate.
 pub type Result<T> = std::result::Result<T, Error>;

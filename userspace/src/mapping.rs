@@ -5,6 +5,7 @@
 //! the raw pointer is there for experts.
 
 use std::io;
+use std::os::fd::AsRawFd;
 use std::ptr::NonNull;
 use std::sync::atomic::{fence, Ordering};
 

@@ -1,14 +1,110 @@
-//! The few libc calls std does not wrap: ioctl, mmap, munmap, mremap. Public for tests and
-//! experts; [`crate::Device`] and [`crate::Mapping`] are the safe surface.
+//! Every libc call of the crate that std does not wrap, with the constants they take. Public
+//! for tests and experts; [`crate::Device`] and [`crate::Mapping`] are the safe surface.
+//!
+//! Values are Linux's on x86-64 and aarch64 (the generic ABI both use).
 
-use std::ffi::{c_int, c_long, c_ulong, c_void};
+use std::ffi::{c_int, c_long, c_uint, c_ulong, c_void};
 
 pub const PROT_READ: c_int = 1;
 pub const PROT_WRITE: c_int = 2;
 pub const MAP_SHARED: c_int = 0x01;
 pub const MAP_PRIVATE: c_int = 0x02;
+pub const MAP_ANONYMOUS: c_int = 0x20;
+/// Map at the address given or fail (`EEXIST`); older kernels take it as a hint.
+pub const MAP_FIXED_NOREPLACE: c_int = 0x10_0000;
 pub const MREMAP_MAYMOVE: c_int = 1;
 pub const MAP_FAILED: *mut c_void = !0usize as *mut c_void;
+
+/// `poll` event: data to read.
+pub const POLLIN: i16 = 1;
+
+/// Signal numbers.
+pub const SIGBUS: c_int = 7;
+pub const SIGUSR1: c_int = 10;
+/// `signal` handler value: the default action.
+pub const SIG_DFL: usize = 0;
+
+/// Error numbers, as `io::Error::raw_os_error` and [`crate::Error::errno`] report them.
+pub mod errno {
+    pub const EPERM: i32 = 1;
+    pub const ENOENT: i32 = 2;
+    pub const EINTR: i32 = 4;
+    pub const ENXIO: i32 = 6;
+    pub const EBADF: i32 = 9;
+    pub const EAGAIN: i32 = 11;
+    pub const EACCES: i32 = 13;
+    pub const EFAULT: i32 = 14;
+    pub const EBUSY: i32 = 16;
+    pub const ENODEV: i32 = 19;
+    pub const EINVAL: i32 = 22;
+    pub const ENOTTY: i32 = 25;
+    pub const EOPNOTSUPP: i32 = 95;
+    pub const ETIMEDOUT: i32 = 110;
+
+    /// The symbolic name of `errno`, e.g. `"EAGAIN"`, if it is one of the above.
+    pub fn name(errno: i32) -> Option<&'static str> {
+        Some(match errno {
+            EPERM => "EPERM",
+            ENOENT => "ENOENT",
+            EINTR => "EINTR",
+            ENXIO => "ENXIO",
+            EBADF => "EBADF",
+            EAGAIN => "EAGAIN",
+            EACCES => "EACCES",
+            EFAULT => "EFAULT",
+            EBUSY => "EBUSY",
+            ENODEV => "ENODEV",
+            EINVAL => "EINVAL",
+            ENOTTY => "ENOTTY",
+            EOPNOTSUPP => "EOPNOTSUPP",
+            ETIMEDOUT => "ETIMEDOUT",
+            _ => return None,
+        })
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use std::io;
+
+        #[test]
+        fn values_are_the_kernels() {
+            // std's messages come from libc: each must match its constant.
+            for (n, text) in [
+                (ENOENT, "No such file or directory"),
+                (EAGAIN, "Resource temporarily unavailable"),
+                (ENOTTY, "Inappropriate ioctl for device"),
+                (EOPNOTSUPP, "Operation not supported"),
+                (ETIMEDOUT, "Connection timed out"),
+                (ENODEV, "No such device"),
+            ] {
+                let e = io::Error::from_raw_os_error(n).to_string();
+                assert!(e.starts_with(text), "{n}: {e}");
+            }
+            let kind = |n| io::Error::from_raw_os_error(n).kind();
+            assert_eq!(kind(EINTR), io::ErrorKind::Interrupted);
+            assert_eq!(kind(EACCES), io::ErrorKind::PermissionDenied);
+            assert_eq!(kind(EINVAL), io::ErrorKind::InvalidInput);
+        }
+
+        #[test]
+        fn names() {
+            assert_eq!(name(EAGAIN), Some("EAGAIN"));
+            assert_eq!(name(ETIMEDOUT), Some("ETIMEDOUT"));
+            assert_eq!(name(EINVAL), Some("EINVAL"));
+            assert_eq!(name(12345), None);
+        }
+    }
+}
+
+/// `struct pollfd`.
+#[repr(C)]
+#[derive(Debug)]
+pub struct PollFd {
+    pub fd: c_int,
+    pub events: i16,
+    pub revents: i16,
+}
 
 extern "C" {
     pub fn ioctl(fd: c_int, request: c_ulong, ...) -> c_int;
@@ -28,6 +124,13 @@ extern "C" {
         flags: c_int,
         ...
     ) -> *mut c_void;
+    pub fn eventfd(initval: c_uint, flags: c_int) -> c_int;
+    pub fn poll(fds: *mut PollFd, nfds: c_ulong, timeout: c_int) -> c_int;
+    /// `handler` is a `sighandler_t`: [`SIG_DFL`] or an `extern "C" fn(c_int)` as `usize`.
+    pub fn signal(sig: c_int, handler: usize) -> usize;
+    pub fn fork() -> c_int;
+    pub fn waitpid(pid: c_int, status: *mut c_int, options: c_int) -> c_int;
+    pub fn _exit(code: c_int) -> !;
 }
 
 // Used by the fuzzer

@@ -2,20 +2,17 @@
 
 use std::time::{Duration, Instant};
 
-extern "C" {
-    fn signal(sig: i32, handler: extern "C" fn(i32)) -> usize;
-}
+use ivshmem::args::{device_path, Args};
+use ivshmem::{pattern, sys, uapi, CacheType, Device, ToolError};
 
 extern "C" fn ignore(_: i32) {}
 
 /// Installs a do-nothing SIGUSR1 handler, so the signal interrupts a wait (EINTR).
 fn catch_sigusr1() {
-    // SAFETY: the handler does nothing; SIGUSR1 is 10 on x86-64 and arm64.
-    unsafe { signal(10, ignore) };
+    let handler: extern "C" fn(i32) = ignore;
+    // SAFETY: the handler does nothing, so it is safe to run at any point.
+    unsafe { sys::signal(sys::SIGUSR1, handler as usize) };
 }
-
-use ivshmem::args::{device_path, usage_error, Args};
-use ivshmem::{pattern, uapi, CacheType, Device};
 
 const PROG: &str = "ivshmem";
 
@@ -46,38 +43,38 @@ struct Range {
     len: u64,
 }
 
-fn open_range(args: &mut Args) -> Result<Range, String> {
-    let dev =
-        Device::open(&device_path(args.value(&["-d", "--device"])?)).map_err(|e| e.to_string())?;
-    let size = dev.size().map_err(|e| e.to_string())?;
+fn open_range(args: &mut Args) -> Result<Range, ToolError> {
+    let dev = Device::open(&device_path(args.value(&["-d", "--device"])?))?;
+    let size = dev.size()?;
     let offset = args.size(&["--offset"])?.unwrap_or(0);
     if offset > size {
-        return Err(format!("offset {offset} is beyond the {size}-byte region"));
+        return Err(ToolError::Failed(format!(
+            "offset {offset} is beyond the {size}-byte region"
+        )));
     }
     let len = args.size(&["--len"])?.unwrap_or(size - offset);
     if len > size - offset {
-        return Err(format!(
+        return Err(ToolError::Failed(format!(
             "{len} bytes at {offset} exceed the {size}-byte region"
-        ));
+        )));
     }
     Ok(Range { dev, offset, len })
 }
 
 /// Maps the pages covering the range; returns the mapping and the range's start in it.
-fn map(r: &Range) -> Result<(ivshmem::Mapping, usize), String> {
+fn map(r: &Range) -> Result<(ivshmem::Mapping, usize), ToolError> {
     let base = r.offset & !4095;
     let len = (r.offset - base + r.len).div_ceil(4096) * 4096;
-    let m = r.dev.map(base, len as usize).map_err(|e| e.to_string())?;
+    let m = r.dev.map(base, len as usize)?;
     Ok((m, (r.offset - base) as usize))
 }
 
-fn run(cmd: &str, mut args: Args) -> Result<(), String> {
+fn run(cmd: &str, mut args: Args) -> Result<(), ToolError> {
     match cmd {
         "info" => {
-            let dev = Device::open(&device_path(args.value(&["-d", "--device"])?))
-                .map_err(|e| e.to_string())?;
+            let dev = Device::open(&device_path(args.value(&["-d", "--device"])?))?;
             args.finish()?;
-            let info = dev.info().map_err(|e| e.to_string())?;
+            let info = dev.info()?;
             println!("device {}", dev.path());
             println!("size {}", info.size);
             let name = info.pci_name.split(|&b| b == 0).next().unwrap_or_default();
@@ -96,12 +93,12 @@ fn run(cmd: &str, mut args: Args) -> Result<(), String> {
         "fill" | "verify" => {
             let seed = args
                 .parsed::<u64>(&["--seed"])?
-                .ok_or("--seed is required")?;
+                .ok_or_else(|| ToolError::usage("--seed is required"))?;
             let cache = args.parsed::<CacheType>(&["--cache"])?;
             let r = open_range(&mut args)?;
             args.finish()?;
             if let Some(c) = cache {
-                r.dev.set_cache(c).map_err(|e| e.to_string())?;
+                r.dev.set_cache(c)?;
             }
             let (m, at) = map(&r)?;
             let mut buf = vec![0u8; 1 << 20];
@@ -111,18 +108,16 @@ fn run(cmd: &str, mut args: Args) -> Result<(), String> {
                 let pos = r.offset + done;
                 if cmd == "fill" {
                     pattern::fill(seed, pos, &mut buf[..n]);
-                    m.write(at + done as usize, &buf[..n])
-                        .map_err(|e| e.to_string())?;
+                    m.write(at + done as usize, &buf[..n])?;
                 } else {
-                    m.read(at + done as usize, &mut buf[..n])
-                        .map_err(|e| e.to_string())?;
+                    m.read(at + done as usize, &mut buf[..n])?;
                     if let Some(k) = pattern::first_mismatch(seed, pos, &buf[..n]) {
                         let off = pos + k as u64;
-                        return Err(format!(
+                        return Err(ToolError::Check(format!(
                             "mismatch at offset {off}: found {:#04x}, pattern {seed} has {:#04x}",
                             buf[k],
                             pattern::byte(seed, off)
-                        ));
+                        )));
                     }
                 }
                 done += n as u64;
@@ -138,7 +133,7 @@ fn run(cmd: &str, mut args: Args) -> Result<(), String> {
             let r = open_range(&mut args)?;
             args.finish()?;
             if let Some(c) = cache {
-                r.dev.set_cache(c).map_err(|e| e.to_string())?;
+                r.dev.set_cache(c)?;
             }
             let t = Instant::now();
             let (m, at) = map(&r)?;
@@ -146,7 +141,7 @@ fn run(cmd: &str, mut args: Args) -> Result<(), String> {
             let t = Instant::now();
             let mut sum = 0u32;
             for page in (0..r.len as usize).step_by(4096) {
-                sum = sum.wrapping_add(m.load_u32((at + page) & !3).map_err(|e| e.to_string())?);
+                sum = sum.wrapping_add(m.load_u32((at + page) & !3)?);
             }
             let touched = t.elapsed();
             println!(
@@ -158,19 +153,17 @@ fn run(cmd: &str, mut args: Args) -> Result<(), String> {
             );
         }
         "ring" => {
-            let dev = Device::open(&device_path(args.value(&["-d", "--device"])?))
-                .map_err(|e| e.to_string())?;
+            let dev = Device::open(&device_path(args.value(&["-d", "--device"])?))?;
             let peer = args
                 .parsed::<u32>(&["--peer"])?
-                .ok_or("--peer is required")?;
+                .ok_or_else(|| ToolError::usage("--peer is required"))?;
             let vector = args.parsed::<u32>(&["--vector"])?.unwrap_or(0);
             args.finish()?;
-            dev.ring(peer, vector).map_err(|e| e.to_string())?;
+            dev.ring(peer, vector)?;
             println!("rang peer {peer} vector {vector}");
         }
         "wait" => {
-            let dev = Device::open(&device_path(args.value(&["-d", "--device"])?))
-                .map_err(|e| e.to_string())?;
+            let dev = Device::open(&device_path(args.value(&["-d", "--device"])?))?;
             let vector = args.parsed::<u32>(&["--vector"])?.unwrap_or(0);
             let ms = args.parsed::<i64>(&["--timeout"])?.unwrap_or(-1);
             if args.flag(&["--catch-signal"]) {
@@ -179,21 +172,15 @@ fn run(cmd: &str, mut args: Args) -> Result<(), String> {
             args.finish()?;
             let timeout = (ms >= 0).then(|| Duration::from_millis(ms as u64));
             println!("waiting");
-            match dev.wait(vector, timeout) {
-                Ok(n) => println!("{n} interrupt(s) on vector {vector}"),
-                Err(e) => {
-                    let name = match e.errno() {
-                        Some(11) => "EAGAIN",
-                        Some(110) => "ETIMEDOUT",
-                        Some(4) => "EINTR",
-                        Some(19) => "ENODEV",
-                        _ => "error",
-                    };
-                    return Err(format!("{name}: {e}"));
-                }
-            }
+            // The errno is the answer: EAGAIN, ETIMEDOUT, EINTR, ENODEV, named first.
+            let n = dev.wait(vector, timeout).map_err(ToolError::Errno)?;
+            println!("{n} interrupt(s) on vector {vector}");
         }
-        _ => return Err(format!("unknown command '{cmd}' (see --help)")),
+        _ => {
+            return Err(ToolError::Usage(format!(
+                "unknown command '{cmd}' (see --help)"
+            )))
+        }
     }
     Ok(())
 }
@@ -204,17 +191,64 @@ fn main() {
         println!("{HELP}");
         return;
     }
-    let cmd = match args.subcommand() {
-        Some(c) => c,
-        None => usage_error(PROG, "no command given (see --help)"),
+    let Some(cmd) = args.subcommand() else {
+        ToolError::usage("no command given (see --help)").exit(PROG)
     };
     if let Err(e) = run(&cmd, args) {
-        let code = if e.contains("unknown") || e.contains("required") || e.contains("bad value") {
-            2
-        } else {
-            1
-        };
-        eprintln!("{PROG}: {e}");
-        std::process::exit(code);
+        e.exit(PROG);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ivshmem::sys::errno::{ENOENT, ENOTTY};
+
+    fn run_args(cmd: &str, a: &[&str]) -> Result<(), ToolError> {
+        run(cmd, Args::new(a.iter().copied()))
+    }
+
+    #[test]
+    fn usage_errors_exit_2() {
+        for (cmd, a, text) in [
+            ("frob", &[][..], "unknown command 'frob'"),
+            ("fill", &["-d", "/nonexistent/x"][..], "--seed is required"),
+            ("ring", &["-d", "/dev/null"][..], "--peer is required"),
+            ("verify", &["--seed", "x"][..], "bad value 'x' for --seed"),
+            (
+                "wait",
+                &["-d", "/dev/null", "--vector"][..],
+                "option --vector needs a value",
+            ),
+        ] {
+            match run_args(cmd, a) {
+                Err(e @ ToolError::Usage(_)) => {
+                    assert!(e.to_string().contains(text), "{cmd} {a:?}: {e}");
+                    assert_eq!(e.exit_code(), 2);
+                }
+                other => panic!("{cmd} {a:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn device_errors_carry_the_errno() {
+        let e = run_args("info", &["-d", "/nonexistent/ivshmem0"]).unwrap_err();
+        assert!(matches!(e, ToolError::Device(_)), "{e:?}");
+        assert_eq!((e.errno(), e.exit_code()), (Some(ENOENT), 1));
+        let e = run_args("ring", &["-d", "/dev/null", "--peer", "1"]).unwrap_err();
+        assert!(matches!(e, ToolError::Device(_)), "{e:?}");
+        assert_eq!(e.errno(), Some(ENOTTY));
+    }
+
+    #[test]
+    fn wait_names_the_errno_first() {
+        let e = run_args("wait", &["-d", "/dev/null", "--timeout", "0"]).unwrap_err();
+        assert!(matches!(e, ToolError::Errno(_)), "{e:?}");
+        assert!(
+            e.to_string().starts_with("ENOTTY: /dev/null: ioctl: "),
+            "{e}"
+        );
+        assert_eq!(e.exit_code(), 1);
     }
 }

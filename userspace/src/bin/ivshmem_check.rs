@@ -8,10 +8,12 @@
 
 use std::ffi::c_void;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use ivshmem::{pattern, sys, uapi, CacheType, Device};
+use ivshmem::sys::errno::{EACCES, EAGAIN, EBADF, EBUSY, EFAULT, EINVAL, ENODEV, ENOTTY, ENXIO};
+use ivshmem::{pattern, sys, uapi, CacheType, Device, ToolError};
 
 const PAGE: usize = 4096;
 
@@ -50,8 +52,8 @@ struct Checker {
 }
 
 impl Checker {
-    fn check(&mut self, name: &str, result: Result<(), String>) {
-        match result {
+    fn check(&mut self, name: &str, result: Result<(), impl Into<ToolError>>) {
+        match result.map_err(Into::into) {
             Ok(()) => println!("ok {name}"),
             Err(why) => {
                 println!("FAIL {name}: {why}");
@@ -65,13 +67,17 @@ fn errno() -> i32 {
     io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
 
-fn expect_errno(what: &str, rc_failed: bool, want: i32) -> Result<(), String> {
+fn expect_errno(what: &str, rc_failed: bool, want: i32) -> Result<(), ToolError> {
     let got = errno();
     if !rc_failed {
-        return Err(format!("{what} succeeded, wanted errno {want}"));
+        return Err(ToolError::Check(format!(
+            "{what} succeeded, wanted errno {want}"
+        )));
     }
     if got != want {
-        return Err(format!("{what} failed with errno {got}, wanted {want}"));
+        return Err(ToolError::Check(format!(
+            "{what} failed with errno {got}, wanted {want}"
+        )));
     }
     Ok(())
 }
@@ -109,12 +115,12 @@ fn errors(path: &str) -> i32 {
         if size >= PAGE as u64 && size.is_power_of_two() {
             Ok(())
         } else {
-            Err(format!("size {size}"))
+            Err(ToolError::Check(format!("size {size}")))
         },
     );
     c.check(
         "get-info",
-        match &info {
+        match info {
             Ok(i)
                 if i.size == size
                     && i.cache == uapi::IVSHMEM_CACHE_WB
@@ -123,20 +129,24 @@ fn errors(path: &str) -> i32 {
             {
                 Ok(())
             }
-            Ok(i) => Err(format!("{i:?}")),
-            Err(e) => Err(e.to_string()),
+            Ok(i) => Err(ToolError::Check(format!("{i:?}"))),
+            Err(e) => Err(e.into()),
         },
     );
     c.check(
         "get-size-efault",
-        expect_errno("GET_SIZE(1)", raw_ioctl(fd, uapi::IVSHMEM_GET_SIZE, 1), 14),
+        expect_errno(
+            "GET_SIZE(1)",
+            raw_ioctl(fd, uapi::IVSHMEM_GET_SIZE, 1),
+            EFAULT,
+        ),
     );
     c.check(
         "get-info-efault",
         expect_errno(
             "GET_INFO(NULL)",
             raw_ioctl(fd, uapi::IVSHMEM_GET_INFO, 0),
-            14,
+            EFAULT,
         ),
     );
     c.check(
@@ -144,7 +154,7 @@ fn errors(path: &str) -> i32 {
         expect_errno(
             "SET_CACHE(NULL)",
             raw_ioctl(fd, uapi::IVSHMEM_SET_CACHE, 0),
-            14,
+            EFAULT,
         ),
     );
     let bad_cache: u32 = 7;
@@ -157,7 +167,7 @@ fn errors(path: &str) -> i32 {
                 uapi::IVSHMEM_SET_CACHE,
                 &bad_cache as *const u32 as usize,
             ),
-            22,
+            EINVAL,
         ),
     );
     let unknown = uapi::IVSHMEM_GET_SIZE + 0x7f;
@@ -167,19 +177,19 @@ fn errors(path: &str) -> i32 {
         expect_errno(
             "ioctl 0xb97f",
             raw_ioctl(fd, unknown, scratch.as_mut_ptr() as usize),
-            25,
+            ENOTTY,
         ),
     );
     c.check(
         "zero-ioctl-enotty",
-        expect_errno("ioctl 0", raw_ioctl(fd, 0, 0), 25),
+        expect_errno("ioctl 0", raw_ioctl(fd, 0, 0), ENOTTY),
     );
     c.check(
         "map-private-einval",
         expect_errno(
             "MAP_PRIVATE",
             try_mmap(fd, PAGE, sys::MAP_PRIVATE, 0, RW),
-            22,
+            EINVAL,
         ),
     );
     c.check(
@@ -187,7 +197,7 @@ fn errors(path: &str) -> i32 {
         expect_errno(
             "offset=size",
             try_mmap(fd, PAGE, sys::MAP_SHARED, size as i64, RW),
-            6,
+            ENXIO,
         ),
     );
     c.check(
@@ -195,7 +205,7 @@ fn errors(path: &str) -> i32 {
         expect_errno(
             "offset>size",
             try_mmap(fd, PAGE, sys::MAP_SHARED, 2 * size as i64, RW),
-            6,
+            ENXIO,
         ),
     );
     c.check(
@@ -203,7 +213,7 @@ fn errors(path: &str) -> i32 {
         expect_errno(
             "len>size",
             try_mmap(fd, len + PAGE, sys::MAP_SHARED, 0, RW),
-            22,
+            EINVAL,
         ),
     );
     c.check(
@@ -217,7 +227,7 @@ fn errors(path: &str) -> i32 {
                 (size as i64) - PAGE as i64,
                 RW,
             ),
-            22,
+            EINVAL,
         ),
     );
     c.check(
@@ -225,13 +235,13 @@ fn errors(path: &str) -> i32 {
         expect_errno(
             "offset 100",
             try_mmap(fd, PAGE, sys::MAP_SHARED, 100, RW),
-            22,
+            EINVAL,
         ),
     );
     c.check(
         "map-full",
         if try_mmap(fd, len, sys::MAP_SHARED, 0, RW) {
-            Err(format!("errno {}", errno()))
+            Err(ToolError::Check(format!("errno {}", errno())))
         } else {
             Ok(())
         },
@@ -239,7 +249,7 @@ fn errors(path: &str) -> i32 {
     c.check(
         "map-last-page",
         if try_mmap(fd, PAGE, sys::MAP_SHARED, size as i64 - PAGE as i64, RW) {
-            Err(format!("errno {}", errno()))
+            Err(ToolError::Check(format!("errno {}", errno())))
         } else {
             Ok(())
         },
@@ -281,7 +291,7 @@ fn mprotect_exec(dev: &Device) -> Result<(), String> {
 
 /// Every ioctl that takes a pointer fails with EFAULT for pointers it must not touch: NULL,
 /// unaligned garbage, a kernel address, an unmapped user address.
-fn bad_pointers(fd: i32) -> Result<(), String> {
+fn bad_pointers(fd: i32) -> Result<(), ToolError> {
     let cmds = [
         uapi::IVSHMEM_GET_SIZE,
         uapi::IVSHMEM_GET_INFO,
@@ -303,10 +313,10 @@ fn bad_pointers(fd: i32) -> Result<(), String> {
             let e = errno();
             // RING/WAIT/SET_EVENTFD on a plain device may fail earlier, with EOPNOTSUPP, only
             // after reading their argument: EFAULT comes first.
-            if !failed || e != 14 {
-                return Err(format!(
+            if !failed || e != EFAULT {
+                return Err(ToolError::Check(format!(
                     "ioctl {cmd:#x} with pointer {ptr:#x}: failed={failed} errno {e}"
-                ));
+                )));
             }
         }
     }
@@ -314,7 +324,7 @@ fn bad_pointers(fd: i32) -> Result<(), String> {
 }
 
 /// Commands this driver does not define, including ours with a wrong size or direction.
-fn unknown_commands(fd: i32) -> Result<(), String> {
+fn unknown_commands(fd: i32) -> Result<(), ToolError> {
     let mut scratch = [0u64; 64];
     let arg = scratch.as_mut_ptr() as usize;
     let mut cmds: Vec<u32> = (6..64)
@@ -329,16 +339,19 @@ fn unknown_commands(fd: i32) -> Result<(), String> {
     ]);
     for cmd in cmds {
         let failed = raw_ioctl(fd, cmd, arg);
-        if !failed || errno() != 25 {
-            return Err(format!("ioctl {cmd:#x}: failed={failed} errno {}", errno()));
+        if !failed || errno() != ENOTTY {
+            return Err(ToolError::Check(format!(
+                "ioctl {cmd:#x}: failed={failed} errno {}",
+                errno()
+            )));
         }
     }
     Ok(())
 }
 
 /// Growing a mapping must fail (VM_DONTEXPAND): the kernel answers EFAULT.
-fn mremap_grow(dev: &Device) -> Result<(), String> {
-    let m = dev.map(0, PAGE).map_err(|e| e.to_string())?;
+fn mremap_grow(dev: &Device) -> Result<(), ToolError> {
+    let m = dev.map(0, PAGE)?;
     // SAFETY: remapping our own mapping; on the expected failure nothing changes.
     let p = unsafe {
         sys::mremap(
@@ -352,59 +365,66 @@ fn mremap_grow(dev: &Device) -> Result<(), String> {
         // SAFETY: the mremap moved our mapping to `p`; unmap it and forget the old one.
         unsafe { sys::munmap(p, 2 * PAGE) };
         std::mem::forget(m);
-        return Err("mremap to twice the size succeeded".into());
+        return Err(ToolError::Check(
+            "mremap to twice the size succeeded".into(),
+        ));
     }
-    expect_errno("mremap grow", true, 14)
+    expect_errno("mremap grow", true, EFAULT)
 }
 
 /// An O_RDONLY file maps read-only, and refuses a writable shared mapping (EACCES).
-fn read_only(path: &str, len: usize) -> Result<(), String> {
-    let f = std::fs::File::open(path).map_err(|e| e.to_string())?;
-    use std::os::fd::AsRawFd;
+fn read_only(path: &str, len: usize) -> Result<(), ToolError> {
+    let f = std::fs::File::open(path)?;
     let fd = f.as_raw_fd();
     if try_mmap(fd, len.min(1 << 20), sys::MAP_SHARED, 0, sys::PROT_READ) {
-        return Err(format!("read-only mapping failed: errno {}", errno()));
+        return Err(ToolError::Check(format!(
+            "read-only mapping failed: errno {}",
+            errno()
+        )));
     }
     expect_errno(
         "PROT_WRITE on O_RDONLY",
         try_mmap(fd, PAGE, sys::MAP_SHARED, 0, RW),
-        13,
+        EACCES,
     )
 }
 
 /// Bytes written through a mapping at offset 2 pages appear in a full mapping at that offset.
-fn aliasing(dev: &Device, len: usize) -> Result<(), String> {
-    let full = dev.map(0, len).map_err(|e| e.to_string())?;
-    let part = dev.map(2 * PAGE as u64, PAGE).map_err(|e| e.to_string())?;
+fn aliasing(dev: &Device, len: usize) -> Result<(), ToolError> {
+    let full = dev.map(0, len)?;
+    let part = dev.map(2 * PAGE as u64, PAGE)?;
     let mut buf = vec![0u8; PAGE];
     pattern::fill(4242, 2 * PAGE as u64, &mut buf);
-    part.write(0, &buf).map_err(|e| e.to_string())?;
+    part.write(0, &buf)?;
     let mut back = vec![0u8; PAGE];
-    full.read(2 * PAGE, &mut back).map_err(|e| e.to_string())?;
+    full.read(2 * PAGE, &mut back)?;
     match pattern::first_mismatch(4242, 2 * PAGE as u64, &back) {
         None => Ok(()),
-        Some(k) => Err(format!("byte {k} differs")),
+        Some(k) => Err(ToolError::Check(format!("byte {k} differs"))),
     }
 }
 
 /// Every cache type maps and reads back what it wrote; GET_INFO reports the type.
-fn cache_types(path: &str) -> Result<(), String> {
+fn cache_types(path: &str) -> Result<(), ToolError> {
     for c in [
         CacheType::WriteCombining,
         CacheType::Uncached,
         CacheType::WriteBack,
     ] {
-        let dev = Device::open(path).map_err(|e| e.to_string())?;
-        dev.set_cache(c).map_err(|e| e.to_string())?;
-        let info = dev.info().map_err(|e| e.to_string())?;
+        let dev = Device::open(path)?;
+        dev.set_cache(c)?;
+        let info = dev.info()?;
         if info.cache != c.raw() {
-            return Err(format!("{}: GET_INFO says cache {}", c.name(), info.cache));
+            return Err(ToolError::Check(format!(
+                "{}: GET_INFO says cache {}",
+                c.name(),
+                info.cache
+            )));
         }
-        let m = dev.map(0, PAGE).map_err(|e| e.to_string())?;
-        m.store_u32(8, 0x1234_5678 ^ c.raw())
-            .map_err(|e| e.to_string())?;
-        if m.load_u32(8).map_err(|e| e.to_string())? != 0x1234_5678 ^ c.raw() {
-            return Err(format!("{}: read back differs", c.name()));
+        let m = dev.map(0, PAGE)?;
+        m.store_u32(8, 0x1234_5678 ^ c.raw())?;
+        if m.load_u32(8)? != 0x1234_5678 ^ c.raw() {
+            return Err(ToolError::Check(format!("{}: read back differs", c.name())));
         }
     }
     Ok(())
@@ -412,15 +432,15 @@ fn cache_types(path: &str) -> Result<(), String> {
 
 /// Opens and maps all of `path` with `cache`, touches the first page, says `mapped`, and
 /// waits for `go` to exist (at most 120 s).
-fn hold(path: &str, cache: CacheType, go: &str) -> Result<(Device, ivshmem::Mapping), String> {
-    let dev = Device::open(path).map_err(|e| e.to_string())?;
-    dev.set_cache(cache).map_err(|e| e.to_string())?;
-    let m = dev.map_all().map_err(|e| e.to_string())?;
-    let v = m.load_u32(0).map_err(|e| e.to_string())?;
-    m.store_u32(0, v).map_err(|e| e.to_string())?;
+fn hold(path: &str, cache: CacheType, go: &str) -> Result<(Device, ivshmem::Mapping), ToolError> {
+    let dev = Device::open(path)?;
+    dev.set_cache(cache)?;
+    let m = dev.map_all()?;
+    let v = m.load_u32(0)?;
+    m.store_u32(0, v)?;
     println!("mapped");
     if !wait_for_file(go) {
-        return Err(format!("timeout waiting for {go}"));
+        return Err(ToolError::Check(format!("timeout waiting for {go}")));
     }
     Ok((dev, m))
 }
@@ -438,16 +458,16 @@ fn revoke(path: &str, go: &str) -> i32 {
     c.check(
         "ioctl-after-removal-enodev",
         match got {
-            Err(e) if e.errno() == Some(19) => Ok(()),
-            other => Err(format!("{other:?}")),
+            Err(e) if e.errno() == Some(ENODEV) => Ok(()),
+            other => Err(ToolError::Check(format!("{other:?}"))),
         },
     );
     c.check(
         "mmap-after-removal-enodev",
         match dev.map(0, PAGE) {
-            Err(e) if e.errno() == Some(19) => Ok(()),
-            Err(e) => Err(e.to_string()),
-            Ok(_) => Err("mmap succeeded".into()),
+            Err(e) if e.errno() == Some(ENODEV) => Ok(()),
+            Err(e) => Err(e.into()),
+            Ok(_) => Err(ToolError::Check("mmap succeeded".into())),
         },
     );
     println!("touching");
@@ -455,18 +475,6 @@ fn revoke(path: &str, go: &str) -> i32 {
     let v = m.load_u32(0).unwrap_or(0);
     println!("FAIL revoked-mapping-sigbus: read {v:#x} after removal");
     1
-}
-
-#[repr(C)]
-struct PollFd {
-    fd: i32,
-    events: i16,
-    revents: i16,
-}
-
-extern "C" {
-    fn eventfd(initval: u32, flags: i32) -> i32;
-    fn poll(fds: *mut PollFd, nfds: u64, timeout: i32) -> i32;
 }
 
 /// Registers an eventfd for `vector`, checks a second file gets EBUSY for the same vector,
@@ -479,37 +487,33 @@ fn eventfd_poll(path: &str, vector: u32, ms: i32) -> i32 {
         return 1;
     };
     // SAFETY: plain syscall; the fd is owned by `efd` below.
-    let raw = unsafe { eventfd(0, 0) };
+    let raw = unsafe { sys::eventfd(0, 0) };
     // SAFETY: `raw` is a fresh eventfd nobody else owns.
     let mut efd = unsafe { std::fs::File::from_raw_fd(raw) };
-    c.check(
-        "set-eventfd",
-        dev.set_eventfd(vector, Some(raw))
-            .map_err(|e| e.to_string()),
-    );
+    c.check("set-eventfd", dev.set_eventfd(vector, Some(raw)));
     let other = Device::open(path).expect("second open");
     c.check(
         "second-file-ebusy",
         match other.set_eventfd(vector, Some(raw)) {
-            Err(e) if e.errno() == Some(16) => Ok(()),
-            other => Err(format!("{other:?}")),
+            Err(e) if e.errno() == Some(EBUSY) => Ok(()),
+            other => Err(ToolError::Check(format!("{other:?}"))),
         },
     );
     c.check(
         "bad-fd-ebadf",
         match dev.set_eventfd(vector, Some(9999)) {
-            Err(e) if e.errno() == Some(9) => Ok(()),
-            other => Err(format!("{other:?}")),
+            Err(e) if e.errno() == Some(EBADF) => Ok(()),
+            other => Err(ToolError::Check(format!("{other:?}"))),
         },
     );
     println!("polling");
-    let mut pfd = PollFd {
+    let mut pfd = sys::PollFd {
         fd: raw,
-        events: 1,
+        events: sys::POLLIN,
         revents: 0,
     };
     // SAFETY: one valid pollfd.
-    let n = unsafe { poll(&mut pfd, 1, ms) };
+    let n = unsafe { sys::poll(&mut pfd, 1, ms) };
     if n == 1 {
         let mut buf = [0u8; 8];
         let _ = efd.read_exact(&mut buf);
@@ -518,10 +522,7 @@ fn eventfd_poll(path: &str, vector: u32, ms: i32) -> i32 {
         println!("eventfd not signalled (poll returned {n})");
         c.failed += 1;
     }
-    c.check(
-        "remove-eventfd",
-        dev.set_eventfd(vector, None).map_err(|e| e.to_string()),
-    );
+    c.check("remove-eventfd", dev.set_eventfd(vector, None));
     c.failed as i32
 }
 
@@ -540,7 +541,7 @@ fn counted(path: &str, vector: u32, go: &str) -> i32 {
         }
     }
     match dev.wait(vector, Some(Duration::ZERO)) {
-        Err(e) if e.errno() == Some(11) => {
+        Err(e) if e.errno() == Some(EAGAIN) => {
             println!("then EAGAIN");
             0
         }
@@ -549,13 +550,6 @@ fn counted(path: &str, vector: u32, go: &str) -> i32 {
             1
         }
     }
-}
-
-extern "C" {
-    fn signal(sig: i32, handler: usize) -> usize;
-    fn fork() -> i32;
-    fn waitpid(pid: i32, status: *mut i32, options: i32) -> i32;
-    fn _exit(code: i32) -> !;
 }
 
 /// mmaps one page after another, from two threads, until the device is removed (ENODEV) or
@@ -587,7 +581,7 @@ fn race(path: &str, go: &str) -> i32 {
                                 mine.pop_front();
                             }
                         }
-                        Err(e) if e.errno() == Some(19) => break,
+                        Err(e) if e.errno() == Some(ENODEV) => break,
                         Err(e) => {
                             other_errors.lock().unwrap().push(e.to_string());
                             break;
@@ -604,20 +598,20 @@ fn race(path: &str, go: &str) -> i32 {
     for m in &maps {
         // SAFETY: the process is single-threaded again (the scope joined its threads); the
         // child only reads one word and exits.
-        let pid = unsafe { fork() };
+        let pid = unsafe { sys::fork() };
         if pid == 0 {
             // Default SIGBUS action: std's handler would report the fault as a stack overflow.
-            // SAFETY: SIG_DFL (0) for SIGBUS (7), in the single-threaded child.
-            unsafe { signal(7, 0) };
+            // SAFETY: the default action for SIGBUS, in the single-threaded child.
+            unsafe { sys::signal(sys::SIGBUS, sys::SIG_DFL) };
             let _ = m.load_u32(0);
             // SAFETY: leave the child without running the parent's destructors.
-            unsafe { _exit(0) };
+            unsafe { sys::_exit(0) };
         }
         let mut status = 0;
         // SAFETY: waits for the child just forked.
-        unsafe { waitpid(pid, &mut status, 0) };
-        // WIFSIGNALED && WTERMSIG == SIGBUS (7).
-        if status & 0x7f == 7 {
+        unsafe { sys::waitpid(pid, &mut status, 0) };
+        // WIFSIGNALED && WTERMSIG == SIGBUS.
+        if status & 0x7f == sys::SIGBUS {
             revoked += 1;
         } else {
             stale += 1;
@@ -711,7 +705,11 @@ fn main() {
             (Ok(v), Ok(ms)) => eventfd_poll(dev, v, ms),
             _ => 2,
         },
-        ["hold", dev, cache, go] => match cache.parse().and_then(|c| hold(dev, c, go)) {
+        ["hold", dev, cache, go] => match cache
+            .parse()
+            .map_err(ToolError::Usage)
+            .and_then(|c| hold(dev, c, go))
+        {
             Ok(_) => 0,
             Err(e) => {
                 println!("FAIL hold: {e}");

@@ -4,7 +4,8 @@
 use std::time::{Duration, Instant};
 
 use ivshmem::args::{device_path, run_tool, Args};
-use ivshmem::{Device, Mapping};
+use ivshmem::sys::errno::ETIMEDOUT;
+use ivshmem::{Device, Mapping, ToolError};
 
 const PROG: &str = "pingpong";
 /// Written by the pong side when it is ready; cleared by ping when it starts.
@@ -50,20 +51,24 @@ struct Opts {
     vector: u32,
 }
 
-fn parse(mut a: Args) -> Result<Option<Opts>, String> {
+fn parse(mut a: Args) -> Result<Option<Opts>, ToolError> {
     if a.flag(&["-h", "--help"]) {
         return Ok(None);
     }
     let ping = match a.value(&["--role"])?.as_deref() {
         Some("ping") => true,
         Some("pong") => false,
-        Some(r) => return Err(format!("bad role '{r}' (ping or pong)")),
-        None => return Err("--role is required (ping or pong)".into()),
+        Some(r) => return Err(ToolError::Usage(format!("bad role '{r}' (ping or pong)"))),
+        None => return Err(ToolError::usage("--role is required (ping or pong)")),
     };
     let mode = match a.value(&["--mode"])?.as_deref() {
         None | Some("doorbell") => Mode::Doorbell,
         Some("spin") => Mode::Spin,
-        Some(m) => return Err(format!("bad mode '{m}' (spin or doorbell)")),
+        Some(m) => {
+            return Err(ToolError::Usage(format!(
+                "bad mode '{m}' (spin or doorbell)"
+            )))
+        }
     };
     let peer = a.parsed::<u32>(&["--peer"])?;
     let device = device_path(a.value(&["-d", "--device"])?);
@@ -72,16 +77,23 @@ fn parse(mut a: Args) -> Result<Option<Opts>, String> {
     let vector = a.parsed::<u32>(&["--vector"])?.unwrap_or(0);
     let rest = a.finish()?;
     if !rest.is_empty() {
-        return Err(format!("unexpected argument '{}'", rest[0]));
+        return Err(ToolError::Usage(format!(
+            "unexpected argument '{}'",
+            rest[0]
+        )));
     }
     if mode == Mode::Doorbell && peer.is_none() {
-        return Err("doorbell mode needs --peer (the other guest's id, see 'ivshmem info')".into());
+        return Err(ToolError::usage(
+            "doorbell mode needs --peer (the other guest's id, see 'ivshmem info')",
+        ));
     }
     if rounds == 0 || rounds > (u32::MAX - 2) / 2 {
-        return Err("rounds out of range".into());
+        return Err(ToolError::usage("rounds out of range"));
     }
     if offset % 4096 != 0 {
-        return Err(format!("offset {offset} is not page-aligned"));
+        return Err(ToolError::Usage(format!(
+            "offset {offset} is not page-aligned"
+        )));
     }
     Ok(Some(Opts {
         ping,
@@ -105,18 +117,16 @@ impl Link<'_> {
         self.map.load_u32(4).unwrap_or(0)
     }
 
-    fn send(&self, value: u32) -> Result<(), String> {
-        self.map.store_u32(4, value).map_err(|e| e.to_string())?;
+    fn send(&self, value: u32) -> Result<(), ToolError> {
+        self.map.store_u32(4, value)?;
         if self.o.mode == Mode::Doorbell {
-            self.dev
-                .ring(self.o.peer.unwrap_or(0), self.o.vector)
-                .map_err(|e| e.to_string())?;
+            self.dev.ring(self.o.peer.unwrap_or(0), self.o.vector)?;
         }
         Ok(())
     }
 
     /// Waits up to `patience` until `done(counter)`; sleeps on the doorbell or spins.
-    fn wait_for(&self, patience: Duration, done: impl Fn(u32) -> bool) -> Result<u32, String> {
+    fn wait_for(&self, patience: Duration, done: impl Fn(u32) -> bool) -> Result<u32, ToolError> {
         let start = Instant::now();
         loop {
             let c = self.counter();
@@ -124,16 +134,16 @@ impl Link<'_> {
                 return Ok(c);
             }
             if start.elapsed() > patience {
-                return Err(format!(
+                return Err(ToolError::Failed(format!(
                     "no answer within {patience:?} (counter {c}): lost wake-up?"
-                ));
+                )));
             }
             match self.o.mode {
                 Mode::Spin => std::hint::spin_loop(),
                 Mode::Doorbell => match self.dev.wait(self.o.vector, Some(patience)) {
                     Ok(_) => {}
-                    Err(e) if e.errno() == Some(110) => {}
-                    Err(e) => return Err(e.to_string()),
+                    Err(e) if e.errno() == Some(ETIMEDOUT) => {}
+                    Err(e) => return Err(e.into()),
                 },
             }
         }
@@ -145,9 +155,9 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
-fn run(o: &Opts) -> Result<(), String> {
-    let dev = Device::open(&o.device).map_err(|e| e.to_string())?;
-    let map = dev.map(o.offset, 4096).map_err(|e| e.to_string())?;
+fn run(o: &Opts) -> Result<(), ToolError> {
+    let dev = Device::open(&o.device)?;
+    let map = dev.map(o.offset, 4096)?;
     let link = Link {
         dev: &dev,
         map: &map,
@@ -155,8 +165,8 @@ fn run(o: &Opts) -> Result<(), String> {
     };
     let last = 2 * o.rounds;
     if !o.ping {
-        map.store_u32(4, 0).map_err(|e| e.to_string())?;
-        map.store_u32(0, READY).map_err(|e| e.to_string())?;
+        map.store_u32(4, 0)?;
+        map.store_u32(0, READY)?;
         let mut expect = 1;
         while expect < last {
             // The first ping comes when the user starts the other side: allow for that.
@@ -169,13 +179,15 @@ fn run(o: &Opts) -> Result<(), String> {
         return Ok(());
     }
     let start = Instant::now();
-    while map.load_u32(0).map_err(|e| e.to_string())? != READY {
+    while map.load_u32(0)? != READY {
         if start.elapsed() > Duration::from_secs(60) {
-            return Err("the pong side is not running (start it first)".into());
+            return Err(ToolError::Failed(
+                "the pong side is not running (start it first)".into(),
+            ));
         }
         std::thread::sleep(Duration::from_millis(1));
     }
-    map.store_u32(0, 0).map_err(|e| e.to_string())?;
+    map.store_u32(0, 0)?;
     let mut rtts = Vec::with_capacity(o.rounds as usize);
     let all = Instant::now();
     for k in 0..o.rounds {
@@ -208,7 +220,7 @@ fn main() {
 mod tests {
     use super::*;
 
-    fn p(a: &[&str]) -> Result<Option<Opts>, String> {
+    fn p(a: &[&str]) -> Result<Option<Opts>, ToolError> {
         parse(Args::new(a.iter().copied()))
     }
 
@@ -224,10 +236,21 @@ mod tests {
 
     #[test]
     fn errors() {
-        assert!(p(&[]).unwrap_err().contains("--role"));
-        assert!(p(&["--role", "ping"]).unwrap_err().contains("--peer"));
-        assert!(p(&["--role", "x"]).unwrap_err().contains("bad role"));
-        assert!(p(&["--role", "ping", "--mode", "spin", "--rounds", "0"]).is_err());
+        let usage = |a: &[&str], text: &str| match p(a) {
+            Err(ToolError::Usage(m)) => assert!(m.contains(text), "{a:?}: {m}"),
+            other => panic!("{a:?}: {other:?}"),
+        };
+        usage(&[], "--role is required");
+        usage(&["--role", "ping"], "needs --peer");
+        usage(&["--role", "x"], "bad role 'x'");
+        usage(
+            &["--role", "ping", "--mode", "spin", "--rounds", "0"],
+            "rounds",
+        );
+        usage(
+            &["--role", "pong", "--mode", "spin", "--offset", "8"],
+            "page-aligned",
+        );
     }
 
     #[test]

@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use ivshmem::args::{device_path, run_tool, Args};
 use ivshmem::message::{self, Slot};
-use ivshmem::Device;
+use ivshmem::sys::errno::ETIMEDOUT;
+use ivshmem::{Device, ToolError};
 
 const PROG: &str = "read_write";
 const DEFAULT_MESSAGE: &str = "Other VM says hello world!";
@@ -40,7 +41,7 @@ struct Opts {
     peer: Option<u32>,
 }
 
-fn parse(mut args: Args) -> Result<Option<Opts>, String> {
+fn parse(mut args: Args) -> Result<Option<Opts>, ToolError> {
     if args.flag(&["-h", "--help"]) {
         return Ok(None);
     }
@@ -54,13 +55,21 @@ fn parse(mut args: Args) -> Result<Option<Opts>, String> {
     let peer = args.parsed::<u32>(&["--peer"])?;
     let rest = args.finish()?;
     if !rest.is_empty() {
-        return Err(format!("unexpected argument '{}'", rest[0]));
+        return Err(ToolError::Usage(format!(
+            "unexpected argument '{}'",
+            rest[0]
+        )));
     }
     if offset % 4 != 0 {
-        return Err(format!("offset {offset} is not a multiple of 4"));
+        return Err(ToolError::Usage(format!(
+            "offset {offset} is not a multiple of 4"
+        )));
     }
     if message.len() as u64 > WINDOW - message::HEADER_LEN as u64 {
-        return Err(format!("message too long: {} bytes", message.len()));
+        return Err(ToolError::Usage(format!(
+            "message too long: {} bytes",
+            message.len()
+        )));
     }
     Ok(Some(Opts {
         device,
@@ -72,54 +81,57 @@ fn parse(mut args: Args) -> Result<Option<Opts>, String> {
     }))
 }
 
-fn run(o: &Opts) -> Result<(), String> {
-    let dev = Device::open(&o.device).map_err(|e| e.to_string())?;
-    let size = dev.size().map_err(|e| e.to_string())?;
+fn run(o: &Opts) -> Result<(), ToolError> {
+    let dev = Device::open(&o.device)?;
+    let size = dev.size()?;
     if o.offset + message::HEADER_LEN as u64 > size {
-        return Err(format!(
+        return Err(ToolError::Failed(format!(
             "offset {} leaves no room for a message in the {size}-byte region of {}",
             o.offset, o.device
-        ));
+        )));
     }
     let base = o.offset & !(PAGE - 1);
     let len = (size - base).min(WINDOW + PAGE);
-    let map = dev.map(base, len as usize).map_err(|e| e.to_string())?;
+    let map = dev.map(base, len as usize)?;
     println!("--- mmap successful");
     let at = (o.offset - base) as usize;
     if o.clear {
-        message::clear(&map, at).map_err(|e| e.to_string())?;
+        message::clear(&map, at)?;
         println!("Cleared the message slot at offset {}", o.offset);
         return Ok(());
     }
-    let mut slot = message::read(&map, at).map_err(|e| e.to_string())?;
+    let mut slot = message::read(&map, at)?;
     if let (Slot::Empty, Some(secs)) = (&slot, o.wait) {
         let deadline = Instant::now() + Duration::from_secs(secs);
         println!("--- waiting for a message (up to {secs} s)");
         while slot == Slot::Empty {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(format!("no message within {secs} s"));
+                return Err(ToolError::Failed(format!("no message within {secs} s")));
             }
             match dev.wait(0, Some(left)) {
                 Ok(_) => {}
-                Err(e) if e.errno() == Some(110) => {}
-                Err(e) => return Err(e.to_string()),
+                Err(e) if e.errno() == Some(ETIMEDOUT) => {}
+                Err(e) => return Err(e.into()),
             }
-            slot = message::read(&map, at).map_err(|e| e.to_string())?;
+            slot = message::read(&map, at)?;
         }
     }
     match slot {
         Slot::Message(text) => {
-            message::clear(&map, at).map_err(|e| e.to_string())?;
+            message::clear(&map, at)?;
             println!("Read from shmem: '{text}'");
         }
         Slot::Empty => {
             if o.message.len() + message::HEADER_LEN > map.len() - at {
-                return Err(format!("message does not fit at offset {}", o.offset));
+                return Err(ToolError::Failed(format!(
+                    "message does not fit at offset {}",
+                    o.offset
+                )));
             }
-            message::write(&map, at, &o.message).map_err(|e| e.to_string())?;
+            message::write(&map, at, &o.message)?;
             if let Some(peer) = o.peer {
-                dev.ring(peer, 0).map_err(|e| e.to_string())?;
+                dev.ring(peer, 0)?;
                 println!("Written to shmem: '{}'; rang peer {peer}", o.message);
             } else {
                 println!(
@@ -129,10 +141,10 @@ fn run(o: &Opts) -> Result<(), String> {
             }
         }
         Slot::Corrupt(why) => {
-            return Err(format!(
+            return Err(ToolError::Check(format!(
                 "corrupt message at offset {} ({why}); left as is: run with --clear to reset it",
                 o.offset
-            ));
+            )));
         }
     }
     Ok(())
@@ -145,8 +157,9 @@ fn main() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ivshmem::sys::errno::ENOENT;
 
-    fn p(a: &[&str]) -> Result<Option<Opts>, String> {
+    fn p(a: &[&str]) -> Result<Option<Opts>, ToolError> {
         parse(Args::new(a.iter().copied()))
     }
 
@@ -172,17 +185,24 @@ mod tests {
 
     #[test]
     fn bad_input() {
-        assert!(p(&["-o", "3"]).unwrap_err().contains("multiple of 4"));
-        assert!(p(&["--frobnicate"]).unwrap_err().contains("unknown option"));
-        assert!(p(&["extra"]).unwrap_err().contains("unexpected"));
-        let long = "x".repeat(2 << 20);
-        assert!(p(&["-m", &long]).unwrap_err().contains("too long"));
+        let usage = |a: &[&str], text: &str| match p(a) {
+            Err(ToolError::Usage(m)) => assert!(m.contains(text), "{a:?}: {m}"),
+            other => panic!("{a:?}: {other:?}"),
+        };
+        usage(&["-o", "3"], "multiple of 4");
+        usage(&["--frobnicate"], "unknown option");
+        usage(&["extra"], "unexpected");
+        usage(&["-m", &"x".repeat(2 << 20)], "too long");
     }
 
     #[test]
     fn missing_device_names_the_cause() {
         let o = p(&["-d", "/nonexistent/ivshmem9"]).unwrap().unwrap();
         let e = run(&o).unwrap_err();
+        assert!(matches!(e, ToolError::Device(_)), "{e:?}");
+        assert_eq!(e.errno(), Some(ENOENT));
+        assert_eq!(e.exit_code(), 1);
+        let e = e.to_string();
         assert!(e.contains("/nonexistent/ivshmem9"), "{e}");
         assert!(e.contains("is the ivshmem module loaded"), "{e}");
     }
