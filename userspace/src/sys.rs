@@ -133,12 +133,11 @@ extern "C" {
     pub fn _exit(code: c_int) -> !;
 }
 
-// Used by the fuzzer
+// Further mmap flags, advice, signal and file calls: what `ivshmem-fuzz` exercises.
 pub const PROT_NONE: c_int = 0;
 pub const PROT_EXEC: c_int = 4;
 pub const MAP_SHARED_VALIDATE: c_int = 0x03;
 pub const MAP_FIXED: c_int = 0x10;
-pub const MAP_ANONYMOUS: c_int = 0x20;
 pub const MAP_32BIT: c_int = 0x40;
 pub const MAP_LOCKED: c_int = 0x2000;
 pub const MAP_NORESERVE: c_int = 0x4000;
@@ -146,7 +145,6 @@ pub const MAP_POPULATE: c_int = 0x8000;
 pub const MAP_NONBLOCK: c_int = 0x10000;
 pub const MAP_STACK: c_int = 0x20000;
 pub const MAP_SYNC: c_int = 0x80000;
-pub const MAP_FIXED_NOREPLACE: c_int = 0x100000;
 pub const MREMAP_FIXED: c_int = 2;
 pub const MREMAP_DONTUNMAP: c_int = 4;
 pub const MADV_WILLNEED: c_int = 3;
@@ -157,10 +155,7 @@ pub const EFD_NONBLOCK: c_int = 0o4000;
 pub const EFD_CLOEXEC: c_int = 0o2000000;
 pub const O_NONBLOCK: c_int = 0o4000;
 pub const O_PATH: c_int = 0o10000000;
-pub const SIGBUS: c_int = 7;
-pub const SIGUSR1: c_int = 10;
 pub const SIGSEGV: c_int = 11;
-pub const SIG_DFL: usize = 0;
 pub const SA_SIGINFO: c_int = 4;
 pub const MS_ASYNC: c_int = 1;
 
@@ -178,17 +173,47 @@ pub struct SigAction {
 pub const SIGINFO_ADDR_OFFSET: usize = 16;
 
 extern "C" {
-    pub fn fork() -> c_int;
-    pub fn waitpid(pid: c_int, status: *mut c_int, options: c_int) -> c_int;
-    pub fn _exit(code: c_int) -> !;
     pub fn close(fd: c_int) -> c_int;
     pub fn read(fd: c_int, buf: *mut c_void, count: usize) -> isize;
     pub fn write(fd: c_int, buf: *const c_void, count: usize) -> isize;
     pub fn mprotect(addr: *mut c_void, len: usize, prot: c_int) -> c_int;
     pub fn madvise(addr: *mut c_void, len: usize, advice: c_int) -> c_int;
     pub fn msync(addr: *mut c_void, len: usize, flags: c_int) -> c_int;
-    pub fn eventfd(initval: std::ffi::c_uint, flags: c_int) -> c_int;
     pub fn sigaction(sig: c_int, act: *const SigAction, old: *mut SigAction) -> c_int;
     pub fn pthread_kill(thread: c_ulong, sig: c_int) -> c_int;
     pub fn pthread_self() -> c_ulong;
+}
+
+/// `struct iovec`.
+#[repr(C)]
+pub struct IoVec {
+    pub base: *mut c_void,
+    pub len: usize,
+}
+
+/// `struct msghdr` (64-bit Linux).
+#[repr(C)]
+pub struct MsgHdr {
+    pub name: *mut c_void,
+    pub namelen: u32,
+    pub iov: *mut IoVec,
+    pub iovlen: usize,
+    pub control: *mut c_void,
+    pub controllen: usize,
+    pub flags: c_int,
+}
+
+// Sockets and processes: what `ivshmem-server` and its tests use.
+pub const SIGTERM: c_int = 15;
+pub const SIGINT: c_int = 2;
+/// `ioctl` request: bytes waiting in a socket's receive queue.
+pub const FIONREAD: c_ulong = 0x541B;
+
+extern "C" {
+    pub fn sendmsg(fd: c_int, msg: *const MsgHdr, flags: c_int) -> isize;
+    pub fn recvmsg(fd: c_int, msg: *mut MsgHdr, flags: c_int) -> isize;
+    pub fn setsid() -> c_int;
+    pub fn memfd_create(name: *const std::ffi::c_char, flags: c_uint) -> c_int;
+    pub fn dup2(old: c_int, new: c_int) -> c_int;
+    pub fn kill(pid: c_int, sig: c_int) -> c_int;
 }

@@ -38,11 +38,8 @@ fn greeting(sock: &Path) -> (i64, i64) {
 }
 
 fn kill(pid: i32, sig: i32) {
-    extern "C" {
-        fn kill(pid: i32, sig: i32) -> i32;
-    }
     // SAFETY: plain syscall on a pid this test started.
-    unsafe { kill(pid, sig) };
+    unsafe { ivshmem::sys::kill(pid, sig) };
 }
 
 #[test]

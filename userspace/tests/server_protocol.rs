@@ -238,12 +238,10 @@ fn expect_hangup(c: &UnixStream) -> Vec<i64> {
 
 /// Bytes waiting unread in `c`'s receive queue (FIONREAD).
 fn unread_bytes(c: &UnixStream) -> usize {
-    extern "C" {
-        fn ioctl(fd: i32, req: u64, ...) -> i32;
-    }
     let mut n: i32 = 0;
     // SAFETY: FIONREAD stores one int through the pointer, which points to `n`.
-    let r = unsafe { ioctl(c.as_raw_fd(), 0x541B, &mut n as *mut i32) };
+    let r =
+        unsafe { ivshmem::sys::ioctl(c.as_raw_fd(), ivshmem::sys::FIONREAD, &mut n as *mut i32) };
     assert_eq!(r, 0, "FIONREAD: {}", std::io::Error::last_os_error());
     n as usize
 }

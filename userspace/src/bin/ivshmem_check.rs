@@ -12,7 +12,9 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use ivshmem::sys::errno::{EACCES, EAGAIN, EBADF, EBUSY, EFAULT, EINVAL, ENODEV, ENOTTY, ENXIO};
+use ivshmem::sys::errno::{
+    EACCES, EAGAIN, EBADF, EBUSY, EFAULT, EINVAL, ENODEV, ENOTTY, ENXIO, EPERM,
+};
 use ivshmem::{pattern, sys, uapi, CacheType, Device, ToolError};
 
 const PAGE: usize = 4096;
@@ -258,8 +260,14 @@ fn errors(path: &str) -> i32 {
         "map-exec-eperm",
         expect_errno(
             "PROT_EXEC",
-            try_mmap(fd, PAGE, sys::MAP_SHARED, 0, sys::PROT_READ | PROT_EXEC),
-            1,
+            try_mmap(
+                fd,
+                PAGE,
+                sys::MAP_SHARED,
+                0,
+                sys::PROT_READ | sys::PROT_EXEC,
+            ),
+            EPERM,
         ),
     );
     c.check("mprotect-exec-eacces", mprotect_exec(&dev));
@@ -272,20 +280,15 @@ fn errors(path: &str) -> i32 {
     c.failed as i32
 }
 
-const PROT_EXEC: i32 = 4;
-
-extern "C" {
-    fn mprotect(addr: *mut c_void, len: usize, prot: i32) -> i32;
-}
-
 /// A mapping that was not executable cannot be made so: `mprotect` fails with EACCES and the
 /// mapping stays usable.
 fn mprotect_exec(dev: &Device) -> Result<(), String> {
     let map = dev.map(0, PAGE).map_err(|e| e.to_string())?;
     // SAFETY: changes the protection of our own mapping; on success the page would merely
     // become executable, and we never execute it.
-    let failed = unsafe { mprotect(map.as_ptr().cast(), PAGE, sys::PROT_READ | PROT_EXEC) } < 0;
-    expect_errno("mprotect(PROT_EXEC)", failed, 13)?;
+    let failed =
+        unsafe { sys::mprotect(map.as_ptr().cast(), PAGE, sys::PROT_READ | sys::PROT_EXEC) } < 0;
+    expect_errno("mprotect(PROT_EXEC)", failed, EACCES)?;
     map.write(0, b"still writable").map_err(|e| e.to_string())
 }
 
@@ -639,9 +642,13 @@ fn churn_children(dev: &Device, path: &str, n: usize) -> usize {
     let mut bad = 0;
     for i in 0..n {
         // SAFETY: this process is single-threaded; the child maps, touches and `_exit`s.
-        let pid = unsafe { fork() };
+        let pid = unsafe { sys::fork() };
         if pid == 0 {
-            let own = if i % 2 == 0 { None } else { Device::open(path).ok() };
+            let own = if i % 2 == 0 {
+                None
+            } else {
+                Device::open(path).ok()
+            };
             let ok = own
                 .as_ref()
                 .unwrap_or(dev)
@@ -649,11 +656,11 @@ fn churn_children(dev: &Device, path: &str, n: usize) -> usize {
                 .and_then(|m| m.store_u32(0, i as u32))
                 .is_ok();
             // SAFETY: leave the child without running the parent's destructors.
-            unsafe { _exit(i32::from(!ok)) };
+            unsafe { sys::_exit(i32::from(!ok)) };
         }
         let mut status = 0;
         // SAFETY: waits for the child just forked.
-        if pid < 0 || unsafe { waitpid(pid, &mut status, 0) } != pid || status != 0 {
+        if pid < 0 || unsafe { sys::waitpid(pid, &mut status, 0) } != pid || status != 0 {
             bad += 1;
         }
     }

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use ivshmem::args::{parse_size, run_tool, Args};
 use ivshmem::server::{Server, MAX_VECTORS};
+use ivshmem::sys;
 
 const PROG: &str = "ivshmem-server";
 
@@ -33,13 +34,6 @@ its peer id and one eventfd per vector for every peer.
   -h          this help";
 
 static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" {
-    fn signal(sig: c_int, handler: extern "C" fn(c_int)) -> usize;
-    fn fork() -> c_int;
-    fn setsid() -> c_int;
-    fn memfd_create(name: *const std::ffi::c_char, flags: u32) -> c_int;
-}
 
 extern "C" fn on_signal(_: c_int) {
     STOP.store(true, Ordering::Relaxed);
@@ -139,7 +133,7 @@ fn open_shm(o: &Opts) -> io::Result<File> {
         Backing::Memfd => {
             // SAFETY: a NUL-terminated name; the fd is checked and owned below.
             let fd = unsafe {
-                memfd_create(c"ivshmem".as_ptr(), 1 /* MFD_CLOEXEC */)
+                sys::memfd_create(c"ivshmem".as_ptr(), 1 /* MFD_CLOEXEC */)
             };
             if fd < 0 {
                 return Err(io::Error::last_os_error());
@@ -171,22 +165,19 @@ fn bind(path: &str) -> io::Result<UnixListener> {
 
 fn daemonize() -> io::Result<()> {
     // SAFETY: called before any thread exists, so the child is a full copy of this process.
-    match unsafe { fork() } {
+    match unsafe { sys::fork() } {
         -1 => Err(io::Error::last_os_error()),
         0 => {
             // SAFETY: plain syscall in the child.
-            unsafe { setsid() };
+            unsafe { sys::setsid() };
             let null = OpenOptions::new()
                 .read(true)
                 .write(true)
                 .open("/dev/null")?;
             use std::os::fd::AsRawFd;
-            extern "C" {
-                fn dup2(old: c_int, new: c_int) -> c_int;
-            }
             for fd in 0..3 {
                 // SAFETY: replaces stdio with /dev/null; `null` is open.
-                unsafe { dup2(null.as_raw_fd(), fd) };
+                unsafe { sys::dup2(null.as_raw_fd(), fd) };
             }
             Ok(())
         }
@@ -202,10 +193,10 @@ fn run(o: Opts) -> Result<(), String> {
     }
     fs::write(&o.pidfile, format!("{}\n", std::process::id()))
         .map_err(|e| format!("pid file {}: {e}", o.pidfile))?;
-    // SAFETY: the handler only stores to an atomic.
-    unsafe {
-        signal(2, on_signal);
-        signal(15, on_signal);
+    let handler: extern "C" fn(c_int) = on_signal;
+    for sig in [sys::SIGINT, sys::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic.
+        unsafe { sys::signal(sig, handler as usize) };
     }
     let server = Server::new(shm, o.vectors, o.verbose).map_err(|e| e.to_string())?;
     if o.verbose {

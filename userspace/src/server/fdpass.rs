@@ -6,35 +6,18 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 
-#[repr(C)]
-struct IoVec {
-    base: *mut c_void,
-    len: usize,
-}
+use crate::sys::{recvmsg, sendmsg, IoVec, MsgHdr};
 
-#[repr(C)]
-struct MsgHdr {
-    name: *mut c_void,
-    namelen: u32,
-    iov: *mut IoVec,
-    iovlen: usize,
-    control: *mut c_void,
-    controllen: usize,
-    flags: c_int,
-}
-
-impl MsgHdr {
-    /// A header for one 8-byte buffer and a control buffer (`controllen` 0: none).
-    fn new(iov: &mut IoVec, control: *mut c_void, controllen: usize) -> Self {
-        Self {
-            name: std::ptr::null_mut(),
-            namelen: 0,
-            iov,
-            iovlen: 1,
-            control,
-            controllen,
-            flags: 0,
-        }
+/// A header for one buffer and a control buffer (`controllen` 0: none).
+fn msghdr(iov: &mut IoVec, control: *mut c_void, controllen: usize) -> MsgHdr {
+    MsgHdr {
+        name: std::ptr::null_mut(),
+        namelen: 0,
+        iov,
+        iovlen: 1,
+        control,
+        controllen,
+        flags: 0,
     }
 }
 
@@ -45,10 +28,6 @@ const MSG_NOSIGNAL: c_int = 0x4000;
 const CMSG_LEN_FD: usize = 16 + 4;
 const CMSG_SPACE_FD: usize = 16 + 8;
 
-extern "C" {
-    fn sendmsg(fd: c_int, msg: *const MsgHdr, flags: c_int) -> isize;
-}
-
 /// Sends `value` (little-endian i64, as QEMU reads it) and, if given, `fd` along with it.
 pub fn send_msg(stream: &UnixStream, value: i64, fd: Option<RawFd>) -> io::Result<()> {
     let mut bytes = value.to_le_bytes();
@@ -58,7 +37,7 @@ pub fn send_msg(stream: &UnixStream, value: i64, fd: Option<RawFd>) -> io::Resul
     };
     // u64 storage keeps the control buffer aligned for cmsghdr.
     let mut control = [0u64; CMSG_SPACE_FD / 8];
-    let mut msg = MsgHdr::new(&mut iov, std::ptr::null_mut(), 0);
+    let mut msg = msghdr(&mut iov, std::ptr::null_mut(), 0);
     if let Some(fd) = fd {
         let buf = control.as_mut_ptr().cast::<u8>();
         // SAFETY: `control` is CMSG_SPACE_FD bytes, 8-aligned: room for a cmsghdr (len: usize,
@@ -83,10 +62,6 @@ pub fn send_msg(stream: &UnixStream, value: i64, fd: Option<RawFd>) -> io::Resul
     Ok(())
 }
 
-extern "C" {
-    fn recvmsg(fd: c_int, msg: *mut MsgHdr, flags: c_int) -> isize;
-}
-
 /// Receives one message as QEMU does: the i64 and the fd that came with it, if any.
 /// `Ok(None)` at end of stream.
 pub fn recv_msg(stream: &UnixStream) -> io::Result<Option<(i64, Option<std::os::fd::OwnedFd>)>> {
@@ -97,7 +72,7 @@ pub fn recv_msg(stream: &UnixStream) -> io::Result<Option<(i64, Option<std::os::
         len: bytes.len(),
     };
     let mut control = [0u64; CMSG_SPACE_FD / 8];
-    let mut msg = MsgHdr::new(&mut iov, control.as_mut_ptr().cast(), CMSG_SPACE_FD);
+    let mut msg = msghdr(&mut iov, control.as_mut_ptr().cast(), CMSG_SPACE_FD);
     // SAFETY: `msg` and its buffers live across the call; MSG_WAITALL for the 8 bytes.
     let n = unsafe { recvmsg(stream.as_raw_fd(), &mut msg, 0x100) };
     if n < 0 {

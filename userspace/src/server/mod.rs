@@ -39,10 +39,7 @@ pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Stack for the per-peer threads: each only waits in one syscall or on its queue.
 const PEER_THREAD_STACK: usize = 64 << 10;
 
-extern "C" {
-    fn eventfd(initval: u32, flags: i32) -> i32;
-}
-const EFD_CLOEXEC: i32 = 0o2000000;
+use crate::sys::{eventfd, EFD_CLOEXEC};
 
 fn new_eventfd() -> io::Result<OwnedFd> {
     // SAFETY: plain syscall; the result is checked and owned.
