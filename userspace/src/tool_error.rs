@@ -18,6 +18,12 @@ pub enum ToolError {
     Errno(crate::Error),
     /// A system call outside the device failed (a plain file, a socket).
     Io(io::Error),
+    /// As `Io`, with what it was done to: `socket /tmp/x: Address in use`.
+    Sys {
+        /// The object of the call, as the user named it.
+        what: String,
+        source: io::Error,
+    },
     /// The memory does not hold what it should: a corrupt message, a pattern mismatch, a copy
     /// that did not arrive.
     Check(String),
@@ -29,6 +35,14 @@ impl ToolError {
     /// A usage error with `msg`.
     pub fn usage(msg: impl Into<String>) -> Self {
         Self::Usage(msg.into())
+    }
+
+    /// A failed system call on `what`.
+    pub fn sys(what: impl Into<String>, source: io::Error) -> Self {
+        Self::Sys {
+            what: what.into(),
+            source,
+        }
     }
 
     /// The process exit status for this error: 2 for usage errors, 1 for the rest.
@@ -43,7 +57,7 @@ impl ToolError {
     pub fn errno(&self) -> Option<i32> {
         match self {
             Self::Device(e) | Self::Errno(e) => e.errno(),
-            Self::Io(e) => e.raw_os_error(),
+            Self::Io(e) | Self::Sys { source: e, .. } => e.raw_os_error(),
             _ => None,
         }
     }
@@ -65,6 +79,7 @@ impl fmt::Display for ToolError {
                 write!(f, "{name}: {e}")
             }
             Self::Io(e) => e.fmt(f),
+            Self::Sys { what, source } => write!(f, "{what}: {source}"),
         }
     }
 }
@@ -73,7 +88,7 @@ impl std::error::Error for ToolError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Self::Device(e) | Self::Errno(e) => Some(e),
-            Self::Io(e) => Some(e),
+            Self::Io(e) | Self::Sys { source: e, .. } => Some(e),
             _ => None,
         }
     }
@@ -88,21 +103,6 @@ impl From<crate::Error> for ToolError {
 impl From<io::Error> for ToolError {
     fn from(e: io::Error) -> Self {
         Self::Io(e)
-    }
-}
-
-/// For tools whose errors are still strings (`ivshmem-server`): `?` on one gives `Failed`.
-impl From<String> for ToolError {
-    fn from(m: String) -> Self {
-        Self::Failed(m)
-    }
-}
-
-/// For tools whose errors are still strings (`ivshmem-server`): `?` on an [`crate::args`]
-/// error gives its message.
-impl From<ToolError> for String {
-    fn from(e: ToolError) -> Self {
-        e.to_string()
     }
 }
 

@@ -282,14 +282,14 @@ fn errors(path: &str) -> i32 {
 
 /// A mapping that was not executable cannot be made so: `mprotect` fails with EACCES and the
 /// mapping stays usable.
-fn mprotect_exec(dev: &Device) -> Result<(), String> {
-    let map = dev.map(0, PAGE).map_err(|e| e.to_string())?;
+fn mprotect_exec(dev: &Device) -> Result<(), ToolError> {
+    let map = dev.map(0, PAGE)?;
     // SAFETY: changes the protection of our own mapping; on success the page would merely
     // become executable, and we never execute it.
     let failed =
         unsafe { sys::mprotect(map.as_ptr().cast(), PAGE, sys::PROT_READ | sys::PROT_EXEC) } < 0;
     expect_errno("mprotect(PROT_EXEC)", failed, EACCES)?;
-    map.write(0, b"still writable").map_err(|e| e.to_string())
+    Ok(map.write(0, b"still writable")?)
 }
 
 /// Every ioctl that takes a pointer fails with EFAULT for pointers it must not touch: NULL,

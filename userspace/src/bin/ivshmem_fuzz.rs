@@ -48,7 +48,7 @@ use std::sync::atomic::{
 use std::time::{Duration, Instant};
 
 use ivshmem::args::{run_tool, Args};
-use ivshmem::{sys, uapi};
+use ivshmem::{sys, uapi, ToolError};
 
 const USAGE: &str = "\
 usage: ivshmem-fuzz [--seconds N] [--seed S] [--threads T] [--rebind-ms MS|MIN-MAX]
@@ -1739,7 +1739,7 @@ struct Opts {
     trace: Option<String>,
 }
 
-fn parse(mut a: Args) -> Result<Option<Opts>, String> {
+fn parse(mut a: Args) -> Result<Option<Opts>, ToolError> {
     if a.flag(&["-h", "--help"]) {
         return Ok(None);
     }
@@ -1748,20 +1748,23 @@ fn parse(mut a: Args) -> Result<Option<Opts>, String> {
         Some(s) => s
             .strip_prefix("0x")
             .map_or_else(|| s.parse(), |h| u64::from_str_radix(h, 16))
-            .map_err(|_| format!("bad value '{s}' for --seed: not a number"))?,
+            .map_err(|_| ToolError::usage(format!("bad value '{s}' for --seed: not a number")))?,
         None => std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64),
     };
     let threads = a.parsed(&["--threads"])?.unwrap_or(4);
     if !(1..=MAX_THREADS).contains(&threads) {
-        return Err(format!("--threads must be 1..={MAX_THREADS}"));
+        return Err(ToolError::usage(format!(
+            "--threads must be 1..={MAX_THREADS}"
+        )));
     }
     let no_rebind = a.flag(&["--no-rebind"]);
     let ms = match a.value(&["--rebind-ms"])? {
         None => (20, 100),
         Some(v) => {
-            let bad = || format!("bad value '{v}' for --rebind-ms: MS or MIN-MAX");
+            let bad =
+                || ToolError::usage(format!("bad value '{v}' for --rebind-ms: MS or MIN-MAX"));
             let (lo, hi) = v.split_once('-').unwrap_or((&v, &v));
             let lo: u64 = lo.parse().map_err(|_| bad())?;
             let hi: u64 = hi.parse().map_err(|_| bad())?;
@@ -1775,7 +1778,7 @@ fn parse(mut a: Args) -> Result<Option<Opts>, String> {
     let trace = a.value(&["--trace"])?;
     let rest = a.finish()?;
     if let Some(x) = rest.first() {
-        return Err(format!("unexpected argument '{x}'"));
+        return Err(ToolError::usage(format!("unexpected argument '{x}'")));
     }
     Ok(Some(Opts {
         seconds,
@@ -1787,16 +1790,18 @@ fn parse(mut a: Args) -> Result<Option<Opts>, String> {
     }))
 }
 
-fn run(o: Opts) -> Result<(), String> {
+fn run(o: Opts) -> Result<(), ToolError> {
     let nodes = device_nodes();
     if nodes.is_empty() {
-        return Err("no /dev/ivshmem* (is the ivshmem module loaded?)".into());
+        return Err(ToolError::Failed(
+            "no /dev/ivshmem* (is the ivshmem module loaded?)".into(),
+        ));
     }
     let mut sizes = Vec::new();
     let mut described = Vec::new();
     for path in &nodes {
-        let dev = ivshmem::Device::open(path).map_err(|e| e.to_string())?;
-        let info = dev.info().map_err(|e| e.to_string())?;
+        let dev = ivshmem::Device::open(path)?;
+        let info = dev.info()?;
         let pci = String::from_utf8_lossy(&info.pci_name);
         described.push(format!(
             "{path} ({}, {} KiB, {} vectors)",
@@ -1812,13 +1817,15 @@ fn run(o: Opts) -> Result<(), String> {
         Vec::new()
     };
     if o.rebind.is_some() && bdfs.is_empty() {
-        return Err(format!("no 1af4:1110 device bound to {DRIVER}"));
+        return Err(ToolError::Failed(format!(
+            "no 1af4:1110 device bound to {DRIVER}"
+        )));
     }
     let open_w = |f: &str| {
         OpenOptions::new()
             .write(true)
             .open(format!("{DRIVER}/{f}"))
-            .map_err(|e| format!("{DRIVER}/{f}: {e}"))
+            .map_err(|e| ToolError::sys(format!("{DRIVER}/{f}"), e))
     };
     let (unbind, bind) = if o.rebind.is_some() {
         (Some(open_w("unbind")?), Some(open_w("bind")?))
@@ -1840,10 +1847,10 @@ fn run(o: Opts) -> Result<(), String> {
         )
     };
     if p == sys::MAP_FAILED {
-        return Err(format!(
+        return Err(ToolError::Failed(format!(
             "reserving the arena at {ARENA_BASE:#x}: {}",
             io::Error::last_os_error()
-        ));
+        )));
     }
     // SAFETY: a fresh mapping chosen by the kernel, unmapped right away.
     let probe = unsafe {
@@ -1859,20 +1866,18 @@ fn run(o: Opts) -> Result<(), String> {
     // SAFETY: the page just mapped.
     unsafe { sys::munmap(probe, PAGE) };
     if (probe as usize) < ARENA_BASE + arena_len {
-        return Err(format!(
+        return Err(ToolError::Failed(format!(
             "the kernel maps at {probe:p}, below the end of the arena: unexpected address space layout"
-        ));
+        )));
     }
 
-    set_handler(sys::SIGBUS, on_fault as *const () as usize, sys::SA_SIGINFO)
-        .map_err(|e| e.to_string())?;
+    set_handler(sys::SIGBUS, on_fault as *const () as usize, sys::SA_SIGINFO)?;
     set_handler(
         sys::SIGSEGV,
         on_fault as *const () as usize,
         sys::SA_SIGINFO,
-    )
-    .map_err(|e| e.to_string())?;
-    set_handler(sys::SIGUSR1, on_nudge as *const () as usize, 0).map_err(|e| e.to_string())?;
+    )?;
+    set_handler(sys::SIGUSR1, on_nudge as *const () as usize, 0)?;
 
     let sh = Shared {
         stop: AtomicBool::new(false),
@@ -1897,7 +1902,7 @@ fn run(o: Opts) -> Result<(), String> {
             .read(true)
             .write(true)
             .open(path)
-            .map_err(|e| format!("{path}: {e}"))?;
+            .map_err(|e| ToolError::sys(path.as_str(), e))?;
         slot.store(f.into_raw_fd(), SeqCst);
     }
     let env = GenEnv { sizes };
@@ -1906,10 +1911,10 @@ fn run(o: Opts) -> Result<(), String> {
         traces.push(match &o.trace {
             None => None,
             Some(dir) => {
-                std::fs::create_dir_all(dir).map_err(|e| format!("{dir}: {e}"))?;
+                std::fs::create_dir_all(dir).map_err(|e| ToolError::sys(dir.as_str(), e))?;
                 let path = format!("{dir}/thread-{i}.log");
                 Some(BufWriter::new(
-                    File::create(&path).map_err(|e| format!("{path}: {e}"))?,
+                    File::create(&path).map_err(|e| ToolError::sys(path.as_str(), e))?,
                 ))
             }
         });
@@ -1928,7 +1933,9 @@ fn run(o: Opts) -> Result<(), String> {
 
     let mut ready = Vec::new();
     for (i, trace) in traces.into_iter().enumerate() {
-        ready.push(Worker::new(i, o.seed, &env, &sh, trace).map_err(|e| format!("scratch: {e}"))?);
+        ready.push(
+            Worker::new(i, o.seed, &env, &sh, trace).map_err(|e| ToolError::sys("scratch", e))?,
+        );
     }
     let start = Instant::now();
     let mut stuck = false;
@@ -2051,11 +2058,11 @@ fn run(o: Opts) -> Result<(), String> {
     if count == 0 {
         Ok(())
     } else {
-        Err(format!(
+        Err(ToolError::Check(format!(
             "{count} impossible outcome(s) (the first {} above), replay with --seed {}",
             count.min(MAX_REPORTS),
             o.seed,
-        ))
+        )))
     }
 }
 
@@ -2221,6 +2228,7 @@ mod tests {
         assert!(parse(Args::new(["--threads", "0"])).is_err());
         assert!(parse(Args::new(["--bogus"]))
             .unwrap_err()
+            .to_string()
             .contains("--bogus"));
     }
 }

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use ivshmem::args::{parse_size, run_tool, Args};
 use ivshmem::server::{Server, MAX_VECTORS};
-use ivshmem::sys;
+use ivshmem::{sys, ToolError};
 
 const PROG: &str = "ivshmem-server";
 
@@ -57,7 +57,7 @@ struct Opts {
     verbose: bool,
 }
 
-fn parse(mut a: Args) -> Result<Option<Opts>, String> {
+fn parse(mut a: Args) -> Result<Option<Opts>, ToolError> {
     if a.flag(&["-h", "--help"]) {
         return Ok(None);
     }
@@ -66,7 +66,9 @@ fn parse(mut a: Args) -> Result<Option<Opts>, String> {
     let memfd = a.flag(&["--memfd"]);
     let socket = a.value(&["-S"])?.unwrap_or("/tmp/ivshmem_socket".into());
     let size = match a.value(&["-l"])? {
-        Some(v) => parse_size(&v).map_err(|e| format!("bad value '{v}' for -l: {e}"))?,
+        Some(v) => {
+            parse_size(&v).map_err(|e| ToolError::usage(format!("bad value '{v}' for -l: {e}")))?
+        }
         None => 4 << 20,
     };
     let vectors = a.parsed::<u32>(&["-n"])?.unwrap_or(1);
@@ -77,20 +79,25 @@ fn parse(mut a: Args) -> Result<Option<Opts>, String> {
         .unwrap_or("/var/run/ivshmem-server.pid".into());
     let rest = a.finish()?;
     if !rest.is_empty() {
-        return Err(format!("unexpected argument '{}'", rest[0]));
+        return Err(ToolError::usage(format!(
+            "unexpected argument '{}'",
+            rest[0]
+        )));
     }
     if !size.is_power_of_two() {
-        return Err(format!("size {size} is not a power of two"));
+        return Err(ToolError::usage(format!(
+            "size {size} is not a power of two"
+        )));
     }
     if vectors == 0 || vectors > MAX_VECTORS {
-        return Err(format!("-n must be 1..={MAX_VECTORS}"));
+        return Err(ToolError::usage(format!("-n must be 1..={MAX_VECTORS}")));
     }
     let backing = match (dir, name, memfd) {
         (Some(d), None, false) => Backing::Dir(d),
         (None, Some(n), false) => Backing::Name(n),
         (None, None, true) => Backing::Memfd,
         (None, None, false) => Backing::Name("ivshmem".into()),
-        _ => return Err("-m, -M and --memfd exclude each other".into()),
+        _ => return Err(ToolError::usage("-m, -M and --memfd exclude each other")),
     };
     Ok(Some(Opts {
         socket,
@@ -185,27 +192,28 @@ fn daemonize() -> io::Result<()> {
     }
 }
 
-fn run(o: Opts) -> Result<(), String> {
-    let shm = open_shm(&o).map_err(|e| format!("shared memory: {e}"))?;
-    let listener = bind(&o.socket).map_err(|e| format!("socket {}: {e}", o.socket))?;
+fn run(o: Opts) -> Result<(), ToolError> {
+    let shm = open_shm(&o).map_err(|e| ToolError::sys("shared memory", e))?;
+    let listener =
+        bind(&o.socket).map_err(|e| ToolError::sys(format!("socket {}", o.socket), e))?;
     if !o.foreground {
-        daemonize().map_err(|e| format!("daemonize: {e}"))?;
+        daemonize().map_err(|e| ToolError::sys("daemonize", e))?;
     }
     fs::write(&o.pidfile, format!("{}\n", std::process::id()))
-        .map_err(|e| format!("pid file {}: {e}", o.pidfile))?;
+        .map_err(|e| ToolError::sys(format!("pid file {}", o.pidfile), e))?;
     let handler: extern "C" fn(c_int) = on_signal;
     for sig in [sys::SIGINT, sys::SIGTERM] {
         // SAFETY: the handler only stores to an atomic.
         unsafe { sys::signal(sig, handler as usize) };
     }
-    let server = Server::new(shm, o.vectors, o.verbose).map_err(|e| e.to_string())?;
+    let server = Server::new(shm, o.vectors, o.verbose)?;
     if o.verbose {
         println!(
             "listening on {} ({} bytes, {} vectors)",
             o.socket, o.size, o.vectors
         );
     }
-    let result = server.serve(listener, &STOP).map_err(|e| e.to_string());
+    let result = server.serve(listener, &STOP).map_err(ToolError::from);
     let _ = fs::remove_file(&o.socket);
     let _ = fs::remove_file(&o.pidfile);
     result
@@ -220,7 +228,7 @@ mod tests {
     use super::*;
 
     fn p(a: &[&str]) -> Result<Option<Opts>, String> {
-        parse(Args::new(a.iter().copied()))
+        parse(Args::new(a.iter().copied())).map_err(|e| e.to_string())
     }
 
     #[test]
