@@ -17,6 +17,7 @@
 : "${IVSHMEM_CACHE:=${XDG_CACHE_HOME:-$HOME/.cache}/ivshmem-rs}" # kernel, bindgen: outside the repo
 : "${IVSHMEM_RUN:=${TMPDIR:-/tmp}/ivshmem-rs-run}" # pid files, sockets, serial logs of running guests
 : "${IVSHMEM_JOBS:=$(( $(nproc) + 1 ))}"     # make -j
+: "${IVSHMEM_APT_MIRROR:=}"                  # Debian archive URL for the kernel source (default: the host's apt sources)
 
 IVSHMEM_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 IVSHMEM_FRAGMENT="$IVSHMEM_ROOT/scripts/guest-kernel.config"

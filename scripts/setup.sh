@@ -45,16 +45,76 @@ rust_tools() {
 	fi
 }
 
+# The Debian archive the host's apt uses, as "URI KEYRING" (KEYRING may be empty): the entry
+# whose suite is the host's release codename (not -updates, not -security). Reads one-line
+# (*.list) and deb822 (*.sources) files. IVSHMEM_APT_MIRROR overrides it.
+host_mirror() {
+	if [ -n "$IVSHMEM_APT_MIRROR" ]; then
+		local key=/usr/share/keyrings/debian-archive-keyring.gpg
+		[ -f "$key" ] || key=
+		echo "$IVSHMEM_APT_MIRROR $key"
+		return 0
+	fi
+	local codename found=""
+	codename=$(. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-}")
+	if [ -n "$codename" ]; then
+		local lists=() sources=() f
+		for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do [ -f "$f" ] && lists+=("$f"); done
+		for f in /etc/apt/sources.list.d/*.sources; do [ -f "$f" ] && sources+=("$f"); done
+		# deb [opt=v ...] URI SUITE COMPONENT...
+		[ ${#lists[@]} -eq 0 ] || found=$(awk -v want="$codename" '
+			/^[[:space:]]*deb[[:space:]]/ {
+				sub(/#.*/, ""); key = ""; line = $0
+				if (match(line, /\[[^]]*\]/)) {
+					opts = substr(line, RSTART + 1, RLENGTH - 2)
+					line = substr(line, 1, RSTART - 1) substr(line, RSTART + RLENGTH)
+					n = split(opts, o, /[[:space:]]+/)
+					for (i = 1; i <= n; i++) if (o[i] ~ /^signed-by=/) key = substr(o[i], 11)
+				}
+				split(line, w, /[[:space:]]+/); j = (w[1] == "") ? 2 : 1
+				if (w[j + 2] == want) { print w[j + 1], key; exit }
+			}' "${lists[@]}")
+		# Stanzas of "Field: value" lines; a continuation line starts with a space.
+		[ -n "$found" ] || [ ${#sources[@]} -eq 0 ] || found=$(awk -v want="$codename" '
+			function flush() {
+				if (types ~ /(^| )deb( |$)/ && tolower(enabled) != "no" && (" " suites " ") ~ (" " want " ") && uris != "") {
+					split(uris, u, " "); print u[1], key; found = 1; exit
+				}
+				types = uris = suites = key = enabled = ""
+			}
+			/^[[:space:]]*#/ { next }
+			/^[[:space:]]*$/ { flush(); next }
+			/^[^[:space:]]/ {
+				field = tolower($0); sub(/:.*/, "", field); value = $0; sub(/^[^:]*:[[:space:]]*/, "", value)
+				gsub(/[[:space:]]+/, " ", value)
+				if (field == "types") types = value
+				else if (field == "uris") uris = value
+				else if (field == "suites") suites = value
+				else if (field == "enabled") enabled = value
+				else if (field == "signed-by") key = (value == "") ? "(inline)" : value
+			}
+			END { if (!found) flush() }' "${sources[@]}")
+	fi
+	[ -n "$found" ] || die "no Debian archive in the host's apt sources; set IVSHMEM_APT_MIRROR=URL"
+	# An inline (armored) Signed-By cannot be passed on: fall back to apt's trusted keys.
+	case "$found" in *" (inline)") found="${found% (inline)} " ;; esac
+	echo "$found"
+}
+
 # Fetches Debian's linux-source-<series> through a private apt configuration, so the host's
-# sources stay untouched. Result: $IVSHMEM_CACHE/src/linux (a symlink) and src/version.
+# sources stay untouched; the archive is the host's (host_mirror). Result: src/linux-VERSION
+# and src/version under $IVSHMEM_CACHE.
 kernel_source() {
 	local src=$IVSHMEM_CACHE/src
 	[ -f "$src/version" ] && [ -f "$src/linux-$(cat "$src/version")/Makefile" ] && return 0
-	step "fetching linux-source-$IVSHMEM_KERNEL_SERIES from $IVSHMEM_KERNEL_SUITE"
+	local mirror uri key opts=""
+	mirror=$(host_mirror) || exit 1
+	uri=${mirror%% *} key=${mirror#* }
+	[ -z "$key" ] || opts="[signed-by=$key] "
+	step "fetching linux-source-$IVSHMEM_KERNEL_SERIES from $IVSHMEM_KERNEL_SUITE at $uri"
 	local apt=$IVSHMEM_CACHE/apt
 	mkdir -p "$apt/lists/partial" "$apt/archives/partial" "$src"
-	echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian $IVSHMEM_KERNEL_SUITE main" \
-		>"$apt/sources.list"
+	echo "deb $opts$uri $IVSHMEM_KERNEL_SUITE main" >"$apt/sources.list"
 	cat >"$apt/apt.conf" <<-CONF
 	Dir::Etc::SourceList "$apt/sources.list";
 	Dir::Etc::SourceParts "/nonexistent";
@@ -64,7 +124,8 @@ kernel_source() {
 	APT::Sandbox::User "root";
 	CONF
 	export APT_CONFIG=$apt/apt.conf
-	apt-get update -q >/dev/null || die "apt-get update for $IVSHMEM_KERNEL_SUITE failed"
+	apt-get update -q --error-on=any >"$apt/update.log" 2>&1 ||
+		die "apt-get update for $IVSHMEM_KERNEL_SUITE at $uri failed (see $apt/update.log; another archive: IVSHMEM_APT_MIRROR=URL)"
 	rm -f "$src"/*.deb
 	(cd "$src" && apt-get download -q "linux-source-$IVSHMEM_KERNEL_SERIES" >/dev/null) ||
 		die "apt-get download linux-source-$IVSHMEM_KERNEL_SERIES failed"
