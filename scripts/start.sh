@@ -12,7 +12,7 @@ source "$(dirname "$0")/config.sh"
 initrd=${1:-$IVSHMEM_RUN/initramfs.cpio.gz}
 kernel=$(ivshmem_kdir)/arch/x86/boot/bzImage
 [ -f "$kernel" ] || die "no guest kernel at $kernel: run scripts/setup.sh (or make)"
-[ -f "$initrd" ] || die "no guest image at $initrd: run make (it builds one)"
+[ -f "$initrd" ] || die "no guest image at $initrd: build it with scripts/initramfs.sh (README, Manual use)"
 command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 missing: scripts/setup.sh host"
 mkdir -p "$IVSHMEM_RUN"
 
