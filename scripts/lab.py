@@ -6,7 +6,7 @@ Each guest serves commands on its second serial port, a UNIX socket on the host
 "<id> <command>", the guest answers "@@BEGIN <id>", the output, "@@END <id> <status>".
 
     scripts/lab.py wait N [TIMEOUT]          wait until guest N answers
-    scripts/lab.py run N [--timeout S] CMD   run CMD in guest N; exit with its status
+    scripts/lab.py run N [--timeout S] CMD   run CMD in guest N (once it answers); exit with its status
 """
 
 import os
@@ -176,7 +176,9 @@ def main(argv):
             if len(rest) < 3:
                 raise UsageError("run N --timeout SECONDS CMD")
             timeout, rest = number(rest[1], "timeout"), rest[2:]
-        status, out = Guest(n).run(" ".join(rest), timeout)
+        g = Guest(n)
+        g.wait_ready(timeout)  # a guest started a moment ago may still be booting
+        status, out = g.run(" ".join(rest), timeout)
         sys.stdout.write(out)
         return status
     if argv == ["selftest"]:
