@@ -5,13 +5,18 @@
 # $IVSHMEM_RUN/guestN.console, command socket guestN.sock (see scripts/lab.py), pid file
 # guestN.pid. IVSHMEM_ONLY="N ..." starts just those guests (e.g. to rejoin a killed one).
 # Stop everything with scripts/stop.sh.
+# IVSHMEM_FLAVOUR=debug boots the debug kernel (scripts/setup.sh debug), IVSHMEM_KERNEL any bzImage.
 #   scripts/start.sh [INITRAMFS]
 set -euo pipefail
 source "$(dirname "$0")/config.sh"
 
 initrd=${1:-$IVSHMEM_RUN/initramfs.cpio.gz}
-kernel=$(ivshmem_kdir)/arch/x86/boot/bzImage
-[ -f "$kernel" ] || die "no guest kernel at $kernel: run scripts/setup.sh (or make)"
+kernel=${IVSHMEM_KERNEL:-$(ivshmem_kdir)/arch/x86/boot/bzImage}
+if [ ! -f "$kernel" ]; then
+	[ -z "$IVSHMEM_KERNEL" ] || die "no guest kernel at IVSHMEM_KERNEL=$kernel"
+	if [ "$IVSHMEM_FLAVOUR" = debug ]; then die "no debug guest kernel at $kernel: run scripts/setup.sh debug"; fi
+	die "no guest kernel at $kernel: run scripts/setup.sh (or make)"
+fi
 [ -f "$initrd" ] || die "no guest image at $initrd: build it with scripts/initramfs.sh (README, Manual use)"
 command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 missing: scripts/setup.sh host"
 mkdir -p "$IVSHMEM_RUN"
