@@ -77,7 +77,7 @@ unit-test:
 	cd userspace && $(CARGO) test --locked
 
 demo: all
-	bash scripts/demo.sh
+	IVSHMEM_FLAVOUR=release bash scripts/demo.sh
 
 # The VM suite on both guest kernels, as make test runs it; vm-test-release on the release one only.
 vm-test: all module-race module-debug
