@@ -2,16 +2,21 @@
 #
 #   make             module + userspace tools (KDIR defaults to the lab's guest kernel)
 #   make demo        set up what is missing, boot two guests, exchange a message, measure bandwidth
-#   make test        host unit tests, module build + lints, the VM test suite
+#   make test        host unit tests, module build + lints, the VM test suite on both guest kernels
+#   make module-debug the module for the debug guest kernel (KASAN, lockdep): .debug-build/ivshmem.ko
 #   make clean
 #
-# KDIR=/path/to/a/rust-enabled/kernel/build overrides the lab kernel.
+# KDIR=/path/to/a/rust-enabled/kernel/build overrides the lab kernel (KDIR_DEBUG the debug one).
 
 SHELL := /bin/bash
 ROOT := $(CURDIR)
 # Empty KDIR: scripts/setup.sh builds (or finds in its cache) the lab kernel and prints its path.
 KDIR ?=
 KDIR_CMD := $(if $(KDIR),echo $(KDIR),bash $(ROOT)/scripts/setup.sh)
+KDIR_DEBUG ?=
+KDIR_DEBUG_CMD := $(if $(KDIR_DEBUG),echo $(KDIR_DEBUG),bash $(ROOT)/scripts/setup.sh debug)
+# The debug kernel is built with clang; its modules must be too (scripts/config.sh).
+DEBUG_FLAGS := LLVM=$(shell source $(ROOT)/scripts/config.sh && echo $$IVSHMEM_LLVM)
 CARGO ?= cargo
 TOOLS_TARGET := x86_64-unknown-linux-gnu
 TOOLS_DIR := $(ROOT)/userspace/target/$(TOOLS_TARGET)/release
@@ -19,7 +24,7 @@ TOOLS := read_write bandwidth ivshmem ivshmem-check
 
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: module-race all module tools setup demo test vm-test unit-test lint clean rustfmt rustfmt-check clippy
+.PHONY: module-race module-debug vm-test-release all module tools setup demo test vm-test unit-test lint clean rustfmt rustfmt-check clippy
 
 all: module tools
 
@@ -34,11 +39,22 @@ tools:
 	cd userspace && RUSTFLAGS="-C target-feature=+crt-static" \
 		$(CARGO) build --release --locked --target $(TOOLS_TARGET) --bins
 
+# Builds a copy of the module in directory $(1) with `make -C $$kdir`, kdir from command $(2),
+# extra make arguments $(3): the top-level ivshmem.ko stays the release build.
+define copy_build
+	rm -rf $(1) && mkdir -p $(1)
+	cp -r $(ROOT)/Kbuild $(ROOT)/rust $(1)/
+	kdir=$$($(2)) && $(MAKE) -C $$kdir M=$(1) $(3) modules
+endef
+
 # A fault-injection build for the VM suite, in its own directory: see rust/file.rs.
 module-race:
-	rm -rf $(ROOT)/.race-build && mkdir -p $(ROOT)/.race-build
-	cp -r $(ROOT)/Kbuild $(ROOT)/rust $(ROOT)/.race-build/
-	kdir=$$($(KDIR_CMD)) && $(MAKE) -C $$kdir M=$(ROOT)/.race-build IVSHMEM_RACE_DELAY=1 modules
+	$(call copy_build,$(ROOT)/.race-build,$(KDIR_CMD),IVSHMEM_RACE_DELAY=1)
+
+# The module and its fault-injection build for the debug guest kernel.
+module-debug:
+	$(call copy_build,$(ROOT)/.debug-build,$(KDIR_DEBUG_CMD),$(DEBUG_FLAGS))
+	$(call copy_build,$(ROOT)/.debug-race-build,$(KDIR_DEBUG_CMD),$(DEBUG_FLAGS) IVSHMEM_RACE_DELAY=1)
 
 clippy:
 	kdir=$$($(KDIR_CMD)) && $(MAKE) -C $$kdir M=$(ROOT) CLIPPY=1 modules 2>&1 | tee $(ROOT)/.clippy.log
@@ -61,10 +77,14 @@ unit-test:
 	cd userspace && $(CARGO) test --locked
 
 demo: all
-	bash scripts/demo.sh
+	IVSHMEM_FLAVOUR=release bash scripts/demo.sh
 
-vm-test: all module-race
-	python3 scripts/vmtest.py
+# The VM suite on both guest kernels, as make test runs it; vm-test-release on the release one only.
+vm-test: all module-race module-debug
+	python3 scripts/vmtest.py --flavour all
+
+vm-test-release: all module-race
+	python3 scripts/vmtest.py --flavour release
 
 test:
 	bash scripts/test.sh
@@ -72,5 +92,5 @@ test:
 # Without a kernel tree: `make clean` must not build one first.
 clean:
 	rm -f *.o *.ko *.mod *.mod.c .*.cmd modules.order Module.symvers .module-common.o
-	rm -rf rust/*.o rust/.*.cmd rust/*.long-type-*.txt .clippy.log .race-build
+	rm -rf rust/*.o rust/.*.cmd rust/*.long-type-*.txt .clippy.log .race-build .debug-build .debug-race-build
 	cd userspace && $(CARGO) clean

@@ -17,20 +17,45 @@
 : "${IVSHMEM_CACHE:=${XDG_CACHE_HOME:-$HOME/.cache}/ivshmem-rs}" # kernel, bindgen: outside the repo
 : "${IVSHMEM_RUN:=${TMPDIR:-/tmp}/ivshmem-rs-run}" # pid files, sockets, serial logs of running guests
 : "${IVSHMEM_JOBS:=$(( $(nproc) + 1 ))}"     # make -j
+: "${IVSHMEM_FLAVOUR:=release}"              # guest kernel: release | debug (KASAN, lockdep, kmemleak, ...)
+: "${IVSHMEM_KERNEL:=}"                      # start.sh boots this bzImage instead of the flavour's
+: "${IVSHMEM_APT_MIRROR:=}"                  # Debian archive URL for the kernel source (default: the host's apt sources)
 
 IVSHMEM_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 IVSHMEM_FRAGMENT="$IVSHMEM_ROOT/scripts/guest-kernel.config"
+# The debug flavour is the release fragment plus this one.
+IVSHMEM_DEBUG_FRAGMENT="$IVSHMEM_ROOT/scripts/guest-kernel-debug.config"
+# Rust with KASAN needs a clang-built kernel (`config RUST` depends on !KASAN || CC_IS_CLANG), so
+# the debug kernel, and every module built for it, is built with `make LLVM=$IVSHMEM_LLVM`.
+IVSHMEM_LLVM=-19
 export LIBCLANG_PATH="${LIBCLANG_PATH:-/usr/lib/llvm-19/lib}"
 export PATH="$HOME/.cargo/bin:$PATH"
 
 # The kernel build directory is keyed on everything that changes its output: kernel version,
-# config fragment and the exact rustc (out-of-tree Rust modules must use the same compiler).
+# config fragments and the exact rustc (out-of-tree Rust modules must use the same compiler),
+# plus clang for the debug flavour. Release builds are build/linux-*, debug ones build/debug-*.
 ivshmem_kernel_key() {
 	local src_ver frag_hash rustc_hash
 	src_ver=$(cat "$IVSHMEM_CACHE/src/version" 2>/dev/null || echo none)
 	frag_hash=$(sha256sum "$IVSHMEM_FRAGMENT" | cut -c1-12)
 	rustc_hash=$(rustc --version 2>/dev/null | sha256sum | cut -c1-8)
-	echo "linux-$src_ver-$frag_hash-$rustc_hash"
+	if [ "$IVSHMEM_FLAVOUR" = debug ]; then
+		echo "debug-linux-$src_ver-$frag_hash-$(sha256sum "$IVSHMEM_DEBUG_FRAGMENT" | cut -c1-12)-$rustc_hash-$(
+			"clang$IVSHMEM_LLVM" --version 2>/dev/null | head -n1 | sha256sum | cut -c1-8)"
+	else
+		echo "linux-$src_ver-$frag_hash-$rustc_hash"
+	fi
+}
+
+# The config fragments of the flavour, in the order they apply.
+ivshmem_fragments() {
+	echo "$IVSHMEM_FRAGMENT"
+	[ "$IVSHMEM_FLAVOUR" = release ] || echo "$IVSHMEM_DEBUG_FRAGMENT"
+}
+
+# Extra make arguments for the flavour's kernel and its modules.
+ivshmem_make_flags() {
+	[ "$IVSHMEM_FLAVOUR" = release ] || echo "LLVM=$IVSHMEM_LLVM"
 }
 
 ivshmem_kdir() { echo "$IVSHMEM_CACHE/build/$(ivshmem_kernel_key)"; }
@@ -40,4 +65,8 @@ alive() { [ -r "/proc/$1/status" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1
 
 die() { echo "error: $*" >&2; exit 1; }
 step() { echo "==> $*" >&2; }
+case "$IVSHMEM_FLAVOUR" in
+release | debug) ;;
+*) die "IVSHMEM_FLAVOUR must be release or debug, not '$IVSHMEM_FLAVOUR'" ;;
+esac
 export PATH="$IVSHMEM_CACHE/tools/bin:$PATH"

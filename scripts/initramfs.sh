@@ -4,7 +4,11 @@
 # The optional fault-injection build (make module-race) lands as /ivshmem-race.ko.
 set -euo pipefail
 source "$(dirname "$0")/config.sh"
+[ $# -ge 3 ] || die "usage: scripts/initramfs.sh OUTPUT MODULE.ko TOOLS_DIR [RACE-MODULE.ko]"
 out=$1 module=$2 tools=$3
+[ -f "$module" ] || die "no module at $module: build it first (make)"
+[ -z "${4:-}" ] || [ -f "$4" ] || die "no module at $4: build it first (make module-race)"
+mkdir -p "$(dirname "$out")" || die "cannot create the directory of $out"
 busybox=$(command -v busybox) || die "busybox-static is not installed (scripts/setup.sh host)"
 { ldd "$busybox" 2>&1 || true; } | grep -qE "not a dynamic|statically linked" || die "$busybox is not static: install busybox-static"
 tmp=$(mktemp -d)

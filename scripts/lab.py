@@ -6,7 +6,7 @@ Each guest serves commands on its second serial port, a UNIX socket on the host
 "<id> <command>", the guest answers "@@BEGIN <id>", the output, "@@END <id> <status>".
 
     scripts/lab.py wait N [TIMEOUT]          wait until guest N answers
-    scripts/lab.py run N [--timeout S] CMD   run CMD in guest N; exit with its status
+    scripts/lab.py run N [--timeout S] CMD   run CMD in guest N (once it answers); exit with its status
 """
 
 import os
@@ -41,10 +41,21 @@ class Guest:
         except (OSError, ValueError):
             return False
 
+    def not_running(self):
+        if os.path.exists(self.console):
+            return GuestError(f"guest {self.n} is not running (see {self.console})")
+        return GuestError(f"guest {self.n} is not running (no live pid in {self.pidfile}): start it with scripts/start.sh")
+
     def _connect(self):
         if self.sock is None:
+            if not self.alive():
+                raise self.not_running()
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            s.connect(self.sock_path)
+            try:
+                s.connect(self.sock_path)
+            except OSError as e:
+                s.close()
+                raise GuestError(f"guest {self.n}: cannot connect to {self.sock_path}: {e.strerror or e}") from e
             self.sock = s
             self.buf = b""
 
@@ -69,6 +80,9 @@ class Guest:
                 if not self.alive():
                     raise GuestError(f"guest {self.n} died (see {self.console})")
                 continue
+            except OSError as e:
+                self.close()
+                raise GuestError(f"guest {self.n}: command port: {e.strerror or e}") from e
             if not data:
                 self.close()
                 raise GuestError(f"guest {self.n} closed its command port")
@@ -79,7 +93,11 @@ class Guest:
             raise ValueError("commands are one line")
         self._connect()
         tag = uuid.uuid4().hex[:12]
-        self.sock.sendall(f"{tag} {cmd}\n".encode())
+        try:
+            self.sock.sendall(f"{tag} {cmd}\n".encode())
+        except OSError as e:
+            self.close()
+            raise GuestError(f"guest {self.n}: command port: {e.strerror or e}") from e
         deadline = time.monotonic() + timeout
         m = self._read_until(re.escape(f"@@BEGIN {tag}\n".encode()), deadline)
         if m is None:
@@ -97,7 +115,7 @@ class Guest:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.alive():
-                raise GuestError(f"guest {self.n} is not running (see {self.console})")
+                raise self.not_running()
             try:
                 r = self._send("echo ready", 2)
                 if r is not None and r[1].strip() == "ready":
@@ -135,16 +153,32 @@ def pattern(seed, start, length):
     return bytes(out[start % 8:start % 8 + length])
 
 
+class UsageError(Exception):
+    pass
+
+
+def number(text, what):
+    try:
+        return int(text) if what == "guest number" else float(text)
+    except ValueError:
+        raise UsageError(f"{what} must be a number, not '{text}'") from None
+
+
 def main(argv):
-    if len(argv) >= 2 and argv[0] == "wait":
-        Guest(int(argv[1])).wait_ready(float(argv[2]) if len(argv) > 2 else 180)
+    if argv[:1] == ["wait"] and len(argv) in (2, 3):
+        n = number(argv[1], "guest number")
+        Guest(n).wait_ready(number(argv[2], "timeout") if len(argv) > 2 else 180)
         return 0
-    if len(argv) >= 3 and argv[0] == "run":
-        n, rest = int(argv[1]), argv[2:]
+    if argv[:1] == ["run"] and len(argv) >= 3:
+        n, rest = number(argv[1], "guest number"), argv[2:]
         timeout = 120
         if rest[0] == "--timeout":
-            timeout, rest = float(rest[1]), rest[2:]
-        status, out = Guest(n).run(" ".join(rest), timeout)
+            if len(rest) < 3:
+                raise UsageError("run N --timeout SECONDS CMD")
+            timeout, rest = number(rest[1], "timeout"), rest[2:]
+        g = Guest(n)
+        g.wait_ready(timeout)  # a guest started a moment ago may still be booting
+        status, out = g.run(" ".join(rest), timeout)
         sys.stdout.write(out)
         return status
     if argv == ["selftest"]:
@@ -159,6 +193,11 @@ def main(argv):
 if __name__ == "__main__":
     try:
         sys.exit(main(sys.argv[1:]))
-    except GuestError as e:
+    except UsageError as e:
+        print(f"lab: {e}", file=sys.stderr)
+        sys.exit(2)
+    except (GuestError, ValueError) as e:  # ValueError: a command of several lines
         print(f"lab: {e}", file=sys.stderr)
         sys.exit(125)
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
 # Installs what the lab needs and builds the guest kernel. Idempotent: a warm cache is reused.
-#   scripts/setup.sh            everything
+# Prints the kernel build directory.
+#   scripts/setup.sh            everything, release guest kernel
+#   scripts/setup.sh debug      everything, debug guest kernel (KASAN, lockdep, ...; about 10 min)
 #   scripts/setup.sh host       host packages and tools only
 set -euo pipefail
+case "${1:-}" in
+"" | release | host) IVSHMEM_FLAVOUR=release ;;
+debug) IVSHMEM_FLAVOUR=debug ;;
+*) echo "usage: scripts/setup.sh [release | debug | host]" >&2; exit 2 ;;
+esac
 source "$(dirname "$0")/config.sh"
 
-APT_PACKAGES=(qemu-system-x86 busybox-static libclang-19-dev clang-19 bc flex bison libelf-dev
-	libssl-dev cpio xz-utils kmod python3 gcc make)
+APT_PACKAGES=(qemu-system-x86 busybox-static libclang-19-dev clang-19 lld-19 llvm-19 bc flex bison
+	libelf-dev libssl-dev cpio xz-utils kmod python3 gcc make)
 BINDGEN_MIN=0.71.1
 
 need_root() {
@@ -30,7 +37,7 @@ host_packages() {
 version_ge() { [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n1)" = "$2" ]; }
 
 rust_tools() {
-	command -v rustc >/dev/null || die "no rustc: install Rust with rustup (https://rustup.rs)"
+	command -v rustc >/dev/null || die "no rustc: install Rust with rustup"
 	if ! rustup component list --installed 2>/dev/null | grep -q '^rust-src'; then
 		step "adding rustup component rust-src"
 		rustup component add rust-src || die "rustup component add rust-src failed"
@@ -45,16 +52,76 @@ rust_tools() {
 	fi
 }
 
+# The Debian archive the host's apt uses, as "URI KEYRING" (KEYRING may be empty): the entry
+# whose suite is the host's release codename (not -updates, not -security). Reads one-line
+# (*.list) and deb822 (*.sources) files. IVSHMEM_APT_MIRROR overrides it.
+host_mirror() {
+	if [ -n "$IVSHMEM_APT_MIRROR" ]; then
+		local key=/usr/share/keyrings/debian-archive-keyring.gpg
+		[ -f "$key" ] || key=
+		echo "$IVSHMEM_APT_MIRROR $key"
+		return 0
+	fi
+	local codename found=""
+	codename=$(. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-}")
+	if [ -n "$codename" ]; then
+		local lists=() sources=() f
+		for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do [ -f "$f" ] && lists+=("$f"); done
+		for f in /etc/apt/sources.list.d/*.sources; do [ -f "$f" ] && sources+=("$f"); done
+		# deb [opt=v ...] URI SUITE COMPONENT...
+		[ ${#lists[@]} -eq 0 ] || found=$(awk -v want="$codename" '
+			/^[[:space:]]*deb[[:space:]]/ {
+				sub(/#.*/, ""); key = ""; line = $0
+				if (match(line, /\[[^]]*\]/)) {
+					opts = substr(line, RSTART + 1, RLENGTH - 2)
+					line = substr(line, 1, RSTART - 1) substr(line, RSTART + RLENGTH)
+					n = split(opts, o, /[[:space:]]+/)
+					for (i = 1; i <= n; i++) if (o[i] ~ /^signed-by=/) key = substr(o[i], 11)
+				}
+				split(line, w, /[[:space:]]+/); j = (w[1] == "") ? 2 : 1
+				if (w[j + 2] == want) { print w[j + 1], key; exit }
+			}' "${lists[@]}")
+		# Stanzas of "Field: value" lines; a continuation line starts with a space.
+		[ -n "$found" ] || [ ${#sources[@]} -eq 0 ] || found=$(awk -v want="$codename" '
+			function flush() {
+				if (types ~ /(^| )deb( |$)/ && tolower(enabled) != "no" && (" " suites " ") ~ (" " want " ") && uris != "") {
+					split(uris, u, " "); print u[1], key; found = 1; exit
+				}
+				types = uris = suites = key = enabled = ""
+			}
+			/^[[:space:]]*#/ { next }
+			/^[[:space:]]*$/ { flush(); next }
+			/^[^[:space:]]/ {
+				field = tolower($0); sub(/:.*/, "", field); value = $0; sub(/^[^:]*:[[:space:]]*/, "", value)
+				gsub(/[[:space:]]+/, " ", value)
+				if (field == "types") types = value
+				else if (field == "uris") uris = value
+				else if (field == "suites") suites = value
+				else if (field == "enabled") enabled = value
+				else if (field == "signed-by") key = (value == "") ? "(inline)" : value
+			}
+			END { if (!found) flush() }' "${sources[@]}")
+	fi
+	[ -n "$found" ] || die "no Debian archive in the host's apt sources; set IVSHMEM_APT_MIRROR=URL"
+	# An inline (armored) Signed-By cannot be passed on: fall back to apt's trusted keys.
+	case "$found" in *" (inline)") found="${found% (inline)} " ;; esac
+	echo "$found"
+}
+
 # Fetches Debian's linux-source-<series> through a private apt configuration, so the host's
-# sources stay untouched. Result: $IVSHMEM_CACHE/src/linux (a symlink) and src/version.
+# sources stay untouched; the archive is the host's (host_mirror). Result: src/linux-VERSION
+# and src/version under $IVSHMEM_CACHE.
 kernel_source() {
 	local src=$IVSHMEM_CACHE/src
 	[ -f "$src/version" ] && [ -f "$src/linux-$(cat "$src/version")/Makefile" ] && return 0
-	step "fetching linux-source-$IVSHMEM_KERNEL_SERIES from $IVSHMEM_KERNEL_SUITE"
+	local mirror uri key opts=""
+	mirror=$(host_mirror) || exit 1
+	uri=${mirror%% *} key=${mirror#* }
+	[ -z "$key" ] || opts="[signed-by=$key] "
+	step "fetching linux-source-$IVSHMEM_KERNEL_SERIES from $IVSHMEM_KERNEL_SUITE at $uri"
 	local apt=$IVSHMEM_CACHE/apt
 	mkdir -p "$apt/lists/partial" "$apt/archives/partial" "$src"
-	echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian $IVSHMEM_KERNEL_SUITE main" \
-		>"$apt/sources.list"
+	echo "deb $opts$uri $IVSHMEM_KERNEL_SUITE main" >"$apt/sources.list"
 	cat >"$apt/apt.conf" <<-CONF
 	Dir::Etc::SourceList "$apt/sources.list";
 	Dir::Etc::SourceParts "/nonexistent";
@@ -64,7 +131,8 @@ kernel_source() {
 	APT::Sandbox::User "root";
 	CONF
 	export APT_CONFIG=$apt/apt.conf
-	apt-get update -q >/dev/null || die "apt-get update for $IVSHMEM_KERNEL_SUITE failed"
+	apt-get update -q --error-on=any >"$apt/update.log" 2>&1 ||
+		die "apt-get update for $IVSHMEM_KERNEL_SUITE at $uri failed (see $apt/update.log; another archive: IVSHMEM_APT_MIRROR=URL)"
 	rm -f "$src"/*.deb
 	(cd "$src" && apt-get download -q "linux-source-$IVSHMEM_KERNEL_SERIES" >/dev/null) ||
 		die "apt-get download linux-source-$IVSHMEM_KERNEL_SERIES failed"
@@ -81,48 +149,63 @@ kernel_source() {
 }
 
 kernel_build() {
-	local ksrc kdir
+	local ksrc kdir flags frags=()
 	ksrc=$IVSHMEM_CACHE/src/linux-$(cat "$IVSHMEM_CACHE/src/version")
 	kdir=$(ivshmem_kdir)
 	[ -f "$kdir/.ivshmem-built" ] && return 0
-	step "building guest kernel in $kdir (about 6 minutes on 2 cores)"
+	read -r -a flags <<<"$(ivshmem_make_flags)"
+	mapfile -t frags < <(ivshmem_fragments)
+	if [ "$IVSHMEM_FLAVOUR" = debug ]; then
+		step "building debug guest kernel in $kdir (about 10 minutes on 2 cores)"
+	else
+		step "building guest kernel in $kdir (about 6 minutes on 2 cores)"
+	fi
 	rm -rf "$kdir" && mkdir -p "$kdir"
-	make -s -C "$ksrc" O="$kdir" tinyconfig >/dev/null
-	"$ksrc/scripts/kconfig/merge_config.sh" -m -O "$kdir" "$kdir/.config" "$IVSHMEM_FRAGMENT" >/dev/null
-	make -s -C "$ksrc" O="$kdir" olddefconfig >/dev/null
-	make -s -C "$ksrc" O="$kdir" rustavailable >/dev/null 2>&1 ||
-		die "kernel says Rust is not available: $(make -C "$ksrc" O="$kdir" rustavailable 2>&1 | tail -n3)"
+	make -s -C "$ksrc" O="$kdir" "${flags[@]}" tinyconfig >/dev/null
+	"$ksrc/scripts/kconfig/merge_config.sh" -m -O "$kdir" "$kdir/.config" "${frags[@]}" >/dev/null
+	make -s -C "$ksrc" O="$kdir" "${flags[@]}" olddefconfig >/dev/null
+	make -s -C "$ksrc" O="$kdir" "${flags[@]}" rustavailable >/dev/null 2>&1 ||
+		die "kernel says Rust is not available: $(make -C "$ksrc" O="$kdir" "${flags[@]}" rustavailable 2>&1 | tail -n3)"
+	# The last setting of each option wins (the debug fragment comes after the release one).
 	local line missing=0
 	while read -r line; do
-		case "$line" in CONFIG_*=y) grep -qx "$line" "$kdir/.config" || { echo "config: $line did not stick" >&2; missing=1; } ;; esac
-	done <"$IVSHMEM_FRAGMENT"
+		grep -qx "$line" "$kdir/.config" || { echo "config: $line did not stick" >&2; missing=1; }
+	done < <(awk -F= '/^CONFIG_[A-Za-z0-9_]+=/ { v[$1] = $0; if (!($1 in seen)) { seen[$1] = 1; k[++n] = $1 } }
+		END { for (i = 1; i <= n; i++) if (v[k[i]] ~ /=y$/) print v[k[i]] }' "${frags[@]}")
 	[ $missing = 0 ] || die "guest kernel config is incomplete (see above)"
-	make -C "$ksrc" O="$kdir" -j"$IVSHMEM_JOBS" bzImage modules_prepare modules >"$kdir/build.log" 2>&1 ||
+	make -C "$ksrc" O="$kdir" "${flags[@]}" -j"$IVSHMEM_JOBS" bzImage modules_prepare modules >"$kdir/build.log" 2>&1 ||
 		die "kernel build failed; last lines of $kdir/build.log:
 $(tail -n 20 "$kdir/build.log")"
 	touch "$kdir/.ivshmem-built"
-	ln -sfn "$kdir" "$IVSHMEM_CACHE/kernel"
-	# Builds for older fragments or compilers are not used again: free their space.
-	local old
-	for old in "$IVSHMEM_CACHE"/build/*; do
+	if [ "$IVSHMEM_FLAVOUR" = release ]; then ln -sfn "$kdir" "$IVSHMEM_CACHE/kernel"; else ln -sfn "$kdir" "$IVSHMEM_CACHE/kernel-debug"; fi
+	# Builds of this flavour for older fragments or compilers are not used again: free their
+	# space. The other flavour's builds stay.
+	local old pattern=linux-*
+	[ "$IVSHMEM_FLAVOUR" = release ] || pattern=debug-*
+	for old in "$IVSHMEM_CACHE"/build/$pattern; do
 		[ "$old" = "$kdir" ] || rm -rf "$old"
 	done
 }
 
 mkdir -p "$IVSHMEM_CACHE"
 [ -w "$IVSHMEM_CACHE" ] || die "cache directory $IVSHMEM_CACHE is not writable"
-# One setup at a time (a second waits): two builds in one directory would wreck each other.
-# The lock is released when this process exits, however it exits.
+# Locks (a second run waits; each is released when this process exits, however it exits):
+# .setup.lock for packages, tools and the kernel source, which both flavours share; then one per
+# flavour for its kernel build, so a debug build does not hold up a release one, nor the reverse.
 exec 9>"$IVSHMEM_CACHE/.setup.lock"
 flock 9
-avail=$(df -Pk "$IVSHMEM_CACHE" | awk 'NR==2 {print $4}')
-[ "$avail" -gt 4000000 ] || [ -f "$(ivshmem_kdir)/.ivshmem-built" ] ||
-	die "less than 4 GB free in $IVSHMEM_CACHE: no space for the kernel build"
 export PATH="$IVSHMEM_CACHE/tools/bin:$PATH"
 
 host_packages
 rust_tools
 [ "${1:-}" = host ] && exit 0
 kernel_source
+exec 9>&-
+
+exec 8>"$IVSHMEM_CACHE/.setup-$IVSHMEM_FLAVOUR.lock"
+flock 8
+avail=$(df -Pk "$IVSHMEM_CACHE" | awk 'NR==2 {print $4}')
+[ "$avail" -gt 4000000 ] || [ -f "$(ivshmem_kdir)/.ivshmem-built" ] ||
+	die "less than 4 GB free in $IVSHMEM_CACHE: no space for the kernel build"
 kernel_build
 echo "$(ivshmem_kdir)"

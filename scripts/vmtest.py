@@ -7,6 +7,12 @@ BAR above 4 GiB, where x86 MTRRs allow write-back); three guests in doorbell mod
 ivshmem-server; two guests on a hugetlbfs file as in the seeds. Prints one line per check and a
 closing "N passed, N failed"; exits non-zero on any failure, after printing the guests'
 console logs. Needs the module and tools built (make).
+
+    scripts/vmtest.py [--flavour release|debug|all] [PHASE...]
+
+The flavour is the guest kernel (default: $IVSHMEM_FLAVOUR, else release). The debug kernel
+(scripts/setup.sh debug, make module-debug) has KASAN, lockdep, atomic-sleep and list checks
+and kmemleak; any report they make in dmesg fails the suite. Timing figures are skipped there.
 """
 
 import os
@@ -30,7 +36,18 @@ MAIN_SIZE = 64 << 20
 SMALL_SIZE = 4 << 20
 BIG_SIZE = 4 << 30
 MESSAGE = "Other VM says hello world!"
-BAD_DMESG = re.compile(r"WARNING:|BUG:|BUG |Oops|Kernel panic|Call Trace|general protection fault|kmemleak: \d+ new suspected")
+# Reports, not banners: the debug kernel's "KernelAddressSanitizer initialized" and lockdep's
+# "Lock dependency validator" boot lines must not match.
+BAD_DMESG = re.compile(r"WARNING:|BUG:|BUG |Oops|Kernel panic|Call Trace|general protection fault"
+                       r"|kmemleak: \d+ new suspected|BUG: KASAN|possible circular locking"
+                       r"|possible recursive locking|inconsistent lock state|BUG: sleeping function"
+                       r"|list_add corruption|list_del corruption|UBSAN")
+# The guest kernel under test (main() sets it): "release" or "debug".
+FLAVOUR = "release"
+# Module builds per flavour: the driver and its fault-injection build (Makefile).
+MODULES = {"release": (os.path.join(ROOT, "ivshmem.ko"), os.path.join(ROOT, ".race-build/ivshmem.ko"), "make all module-race"),
+           "debug": (os.path.join(ROOT, ".debug-build/ivshmem.ko"), os.path.join(ROOT, ".debug-race-build/ivshmem.ko"),
+                     "make module-debug")}
 
 
 class Failure(Exception):
@@ -65,6 +82,16 @@ class Suite:
             self.record(name, False, str(e))
         except Exception:  # a bug in the test itself still counts as a failure
             self.record(name, False, traceback.format_exc())
+
+    def figure(self, name, fn):
+        """A check whose point is a figure of time or memory: skipped on the debug kernel, where
+        KASAN and lockdep make timings meaningless and slow, and KASAN's quarantine holds on to
+        freed memory."""
+        if FLAVOUR == "debug":
+            self.skipped += 1
+            print(f"SKIP {name}: a figure, debug kernel", flush=True)
+        else:
+            self.test(name, fn)
 
     # --- the lab -------------------------------------------------------------------------
 
@@ -264,7 +291,7 @@ def main_lab(s):
         m = re.search(r"MemAvailable dropped (-?\d+) kB \((-?\d+) bytes per child\)", out)
         check(m, out)
         check(int(m.group(2)) < 1024, f"kernel memory kept per departed child: {out}")
-    s.test("processes that mapped and exited are forgotten while a file stays open", churn)
+    s.figure("processes that mapped and exited are forgotten while a file stays open", churn)
 
     def read_write():
         _, out = s.sh(1, "read_write")
@@ -439,7 +466,7 @@ def high_lab(s):
         _, out = s.sh(1, "ivshmem touch -d 1 --len 1G", timeout=600)
         print("  measured: " + out.strip(), flush=True)
         check("first read of 262144 pages" in out, out)
-    s.test("1 GiB mmap + first touch of every page (figure printed)", touch_1g)
+    s.figure("1 GiB mmap + first touch of every page (figure printed)", touch_1g)
 
     s.test("dmesg clean with a 4 GiB device", lambda: s.dmesg_clean(1))
 
@@ -546,7 +573,8 @@ def doorbell_lab(s):
             pong = wait_line(2, "/tmp/pp.out", "exit=", 60)
             check(f"answered {rounds} rounds" in pong and "exit=0" in pong, pong)
         return run
-    s.test("pingpong: 10,000 doorbell rounds lose no wake-up (figures printed)", pingpong("doorbell", 10000))
+    rounds = 10000 if FLAVOUR == "release" else 1000  # the debug kernel is several times slower
+    s.test(f"pingpong: {rounds:,} doorbell rounds lose no wake-up (figures printed)", pingpong("doorbell", rounds))
     s.test("pingpong: spin mode (figures printed)", pingpong("spin", 2000))
 
     def removal_wakes_waiter():
@@ -717,29 +745,66 @@ def fuzz_lab(s):
     s.test("fuzz: no leaks (kmemleak), dmesg clean in both guests", clean)
 
 
+def run_flavour(s, flavour, phases):
+    """Runs the phases on one guest kernel flavour."""
+    global FLAVOUR
+    FLAVOUR = flavour
+    os.environ["IVSHMEM_FLAVOUR"] = flavour  # start.sh boots this flavour's kernel
+    module, race_module, make = MODULES[flavour]
+    missing = [m for m in (module, race_module) if not os.path.exists(m)]
+    if missing:
+        s.record(f"{flavour} guest image", False, f"no {' '.join(missing)}: run {make}")
+        return
+    try:
+        subprocess.run(["bash", os.path.join(ROOT, "scripts/initramfs.sh"), os.path.join(RUN, "initramfs.cpio.gz"),
+                        module, TOOLS, race_module], check=True)
+    except subprocess.CalledProcessError as e:
+        s.record(f"{flavour} guest image", False, str(e))
+        return
+    for phase in phases:
+        try:
+            phase(s)
+            if flavour == "debug":
+                # Reports can come at any time: a last look at every guest still up.
+                for i, g in enumerate(s.guests, 1):
+                    if g.alive():
+                        s.test(f"{phase.__name__}: guest {i}'s dmesg has no KASAN/lockdep/WARNING/BUG report",
+                               lambda i=i: s.dmesg_clean(i))
+        except (lab.GuestError, subprocess.SubprocessError, OSError) as e:
+            s.record(f"{phase.__name__} lab", False, str(e))
+        if s.failed:
+            s.console_logs()
+        s.stop()
+
+
 def main():
+    phases = [main_lab, high_lab, doorbell_lab, hugetlb_lab, fuzz_lab]
+    args = sys.argv[1:]
+    flavours = [os.environ.get("IVSHMEM_FLAVOUR", "release")]
+    if args[:1] == ["--flavour"]:
+        flavours = ["release", "debug"] if args[1:2] == ["all"] else args[1:2]
+        args = args[2:]
+    names = [p.__name__ for p in phases]
+    bad = [f for f in flavours if f not in MODULES] + [a for a in args if a not in names]
+    if not flavours or bad:
+        print(f"vmtest: unknown flavour or phase {' '.join(bad)}; usage: vmtest.py [--flavour release|debug|all] "
+              f"[{'|'.join(names)}...]", file=sys.stderr)
+        return 2
+    if args:  # e.g. scripts/vmtest.py doorbell_lab
+        phases = [p for p in phases if p.__name__ in args]
     s = Suite()
 
     def on_signal(signum, _frame):
         raise KeyboardInterrupt(f"signal {signum}")
     signal.signal(signal.SIGTERM, on_signal)
     os.makedirs(RUN, exist_ok=True)
-    started = time.monotonic()
     try:
-        subprocess.run(["bash", os.path.join(ROOT, "scripts/initramfs.sh"), os.path.join(RUN, "initramfs.cpio.gz"),
-                        os.path.join(ROOT, "ivshmem.ko"), TOOLS, os.path.join(ROOT, ".race-build/ivshmem.ko")],
-                       check=True)
-        phases = [main_lab, high_lab, doorbell_lab, hugetlb_lab, fuzz_lab]
-        if len(sys.argv) > 1:  # e.g. scripts/vmtest.py doorbell_lab
-            phases = [p for p in phases if p.__name__ in sys.argv[1:]]
-        for phase in phases:
-            try:
-                phase(s)
-            except (lab.GuestError, subprocess.SubprocessError, OSError) as e:
-                s.record(f"{phase.__name__} lab", False, str(e))
-            if s.failed:
-                s.console_logs()
-            s.stop()
+        for flavour in flavours:
+            started = time.monotonic()
+            if len(flavours) > 1:
+                print(f"===== VM suite on the {flavour} guest kernel", flush=True)
+            run_flavour(s, flavour, phases)
+            print(f"VM suite ({flavour} kernel) took {time.monotonic() - started:.0f} s", flush=True)
     finally:
         s.stop()
         for suffix in ("", ".1"):
@@ -747,7 +812,6 @@ def main():
                 os.unlink(SHM + suffix)
             except OSError:
                 pass
-    print(f"VM suite took {time.monotonic() - started:.0f} s")
     skipped = f", {s.skipped} skipped" if s.skipped else ""
     print(f"{s.passed} passed, {len(s.failed)} failed{skipped}")
     return 1 if s.failed else 0
