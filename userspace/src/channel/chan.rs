@@ -447,14 +447,14 @@ impl Channel {
                 if !live(s[x]) {
                     continue;
                 }
-                let hb = self.w64(self.sides[x] + SIDE_HEARTBEAT as usize).load(Relaxed);
+                let hb = self
+                    .w64(self.sides[x] + SIDE_HEARTBEAT as usize)
+                    .load(Relaxed);
                 match watch[x] {
                     Some((ws, v, since)) if ws == sess && v == hb => {
                         if now.duration_since(since) > self.liveness {
                             let dead = with_state(w, x, DEAD);
-                            let _ = self
-                                .w64(ctl)
-                                .compare_exchange(w, dead, Relaxed, Relaxed);
+                            let _ = self.w64(ctl).compare_exchange(w, dead, Relaxed, Relaxed);
                             watch[x] = None;
                         }
                     }
@@ -594,7 +594,10 @@ impl Channel {
     /// Bytes (at least `want`) readable now; `Some(0)` at the end of the stream.
     fn readable(&mut self, want: u64) -> Result<Option<u64>, ChannelError> {
         let prod = self.mem.w64(self.inp.prod);
-        let n = self.rx.avail::<Std>(prod, want).map_err(ChannelError::Corrupt)?;
+        let n = self
+            .rx
+            .avail::<Std>(prod, want)
+            .map_err(ChannelError::Corrupt)?;
         if n >= want {
             return Ok(Some(n));
         }
@@ -603,7 +606,10 @@ impl Channel {
         if self.w32(self.inp.closed).load(Acquire) == 0 {
             return Ok(None);
         }
-        let n = self.rx.avail::<Std>(prod, want).map_err(ChannelError::Corrupt)?;
+        let n = self
+            .rx
+            .avail::<Std>(prod, want)
+            .map_err(ChannelError::Corrupt)?;
         match n {
             n if n >= want => Ok(Some(n)),
             0 => Ok(Some(0)),
@@ -658,7 +664,7 @@ impl Channel {
                 if self.spin_hint {
                     std::hint::spin_loop();
                 }
-                if i % CHECK_EVERY != 0 {
+                if !i.is_multiple_of(CHECK_EVERY) {
                     continue;
                 }
             }
@@ -716,7 +722,9 @@ impl Channel {
         match s[peer] {
             FREE => Ok(()),
             ATTACHED => {
-                let hb = self.w64(self.sides[peer] + SIDE_HEARTBEAT as usize).load(Relaxed);
+                let hb = self
+                    .w64(self.sides[peer] + SIDE_HEARTBEAT as usize)
+                    .load(Relaxed);
                 match self.peer_hb {
                     Some((ps, v, since)) if ps == sess && v == hb => {
                         if now.duration_since(since) > self.liveness {
@@ -797,13 +805,24 @@ impl Channel {
         Ok(())
     }
 
+    /// Before writing: this end may write, and someone may still read (one load of the
+    /// control word, which changes only when an end comes or goes).
     fn check_write(&self) -> Result<(), ChannelError> {
         if self.write_closed {
             return Err(ChannelError::PeerGone(
                 "this end closed its write side".into(),
             ));
         }
-        Ok(())
+        let (s, sess) = decode(self.w64(self.ctl).load(Acquire))?;
+        if sess != self.session || s[self.side] != ATTACHED {
+            return Err(ChannelError::PeerGone("this end was detached".into()));
+        }
+        match s[1 - self.side] {
+            CLOSED | DEAD => Err(ChannelError::PeerGone(
+                "the peer left the channel; nobody reads any more".into(),
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Ends this side's byte stream or message sequence: the peer reads what is in the ring,
@@ -882,7 +901,9 @@ impl Channel {
     pub fn write_slice(&mut self) -> io::Result<WriteSlice<'_>> {
         self.usable(Kind::Stream)?;
         self.check_write()?;
-        let free = self.wait(Dir::Out, |c| c.writable(1)).map_err(|e| self.fail(e))?;
+        let free = self
+            .wait(Dir::Out, |c| c.writable(1))
+            .map_err(|e| self.fail(e))?;
         let off = (self.tx.pos & (self.out.cap - 1)) as usize;
         let len = (free as usize).min(self.out.cap as usize - off);
         Ok(WriteSlice {
@@ -897,7 +918,9 @@ impl Channel {
     /// was used.
     pub fn read_slice(&mut self) -> io::Result<ReadSlice<'_>> {
         self.usable(Kind::Stream)?;
-        let avail = self.wait(Dir::In, |c| c.readable(1)).map_err(|e| self.fail(e))?;
+        let avail = self
+            .wait(Dir::In, |c| c.readable(1))
+            .map_err(|e| self.fail(e))?;
         let off = (self.rx.pos & (self.inp.cap - 1)) as usize;
         let len = (avail as usize).min(self.inp.cap as usize - off);
         Ok(ReadSlice {
@@ -932,7 +955,9 @@ impl io::Write for Channel {
         if buf.is_empty() {
             return Ok(0);
         }
-        let free = self.wait(Dir::Out, |c| c.writable(1)).map_err(|e| self.fail(e))?;
+        let free = self
+            .wait(Dir::Out, |c| c.writable(1))
+            .map_err(|e| self.fail(e))?;
         let n = buf.len().min(free as usize);
         self.copy_to_ring(self.tx.pos, &buf[..n]);
         self.publish(n as u64)?;
@@ -958,7 +983,9 @@ impl io::Read for Channel {
         if buf.is_empty() {
             return Ok(0);
         }
-        let avail = self.wait(Dir::In, |c| c.readable(1)).map_err(|e| self.fail(e))?;
+        let avail = self
+            .wait(Dir::In, |c| c.readable(1))
+            .map_err(|e| self.fail(e))?;
         let n = buf.len().min(avail as usize);
         self.copy_from_ring(self.rx.pos, buf.as_mut_ptr(), n);
         self.release(n as u64)?;
@@ -1005,7 +1032,9 @@ pub struct WriteSlice<'a> {
 
 impl std::fmt::Debug for WriteSlice<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WriteSlice").field("len", &self.len).finish()
+        f.debug_struct("WriteSlice")
+            .field("len", &self.len)
+            .finish()
     }
 }
 
@@ -1143,5 +1172,297 @@ impl ReadSlice<'_> {
             .into());
         }
         self.chan.release(n as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::channel::FdWaker;
+    use std::io::{Read, Write};
+
+    fn pair(opts: &Options) -> (Region, Channel, Channel) {
+        let r = Region::anonymous(1 << 20).unwrap();
+        let a = Channel::open(&r, "t", opts).unwrap();
+        let b = Channel::open(&r, "t", opts).unwrap();
+        (r, a, b)
+    }
+
+    fn kind_of(e: &io::Error) -> io::ErrorKind {
+        e.kind()
+    }
+
+    #[test]
+    fn stream_wraps_and_writes_partially() {
+        let (_r, mut a, mut b) = pair(&Options::new().capacity(64));
+        assert_eq!((a.side(), b.side()), (0, 1));
+        assert_eq!(a.epoch(), b.epoch());
+        let data: Vec<u8> = (0..=255).collect();
+        let mut got = Vec::new();
+        let mut sent = 0;
+        let mut buf = [0u8; 40];
+        while got.len() < data.len() {
+            if sent < data.len() {
+                let n = a.write(&data[sent..]).unwrap();
+                assert!(n >= 1 && n <= 64 - (sent - got.len()));
+                sent += n;
+            }
+            let n = b.read(&mut buf).unwrap();
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, data);
+        // Full ring: a partial write, then WouldBlock.
+        a.set_nonblocking(true);
+        assert_eq!(a.write(&[7u8; 100]).unwrap(), 64);
+        assert_eq!(
+            kind_of(&a.write(&[7u8]).unwrap_err()),
+            io::ErrorKind::WouldBlock
+        );
+        a.set_nonblocking(false);
+        a.set_write_timeout(Some(Duration::from_millis(30)));
+        let t = Instant::now();
+        assert_eq!(
+            kind_of(&a.write(&[7u8]).unwrap_err()),
+            io::ErrorKind::TimedOut
+        );
+        assert!(t.elapsed() >= Duration::from_millis(30));
+        a.close_write().unwrap();
+        let mut rest = Vec::new();
+        b.read_to_end(&mut rest).unwrap();
+        assert_eq!(rest, [7u8; 64]);
+        assert_eq!(b.read(&mut buf).unwrap(), 0, "EOF stays EOF");
+        assert_eq!(
+            kind_of(&a.write(b"x").unwrap_err()),
+            io::ErrorKind::BrokenPipe
+        );
+    }
+
+    #[test]
+    fn empty_ring_would_block_or_time_out() {
+        let (_r, _a, mut b) = pair(&Options::new());
+        let mut buf = [0u8; 8];
+        b.set_nonblocking(true);
+        assert_eq!(
+            kind_of(&b.read(&mut buf).unwrap_err()),
+            io::ErrorKind::WouldBlock
+        );
+        b.set_nonblocking(false);
+        b.set_read_timeout(Some(Duration::from_millis(20)));
+        assert_eq!(
+            kind_of(&b.read(&mut buf).unwrap_err()),
+            io::ErrorKind::TimedOut
+        );
+    }
+
+    #[test]
+    fn messages_keep_their_boundaries() {
+        let opts = Options::new().kind(Kind::Messages).capacity(128);
+        let (r, mut a, mut b) = pair(&opts);
+        assert_eq!(a.max_message(), 120);
+        let mut buf = Vec::new();
+        for round in 0..50usize {
+            let len = (round * 7) % 121;
+            let msg: Vec<u8> = (0..len).map(|i| (i + round) as u8).collect();
+            a.send(&msg).unwrap();
+            assert_eq!(b.recv(&mut buf).unwrap(), Some(len));
+            assert_eq!(buf, msg);
+        }
+        let e = a.send(&[0u8; 121]).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        assert!(e.to_string().contains("121 bytes is larger"), "{e}");
+        // Two that fit together, the third waits.
+        a.set_nonblocking(true);
+        a.send(&[1; 50]).unwrap();
+        a.send(&[2; 50]).unwrap();
+        assert_eq!(
+            a.send(&[3; 50]).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
+        assert_eq!(b.recv(&mut buf).unwrap(), Some(50));
+        assert_eq!(buf, [1; 50]);
+        a.send(&[3; 50]).unwrap();
+        a.send(b"").unwrap_err(); // full again: the empty message needs its header
+        drop(a);
+        assert_eq!(b.recv(&mut buf).unwrap(), Some(50));
+        assert_eq!(buf, [2; 50]);
+        assert_eq!(b.recv(&mut buf).unwrap(), Some(50));
+        assert_eq!(buf, [3; 50]);
+        assert_eq!(b.recv(&mut buf).unwrap(), None);
+        // The wrong API and the wrong kind are clear errors.
+        let mut c = [0u8; 1];
+        let e = b.read(&mut c).unwrap_err();
+        assert!(e.to_string().contains("use the send/recv API"), "{e}");
+        let e = Channel::open(&r, "t", &Options::new()).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("carries messages, not a byte stream"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn zero_copy_slices() {
+        let (_r, mut a, mut b) = pair(&Options::new().capacity(64));
+        a.write_all(&[0u8; 40]).unwrap();
+        let mut sink = [0u8; 40];
+        b.read_exact(&mut sink).unwrap();
+        // The writable slice ends where the ring wraps.
+        let mut w = a.write_slice().unwrap();
+        assert_eq!(w.len(), 24);
+        w.copy_from(0, b"zero-copy");
+        w.commit(9).unwrap();
+        let r = b.read_slice().unwrap();
+        assert_eq!(r.len(), 9);
+        let mut got = [0u8; 4];
+        r.copy_to(5, &mut got);
+        assert_eq!(&got, b"copy");
+        // SAFETY: both ends are in this test; nobody writes the ring meanwhile.
+        assert_eq!(unsafe { r.as_slice() }, b"zero-copy");
+        r.release(9).unwrap();
+        let w = a.write_slice().unwrap();
+        assert!(w.commit(1000).is_err());
+        a.close_write().unwrap();
+        assert!(b.read_slice().unwrap().is_empty());
+    }
+
+    #[test]
+    fn closed_peer_breaks_the_pipe_after_the_data() {
+        let (_r, mut a, mut b) = pair(&Options::new());
+        b.write_all(b"last words").unwrap();
+        drop(b);
+        let mut got = String::new();
+        a.read_to_string(&mut got).unwrap();
+        assert_eq!(got, "last words");
+        assert_eq!(a.write(b"x").unwrap_err().kind(), io::ErrorKind::BrokenPipe);
+    }
+
+    #[test]
+    fn flush_waits_until_the_peer_read_everything() {
+        let (_r, mut a, mut b) = pair(&Options::new());
+        a.write_all(b"12345").unwrap();
+        a.set_write_timeout(Some(Duration::from_millis(20)));
+        assert_eq!(a.flush().unwrap_err().kind(), io::ErrorKind::TimedOut);
+        let mut buf = [0u8; 5];
+        b.read_exact(&mut buf).unwrap();
+        a.flush().unwrap();
+    }
+
+    /// Stops the heartbeat and leaks the end, as a crash would.
+    fn crash(mut c: Channel) {
+        c.heartbeat = None;
+        std::mem::forget(c);
+    }
+
+    #[test]
+    fn dead_peer_is_detected_and_replaced() {
+        let opts = Options::new().liveness_timeout(Duration::from_millis(100));
+        let (r, mut a, mut b) = pair(&opts);
+        b.write_all(b"before").unwrap();
+        crash(b);
+        let mut buf = [0u8; 16];
+        assert_eq!(a.read(&mut buf).unwrap(), 6);
+        let t = Instant::now();
+        let e = a.read(&mut buf).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::BrokenPipe);
+        assert!(e.to_string().contains("heartbeat stood still"), "{e}");
+        assert!(t.elapsed() >= Duration::from_millis(100));
+        assert!(t.elapsed() < Duration::from_secs(5));
+        let old = a.epoch();
+        // A new end waits for the survivor to leave, the survivor reopens: a fresh session.
+        let r2 = r.clone();
+        let o2 = opts.clone();
+        let newcomer = std::thread::spawn(move || {
+            let mut c = Channel::open(&r2, "t", &o2).unwrap();
+            c.write_all(b"fresh").unwrap();
+            c.flush().unwrap();
+            c
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        drop(a);
+        let mut a = Channel::open(&r, "t", &opts).unwrap();
+        let mut got = [0u8; 5];
+        a.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"fresh");
+        let c = newcomer.join().unwrap();
+        assert_eq!(a.epoch(), old + 1);
+        assert_eq!(c.epoch(), old + 1);
+    }
+
+    #[test]
+    fn a_dead_holder_is_replaced_on_open() {
+        let opts = Options::new().liveness_timeout(Duration::from_millis(50));
+        let (r, a, b) = pair(&opts);
+        crash(a);
+        crash(b);
+        let t = Instant::now();
+        let mut c = Channel::open(&r, "t", &opts).unwrap();
+        assert!(t.elapsed() >= Duration::from_millis(50));
+        let mut d = Channel::open(&r, "t", &opts).unwrap();
+        c.write_all(b"ok").unwrap();
+        let mut got = [0u8; 2];
+        d.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"ok");
+        // Two live ends hold the channel: a third gets Busy.
+        let e = Channel::open(
+            &r,
+            "t",
+            &opts.clone().open_timeout(Duration::from_millis(50)),
+        )
+        .unwrap_err();
+        assert!(matches!(e, ChannelError::Busy(_)), "{e}");
+    }
+
+    #[test]
+    fn scribbled_index_is_corrupt_and_stays_so() {
+        let (_r, mut a, mut b) = pair(&Options::new().capacity(64));
+        a.write_all(b"abc").unwrap();
+        a.mem.w64(a.out.prod).store(1 << 40, Relaxed);
+        let mut buf = [0u8; 8];
+        let e = b.read(&mut buf).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert!(e.to_string().contains("producer index"), "{e}");
+        a.mem.w64(a.out.prod).store(3, Relaxed);
+        assert_eq!(
+            b.read(&mut buf).unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
+        // A garbage control word.
+        a.mem.w64(a.ctl).store(u64::MAX, Relaxed);
+        a.set_nonblocking(true);
+        let mut buf = [0u8; 1];
+        assert_eq!(
+            a.read(&mut buf).unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
+    }
+
+    #[test]
+    fn message_header_scribbles_are_corrupt() {
+        let opts = Options::new().kind(Kind::Messages).capacity(64);
+        let (_r, mut a, mut b) = pair(&opts);
+        a.send(b"hello").unwrap();
+        // Length 5 with a wrong check word.
+        let data = a.out.data;
+        a.mem.w32(data + 4).store(0, Relaxed);
+        let e = b.recv(&mut Vec::new()).unwrap_err();
+        assert!(e.to_string().contains("message header"), "{e}");
+    }
+
+    #[test]
+    fn sleeping_ends_wake_each_other() {
+        let (wa, wb) = FdWaker::pair().unwrap();
+        let r = Region::anonymous(1 << 20).unwrap();
+        let base = Options::new().capacity(64).spin(0);
+        let mut a = Channel::open(&r, "t", &base.clone().waker(Arc::new(wa))).unwrap();
+        let mut b = Channel::open(&r, "t", &base.waker(Arc::new(wb))).unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            b.read_to_end(&mut got).unwrap();
+            got
+        });
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        a.write_all(&data).unwrap();
+        a.close_write().unwrap();
+        assert_eq!(reader.join().unwrap(), data);
     }
 }

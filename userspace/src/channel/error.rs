@@ -156,7 +156,10 @@ mod tests {
             e.to_string(),
             "shared memory corrupt: producer index 9 beyond 8"
         );
-        assert!(matches!(ChannelError::of(&e), Some(ChannelError::Corrupt(_))));
+        assert!(matches!(
+            ChannelError::of(&e),
+            Some(ChannelError::Corrupt(_))
+        ));
         let e: io::Error = ChannelError::PeerGone("closed".into()).into();
         assert_eq!(e.kind(), io::ErrorKind::BrokenPipe);
         let e: io::Error = ChannelError::Io(io::Error::from_raw_os_error(9)).into();

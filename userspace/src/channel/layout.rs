@@ -134,7 +134,10 @@ pub(crate) fn attach(mem: &Mem, timeout: Duration) -> Result<Header, ChannelErro
         match magic.load(Acquire) {
             MAGIC => return check_header(mem),
             0 => {
-                if magic.compare_exchange(0, MAGIC_INIT, Acquire, Relaxed).is_ok() {
+                if magic
+                    .compare_exchange(0, MAGIC_INIT, Acquire, Relaxed)
+                    .is_ok()
+                {
                     init_header(mem)?;
                     magic.store(MAGIC, Release);
                     return check_header(mem);
@@ -314,7 +317,8 @@ fn create_in(
 ) -> Result<SlotInfo, ChannelError> {
     let base = TABLE + u64::from(index) * SLOT_SIZE;
     let state = mem.u64_at(base + S_STATE)?;
-    mem.u32_at(base + S_NAME_LEN)?.store(name.len() as u32, Relaxed);
+    mem.u32_at(base + S_NAME_LEN)?
+        .store(name.len() as u32, Relaxed);
     mem.copy_in(base + S_NAME, name)?;
     let need = CHAN_CTL + 2 * cap;
     let alloc = mem.u64_at(H_ALLOC)?;
@@ -381,11 +385,7 @@ fn read_slot(mem: &Mem, hdr: Header, index: u32) -> Result<SlotInfo, ChannelErro
             hdr.size
         )));
     }
-    Ok(SlotInfo {
-        kind,
-        caps,
-        offset,
-    })
+    Ok(SlotInfo { kind, caps, offset })
 }
 
 /// A channel in the table, as [`list`] reports it.
@@ -506,10 +506,16 @@ mod tests {
         let s = find_or_create(&r.mem, h, "x", Some((Kind::Stream, 64)), T).unwrap();
         let base = TABLE + u64::from(name_hash(b"x") % SLOTS) * SLOT_SIZE;
         assert!(s.offset >= DATA_START);
-        r.mem.u64_at(base + S_OFFSET).unwrap().store(1 << 20, Relaxed);
+        r.mem
+            .u64_at(base + S_OFFSET)
+            .unwrap()
+            .store(1 << 20, Relaxed);
         let e = find_or_create(&r.mem, h, "x", None, T).unwrap_err();
         assert!(e.to_string().contains("do not fit"), "{e}");
-        r.mem.u32_at(base + S_NAME_LEN).unwrap().store(1000, Relaxed);
+        r.mem
+            .u32_at(base + S_NAME_LEN)
+            .unwrap()
+            .store(1000, Relaxed);
         let e = find_or_create(&r.mem, h, "x", None, T).unwrap_err();
         assert!(e.to_string().contains("name of 1000 bytes"), "{e}");
         r.mem.u64_at(base + S_STATE).unwrap().store(77, Relaxed);

@@ -75,7 +75,11 @@ pub struct Producer {
 impl Producer {
     /// A producer at the start of a fresh ring.
     pub fn new(cap: u64) -> Self {
-        Self { pos: 0, seen: 0, cap }
+        Self {
+            pos: 0,
+            seen: 0,
+            cap,
+        }
     }
 
     /// Free bytes. Re-reads the consumer index (acquire: pairs with the consumer's release in
@@ -136,7 +140,11 @@ pub struct Consumer {
 impl Consumer {
     /// A consumer at the start of a fresh ring.
     pub fn new(cap: u64) -> Self {
-        Self { pos: 0, seen: 0, cap }
+        Self {
+            pos: 0,
+            seen: 0,
+            cap,
+        }
     }
 
     /// Published bytes not yet read. Re-reads the producer index (acquire: pairs with the
@@ -224,7 +232,10 @@ mod tests {
     fn wild_indices_are_errors() {
         let (prod, cons) = (AtomicU64::new(9), AtomicU64::new(0));
         let mut c = Consumer::new(8);
-        assert!(c.avail::<Std>(&prod, 1).unwrap_err().contains("producer index 9"));
+        assert!(c
+            .avail::<Std>(&prod, 1)
+            .unwrap_err()
+            .contains("producer index 9"));
         prod.store(4, Ordering::Relaxed);
         assert_eq!(c.avail::<Std>(&prod, 1), Ok(4));
         prod.store(3, Ordering::Relaxed); // went backwards
@@ -233,7 +244,10 @@ mod tests {
         let mut p = Producer::new(8);
         p.pos = 8;
         cons.store(9, Ordering::Relaxed); // ahead of the producer
-        assert!(p.space::<Std>(&cons, 1).unwrap_err().contains("consumer index 9"));
+        assert!(p
+            .space::<Std>(&cons, 1)
+            .unwrap_err()
+            .contains("consumer index 9"));
         cons.store(u64::MAX, Ordering::Relaxed);
         assert!(p.space::<Std>(&cons, 1).is_err());
     }

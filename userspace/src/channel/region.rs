@@ -240,7 +240,10 @@ mod tests {
         assert!(r.mem.u64_at(56).is_ok());
         assert!(matches!(r.mem.u64_at(60), Err(ChannelError::Corrupt(_))));
         assert!(matches!(r.mem.u64_at(4), Err(ChannelError::Corrupt(_))));
-        assert!(matches!(r.mem.u32_at(u64::MAX - 1), Err(ChannelError::Corrupt(_))));
+        assert!(matches!(
+            r.mem.u32_at(u64::MAX - 1),
+            Err(ChannelError::Corrupt(_))
+        ));
         r.mem.copy_in(60, b"abcd").unwrap();
         assert!(r.mem.copy_in(61, b"abcd").is_err());
         let mut b = [0u8; 4];

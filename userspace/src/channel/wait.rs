@@ -208,7 +208,10 @@ mod tests {
         let (a, b) = FdWaker::pair().unwrap();
         let t = Instant::now();
         a.wait(Duration::from_millis(20)).unwrap();
-        assert!(t.elapsed() >= Duration::from_millis(20), "no notification yet");
+        assert!(
+            t.elapsed() >= Duration::from_millis(20),
+            "no notification yet"
+        );
         a.notify().unwrap();
         let t = Instant::now();
         b.wait(Duration::from_secs(5)).unwrap();
