@@ -840,6 +840,12 @@ impl Channel {
         Ok(())
     }
 
+    /// Leaves without closing the write side: the peer reads what was published, then gets
+    /// `BrokenPipe` instead of end-of-file. For a sender that failed before it finished.
+    pub fn abort(mut self) {
+        self.broken.get_or_insert_with(|| "aborted".into());
+    }
+
     /// Sends one message (blocking as configured). It arrives whole or not at all.
     pub fn send(&mut self, msg: &[u8]) -> io::Result<()> {
         self.usable(Kind::Messages)?;
@@ -995,20 +1001,26 @@ impl io::Read for Channel {
 
 impl Drop for Channel {
     /// Leaves cleanly: the write side is closed (the peer reads the rest, then end-of-file)
-    /// and this side marked CLOSED, so the peer's timeout is only for crashes.
+    /// and this end marked closed, so the peer's timeout is only for crashes. A channel that
+    /// met a protocol violation leaves as [`Channel::abort`] does.
     fn drop(&mut self) {
         if !self.attached {
             return;
         }
         self.heartbeat = None;
-        let _ = self.close_write();
+        let state = if self.broken.is_some() {
+            DEAD
+        } else {
+            let _ = self.close_write();
+            CLOSED
+        };
         let ctl = self.w64(self.ctl);
         let mut w = ctl.load(Acquire);
         for _ in 0..1000 {
             if session(w) != self.session || side_state(w, self.side) != ATTACHED {
                 break;
             }
-            match ctl.compare_exchange(w, with_state(w, self.side, CLOSED), Release, Acquire) {
+            match ctl.compare_exchange(w, with_state(w, self.side, state), Release, Acquire) {
                 Ok(_) => break,
                 Err(now) => w = now,
             }
@@ -1334,6 +1346,18 @@ mod tests {
         a.read_to_string(&mut got).unwrap();
         assert_eq!(got, "last words");
         assert_eq!(a.write(b"x").unwrap_err().kind(), io::ErrorKind::BrokenPipe);
+    }
+
+    #[test]
+    fn abort_is_not_end_of_file() {
+        let (_r, mut a, mut b) = pair(&Options::new());
+        b.write_all(b"partial").unwrap();
+        b.abort();
+        let mut got = Vec::new();
+        let e = a.read_to_end(&mut got).unwrap_err();
+        assert_eq!(got, b"partial");
+        assert_eq!(e.kind(), io::ErrorKind::BrokenPipe);
+        assert!(e.to_string().contains("declared dead"), "{e}");
     }
 
     #[test]
