@@ -315,7 +315,7 @@ fn duplex(ch: &mut Channel, seed_out: u64, seed_in: u64, total: u64, rng: &mut R
             ch.close_write().unwrap();
             closed = true;
         }
-        if !closed && rng.next() % 2 == 0 {
+        if !closed && rng.next().is_multiple_of(2) {
             let r = if messages {
                 ch.send(&message(seed_out, sent, ch.max_message()))
                     .map(|_| 1)
@@ -332,7 +332,7 @@ fn duplex(ch: &mut Channel, seed_out: u64, seed_in: u64, total: u64, rng: &mut R
                 Err(e) => panic!("send after {sent}: {e}"),
             }
         }
-        if !eof && rng.next() % 2 == 0 {
+        if !eof && rng.next().is_multiple_of(2) {
             if messages {
                 match ch.recv(&mut msg) {
                     Ok(None) => eof = true,
