@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::layout::{self, Kind, CHAN_CTL};
-use super::protocol::{announce_sleep, end_sleep, must_wake, Consumer, Producer, Std};
+use super::protocol::{Consumer, Producer, Std};
 use super::region::Mem;
 use super::wait::{SpinWaker, Waker};
 use super::{ChannelError, Region};
@@ -165,10 +165,10 @@ impl Options {
 #[derive(Debug, Clone, Copy)]
 struct Ring {
     prod: usize,
-    prod_sleeps: usize,
+    prod_wake: usize,
     closed: usize,
     cons: usize,
-    cons_sleeps: usize,
+    cons_wake: usize,
     data: usize,
     cap: u64,
 }
@@ -179,10 +179,10 @@ impl Ring {
         let data = block + CHAN_CTL + if r == 1 { caps[0] } else { 0 };
         Self {
             prod: ctl,
-            prod_sleeps: ctl + 8,
-            closed: ctl + 12,
+            prod_wake: ctl + 8,
+            closed: ctl + 16,
             cons: ctl + 64,
-            cons_sleeps: ctl + 72,
+            cons_wake: ctl + 72,
             data: data as usize,
             cap: caps[r],
         }
@@ -486,8 +486,8 @@ impl Channel {
         for r in [self.out, self.inp] {
             self.w64(r.prod).store(0, Relaxed);
             self.w64(r.cons).store(0, Relaxed);
-            self.w32(r.prod_sleeps).store(0, Relaxed);
-            self.w32(r.cons_sleeps).store(0, Relaxed);
+            self.w64(r.prod_wake).store(0, Relaxed);
+            self.w64(r.cons_wake).store(0, Relaxed);
             self.w32(r.closed).store(0, Relaxed);
         }
     }
@@ -633,6 +633,7 @@ impl Channel {
     fn wait<T>(
         &mut self,
         dir: Dir,
+        want: u64,
         mut ready: impl FnMut(&mut Self) -> Result<Option<T>, ChannelError>,
     ) -> Result<T, ChannelError> {
         if let Some(v) = ready(self)? {
@@ -649,10 +650,6 @@ impl Channel {
             Dir::Out => self.write_timeout,
         };
         let deadline = timeout.map(|t| Instant::now() + t);
-        let flag = match dir {
-            Dir::In => self.inp.cons_sleeps,
-            Dir::Out => self.out.prod_sleeps,
-        };
         let mut i = 0u32;
         let mut backoff = Duration::from_micros(1);
         loop {
@@ -684,19 +681,20 @@ impl Channel {
                 continue;
             }
             if self.sleeps {
-                announce_sleep::<Std>(self.w32(flag));
-                let r = ready(self);
-                if !matches!(r, Ok(None)) {
-                    end_sleep::<Std>(self.w32(flag));
+                // Ask the peer to ring when it gets to what we wait for, then look again:
+                // see `protocol::crossed` for why this cannot miss a wake-up.
+                match dir {
+                    Dir::In => self
+                        .rx
+                        .announce_wait::<Std>(self.mem.w64(self.inp.cons_wake), want),
+                    Dir::Out => self
+                        .tx
+                        .announce_wait::<Std>(self.mem.w64(self.out.prod_wake), want),
                 }
-                match r {
-                    Ok(None) => {}
-                    Ok(Some(v)) => return Ok(v),
-                    Err(e) => return Err(e),
+                if let Some(v) = ready(self)? {
+                    return Ok(v);
                 }
-                let r = self.waker.wait(slice);
-                end_sleep::<Std>(self.w32(flag));
-                r?;
+                self.waker.wait(slice)?;
             } else {
                 self.waker.wait(backoff.min(slice))?;
                 backoff = (backoff * 2).min(slice);
@@ -789,8 +787,8 @@ impl Channel {
 
     fn publish(&mut self, n: u64) -> io::Result<()> {
         let prod = self.mem.w64(self.out.prod);
-        let sleeps = self.mem.w32(self.out.cons_sleeps);
-        if self.tx.publish::<Std>(n, prod, sleeps, self.sleeps) {
+        let wake = self.mem.w64(self.out.cons_wake);
+        if self.tx.publish::<Std>(n, prod, wake, self.sleeps) {
             self.waker.notify()?;
         }
         Ok(())
@@ -798,8 +796,8 @@ impl Channel {
 
     fn release(&mut self, n: u64) -> io::Result<()> {
         let cons = self.mem.w64(self.inp.cons);
-        let sleeps = self.mem.w32(self.inp.prod_sleeps);
-        if self.rx.release::<Std>(n, cons, sleeps, self.sleeps) {
+        let wake = self.mem.w64(self.inp.prod_wake);
+        if self.rx.release::<Std>(n, cons, wake, self.sleeps) {
             self.waker.notify()?;
         }
         Ok(())
@@ -834,7 +832,11 @@ impl Channel {
         self.write_closed = true;
         // Release: the peer's acquire of the flag sees every publish before it.
         self.w32(self.out.closed).store(1, Release);
-        if self.sleeps && must_wake::<Std>(self.w32(self.out.cons_sleeps)) {
+        if self.sleeps
+            && self
+                .tx
+                .consumer_waits::<Std>(self.mem.w64(self.out.cons_wake))
+        {
             self.waker.notify()?;
         }
         Ok(())
@@ -859,7 +861,7 @@ impl Channel {
             .into());
         }
         let need = MSG_HDR + (msg.len() as u64).next_multiple_of(8);
-        self.wait(Dir::Out, |c| c.writable(need))
+        self.wait(Dir::Out, need, |c| c.writable(need))
             .map_err(|e| self.fail(e))?;
         let len = msg.len() as u32;
         let mut hdr = [0u8; MSG_HDR as usize];
@@ -875,7 +877,7 @@ impl Channel {
     pub fn recv(&mut self, buf: &mut Vec<u8>) -> io::Result<Option<usize>> {
         self.usable(Kind::Messages)?;
         let avail = self
-            .wait(Dir::In, |c| c.readable(MSG_HDR))
+            .wait(Dir::In, MSG_HDR, |c| c.readable(MSG_HDR))
             .map_err(|e| self.fail(e))?;
         if avail == 0 {
             return Ok(None);
@@ -908,7 +910,7 @@ impl Channel {
         self.usable(Kind::Stream)?;
         self.check_write()?;
         let free = self
-            .wait(Dir::Out, |c| c.writable(1))
+            .wait(Dir::Out, 1, |c| c.writable(1))
             .map_err(|e| self.fail(e))?;
         let off = (self.tx.pos & (self.out.cap - 1)) as usize;
         let len = (free as usize).min(self.out.cap as usize - off);
@@ -925,7 +927,7 @@ impl Channel {
     pub fn read_slice(&mut self) -> io::Result<ReadSlice<'_>> {
         self.usable(Kind::Stream)?;
         let avail = self
-            .wait(Dir::In, |c| c.readable(1))
+            .wait(Dir::In, 1, |c| c.readable(1))
             .map_err(|e| self.fail(e))?;
         let off = (self.rx.pos & (self.inp.cap - 1)) as usize;
         let len = (avail as usize).min(self.inp.cap as usize - off);
@@ -962,7 +964,7 @@ impl io::Write for Channel {
             return Ok(0);
         }
         let free = self
-            .wait(Dir::Out, |c| c.writable(1))
+            .wait(Dir::Out, 1, |c| c.writable(1))
             .map_err(|e| self.fail(e))?;
         let n = buf.len().min(free as usize);
         self.copy_to_ring(self.tx.pos, &buf[..n]);
@@ -975,7 +977,7 @@ impl io::Write for Channel {
     fn flush(&mut self) -> io::Result<()> {
         self.usable(self.kind)?;
         let cap = self.out.cap;
-        self.wait(Dir::Out, |c| c.writable(cap))
+        self.wait(Dir::Out, cap, |c| c.writable(cap))
             .map_err(|e| self.fail(e))?;
         Ok(())
     }
@@ -990,7 +992,7 @@ impl io::Read for Channel {
             return Ok(0);
         }
         let avail = self
-            .wait(Dir::In, |c| c.readable(1))
+            .wait(Dir::In, 1, |c| c.readable(1))
             .map_err(|e| self.fail(e))?;
         let n = buf.len().min(avail as usize);
         self.copy_from_ring(self.rx.pos, buf.as_mut_ptr(), n);

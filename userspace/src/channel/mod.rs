@@ -52,16 +52,16 @@
 //! | 0x38 | 8 | offset of the channel block |
 //! | 0x40 | 8 | size of the channel block (0x200 + both capacities) |
 //!
-//! A channel block; each line is one 64-byte cache line with one writer (except the
-//! compare-and-swapped control word and the sleep flags, which the waker clears):
+//! A channel block; each line is one 64-byte cache line with one writer (the control word is
+//! changed by compare-and-swap from both ends):
 //!
 //! | offset | field | written by |
 //! |---|---|---|
 //! | 0x000 | control: side A state (bits 0-7), side B state (8-15), session (32-63); states 0 free, 1 resetting, 2 attached, 3 closed, 4 dead | both, compare-and-swap |
 //! | 0x040 | side A: epoch (the session it attached to) u64, heartbeat u64 at 0x048 | side A |
 //! | 0x080 | side B: the same | side B |
-//! | 0x0c0 | ring 0 producer line: index u64, producer sleeps u32 at 0x0c8, closed u32 at 0x0cc | side A |
-//! | 0x100 | ring 0 consumer line: index u64, consumer sleeps u32 at 0x108 | side B |
+//! | 0x0c0 | ring 0 producer line: index u64; wake-at u64 at 0x0c8 (the consumer index the sleeping producer waits for); closed u32 at 0x0d0 | side A |
+//! | 0x100 | ring 0 consumer line: index u64; wake-at u64 at 0x108 (the producer index the sleeping consumer waits for) | side B |
 //! | 0x140 | ring 1 producer line (as at 0x0c0) | side B |
 //! | 0x180 | ring 1 consumer line (as at 0x100) | side A |
 //! | 0x200 | ring 0 payload | side A |
@@ -100,14 +100,16 @@
 //! | consumer index, after reading payload | consumer index, before overwriting | ring space reuse |
 //! | closed flag, after the last producer index | closed flag, then the index again | end of stream |
 //!
-//! Waking ([`Waker`]) uses event suppression: a side about to sleep stores its "sleeps"
-//! flag, then re-checks the ring; a side that changed the ring (index, closed flag) then loads
-//! the peer's flag and rings only if it is set. Each side stores one word and then loads
-//! another, which x86 may reorder through its store buffer: both sides put a SeqCst fence
-//! between the store and the load ([`protocol::must_wake`], [`protocol::announce_sleep`]), so
-//! at least one of them sees the other's store and no wake-up is lost. The loom model in
-//! `tests/channel_loom.rs` checks exactly this code, and shows that it deadlocks without the
-//! fences.
+//! Waking ([`Waker`]) uses event suppression with event indices, as virtio's `EVENT_IDX`: a
+//! side about to sleep stores the index it waits for in its wake-at word, then re-checks the
+//! ring; a side that moved its index from `old` to `new` (or set the closed flag) then loads the
+//! peer's wake-at word and rings only if it lies in `(old, new]`. So one announcement costs at
+//! most one ring, a stale one costs nothing, and no word has two writers. Each side stores one
+//! word and then loads another, which x86 may reorder through its store buffer: both sides
+//! put a SeqCst fence between the store and the load (`protocol::crossed`, `announce`), so at
+//! least one of them sees the other's store and no wake-up is lost. The loom model in
+//! `tests/channel_loom.rs` checks exactly this code, and finds the lost wake-up when the fences
+//! are weakened to AcqRel.
 //!
 //! # A hostile peer
 //!

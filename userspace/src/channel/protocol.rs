@@ -8,24 +8,17 @@
 //! memory, so a peer that scribbles over it cannot mislead us; the peer's index is read once per
 //! refresh into a local, validated, and only then used.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-/// The atomic operations the protocol uses.
+/// The atomic operations the protocol uses: loads and stores of 64-bit words, and fences. No
+/// read-modify-write: every shared word has one writer.
 pub trait Atomics {
-    /// A 64-bit index word.
+    /// A 64-bit word.
     type U64: ?Sized;
-    /// A 32-bit flag word.
-    type U32: ?Sized;
-    /// Loads an index.
-    fn load64(w: &Self::U64, o: Ordering) -> u64;
-    /// Stores an index.
-    fn store64(w: &Self::U64, v: u64, o: Ordering);
-    /// Loads a flag.
-    fn load32(w: &Self::U32, o: Ordering) -> u32;
-    /// Stores a flag.
-    fn store32(w: &Self::U32, v: u32, o: Ordering);
-    /// Swaps a flag.
-    fn swap32(w: &Self::U32, v: u32, o: Ordering) -> u32;
+    /// Loads a word.
+    fn load(w: &Self::U64, o: Ordering) -> u64;
+    /// Stores a word.
+    fn store(w: &Self::U64, v: u64, o: Ordering);
     /// A memory fence.
     fn fence(o: Ordering);
 }
@@ -35,21 +28,11 @@ pub enum Std {}
 
 impl Atomics for Std {
     type U64 = AtomicU64;
-    type U32 = AtomicU32;
-    fn load64(w: &AtomicU64, o: Ordering) -> u64 {
+    fn load(w: &AtomicU64, o: Ordering) -> u64 {
         w.load(o)
     }
-    fn store64(w: &AtomicU64, v: u64, o: Ordering) {
+    fn store(w: &AtomicU64, v: u64, o: Ordering) {
         w.store(v, o)
-    }
-    fn load32(w: &AtomicU32, o: Ordering) -> u32 {
-        w.load(o)
-    }
-    fn store32(w: &AtomicU32, v: u32, o: Ordering) {
-        w.store(v, o)
-    }
-    fn swap32(w: &AtomicU32, v: u32, o: Ordering) -> u32 {
-        w.swap(v, o)
     }
     fn fence(o: Ordering) {
         std::sync::atomic::fence(o)
@@ -91,7 +74,7 @@ impl Producer {
         if free >= want {
             return Ok(free);
         }
-        let c = A::load64(cons, Ordering::Acquire);
+        let c = A::load(cons, Ordering::Acquire);
         let used = self.pos.wrapping_sub(c);
         if used > self.pos.wrapping_sub(self.seen) {
             return Err(format!(
@@ -103,21 +86,36 @@ impl Producer {
         Ok(self.cap - used)
     }
 
+    /// Before sleeping until `want` bytes are free: asks the consumer to wake us when its index
+    /// reaches the one that frees them, then (the caller) looks at the space again.
+    pub fn announce_wait<A: Atomics>(&self, wake_at: &A::U64, want: u64) {
+        announce::<A>(wake_at, self.pos.wrapping_add(want).wrapping_sub(self.cap));
+    }
+
     /// Publishes `n` more written bytes (release: pairs with the consumer's acquire in
     /// [`Consumer::avail`], so the payload is visible before the index). With `wakeups`, says
-    /// whether the consumer announced that it sleeps and must be woken. `n` must not exceed
-    /// the last [`space`](Self::space).
+    /// whether this publish crossed the index the consumer asked to be woken at. `n` must not
+    /// exceed the last [`space`](Self::space).
     pub fn publish<A: Atomics>(
         &mut self,
         n: u64,
         prod: &A::U64,
-        consumer_sleeps: &A::U32,
+        consumer_wake_at: &A::U64,
         wakeups: bool,
     ) -> bool {
         debug_assert!(self.pos.wrapping_sub(self.seen) + n <= self.cap);
+        let old = self.pos;
         self.pos = self.pos.wrapping_add(n);
-        A::store64(prod, self.pos, Ordering::Release);
-        wakeups && must_wake::<A>(consumer_sleeps)
+        A::store(prod, self.pos, Ordering::Release);
+        wakeups && crossed::<A>(consumer_wake_at, old, self.pos)
+    }
+
+    /// After the closed flag (stored by the caller): whether the consumer sleeps waiting for
+    /// bytes beyond what was published, and must be woken to see the end.
+    pub fn consumer_waits<A: Atomics>(&self, consumer_wake_at: &A::U64) -> bool {
+        A::fence(Ordering::SeqCst);
+        let w = A::load(consumer_wake_at, Ordering::Relaxed);
+        w.wrapping_sub(self.pos).wrapping_sub(1) < self.cap
     }
 }
 
@@ -155,7 +153,7 @@ impl Consumer {
         if have >= want {
             return Ok(have);
         }
-        let p = A::load64(prod, Ordering::Acquire);
+        let p = A::load(prod, Ordering::Acquire);
         let now = p.wrapping_sub(self.pos);
         if now > self.cap || now < have {
             return Err(format!(
@@ -168,46 +166,50 @@ impl Consumer {
         Ok(now)
     }
 
+    /// Before sleeping until `want` bytes are published: asks the producer to wake us when its
+    /// index reaches `pos + want`, then (the caller) looks at the ring again.
+    pub fn announce_wait<A: Atomics>(&self, wake_at: &A::U64, want: u64) {
+        announce::<A>(wake_at, self.pos.wrapping_add(want));
+    }
+
     /// Gives `n` read bytes back to the producer (release: pairs with the producer's acquire in
     /// [`Producer::space`], so our reads of those bytes happen before the producer reuses
-    /// them). With `wakeups`, says whether the producer sleeps waiting for space and must be
-    /// woken. `n` must not exceed the last [`avail`](Self::avail).
+    /// them). With `wakeups`, says whether this release crossed the index the producer asked to
+    /// be woken at. `n` must not exceed the last [`avail`](Self::avail).
     pub fn release<A: Atomics>(
         &mut self,
         n: u64,
         cons: &A::U64,
-        producer_sleeps: &A::U32,
+        producer_wake_at: &A::U64,
         wakeups: bool,
     ) -> bool {
         debug_assert!(n <= self.seen.wrapping_sub(self.pos));
+        let old = self.pos;
         self.pos = self.pos.wrapping_add(n);
-        A::store64(cons, self.pos, Ordering::Release);
-        wakeups && must_wake::<A>(producer_sleeps)
+        A::store(cons, self.pos, Ordering::Release);
+        wakeups && crossed::<A>(producer_wake_at, old, self.pos)
     }
 }
 
-/// After publishing a change (an index, the closed flag): whether the peer announced that it
-/// sleeps, clearing its flag so one announcement costs at most one wake-up.
+/// The sleeper's half of the handshake: store the index to be woken at, then a SeqCst fence
+/// before the caller re-checks the ring. See [`crossed`].
+fn announce<A: Atomics>(wake_at: &A::U64, at: u64) {
+    A::store(wake_at, at, Ordering::Relaxed);
+    A::fence(Ordering::SeqCst);
+}
+
+/// The waker's half: after storing its index (moved from `old` to `new`), a SeqCst fence, then
+/// whether the peer's wake-up index lies in `(old, new]` (virtio's `vring_need_event`).
 ///
-/// The SeqCst fence orders our earlier store before the load of the flag; the sleeper's fence
-/// in [`announce_sleep`] orders its flag store before its re-check. With both fences, at least
-/// one side sees the other's store: we see the flag, or the sleeper sees our change. Without
-/// them a store can pass a later load (x86 store buffer) and the wake-up is lost.
-pub fn must_wake<A: Atomics>(sleeps: &A::U32) -> bool {
+/// Each side stores one word and then loads the other's, which x86 may reorder through its
+/// store buffer; with a SeqCst fence on both sides at least one of them sees the other's
+/// store: the sleeper sees the new index and does not sleep, or the waker sees the wake-up
+/// index. Only the first index move past the announced one rings: a stale announcement lies
+/// behind every later move and costs nothing, so nobody has to clear it.
+fn crossed<A: Atomics>(wake_at: &A::U64, old: u64, new: u64) -> bool {
     A::fence(Ordering::SeqCst);
-    A::load32(sleeps, Ordering::Relaxed) != 0 && A::swap32(sleeps, 0, Ordering::Relaxed) != 0
-}
-
-/// Before sleeping: announce it, then (the caller) re-check the condition before really
-/// sleeping. See [`must_wake`] for the fence.
-pub fn announce_sleep<A: Atomics>(sleeps: &A::U32) {
-    A::store32(sleeps, 1, Ordering::Relaxed);
-    A::fence(Ordering::SeqCst);
-}
-
-/// After waking (or finding the condition true): the peer need not ring any more.
-pub fn end_sleep<A: Atomics>(sleeps: &A::U32) {
-    A::store32(sleeps, 0, Ordering::Relaxed);
+    let w = A::load(wake_at, Ordering::Relaxed);
+    w.wrapping_sub(old).wrapping_sub(1) < new.wrapping_sub(old)
 }
 
 #[cfg(test)]
@@ -216,14 +218,14 @@ mod tests {
 
     #[test]
     fn space_and_avail_follow_the_indices() {
-        let (prod, cons, flag) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU32::new(0));
+        let (prod, cons, wake) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
         let mut p = Producer::new(8);
         let mut c = Consumer::new(8);
         assert_eq!(p.space::<Std>(&cons, 1), Ok(8));
-        assert!(!p.publish::<Std>(5, &prod, &flag, true));
+        assert!(!p.publish::<Std>(5, &prod, &wake, true));
         assert_eq!(p.space::<Std>(&cons, 4), Ok(3));
         assert_eq!(c.avail::<Std>(&prod, 1), Ok(5));
-        c.release::<Std>(5, &cons, &flag, false);
+        c.release::<Std>(5, &cons, &wake, false);
         assert_eq!(p.space::<Std>(&cons, 8), Ok(8));
         assert_eq!(c.avail::<Std>(&prod, 1), Ok(0));
     }
@@ -239,7 +241,6 @@ mod tests {
         prod.store(4, Ordering::Relaxed);
         assert_eq!(c.avail::<Std>(&prod, 1), Ok(4));
         prod.store(3, Ordering::Relaxed); // went backwards
-        c.seen = 4;
         assert!(c.avail::<Std>(&prod, 5).is_err());
         let mut p = Producer::new(8);
         p.pos = 8;
@@ -253,15 +254,38 @@ mod tests {
     }
 
     #[test]
-    fn a_sleeping_peer_is_woken_once() {
-        let (prod, flag) = (AtomicU64::new(0), AtomicU32::new(0));
-        let mut p = Producer::new(8);
-        announce_sleep::<Std>(&flag);
-        assert!(p.publish::<Std>(1, &prod, &flag, true));
-        assert!(!p.publish::<Std>(1, &prod, &flag, true));
-        announce_sleep::<Std>(&flag);
-        assert!(!p.publish::<Std>(1, &prod, &flag, false));
-        end_sleep::<Std>(&flag);
-        assert!(!must_wake::<Std>(&flag));
+    fn only_the_move_past_the_announced_index_wakes() {
+        let (prod, cons, wake) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
+        let (mut p, mut c) = (Producer::new(8), Consumer::new(8));
+        c.announce_wait::<Std>(&wake, 1);
+        assert!(p.publish::<Std>(2, &prod, &wake, true), "0 -> 2 crosses 1");
+        assert!(!p.publish::<Std>(1, &prod, &wake, true), "2 -> 3 does not");
+        assert!(
+            !p.publish::<Std>(1, &prod, &wake, false),
+            "no wake-ups wanted"
+        );
+        assert!(
+            !p.consumer_waits::<Std>(&wake),
+            "the consumer waits for nothing past 4"
+        );
+        c.avail::<Std>(&prod, 1).unwrap();
+        c.release::<Std>(4, &cons, &wake, false);
+        c.announce_wait::<Std>(&wake, 1);
+        assert!(p.consumer_waits::<Std>(&wake), "it waits for byte 5");
+        // The producer waits for 8 free bytes: the consumer must reach index 4 + 8 - 8 = 4.
+        let wake_p = AtomicU64::new(0);
+        p.publish::<Std>(4, &prod, &wake, false);
+        p.space::<Std>(&cons, 8).unwrap();
+        p.announce_wait::<Std>(&wake_p, 8);
+        assert_eq!(wake_p.load(Ordering::Relaxed), 8);
+        c.avail::<Std>(&prod, 1).unwrap();
+        assert!(
+            !c.release::<Std>(3, &cons, &wake_p, true),
+            "4 -> 7 stops short of 8"
+        );
+        assert!(
+            c.release::<Std>(1, &cons, &wake_p, true),
+            "7 -> 8 reaches it"
+        );
     }
 }

@@ -13,8 +13,8 @@ use std::time::Duration;
 /// The channel spins first (its spin budget), then calls [`wait`](Self::wait) in slices no
 /// longer than a quarter of the liveness timeout, re-checking the ring, the deadline and the
 /// peer's heartbeat in between. A waker that [`sleeps`](Self::sleeps) makes the channel use
-/// event suppression: before `wait` the side sets its "sleeping" flag in shared memory, and
-/// the peer calls [`notify`](Self::notify) only when it finds that flag set after publishing.
+/// event suppression: before `wait` the side stores the index it waits for in shared memory,
+/// and the peer calls [`notify`](Self::notify) only when its own index moves past that one.
 pub trait Waker: Send + Sync {
     /// Whether `wait` blocks until `notify` (true) or just passes time (false: no flags, no
     /// notifications).
@@ -32,8 +32,8 @@ pub trait Waker: Send + Sync {
     }
 }
 
-/// Waiting without a doorbell (ivshmem-plain): the channel spins its budget, then this sleeps
-/// with exponential back-off from `min` to `max`. No notifications.
+/// Waiting without a doorbell (ivshmem-plain): the channel spins its budget, then sleeps here
+/// in slices it doubles from 1 us, each at most `max`. No notifications.
 #[derive(Debug, Clone)]
 pub struct SpinWaker {
     /// Longest sleep between two looks at the ring.
