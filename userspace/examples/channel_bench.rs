@@ -144,9 +144,10 @@ fn throughput(ctx: &Ctx, mode: Mode, size: usize, peer: bool) -> io::Result<f64>
 }
 
 /// 64-byte ping-pong; returns sorted round-trip times.
-fn round_trips(ctx: &Ctx, sleeping: bool, peer: bool) -> io::Result<Vec<Duration>> {
-    let name = format!("rtt{}", sleeping as u8);
-    let mut ch = Channel::open(&ctx.region, &name, &ctx.opts(Kind::Messages, sleeping))?;
+fn round_trips(ctx: &Ctx, sleeping: bool, hint: bool, peer: bool) -> io::Result<Vec<Duration>> {
+    let name = format!("rtt{}{}", sleeping as u8, hint as u8);
+    let opts = ctx.opts(Kind::Messages, sleeping).spin_hint(hint);
+    let mut ch = Channel::open(&ctx.region, &name, &opts)?;
     let mut msg = Vec::with_capacity(64);
     let ping = [7u8; 64];
     if peer {
@@ -192,13 +193,16 @@ fn run(ctx: &Ctx, peer: bool) -> io::Result<()> {
     if !peer {
         println!("\n64-byte round trip, us: p50 p90 p99 max");
     }
-    for sleeping in [false, true] {
-        let t = round_trips(ctx, sleeping, peer)?;
+    for (sleeping, hint, what) in [
+        (false, true, "spin"),
+        (false, false, "spin, no pause"),
+        (true, true, "eventfd"),
+    ] {
+        let t = round_trips(ctx, sleeping, hint, peer)?;
         if !peer {
             let p = |q: f64| t[((t.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e6;
             println!(
-                "{:>9} {:.2} {:.2} {:.2} {:.2}",
-                if sleeping { "eventfd" } else { "spin" },
+                "{what:>15} {:.2} {:.2} {:.2} {:.2}",
                 p(0.5),
                 p(0.9),
                 p(0.99),
@@ -207,12 +211,6 @@ fn run(ctx: &Ctx, peer: bool) -> io::Result<()> {
         }
     }
     Ok(())
-}
-
-fn eventfd() -> OwnedFd {
-    let fd = FdWaker::eventfd().expect("eventfd");
-    // Inherited by the peer: drop close-on-exec in the child only (see `main`).
-    fd
 }
 
 fn main() -> io::Result<()> {
@@ -237,7 +235,7 @@ fn main() -> io::Result<()> {
     // SAFETY: a fresh descriptor.
     let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
     file.set_len(3 * SIZES.len() as u64 * (2 * RING + 4096) + (8 << 20))?;
-    let (a, b) = (eventfd(), eventfd());
+    let (a, b) = (FdWaker::eventfd()?, FdWaker::eventfd()?);
     let fds = [file.as_raw_fd(), b.as_raw_fd(), a.as_raw_fd()];
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.arg("--peer").args(fds.iter().map(|f| f.to_string()));
