@@ -146,7 +146,10 @@ fn throughput(ctx: &Ctx, mode: Mode, size: usize, peer: bool) -> io::Result<f64>
 /// 64-byte ping-pong; returns sorted round-trip times.
 fn round_trips(ctx: &Ctx, sleeping: bool, hint: bool, peer: bool) -> io::Result<Vec<Duration>> {
     let name = format!("rtt{}{}", sleeping as u8, hint as u8);
-    let opts = ctx.opts(Kind::Messages, sleeping).spin_hint(hint);
+    let opts = ctx
+        .opts(Kind::Messages, sleeping)
+        .capacity(64 << 10)
+        .spin_hint(hint);
     let mut ch = Channel::open(&ctx.region, &name, &opts)?;
     let mut msg = Vec::with_capacity(64);
     let ping = [7u8; 64];
@@ -170,8 +173,26 @@ fn round_trips(ctx: &Ctx, sleeping: bool, hint: bool, peer: bool) -> io::Result<
     Ok(times)
 }
 
+/// This machine's memcpy bandwidth for 1 MiB blocks, the yardstick for the copying modes.
+fn memcpy_rate(secs: f64) -> f64 {
+    let src = vec![0x5au8; 1 << 20];
+    let mut dst = vec![0u8; 1 << 20];
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed().as_secs_f64() < secs {
+        dst.copy_from_slice(std::hint::black_box(&src));
+        std::hint::black_box(&mut dst);
+        n += 1 << 20;
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
 fn run(ctx: &Ctx, peer: bool) -> io::Result<()> {
     if !peer {
+        println!(
+            "memcpy, one process, 1 MiB blocks: {:.0} MB/s",
+            memcpy_rate(ctx.secs) / 1e6
+        );
         println!("throughput, MB/s (two processes, one memfd, {RING} B rings)");
         println!(
             "{:>9} {:>10} {:>10} {:>10}",
