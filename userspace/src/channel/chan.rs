@@ -803,6 +803,12 @@ impl Channel {
         Ok(())
     }
 
+    /// Whether the control word still shows this end attached to its session.
+    fn still_attached(&self) -> bool {
+        decode(self.w64(self.ctl).load(Acquire))
+            .is_ok_and(|(s, sess)| sess == self.session && s[self.side] == ATTACHED)
+    }
+
     /// Before writing: this end may write, and someone may still read (one load of the
     /// control word, which changes only when an end comes or goes).
     fn check_write(&self) -> Result<(), ChannelError> {
@@ -830,6 +836,10 @@ impl Channel {
             return Ok(());
         }
         self.write_closed = true;
+        if !self.still_attached() {
+            // The ring may belong to a newer session by now: leave it alone.
+            return Err(ChannelError::PeerGone("this end was detached".into()).into());
+        }
         // Release: the peer's acquire of the flag sees every publish before it.
         self.w32(self.out.closed).store(1, Release);
         if self.sleeps
@@ -851,7 +861,7 @@ impl Channel {
     /// Sends one message (blocking as configured). It arrives whole or not at all.
     pub fn send(&mut self, msg: &[u8]) -> io::Result<()> {
         self.usable(Kind::Messages)?;
-        self.check_write()?;
+        self.check_write().map_err(|e| self.fail(e))?;
         let max = self.max_message();
         if msg.len() > max {
             return Err(ChannelError::MessageTooLarge {
@@ -908,7 +918,7 @@ impl Channel {
     /// waits as configured): write into it, then [`WriteSlice::commit`] what was written.
     pub fn write_slice(&mut self) -> io::Result<WriteSlice<'_>> {
         self.usable(Kind::Stream)?;
-        self.check_write()?;
+        self.check_write().map_err(|e| self.fail(e))?;
         let free = self
             .wait(Dir::Out, 1, |c| c.writable(1))
             .map_err(|e| self.fail(e))?;
@@ -959,7 +969,7 @@ impl io::Write for Channel {
     /// Writes as much of `buf` as fits (at least one byte, waiting as configured).
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.usable(Kind::Stream)?;
-        self.check_write()?;
+        self.check_write().map_err(|e| self.fail(e))?;
         if buf.is_empty() {
             return Ok(0);
         }
@@ -1010,6 +1020,9 @@ impl Drop for Channel {
             return;
         }
         self.heartbeat = None;
+        if !self.still_attached() {
+            return;
+        }
         let state = if self.broken.is_some() {
             DEAD
         } else {
@@ -1412,6 +1425,33 @@ mod tests {
         let c = newcomer.join().unwrap();
         assert_eq!(a.epoch(), old + 1);
         assert_eq!(c.epoch(), old + 1);
+    }
+
+    #[test]
+    fn a_stale_end_leaves_a_new_session_alone() {
+        let opts = Options::new().liveness_timeout(Duration::from_millis(50));
+        let (r, mut a, mut b) = pair(&opts);
+        a.heartbeat = None; // `a` stalls: alive, but silent
+        let mut buf = [0u8; 4];
+        assert_eq!(
+            b.read(&mut buf).unwrap_err().kind(),
+            io::ErrorKind::BrokenPipe
+        );
+        drop(b);
+        let mut c = Channel::open(&r, "t", &opts).unwrap();
+        let mut d = Channel::open(&r, "t", &opts).unwrap();
+        assert_eq!(c.epoch(), a.epoch() + 1);
+        let e = a.write(b"stale").unwrap_err();
+        assert!(e.to_string().contains("detached"), "{e}");
+        drop(a); // must not close the new session's ring
+        c.write_all(b"new").unwrap();
+        d.set_nonblocking(true);
+        assert_eq!(d.read(&mut buf).unwrap(), 3);
+        assert_eq!(&buf[..3], b"new");
+        assert_eq!(
+            d.read(&mut buf).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
     }
 
     #[test]
