@@ -412,7 +412,8 @@ impl Channel {
             let mut raced = false;
             for me in 0..2 {
                 let other = s[1 - me];
-                if s[me] == FREE && (other == ATTACHED || other == CLOSED && self.unread(1 - me)) {
+                if s[me] == FREE && (other == ATTACHED || (other == CLOSED && self.unread(1 - me)))
+                {
                     let new = with_state(w, me, ATTACHED);
                     if self
                         .w64(ctl)
@@ -894,8 +895,9 @@ impl Channel {
         }
         let mut hdr = [0u8; MSG_HDR as usize];
         self.copy_from_ring(self.rx.pos, hdr.as_mut_ptr(), hdr.len());
-        let len = u32::from_le_bytes(hdr[..4].try_into().expect("4 bytes"));
-        let check = u32::from_le_bytes(hdr[4..].try_into().expect("4 bytes"));
+        let [l0, l1, l2, l3, c0, c1, c2, c3] = hdr;
+        let len = u32::from_le_bytes([l0, l1, l2, l3]);
+        let check = u32::from_le_bytes([c0, c1, c2, c3]);
         let need = MSG_HDR + u64::from(len).next_multiple_of(8);
         if check != !len || u64::from(len) > self.inp.cap - MSG_HDR || need > avail {
             return Err(self.fail(ChannelError::Corrupt(format!(
