@@ -73,8 +73,12 @@ rustfmt:
 lint: clippy rustfmt-check
 	cd userspace && $(CARGO) fmt --check && $(CARGO) clippy --locked --all-targets -- -D warnings
 
+# The second run is the loom model of the channel protocol (tests/channel_loom.rs): loom only
+# builds with the loom cfg, which changes every crate's build, hence its own target directory.
 unit-test:
 	cd userspace && $(CARGO) test --locked
+	cd userspace && RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
+		$(CARGO) test --locked --release --test channel_loom
 
 demo: all
 	IVSHMEM_FLAVOUR=release bash scripts/demo.sh

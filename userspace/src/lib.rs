@@ -9,6 +9,7 @@
 //! ```
 
 pub mod args;
+pub mod channel;
 mod device;
 mod error;
 mod mapping;

@@ -217,3 +217,27 @@ extern "C" {
     pub fn dup2(old: c_int, new: c_int) -> c_int;
     pub fn kill(pid: c_int, sig: c_int) -> c_int;
 }
+
+// Channels (wait.rs) and their tests: waiting on eventfds, memfds inherited by child processes.
+/// `memfd_create` flag.
+pub const MFD_CLOEXEC: c_uint = 1;
+/// `fcntl` command: set the descriptor flags (`FD_CLOEXEC`).
+pub const F_SETFD: c_int = 2;
+
+/// `struct timespec`.
+#[repr(C)]
+pub struct Timespec {
+    pub tv_sec: c_long,
+    pub tv_nsec: c_long,
+}
+
+extern "C" {
+    pub fn ppoll(
+        fds: *mut PollFd,
+        nfds: c_ulong,
+        timeout: *const Timespec,
+        sigmask: *const c_void,
+    ) -> c_int;
+    pub fn fcntl(fd: c_int, cmd: c_int, ...) -> c_int;
+    pub fn dup(fd: c_int) -> c_int;
+}

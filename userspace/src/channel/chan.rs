@@ -1,0 +1,1536 @@
+//! One end of a channel: attaching to a session, the heartbeat, waiting, and the stream,
+//! message and zero-copy operations.
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::RawFd;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::layout::{self, Kind, CHAN_CTL};
+use super::protocol::{Consumer, Producer, Std};
+use super::region::Mem;
+use super::wait::{SpinWaker, Waker};
+use super::{ChannelError, Region};
+
+/// Offsets inside a channel block.
+const C_CTL: u64 = 0x00;
+const C_SIDE: [u64; 2] = [0x40, 0x80];
+const C_RING: [u64; 2] = [0xc0, 0x140];
+const SIDE_EPOCH: u64 = 0;
+const SIDE_HEARTBEAT: u64 = 8;
+
+/// Side states in the control word.
+const FREE: u8 = 0;
+const RESETTING: u8 = 1;
+const ATTACHED: u8 = 2;
+const CLOSED: u8 = 3;
+const DEAD: u8 = 4;
+
+/// Message header: u32 length, u32 its complement (a cheap check against scribbles).
+const MSG_HDR: u64 = 8;
+
+/// Spin iterations between two looks at the clock (deadline, peer heartbeat).
+const CHECK_EVERY: u32 = 4096;
+
+fn side_state(w: u64, side: usize) -> u8 {
+    (w >> (8 * side)) as u8
+}
+
+fn with_state(w: u64, side: usize, s: u8) -> u64 {
+    (w & !(0xff << (8 * side))) | u64::from(s) << (8 * side)
+}
+
+fn session(w: u64) -> u32 {
+    (w >> 32) as u32
+}
+
+/// Splits a control word, refusing values no honest side writes.
+fn decode(w: u64) -> Result<([u8; 2], u32), ChannelError> {
+    let s = [side_state(w, 0), side_state(w, 1)];
+    if s[0] > DEAD || s[1] > DEAD || (w >> 16) & 0xffff != 0 {
+        return Err(ChannelError::Corrupt(format!(
+            "channel control word {w:#018x}"
+        )));
+    }
+    Ok((s, session(w)))
+}
+
+/// How [`Channel::open`] opens a channel and how the channel waits.
+#[derive(Clone)]
+pub struct Options {
+    kind: Kind,
+    capacity: u64,
+    create: bool,
+    spin: u32,
+    spin_hint: bool,
+    liveness: Duration,
+    open_timeout: Duration,
+    waker: Arc<dyn Waker>,
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("kind", &self.kind)
+            .field("capacity", &self.capacity)
+            .field("create", &self.create)
+            .field("spin", &self.spin)
+            .field("spin_hint", &self.spin_hint)
+            .field("liveness", &self.liveness)
+            .field("open_timeout", &self.open_timeout)
+            .field("sleeps", &self.waker.sleeps())
+            .finish()
+    }
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Options {
+    /// A byte stream with 256 KiB rings, created if missing, spinning 10 000 rounds before
+    /// backing off, a peer declared dead after 10 s without a heartbeat.
+    pub fn new() -> Self {
+        Self {
+            kind: Kind::Stream,
+            capacity: 256 << 10,
+            create: true,
+            spin: 10_000,
+            spin_hint: true,
+            liveness: Duration::from_secs(10),
+            open_timeout: Duration::from_secs(30),
+            waker: Arc::new(SpinWaker::default()),
+        }
+    }
+
+    /// Stream or messages; opening an existing channel of the other kind fails.
+    pub fn kind(mut self, kind: Kind) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    /// Ring capacity per direction in bytes (a power of two, 64 B to 1 GiB), used when this
+    /// side creates the channel; an existing channel keeps its own.
+    pub fn capacity(mut self, bytes: u64) -> Self {
+        self.capacity = bytes;
+        self
+    }
+
+    /// Whether a missing channel is created (default) or an error.
+    pub fn create(mut self, create: bool) -> Self {
+        self.create = create;
+        self
+    }
+
+    /// Rounds to spin on the ring before waiting with the waker.
+    pub fn spin(mut self, rounds: u32) -> Self {
+        self.spin = rounds;
+        self
+    }
+
+    /// Whether spinning executes the CPU's pause hint (`core::hint::spin_loop`) each round.
+    pub fn spin_hint(mut self, on: bool) -> Self {
+        self.spin_hint = on;
+        self
+    }
+
+    /// How long a peer's heartbeat may stand still before the peer counts as dead. The own
+    /// heartbeat advances five times per period.
+    pub fn liveness_timeout(mut self, t: Duration) -> Self {
+        self.liveness = t.max(Duration::from_millis(5));
+        self
+    }
+
+    /// How long opening waits for the layout, a slot being created, or a channel held by a
+    /// side that must leave first.
+    pub fn open_timeout(mut self, t: Duration) -> Self {
+        self.open_timeout = t;
+        self
+    }
+
+    /// How this side waits and wakes its peer (default: [`SpinWaker`]).
+    pub fn waker(mut self, waker: Arc<dyn Waker>) -> Self {
+        self.waker = waker;
+        self
+    }
+}
+
+/// Absolute offsets of one ring's words and payload in the region.
+#[derive(Debug, Clone, Copy)]
+struct Ring {
+    prod: usize,
+    prod_wake: usize,
+    closed: usize,
+    cons: usize,
+    cons_wake: usize,
+    data: usize,
+    cap: u64,
+}
+
+impl Ring {
+    fn new(block: u64, r: usize, caps: [u64; 2]) -> Self {
+        let ctl = (block + C_RING[r]) as usize;
+        let data = block + CHAN_CTL + if r == 1 { caps[0] } else { 0 };
+        Self {
+            prod: ctl,
+            prod_wake: ctl + 8,
+            closed: ctl + 16,
+            cons: ctl + 64,
+            cons_wake: ctl + 72,
+            data: data as usize,
+            cap: caps[r],
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Dir {
+    In,
+    Out,
+}
+
+/// The region, for words at offsets of one channel block.
+///
+/// # Invariants
+///
+/// Callers pass only offsets derived from a channel block that `layout::read_slot` checked
+/// against the region's size: inside the region and aligned for the word.
+struct Shm(Arc<Mem>);
+
+impl Shm {
+    /// The 64-bit word at `off`.
+    fn w64(&self, off: usize) -> &AtomicU64 {
+        debug_assert!(off + 8 <= self.0.len() && off.is_multiple_of(8));
+        // SAFETY: by the type invariant `off` is inside the region and 8-aligned; `self.0`
+        // keeps the region alive; both sides only access this word as an `AtomicU64`.
+        unsafe { AtomicU64::from_ptr(self.0.base().add(off).cast()) }
+    }
+
+    /// The 32-bit word at `off`.
+    fn w32(&self, off: usize) -> &AtomicU32 {
+        debug_assert!(off + 4 <= self.0.len() && off.is_multiple_of(4));
+        // SAFETY: as in `w64`, with 4-byte alignment.
+        unsafe { AtomicU32::from_ptr(self.0.base().add(off).cast()) }
+    }
+
+    fn base(&self) -> *mut u8 {
+        self.0.base()
+    }
+}
+
+/// Advances this side's heartbeat while the channel is open, whatever the application does.
+struct Heartbeat {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Heartbeat {
+    fn start(mem: Arc<Mem>, off: u64, every: Duration) -> io::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("channel-heartbeat".into())
+            .spawn(move || {
+                while !flag.load(Acquire) {
+                    if let Ok(w) = mem.u64_at(off) {
+                        w.fetch_add(1, Relaxed);
+                    }
+                    std::thread::park_timeout(every);
+                }
+            })?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.stop.store(true, Release);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
+}
+
+/// One end of a named channel in a shared region.
+///
+/// A byte stream ([`Kind::Stream`]: `Read`, `Write`, [`write_slice`](Self::write_slice),
+/// [`read_slice`](Self::read_slice)) or framed messages ([`Kind::Messages`]:
+/// [`send`](Self::send), [`recv`](Self::recv)). Blocking by default;
+/// [`set_nonblocking`](Self::set_nonblocking) gives `WouldBlock` instead, and the timeouts give
+/// `TimedOut`. A peer that closed or died gives `BrokenPipe` (after everything it published
+/// was read), a peer that breaks the protocol `InvalidData`; both carry a [`ChannelError`].
+///
+/// ```
+/// use ivshmem::channel::{Channel, Options, Region};
+/// use std::io::{Read, Write};
+///
+/// let region = Region::anonymous(1 << 20)?;
+/// let mut a = Channel::open(&region, "demo", &Options::new())?;
+/// let mut b = Channel::open(&region, "demo", &Options::new())?;
+/// a.write_all(b"hello, other VM")?;
+/// a.close_write()?;
+/// let mut got = String::new();
+/// b.read_to_string(&mut got)?;
+/// assert_eq!(got, "hello, other VM");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// # Invariants
+///
+/// Every offset in `out`, `inp`, `ctl` and the side blocks is inside the region and aligned for
+/// its word: `layout::read_slot` checked the channel block against the region's size.
+pub struct Channel {
+    mem: Shm,
+    name: String,
+    kind: Kind,
+    side: usize,
+    session: u32,
+    ctl: usize,
+    sides: [usize; 2],
+    out: Ring,
+    inp: Ring,
+    tx: Producer,
+    rx: Consumer,
+    waker: Arc<dyn Waker>,
+    sleeps: bool,
+    spin: u32,
+    spin_hint: bool,
+    liveness: Duration,
+    nonblocking: bool,
+    read_timeout: Option<Duration>,
+    write_timeout: Option<Duration>,
+    peer_hb: Option<(u32, u64, Instant)>,
+    write_closed: bool,
+    broken: Option<String>,
+    heartbeat: Option<Heartbeat>,
+    attached: bool,
+}
+
+impl std::fmt::Debug for Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Channel")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("side", &self.side)
+            .field("session", &self.session)
+            .field("capacity", &(self.out.cap, self.inp.cap))
+            .finish()
+    }
+}
+
+impl Channel {
+    /// Opens (or creates) the channel `name` in `region`, initialising the layout of a zeroed
+    /// region first. Either end may come first; the first to attach starts a new session with
+    /// empty rings, the second joins it.
+    pub fn open(region: &Region, name: &str, opts: &Options) -> Result<Self, ChannelError> {
+        let mem = region.mem.clone();
+        let deadline = Instant::now() + opts.open_timeout;
+        let hdr = layout::attach(&mem, opts.open_timeout)?;
+        let create = opts.create.then_some((opts.kind, opts.capacity));
+        let slot = layout::find_or_create(&mem, hdr, name, create, opts.open_timeout)?;
+        if slot.kind != opts.kind {
+            return Err(ChannelError::Invalid(format!(
+                "channel '{name}' carries {}, not {}",
+                kind_name(slot.kind),
+                kind_name(opts.kind)
+            )));
+        }
+        let block = slot.offset;
+        let ctl = (block + C_CTL) as usize;
+        let sides = C_SIDE.map(|s| (block + s) as usize);
+        let mut chan = Self {
+            mem: Shm(mem),
+            name: name.to_string(),
+            kind: slot.kind,
+            side: 0,
+            session: 0,
+            ctl,
+            sides,
+            out: Ring::new(block, 0, slot.caps),
+            inp: Ring::new(block, 1, slot.caps),
+            tx: Producer::new(slot.caps[0]),
+            rx: Consumer::new(slot.caps[1]),
+            waker: opts.waker.clone(),
+            sleeps: opts.waker.sleeps(),
+            spin: opts.spin,
+            spin_hint: opts.spin_hint,
+            liveness: opts.liveness,
+            nonblocking: false,
+            read_timeout: None,
+            write_timeout: None,
+            peer_hb: None,
+            write_closed: false,
+            broken: None,
+            heartbeat: None,
+            attached: false,
+        };
+        let (side, session) = chan.attach(deadline)?;
+        chan.side = side;
+        chan.session = session;
+        chan.attached = true;
+        chan.out = Ring::new(block, side, slot.caps);
+        chan.inp = Ring::new(block, 1 - side, slot.caps);
+        chan.tx = Producer::new(chan.out.cap);
+        chan.rx = Consumer::new(chan.inp.cap);
+        chan.w64(chan.sides[side] + SIDE_EPOCH as usize)
+            .store(u64::from(session), Relaxed);
+        let every = (opts.liveness / 5).max(Duration::from_millis(1));
+        let hb = (chan.sides[side] as u64) + SIDE_HEARTBEAT;
+        chan.heartbeat = Some(Heartbeat::start(chan.mem.0.clone(), hb, every)?);
+        Ok(chan)
+    }
+
+    fn w64(&self, off: usize) -> &AtomicU64 {
+        self.mem.w64(off)
+    }
+
+    fn w32(&self, off: usize) -> &AtomicU32 {
+        self.mem.w32(off)
+    }
+
+    /// Takes a side of the channel: joins a session the other side started (it is attached,
+    /// or left cleanly with data to drain), or starts a new one when nobody is attached.
+    /// Waits while a live side holds the channel, declaring it dead when its heartbeat stands
+    /// still for the liveness timeout.
+    fn attach(&mut self, deadline: Instant) -> Result<(usize, u32), ChannelError> {
+        let ctl = self.ctl;
+        let mut watch: [Option<(u32, u64, Instant)>; 2] = [None, None];
+        let mut round = 0u32;
+        loop {
+            let w = self.w64(ctl).load(Acquire);
+            let (s, sess) = decode(w)?;
+            let mut raced = false;
+            for me in 0..2 {
+                let other = s[1 - me];
+                if s[me] == FREE && (other == ATTACHED || (other == CLOSED && self.unread(1 - me)))
+                {
+                    let new = with_state(w, me, ATTACHED);
+                    if self
+                        .w64(ctl)
+                        .compare_exchange(w, new, Acquire, Relaxed)
+                        .is_ok()
+                    {
+                        return Ok((me, sess));
+                    }
+                    raced = true;
+                    break;
+                }
+            }
+            if raced {
+                continue;
+            }
+            let live = |x: u8| x == ATTACHED || x == RESETTING;
+            if !live(s[0]) && !live(s[1]) {
+                let next = sess.wrapping_add(1);
+                let new = u64::from(next) << 32 | u64::from(RESETTING);
+                if self
+                    .w64(ctl)
+                    .compare_exchange(w, new, Acquire, Relaxed)
+                    .is_ok()
+                {
+                    self.reset_rings();
+                    return self.finish_reset(next).map(|()| (0, next));
+                }
+                continue;
+            }
+            let now = Instant::now();
+            for x in 0..2 {
+                if !live(s[x]) {
+                    continue;
+                }
+                let hb = self
+                    .w64(self.sides[x] + SIDE_HEARTBEAT as usize)
+                    .load(Relaxed);
+                match watch[x] {
+                    Some((ws, v, since)) if ws == sess && v == hb => {
+                        if now.duration_since(since) > self.liveness {
+                            let dead = with_state(w, x, DEAD);
+                            let _ = self.w64(ctl).compare_exchange(w, dead, Relaxed, Relaxed);
+                            watch[x] = None;
+                        }
+                    }
+                    _ => watch[x] = Some((sess, hb, now)),
+                }
+            }
+            if now > deadline {
+                return Err(ChannelError::Busy(format!(
+                    "channel '{}' is held by live sides (states {:?}, session {sess}): two \
+                     ends are attached, or one whose peer left has not reopened",
+                    self.name, s
+                )));
+            }
+            layout_pause(&mut round);
+        }
+    }
+
+    /// Whether the ring that side `x` of the current session writes holds unread bytes: a
+    /// session whose only side left cleanly is worth joining only for those.
+    fn unread(&self, x: usize) -> bool {
+        let r = Ring::new(0, x, [0, 0]);
+        let base = self.ctl - C_CTL as usize;
+        self.w64(base + r.prod).load(Relaxed) != self.w64(base + r.cons).load(Relaxed)
+    }
+
+    /// Empties both rings for a new session (we hold the control word in RESETTING, so nobody
+    /// else touches them).
+    fn reset_rings(&self) {
+        for r in [self.out, self.inp] {
+            self.w64(r.prod).store(0, Relaxed);
+            self.w64(r.cons).store(0, Relaxed);
+            self.w64(r.prod_wake).store(0, Relaxed);
+            self.w64(r.cons_wake).store(0, Relaxed);
+            self.w32(r.closed).store(0, Relaxed);
+        }
+    }
+
+    /// RESETTING to ATTACHED with release: the joiner's acquire sees empty rings.
+    fn finish_reset(&self, next: u32) -> Result<(), ChannelError> {
+        let ctl = self.w64(self.ctl);
+        let mut w = ctl.load(Relaxed);
+        for _ in 0..1000 {
+            if session(w) != next || side_state(w, 0) != RESETTING {
+                return Err(ChannelError::Busy(format!(
+                    "channel '{}' changed hands while this side reset it",
+                    self.name
+                )));
+            }
+            match ctl.compare_exchange(w, with_state(w, 0, ATTACHED), Release, Relaxed) {
+                Ok(_) => return Ok(()),
+                Err(now) => w = now,
+            }
+        }
+        Err(ChannelError::Corrupt(format!(
+            "channel '{}' control word keeps changing",
+            self.name
+        )))
+    }
+
+    /// The channel's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Stream or messages.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// Which side of the session this end holds: 0 (A, started it) or 1 (B, joined).
+    pub fn side(&self) -> usize {
+        self.side
+    }
+
+    /// The session (epoch) this end attached to; every new session increments it.
+    pub fn epoch(&self) -> u32 {
+        self.session
+    }
+
+    /// Capacities of the outgoing and the incoming ring in bytes.
+    pub fn capacity(&self) -> (u64, u64) {
+        (self.out.cap, self.inp.cap)
+    }
+
+    /// The largest message [`send`](Self::send) takes.
+    pub fn max_message(&self) -> usize {
+        (self.out.cap - MSG_HDR) as usize
+    }
+
+    /// Whether operations return `WouldBlock` instead of waiting.
+    pub fn set_nonblocking(&mut self, on: bool) {
+        self.nonblocking = on;
+    }
+
+    /// How long reads (and `recv`, `read_slice`) wait before `TimedOut`; `None` waits forever.
+    pub fn set_read_timeout(&mut self, t: Option<Duration>) {
+        self.read_timeout = t;
+    }
+
+    /// How long writes (and `send`, `write_slice`, `flush`) wait before `TimedOut`.
+    pub fn set_write_timeout(&mut self, t: Option<Duration>) {
+        self.write_timeout = t;
+    }
+
+    /// The waker's descriptor, readable when the peer rings (doorbell or eventfd wakers):
+    /// for poll/epoll users, who then retry in non-blocking mode.
+    pub fn as_raw_fd(&self) -> Option<RawFd> {
+        self.waker.as_raw_fd()
+    }
+
+    fn usable(&self, kind: Kind) -> Result<(), ChannelError> {
+        if let Some(m) = &self.broken {
+            return Err(ChannelError::Corrupt(m.clone()));
+        }
+        if kind != self.kind {
+            return Err(ChannelError::Invalid(format!(
+                "channel '{}' carries {}: use the {} API",
+                self.name,
+                kind_name(self.kind),
+                match self.kind {
+                    Kind::Stream => "Read/Write",
+                    Kind::Messages => "send/recv",
+                }
+            )));
+        }
+        Ok(())
+    }
+
+    /// Records a protocol violation: the channel stays unusable.
+    fn fail(&mut self, e: ChannelError) -> io::Error {
+        if let ChannelError::Corrupt(m) = &e {
+            self.broken = Some(m.clone());
+        }
+        e.into()
+    }
+
+    /// Bytes (at least `want`) readable now; `Some(0)` at the end of the stream.
+    fn readable(&mut self, want: u64) -> Result<Option<u64>, ChannelError> {
+        let prod = self.mem.w64(self.inp.prod);
+        let n = self
+            .rx
+            .avail::<Std>(prod, want)
+            .map_err(ChannelError::Corrupt)?;
+        if n >= want {
+            return Ok(Some(n));
+        }
+        // Acquire: pairs with the release store of the flag, which follows the peer's last
+        // publish, so the re-read below sees everything it wrote.
+        if self.w32(self.inp.closed).load(Acquire) == 0 {
+            return Ok(None);
+        }
+        let n = self
+            .rx
+            .avail::<Std>(prod, want)
+            .map_err(ChannelError::Corrupt)?;
+        match n {
+            n if n >= want => Ok(Some(n)),
+            0 => Ok(Some(0)),
+            n => Err(ChannelError::Corrupt(format!(
+                "the peer closed after {n} bytes of a {want}-byte record"
+            ))),
+        }
+    }
+
+    /// Free bytes (at least `want`) in the outgoing ring.
+    fn writable(&mut self, want: u64) -> Result<Option<u64>, ChannelError> {
+        let n = self
+            .tx
+            .space::<Std>(self.mem.w64(self.out.cons), want)
+            .map_err(ChannelError::Corrupt)?;
+        Ok((n >= want).then_some(n))
+    }
+
+    /// Waits until `ready` gives a value: spin, then sleep (or back off) in slices, looking at
+    /// the peer and the deadline every `CHECK_EVERY` spins and before every sleep.
+    fn wait<T>(
+        &mut self,
+        dir: Dir,
+        want: u64,
+        mut ready: impl FnMut(&mut Self) -> Result<Option<T>, ChannelError>,
+    ) -> Result<T, ChannelError> {
+        if let Some(v) = ready(self)? {
+            return Ok(v);
+        }
+        if self.nonblocking {
+            if let Err(e) = self.check_peer(dir, Instant::now()) {
+                return ready(self)?.ok_or(e);
+            }
+            return Err(ChannelError::WouldBlock);
+        }
+        let timeout = match dir {
+            Dir::In => self.read_timeout,
+            Dir::Out => self.write_timeout,
+        };
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut i = 0u32;
+        let mut backoff = Duration::from_micros(1);
+        loop {
+            if let Some(v) = ready(self)? {
+                return Ok(v);
+            }
+            i = i.saturating_add(1);
+            if i <= self.spin {
+                if self.spin_hint {
+                    std::hint::spin_loop();
+                }
+                if !i.is_multiple_of(CHECK_EVERY) {
+                    continue;
+                }
+            }
+            let now = Instant::now();
+            if let Err(e) = self.check_peer(dir, now) {
+                // A peer that left may have published before it went: deliver that first.
+                return ready(self)?.ok_or(e);
+            }
+            let mut slice = self.liveness / 4;
+            if let Some(d) = deadline {
+                if now >= d {
+                    return Err(ChannelError::TimedOut);
+                }
+                slice = slice.min(d - now);
+            }
+            if i <= self.spin {
+                continue;
+            }
+            if self.sleeps {
+                // Ask the peer to ring when it gets to what we wait for, then look again:
+                // see `protocol::crossed` for why this cannot miss a wake-up.
+                match dir {
+                    Dir::In => self
+                        .rx
+                        .announce_wait::<Std>(self.mem.w64(self.inp.cons_wake), want),
+                    Dir::Out => self
+                        .tx
+                        .announce_wait::<Std>(self.mem.w64(self.out.prod_wake), want),
+                }
+                if let Some(v) = ready(self)? {
+                    return Ok(v);
+                }
+                self.waker.wait(slice)?;
+            } else {
+                self.waker.wait(backoff.min(slice))?;
+                backoff = (backoff * 2).min(slice);
+            }
+        }
+    }
+
+    /// Looks at the control word and the peer's heartbeat: an error when this side or the peer
+    /// left the session, or the peer's heartbeat stood still for the liveness timeout (it is
+    /// then declared dead, so that a new end can take its place).
+    fn check_peer(&mut self, dir: Dir, now: Instant) -> Result<(), ChannelError> {
+        let ctl = self.w64(self.ctl);
+        let w = ctl.load(Acquire);
+        let (s, sess) = decode(w)?;
+        if sess != self.session || s[self.side] != ATTACHED {
+            return Err(ChannelError::PeerGone(
+                "this end was detached: the peer declared it dead (stalled longer than the \
+                 liveness timeout) or the channel was reset"
+                    .into(),
+            ));
+        }
+        let peer = 1 - self.side;
+        match s[peer] {
+            FREE => Ok(()),
+            ATTACHED => {
+                let hb = self
+                    .w64(self.sides[peer] + SIDE_HEARTBEAT as usize)
+                    .load(Relaxed);
+                match self.peer_hb {
+                    Some((ps, v, since)) if ps == sess && v == hb => {
+                        if now.duration_since(since) > self.liveness {
+                            let _ = ctl.compare_exchange(
+                                w,
+                                with_state(w, peer, DEAD),
+                                Relaxed,
+                                Relaxed,
+                            );
+                            return Err(ChannelError::PeerGone(format!(
+                                "the peer's heartbeat stood still for {:?}: it died or hangs",
+                                self.liveness
+                            )));
+                        }
+                    }
+                    _ => self.peer_hb = Some((sess, hb, now)),
+                }
+                Ok(())
+            }
+            CLOSED => Err(ChannelError::PeerGone(match dir {
+                Dir::In => "the peer closed the channel".into(),
+                Dir::Out => "the peer closed the channel; nobody reads any more".into(),
+            })),
+            DEAD => Err(ChannelError::PeerGone("the peer was declared dead".into())),
+            x => Err(ChannelError::Corrupt(format!(
+                "peer state {x} in a running session"
+            ))),
+        }
+    }
+
+    /// Copies `src` into the outgoing ring at free-running position `pos`, in two parts when
+    /// it wraps. `src` must fit the free space there.
+    fn copy_to_ring(&self, pos: u64, src: &[u8]) {
+        let r = self.out;
+        debug_assert!(src.len() as u64 <= r.cap);
+        let off = (pos & (r.cap - 1)) as usize;
+        let first = src.len().min(r.cap as usize - off);
+        // SAFETY: `off + first <= cap` and `src.len() - first <= cap` keep both copies inside
+        // the ring's payload (in the region by the type invariant); the producer owns the free
+        // space `[pos, seen + cap)` until it publishes, and `src` is private memory.
+        unsafe {
+            let data = self.mem.base().add(r.data);
+            std::ptr::copy_nonoverlapping(src.as_ptr(), data.add(off), first);
+            std::ptr::copy_nonoverlapping(src.as_ptr().add(first), data, src.len() - first);
+        }
+    }
+
+    /// Copies bytes at free-running position `pos` of the incoming ring into `dst`.
+    fn copy_from_ring(&self, pos: u64, dst: *mut u8, len: usize) {
+        let r = self.inp;
+        debug_assert!(len as u64 <= r.cap);
+        let off = (pos & (r.cap - 1)) as usize;
+        let first = len.min(r.cap as usize - off);
+        // SAFETY: as in `copy_to_ring`; the bytes `[pos, pos + len)` are published and the
+        // consumer's until it releases them; `dst` is valid for `len` bytes (callers).
+        unsafe {
+            let data = self.mem.base().add(r.data);
+            std::ptr::copy_nonoverlapping(data.add(off), dst, first);
+            std::ptr::copy_nonoverlapping(data, dst.add(first), len - first);
+        }
+    }
+
+    fn publish(&mut self, n: u64) -> io::Result<()> {
+        let prod = self.mem.w64(self.out.prod);
+        let wake = self.mem.w64(self.out.cons_wake);
+        if self.tx.publish::<Std>(n, prod, wake, self.sleeps) {
+            self.waker.notify()?;
+        }
+        Ok(())
+    }
+
+    fn release(&mut self, n: u64) -> io::Result<()> {
+        let cons = self.mem.w64(self.inp.cons);
+        let wake = self.mem.w64(self.inp.prod_wake);
+        if self.rx.release::<Std>(n, cons, wake, self.sleeps) {
+            self.waker.notify()?;
+        }
+        Ok(())
+    }
+
+    /// Whether the control word still shows this end attached to its session.
+    fn still_attached(&self) -> bool {
+        decode(self.w64(self.ctl).load(Acquire))
+            .is_ok_and(|(s, sess)| sess == self.session && s[self.side] == ATTACHED)
+    }
+
+    /// Before writing: this end may write, and someone may still read (one load of the
+    /// control word, which changes only when an end comes or goes).
+    fn check_write(&self) -> Result<(), ChannelError> {
+        if self.write_closed {
+            return Err(ChannelError::PeerGone(
+                "this end closed its write side".into(),
+            ));
+        }
+        let (s, sess) = decode(self.w64(self.ctl).load(Acquire))?;
+        if sess != self.session || s[self.side] != ATTACHED {
+            return Err(ChannelError::PeerGone("this end was detached".into()));
+        }
+        match s[1 - self.side] {
+            CLOSED | DEAD => Err(ChannelError::PeerGone(
+                "the peer left the channel; nobody reads any more".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Ends this side's byte stream or message sequence: the peer reads what is in the ring,
+    /// then end-of-file. Reading goes on.
+    pub fn close_write(&mut self) -> io::Result<()> {
+        if self.write_closed {
+            return Ok(());
+        }
+        self.write_closed = true;
+        if !self.still_attached() {
+            // The ring may belong to a newer session by now: leave it alone.
+            return Err(ChannelError::PeerGone("this end was detached".into()).into());
+        }
+        // Release: the peer's acquire of the flag sees every publish before it.
+        self.w32(self.out.closed).store(1, Release);
+        if self.sleeps
+            && self
+                .tx
+                .consumer_waits::<Std>(self.mem.w64(self.out.cons_wake))
+        {
+            self.waker.notify()?;
+        }
+        Ok(())
+    }
+
+    /// Leaves without closing the write side: the peer reads what was published, then gets
+    /// `BrokenPipe` instead of end-of-file. For a sender that failed before it finished.
+    pub fn abort(mut self) {
+        self.broken.get_or_insert_with(|| "aborted".into());
+    }
+
+    /// Sends one message (blocking as configured). It arrives whole or not at all.
+    pub fn send(&mut self, msg: &[u8]) -> io::Result<()> {
+        self.usable(Kind::Messages)?;
+        self.check_write().map_err(|e| self.fail(e))?;
+        let max = self.max_message();
+        if msg.len() > max {
+            return Err(ChannelError::MessageTooLarge {
+                len: msg.len(),
+                max,
+            }
+            .into());
+        }
+        let need = MSG_HDR + (msg.len() as u64).next_multiple_of(8);
+        self.wait(Dir::Out, need, |c| c.writable(need))
+            .map_err(|e| self.fail(e))?;
+        let len = msg.len() as u32;
+        let mut hdr = [0u8; MSG_HDR as usize];
+        hdr[..4].copy_from_slice(&len.to_le_bytes());
+        hdr[4..].copy_from_slice(&(!len).to_le_bytes());
+        self.copy_to_ring(self.tx.pos, &hdr);
+        self.copy_to_ring(self.tx.pos + MSG_HDR, msg);
+        self.publish(need)
+    }
+
+    /// Receives the next message into `buf` (replacing its contents): `Some(len)`, or `None`
+    /// once the peer closed and every message was read.
+    pub fn recv(&mut self, buf: &mut Vec<u8>) -> io::Result<Option<usize>> {
+        self.usable(Kind::Messages)?;
+        let avail = self
+            .wait(Dir::In, MSG_HDR, |c| c.readable(MSG_HDR))
+            .map_err(|e| self.fail(e))?;
+        if avail == 0 {
+            return Ok(None);
+        }
+        let mut hdr = [0u8; MSG_HDR as usize];
+        self.copy_from_ring(self.rx.pos, hdr.as_mut_ptr(), hdr.len());
+        let [l0, l1, l2, l3, c0, c1, c2, c3] = hdr;
+        let len = u32::from_le_bytes([l0, l1, l2, l3]);
+        let check = u32::from_le_bytes([c0, c1, c2, c3]);
+        let need = MSG_HDR + u64::from(len).next_multiple_of(8);
+        if check != !len || u64::from(len) > self.inp.cap - MSG_HDR || need > avail {
+            return Err(self.fail(ChannelError::Corrupt(format!(
+                "message header {len:#x}/{check:#x} at {} with {avail} bytes published",
+                self.rx.pos
+            ))));
+        }
+        let len = len as usize;
+        buf.clear();
+        buf.reserve(len);
+        let spare: &mut [MaybeUninit<u8>] = &mut buf.spare_capacity_mut()[..len];
+        self.copy_from_ring(self.rx.pos + MSG_HDR, spare.as_mut_ptr().cast(), len);
+        // SAFETY: the copy above initialised the first `len` bytes of the spare capacity.
+        unsafe { buf.set_len(len) };
+        self.release(need)?;
+        Ok(Some(len))
+    }
+
+    /// Borrows the free part of the outgoing ring up to where it wraps (at least one byte;
+    /// waits as configured): write into it, then [`WriteSlice::commit`] what was written.
+    pub fn write_slice(&mut self) -> io::Result<WriteSlice<'_>> {
+        self.usable(Kind::Stream)?;
+        self.check_write().map_err(|e| self.fail(e))?;
+        let free = self
+            .wait(Dir::Out, 1, |c| c.writable(1))
+            .map_err(|e| self.fail(e))?;
+        let off = (self.tx.pos & (self.out.cap - 1)) as usize;
+        let len = (free as usize).min(self.out.cap as usize - off);
+        Ok(WriteSlice {
+            off: self.out.data + off,
+            len,
+            chan: self,
+        })
+    }
+
+    /// Borrows the published part of the incoming ring up to where it wraps (waits as
+    /// configured; empty at the end of the stream): read it, then [`ReadSlice::release`] what
+    /// was used.
+    pub fn read_slice(&mut self) -> io::Result<ReadSlice<'_>> {
+        self.usable(Kind::Stream)?;
+        let avail = self
+            .wait(Dir::In, 1, |c| c.readable(1))
+            .map_err(|e| self.fail(e))?;
+        let off = (self.rx.pos & (self.inp.cap - 1)) as usize;
+        let len = (avail as usize).min(self.inp.cap as usize - off);
+        Ok(ReadSlice {
+            off: self.inp.data + off,
+            len,
+            chan: self,
+        })
+    }
+}
+
+fn kind_name(k: Kind) -> &'static str {
+    match k {
+        Kind::Stream => "a byte stream",
+        Kind::Messages => "messages",
+    }
+}
+
+fn layout_pause(round: &mut u32) {
+    *round += 1;
+    if *round < 64 {
+        std::thread::yield_now();
+    } else {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+impl io::Write for Channel {
+    /// Writes as much of `buf` as fits (at least one byte, waiting as configured).
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.usable(Kind::Stream)?;
+        self.check_write().map_err(|e| self.fail(e))?;
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let free = self
+            .wait(Dir::Out, 1, |c| c.writable(1))
+            .map_err(|e| self.fail(e))?;
+        let n = buf.len().min(free as usize);
+        self.copy_to_ring(self.tx.pos, &buf[..n]);
+        self.publish(n as u64)?;
+        Ok(n)
+    }
+
+    /// Waits (as configured) until the peer has read everything written: the end of a
+    /// transfer that must have arrived.
+    fn flush(&mut self) -> io::Result<()> {
+        self.usable(self.kind)?;
+        let cap = self.out.cap;
+        self.wait(Dir::Out, cap, |c| c.writable(cap))
+            .map_err(|e| self.fail(e))?;
+        Ok(())
+    }
+}
+
+impl io::Read for Channel {
+    /// Reads what is there (at least one byte, waiting as configured); 0 at the end of the
+    /// stream.
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.usable(Kind::Stream)?;
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let avail = self
+            .wait(Dir::In, 1, |c| c.readable(1))
+            .map_err(|e| self.fail(e))?;
+        let n = buf.len().min(avail as usize);
+        self.copy_from_ring(self.rx.pos, buf.as_mut_ptr(), n);
+        self.release(n as u64)?;
+        Ok(n)
+    }
+}
+
+impl Drop for Channel {
+    /// Leaves cleanly: the write side is closed (the peer reads the rest, then end-of-file)
+    /// and this end marked closed, so the peer's timeout is only for crashes. A channel that
+    /// met a protocol violation leaves as [`Channel::abort`] does.
+    fn drop(&mut self) {
+        if !self.attached {
+            return;
+        }
+        self.heartbeat = None;
+        if !self.still_attached() {
+            return;
+        }
+        let state = if self.broken.is_some() {
+            DEAD
+        } else {
+            let _ = self.close_write();
+            CLOSED
+        };
+        let ctl = self.w64(self.ctl);
+        let mut w = ctl.load(Acquire);
+        for _ in 0..1000 {
+            if session(w) != self.session || side_state(w, self.side) != ATTACHED {
+                break;
+            }
+            match ctl.compare_exchange(w, with_state(w, self.side, state), Release, Acquire) {
+                Ok(_) => break,
+                Err(now) => w = now,
+            }
+        }
+        if self.sleeps {
+            let _ = self.waker.notify();
+        }
+    }
+}
+
+/// The writable part of the outgoing ring, from [`Channel::write_slice`].
+///
+/// The protocol gives these bytes to this side alone until it commits them, but a hostile peer
+/// can still write into them; so the safe interface copies ([`copy_from`](Self::copy_from))
+/// and only [`as_mut_slice`](Self::as_mut_slice) (unsafe) makes a Rust slice.
+pub struct WriteSlice<'a> {
+    chan: &'a mut Channel,
+    off: usize,
+    len: usize,
+}
+
+impl std::fmt::Debug for WriteSlice<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteSlice")
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl WriteSlice<'_> {
+    /// Bytes available.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no byte is available (never: the slice waits for one).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The first byte, for raw writes of at most [`len`](Self::len) bytes (e.g. `read(2)`).
+    pub fn as_mut_ptr(&mut self) -> *mut u8 {
+        // SAFETY: `off` is inside the region (checked when the slice was made).
+        unsafe { self.chan.mem.base().add(self.off) }
+    }
+
+    /// Copies `src` to offset `at` of the slice.
+    ///
+    /// # Panics
+    ///
+    /// If `at + src.len()` exceeds [`len`](Self::len).
+    pub fn copy_from(&mut self, at: usize, src: &[u8]) {
+        assert!(
+            at.checked_add(src.len()).is_some_and(|e| e <= self.len),
+            "{} bytes at {at} exceed the {}-byte slice",
+            src.len(),
+            self.len
+        );
+        // SAFETY: the range is inside the slice (asserted), which the protocol gives to us;
+        // `src` is private memory.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.as_mut_ptr().add(at), src.len()) }
+    }
+
+    /// The slice as Rust memory.
+    ///
+    /// # Safety
+    ///
+    /// The peer must be trusted not to write into its free ring space while the slice lives.
+    /// A hostile peer writing concurrently makes this a data race (undefined behaviour: the
+    /// compiler may assume the bytes do not change under the reference).
+    pub unsafe fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: in bounds (see `as_mut_ptr`), exclusive by the protocol and by `&mut self`
+        // while the caller upholds the trust above.
+        unsafe { std::slice::from_raw_parts_mut(self.as_mut_ptr(), self.len) }
+    }
+
+    /// Publishes the first `n` bytes to the peer.
+    pub fn commit(self, n: usize) -> io::Result<()> {
+        if n > self.len {
+            return Err(ChannelError::Invalid(format!(
+                "commit of {n} bytes from a {}-byte slice",
+                self.len
+            ))
+            .into());
+        }
+        self.chan.publish(n as u64)
+    }
+}
+
+/// The readable part of the incoming ring, from [`Channel::read_slice`]; empty at the end of
+/// the stream.
+///
+/// The protocol gives these bytes to this side until it releases them, and the peer has
+/// finished writing them; a hostile peer may still change them, so the safe interface copies
+/// ([`copy_to`](Self::copy_to)) and only [`as_slice`](Self::as_slice) (unsafe) makes a Rust
+/// slice.
+pub struct ReadSlice<'a> {
+    chan: &'a mut Channel,
+    off: usize,
+    len: usize,
+}
+
+impl std::fmt::Debug for ReadSlice<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadSlice").field("len", &self.len).finish()
+    }
+}
+
+impl ReadSlice<'_> {
+    /// Bytes available.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the stream ended.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The first byte, for raw reads of at most [`len`](Self::len) bytes (e.g. `write(2)`).
+    pub fn as_ptr(&self) -> *const u8 {
+        // SAFETY: `off` is inside the region (checked when the slice was made).
+        unsafe { self.chan.mem.base().add(self.off) }
+    }
+
+    /// Copies bytes from offset `at` of the slice into `dst`.
+    ///
+    /// # Panics
+    ///
+    /// If `at + dst.len()` exceeds [`len`](Self::len).
+    pub fn copy_to(&self, at: usize, dst: &mut [u8]) {
+        assert!(
+            at.checked_add(dst.len()).is_some_and(|e| e <= self.len),
+            "{} bytes at {at} exceed the {}-byte slice",
+            dst.len(),
+            self.len
+        );
+        // SAFETY: the range is inside the slice (asserted); `dst` is private memory.
+        unsafe { std::ptr::copy_nonoverlapping(self.as_ptr().add(at), dst.as_mut_ptr(), dst.len()) }
+    }
+
+    /// The slice as Rust memory.
+    ///
+    /// # Safety
+    ///
+    /// The peer must be trusted not to write into published bytes while the slice lives; a
+    /// hostile peer writing concurrently makes this a data race, and code that checks a byte
+    /// and then uses it may see two different values.
+    pub unsafe fn as_slice(&self) -> &[u8] {
+        // SAFETY: in bounds (see `as_ptr`); unchanged while the caller upholds the trust above.
+        unsafe { std::slice::from_raw_parts(self.as_ptr(), self.len) }
+    }
+
+    /// Gives the first `n` bytes back to the peer.
+    pub fn release(self, n: usize) -> io::Result<()> {
+        if n > self.len {
+            return Err(ChannelError::Invalid(format!(
+                "release of {n} bytes from a {}-byte slice",
+                self.len
+            ))
+            .into());
+        }
+        self.chan.release(n as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::channel::FdWaker;
+    use std::io::{Read, Write};
+
+    fn pair(opts: &Options) -> (Region, Channel, Channel) {
+        let r = Region::anonymous(1 << 20).unwrap();
+        let a = Channel::open(&r, "t", opts).unwrap();
+        let b = Channel::open(&r, "t", opts).unwrap();
+        (r, a, b)
+    }
+
+    fn kind_of(e: &io::Error) -> io::ErrorKind {
+        e.kind()
+    }
+
+    #[test]
+    fn stream_wraps_and_writes_partially() {
+        let (_r, mut a, mut b) = pair(&Options::new().capacity(64));
+        assert_eq!((a.side(), b.side()), (0, 1));
+        assert_eq!(a.epoch(), b.epoch());
+        let data: Vec<u8> = (0..=255).collect();
+        let mut got = Vec::new();
+        let mut sent = 0;
+        let mut buf = [0u8; 40];
+        while got.len() < data.len() {
+            if sent < data.len() {
+                let n = a.write(&data[sent..]).unwrap();
+                assert!(n >= 1 && n <= 64 - (sent - got.len()));
+                sent += n;
+            }
+            let n = b.read(&mut buf).unwrap();
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, data);
+        // Full ring: a partial write, then WouldBlock.
+        a.set_nonblocking(true);
+        assert_eq!(a.write(&[7u8; 100]).unwrap(), 64);
+        assert_eq!(
+            kind_of(&a.write(&[7u8]).unwrap_err()),
+            io::ErrorKind::WouldBlock
+        );
+        a.set_nonblocking(false);
+        a.set_write_timeout(Some(Duration::from_millis(30)));
+        let t = Instant::now();
+        assert_eq!(
+            kind_of(&a.write(&[7u8]).unwrap_err()),
+            io::ErrorKind::TimedOut
+        );
+        assert!(t.elapsed() >= Duration::from_millis(30));
+        a.close_write().unwrap();
+        let mut rest = Vec::new();
+        b.read_to_end(&mut rest).unwrap();
+        assert_eq!(rest, [7u8; 64]);
+        assert_eq!(b.read(&mut buf).unwrap(), 0, "EOF stays EOF");
+        assert_eq!(
+            kind_of(&a.write(b"x").unwrap_err()),
+            io::ErrorKind::BrokenPipe
+        );
+    }
+
+    #[test]
+    fn empty_ring_would_block_or_time_out() {
+        let (_r, _a, mut b) = pair(&Options::new());
+        let mut buf = [0u8; 8];
+        b.set_nonblocking(true);
+        assert_eq!(
+            kind_of(&b.read(&mut buf).unwrap_err()),
+            io::ErrorKind::WouldBlock
+        );
+        b.set_nonblocking(false);
+        b.set_read_timeout(Some(Duration::from_millis(20)));
+        assert_eq!(
+            kind_of(&b.read(&mut buf).unwrap_err()),
+            io::ErrorKind::TimedOut
+        );
+    }
+
+    #[test]
+    fn messages_keep_their_boundaries() {
+        let opts = Options::new().kind(Kind::Messages).capacity(128);
+        let (r, mut a, mut b) = pair(&opts);
+        assert_eq!(a.max_message(), 120);
+        let mut buf = Vec::new();
+        for round in 0..50usize {
+            let len = (round * 7) % 121;
+            let msg: Vec<u8> = (0..len).map(|i| (i + round) as u8).collect();
+            a.send(&msg).unwrap();
+            assert_eq!(b.recv(&mut buf).unwrap(), Some(len));
+            assert_eq!(buf, msg);
+        }
+        let e = a.send(&[0u8; 121]).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        assert!(e.to_string().contains("121 bytes is larger"), "{e}");
+        // Two that fit together, the third waits.
+        a.set_nonblocking(true);
+        a.send(&[1; 50]).unwrap();
+        a.send(&[2; 50]).unwrap();
+        assert_eq!(
+            a.send(&[3; 50]).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
+        assert_eq!(b.recv(&mut buf).unwrap(), Some(50));
+        assert_eq!(buf, [1; 50]);
+        a.send(&[3; 50]).unwrap();
+        a.send(b"").unwrap_err(); // full again: the empty message needs its header
+        drop(a);
+        assert_eq!(b.recv(&mut buf).unwrap(), Some(50));
+        assert_eq!(buf, [2; 50]);
+        assert_eq!(b.recv(&mut buf).unwrap(), Some(50));
+        assert_eq!(buf, [3; 50]);
+        assert_eq!(b.recv(&mut buf).unwrap(), None);
+        // The wrong API and the wrong kind are clear errors.
+        let mut c = [0u8; 1];
+        let e = b.read(&mut c).unwrap_err();
+        assert!(e.to_string().contains("use the send/recv API"), "{e}");
+        let e = Channel::open(&r, "t", &Options::new()).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("carries messages, not a byte stream"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn zero_copy_slices() {
+        let (_r, mut a, mut b) = pair(&Options::new().capacity(64));
+        a.write_all(&[0u8; 40]).unwrap();
+        let mut sink = [0u8; 40];
+        b.read_exact(&mut sink).unwrap();
+        // The writable slice ends where the ring wraps.
+        let mut w = a.write_slice().unwrap();
+        assert_eq!(w.len(), 24);
+        w.copy_from(0, b"zero-copy");
+        w.commit(9).unwrap();
+        let r = b.read_slice().unwrap();
+        assert_eq!(r.len(), 9);
+        let mut got = [0u8; 4];
+        r.copy_to(5, &mut got);
+        assert_eq!(&got, b"copy");
+        // SAFETY: both ends are in this test; nobody writes the ring meanwhile.
+        assert_eq!(unsafe { r.as_slice() }, b"zero-copy");
+        r.release(9).unwrap();
+        let w = a.write_slice().unwrap();
+        assert!(w.commit(1000).is_err());
+        a.close_write().unwrap();
+        assert!(b.read_slice().unwrap().is_empty());
+    }
+
+    #[test]
+    fn closed_peer_breaks_the_pipe_after_the_data() {
+        let (_r, mut a, mut b) = pair(&Options::new());
+        b.write_all(b"last words").unwrap();
+        drop(b);
+        let mut got = String::new();
+        a.read_to_string(&mut got).unwrap();
+        assert_eq!(got, "last words");
+        assert_eq!(a.write(b"x").unwrap_err().kind(), io::ErrorKind::BrokenPipe);
+    }
+
+    #[test]
+    fn abort_is_not_end_of_file() {
+        let (_r, mut a, mut b) = pair(&Options::new());
+        b.write_all(b"partial").unwrap();
+        b.abort();
+        let mut got = Vec::new();
+        let e = a.read_to_end(&mut got).unwrap_err();
+        assert_eq!(got, b"partial");
+        assert_eq!(e.kind(), io::ErrorKind::BrokenPipe);
+        assert!(e.to_string().contains("declared dead"), "{e}");
+    }
+
+    #[test]
+    fn flush_waits_until_the_peer_read_everything() {
+        let (_r, mut a, mut b) = pair(&Options::new());
+        a.write_all(b"12345").unwrap();
+        a.set_write_timeout(Some(Duration::from_millis(20)));
+        assert_eq!(a.flush().unwrap_err().kind(), io::ErrorKind::TimedOut);
+        let mut buf = [0u8; 5];
+        b.read_exact(&mut buf).unwrap();
+        a.flush().unwrap();
+    }
+
+    /// Stops the heartbeat and leaks the end, as a crash would.
+    fn crash(mut c: Channel) {
+        c.heartbeat = None;
+        std::mem::forget(c);
+    }
+
+    #[test]
+    fn dead_peer_is_detected_and_replaced() {
+        let opts = Options::new().liveness_timeout(Duration::from_millis(100));
+        let (r, mut a, mut b) = pair(&opts);
+        b.write_all(b"before").unwrap();
+        crash(b);
+        let mut buf = [0u8; 16];
+        assert_eq!(a.read(&mut buf).unwrap(), 6);
+        let t = Instant::now();
+        let e = a.read(&mut buf).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::BrokenPipe);
+        assert!(e.to_string().contains("heartbeat stood still"), "{e}");
+        assert!(t.elapsed() >= Duration::from_millis(100));
+        assert!(t.elapsed() < Duration::from_secs(5));
+        let old = a.epoch();
+        // A new end waits for the survivor to leave, the survivor reopens: a fresh session.
+        let r2 = r.clone();
+        let o2 = opts.clone();
+        let newcomer = std::thread::spawn(move || {
+            let mut c = Channel::open(&r2, "t", &o2).unwrap();
+            c.write_all(b"fresh").unwrap();
+            c.flush().unwrap();
+            c
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        drop(a);
+        let mut a = Channel::open(&r, "t", &opts).unwrap();
+        let mut got = [0u8; 5];
+        a.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"fresh");
+        let c = newcomer.join().unwrap();
+        assert_eq!(a.epoch(), old + 1);
+        assert_eq!(c.epoch(), old + 1);
+    }
+
+    #[test]
+    fn a_stale_end_leaves_a_new_session_alone() {
+        let opts = Options::new().liveness_timeout(Duration::from_millis(50));
+        let (r, mut a, mut b) = pair(&opts);
+        a.heartbeat = None; // `a` stalls: alive, but silent
+        let mut buf = [0u8; 4];
+        assert_eq!(
+            b.read(&mut buf).unwrap_err().kind(),
+            io::ErrorKind::BrokenPipe
+        );
+        drop(b);
+        let mut c = Channel::open(&r, "t", &opts).unwrap();
+        let mut d = Channel::open(&r, "t", &opts).unwrap();
+        assert_eq!(c.epoch(), a.epoch() + 1);
+        let e = a.write(b"stale").unwrap_err();
+        assert!(e.to_string().contains("detached"), "{e}");
+        drop(a); // must not close the new session's ring
+        c.write_all(b"new").unwrap();
+        d.set_nonblocking(true);
+        assert_eq!(d.read(&mut buf).unwrap(), 3);
+        assert_eq!(&buf[..3], b"new");
+        assert_eq!(
+            d.read(&mut buf).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
+    }
+
+    #[test]
+    fn a_dead_holder_is_replaced_on_open() {
+        let opts = Options::new().liveness_timeout(Duration::from_millis(50));
+        let (r, a, b) = pair(&opts);
+        crash(a);
+        crash(b);
+        let t = Instant::now();
+        let mut c = Channel::open(&r, "t", &opts).unwrap();
+        assert!(t.elapsed() >= Duration::from_millis(50));
+        let mut d = Channel::open(&r, "t", &opts).unwrap();
+        c.write_all(b"ok").unwrap();
+        let mut got = [0u8; 2];
+        d.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"ok");
+        // Two live ends hold the channel: a third gets Busy.
+        let e = Channel::open(
+            &r,
+            "t",
+            &opts.clone().open_timeout(Duration::from_millis(50)),
+        )
+        .unwrap_err();
+        assert!(matches!(e, ChannelError::Busy(_)), "{e}");
+    }
+
+    #[test]
+    fn scribbled_index_is_corrupt_and_stays_so() {
+        let (_r, mut a, mut b) = pair(&Options::new().capacity(64));
+        a.write_all(b"abc").unwrap();
+        a.mem.w64(a.out.prod).store(1 << 40, Relaxed);
+        let mut buf = [0u8; 8];
+        let e = b.read(&mut buf).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert!(e.to_string().contains("producer index"), "{e}");
+        a.mem.w64(a.out.prod).store(3, Relaxed);
+        assert_eq!(
+            b.read(&mut buf).unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
+        // A garbage control word.
+        a.mem.w64(a.ctl).store(u64::MAX, Relaxed);
+        a.set_nonblocking(true);
+        let mut buf = [0u8; 1];
+        assert_eq!(
+            a.read(&mut buf).unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
+    }
+
+    #[test]
+    fn message_header_scribbles_are_corrupt() {
+        let opts = Options::new().kind(Kind::Messages).capacity(64);
+        let (_r, mut a, mut b) = pair(&opts);
+        a.send(b"hello").unwrap();
+        // Length 5 with a wrong check word.
+        let data = a.out.data;
+        a.mem.w32(data + 4).store(0, Relaxed);
+        let e = b.recv(&mut Vec::new()).unwrap_err();
+        assert!(e.to_string().contains("message header"), "{e}");
+    }
+
+    #[test]
+    fn sleeping_ends_wake_each_other() {
+        let (wa, wb) = FdWaker::pair().unwrap();
+        let r = Region::anonymous(1 << 20).unwrap();
+        let base = Options::new().capacity(64).spin(0);
+        let mut a = Channel::open(&r, "t", &base.clone().waker(Arc::new(wa))).unwrap();
+        let mut b = Channel::open(&r, "t", &base.waker(Arc::new(wb))).unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            b.read_to_end(&mut got).unwrap();
+            got
+        });
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        a.write_all(&data).unwrap();
+        a.close_write().unwrap();
+        assert_eq!(reader.join().unwrap(), data);
+    }
+}

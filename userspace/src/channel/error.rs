@@ -1,0 +1,176 @@
+//! The one error type of the channel layer, convertible into `io::Error` with a fitting kind.
+
+use std::fmt;
+use std::io;
+
+/// What went wrong in the channel layer.
+///
+/// Operations that implement `std::io` traits return `io::Error`; those built here carry a
+/// `ChannelError` inside, which [`ChannelError::of`] gets back.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ChannelError {
+    /// The region does not hold a channel layout this library understands (wrong magic, sizes
+    /// or offsets in the header or the channel table).
+    BadLayout(String),
+    /// The layout was written by another version of this library.
+    Version {
+        /// The version in the header.
+        found: u32,
+        /// The version this library speaks.
+        supported: u32,
+    },
+    /// The region is too small for the layout.
+    TooSmall {
+        /// Bytes needed.
+        need: u64,
+        /// Bytes the region has.
+        have: u64,
+    },
+    /// A word read from shared memory breaks the protocol: a buggy or hostile peer, or the host
+    /// writing into the region. The channel is unusable afterwards.
+    Corrupt(String),
+    /// An argument is not valid (name, capacity, a call on the wrong kind of channel).
+    Invalid(String),
+    /// All slots of the channel table are taken.
+    TableFull,
+    /// The region has no room left for the rings of a new channel.
+    NoSpace {
+        /// The channel's name.
+        name: String,
+        /// Bytes its rings need.
+        need: u64,
+        /// Bytes left in the region.
+        free: u64,
+    },
+    /// Someone else holds the layout or the channel and did not let go in time.
+    Busy(String),
+    /// The message can never fit the ring.
+    MessageTooLarge {
+        /// The message's length.
+        len: usize,
+        /// The largest message the ring takes.
+        max: usize,
+    },
+    /// The peer closed the channel, or stopped (its heartbeat did not advance for the liveness
+    /// timeout), or this side was declared dead by the peer.
+    PeerGone(String),
+    /// The timeout set on the channel expired first.
+    TimedOut,
+    /// Non-blocking mode, and the operation would have to wait.
+    WouldBlock,
+    /// The waker (eventfd, doorbell) failed.
+    Io(io::Error),
+}
+
+impl ChannelError {
+    /// The `io::ErrorKind` this error maps to.
+    pub fn kind(&self) -> io::ErrorKind {
+        match self {
+            Self::BadLayout(_) | Self::Version { .. } | Self::Corrupt(_) => {
+                io::ErrorKind::InvalidData
+            }
+            Self::TooSmall { .. } | Self::Invalid(_) | Self::MessageTooLarge { .. } => {
+                io::ErrorKind::InvalidInput
+            }
+            Self::TableFull | Self::NoSpace { .. } => io::ErrorKind::StorageFull,
+            Self::Busy(_) => io::ErrorKind::ResourceBusy,
+            Self::PeerGone(_) => io::ErrorKind::BrokenPipe,
+            Self::TimedOut => io::ErrorKind::TimedOut,
+            Self::WouldBlock => io::ErrorKind::WouldBlock,
+            Self::Io(e) => e.kind(),
+        }
+    }
+
+    /// The `ChannelError` inside an `io::Error` returned by a channel, if there is one.
+    pub fn of(err: &io::Error) -> Option<&ChannelError> {
+        err.get_ref()?.downcast_ref()
+    }
+}
+
+impl fmt::Display for ChannelError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::BadLayout(m) => write!(f, "not a usable channel layout: {m}"),
+            Self::Version { found, supported } => write!(
+                f,
+                "channel layout version {found}, this library speaks version {supported}"
+            ),
+            Self::TooSmall { need, have } => write!(
+                f,
+                "region of {have} bytes is too small: the layout needs {need}"
+            ),
+            Self::Corrupt(m) => write!(f, "shared memory corrupt: {m}"),
+            Self::Invalid(m) => write!(f, "{m}"),
+            Self::TableFull => write!(f, "the channel table is full"),
+            Self::NoSpace { name, need, free } => write!(
+                f,
+                "no room for channel '{name}': its rings need {need} bytes, {free} are left"
+            ),
+            Self::Busy(m) => write!(f, "busy: {m}"),
+            Self::MessageTooLarge { len, max } => write!(
+                f,
+                "message of {len} bytes is larger than the ring takes ({max} bytes at most)"
+            ),
+            Self::PeerGone(m) => write!(f, "peer gone: {m}"),
+            Self::TimedOut => write!(f, "timed out"),
+            Self::WouldBlock => write!(f, "operation would block"),
+            Self::Io(e) => write!(f, "waker: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ChannelError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<ChannelError> for io::Error {
+    fn from(e: ChannelError) -> Self {
+        match e {
+            ChannelError::Io(e) => e,
+            e => io::Error::new(e.kind(), e),
+        }
+    }
+}
+
+impl From<io::Error> for ChannelError {
+    fn from(e: io::Error) -> Self {
+        Self::Io(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_and_messages() {
+        let e: io::Error = ChannelError::Corrupt("producer index 9 beyond 8".into()).into();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert_eq!(
+            e.to_string(),
+            "shared memory corrupt: producer index 9 beyond 8"
+        );
+        assert!(matches!(
+            ChannelError::of(&e),
+            Some(ChannelError::Corrupt(_))
+        ));
+        let e: io::Error = ChannelError::PeerGone("closed".into()).into();
+        assert_eq!(e.kind(), io::ErrorKind::BrokenPipe);
+        let e: io::Error = ChannelError::Io(io::Error::from_raw_os_error(9)).into();
+        assert_eq!(e.raw_os_error(), Some(9));
+        assert_eq!(
+            ChannelError::Version {
+                found: 7,
+                supported: 1
+            }
+            .to_string(),
+            "channel layout version 7, this library speaks version 1"
+        );
+    }
+}
