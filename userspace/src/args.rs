@@ -4,7 +4,7 @@
 
 use std::str::FromStr;
 
-use crate::ToolError;
+use crate::{sys, ToolError};
 
 /// Command-line arguments not yet consumed.
 #[derive(Debug)]
@@ -142,9 +142,18 @@ pub fn device_path(arg: Option<String>) -> String {
     }
 }
 
+/// Lets the tool die of `SIGPIPE` when its output goes to a reader that went away
+/// (`ivshmem info | head -2`), as `cat` does. Rust ignores the signal, so without this the
+/// next `println!` panics. A process that writes to sockets (`ivshmem-server`) keeps ignoring it.
+pub fn die_on_closed_output() {
+    // SAFETY: restores the default action of one signal; no handler runs.
+    unsafe { sys::signal(sys::SIGPIPE, sys::SIG_DFL) };
+}
+
 /// The `main` of a tool: `--help` prints `help`; an error of `parse` is a usage error (status
 /// 2, whatever its type), an error of `run` exits with its [`ToolError::exit_code`]; each with a
-/// `prog: ` message on stderr.
+/// `prog: ` message on stderr. A closed standard output ends the tool quietly
+/// ([`die_on_closed_output`]).
 pub fn run_tool<O, PE, RE>(
     prog: &str,
     help: &str,
@@ -154,6 +163,7 @@ pub fn run_tool<O, PE, RE>(
     PE: Into<ToolError>,
     RE: Into<ToolError>,
 {
+    die_on_closed_output();
     let opts = match parse(Args::from_env()) {
         Ok(Some(o)) => o,
         Ok(None) => {

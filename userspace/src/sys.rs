@@ -23,6 +23,10 @@ pub const SIGBUS: c_int = 7;
 pub const SIGUSR1: c_int = 10;
 /// `signal` handler value: the default action.
 pub const SIG_DFL: usize = 0;
+/// `signal` handler value: ignore the signal.
+pub const SIG_IGN: usize = 1;
+/// Written to a pipe or socket nobody reads any more.
+pub const SIGPIPE: c_int = 13;
 
 /// Error numbers, as `io::Error::raw_os_error` and [`crate::Error::errno`] report them.
 pub mod errno {

@@ -186,6 +186,7 @@ fn run(cmd: &str, mut args: Args) -> Result<(), ToolError> {
 }
 
 fn main() {
+    ivshmem::args::die_on_closed_output();
     let mut args = Args::from_env();
     if args.flag(&["-h", "--help"]) {
         println!("{HELP}");

@@ -695,6 +695,7 @@ fn churn(path: &str, n: usize) -> i32 {
 }
 
 fn main() {
+    ivshmem::args::die_on_closed_output();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let code = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
         ["errors", dev] => errors(dev),

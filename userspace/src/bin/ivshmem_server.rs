@@ -201,6 +201,9 @@ fn run(o: Opts) -> Result<(), ToolError> {
     }
     fs::write(&o.pidfile, format!("{}\n", std::process::id()))
         .map_err(|e| ToolError::sys(format!("pid file {}", o.pidfile), e))?;
+    // Peers that hang up must not kill the server: keep SIGPIPE ignored (run_tool restored it).
+    // SAFETY: sets the action of one signal to "ignore"; no handler runs.
+    unsafe { sys::signal(sys::SIGPIPE, sys::SIG_IGN) };
     let handler: extern "C" fn(c_int) = on_signal;
     for sig in [sys::SIGINT, sys::SIGTERM] {
         // SAFETY: the handler only stores to an atomic.
