@@ -20,7 +20,7 @@ DEBUG_FLAGS := LLVM=$(shell source $(ROOT)/scripts/config.sh && echo $$IVSHMEM_L
 CARGO ?= cargo
 TOOLS_TARGET := x86_64-unknown-linux-gnu
 TOOLS_DIR := $(ROOT)/userspace/target/$(TOOLS_TARGET)/release
-TOOLS := read_write bandwidth ivshmem ivshmem-check
+TOOLS := read_write bandwidth ivshmem ivshmem-check ivshmem-bench
 
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 

@@ -5,6 +5,8 @@
 # $IVSHMEM_RUN/guestN.console, command socket guestN.sock (see scripts/lab.py), pid file
 # guestN.pid. IVSHMEM_ONLY="N ..." starts just those guests (e.g. to rejoin a killed one).
 # Stop everything with scripts/stop.sh.
+# IVSHMEM_NET=1 links guests 1 and 2 by virtio-net: each QEMU sends datagrams from UNIX socket
+# netN.sock to the other's, so no host network is involved (the guests take 10.0.7.N/24).
 # IVSHMEM_FLAVOUR=debug boots the debug kernel (scripts/setup.sh debug), IVSHMEM_KERNEL any bzImage.
 #   scripts/start.sh [INITRAMFS]
 set -euo pipefail
@@ -51,6 +53,11 @@ accel_probe() {
 	fi
 	cat "$cache"
 }
+
+case "$IVSHMEM_NET" in
+0 | 1) ;;
+*) die "IVSHMEM_NET must be 0 or 1, not '$IVSHMEM_NET'" ;;
+esac
 
 case "$IVSHMEM_ACCEL" in
 tcg | kvm) accel=$IVSHMEM_ACCEL ;;
@@ -102,13 +109,20 @@ done
 
 for i in $guests; do
 	rm -f "$IVSHMEM_RUN/guest$i.sock" "$IVSHMEM_RUN/guest$i.console"
+	net_args=()
+	if [ "$IVSHMEM_NET" = 1 ] && { [ "$i" = 1 ] || [ "$i" = 2 ]; }; then
+		peer=$((3 - i))
+		rm -f "$IVSHMEM_RUN/net$i.sock"
+		net_args=(-netdev "dgram,id=n0,local.type=unix,local.path=$IVSHMEM_RUN/net$i.sock,remote.type=unix,remote.path=$IVSHMEM_RUN/net$peer.sock"
+			-device "virtio-net-pci,netdev=n0,mac=52:54:00:00:07:0$i")
+	fi
 	qemu-system-x86_64 -name "guest$i" "${cpu[@]}" -m "$IVSHMEM_GUEST_MEM" -smp "$IVSHMEM_GUEST_CPUS" \
 		-nodefaults -no-reboot -display none \
 		-kernel "$kernel" -initrd "$initrd" \
 		-append "console=ttyS0 ivshmem_lab.guest=$i panic=-1 tsc=reliable$kargs" \
 		-serial "file:$IVSHMEM_RUN/guest$i.console" \
 		-serial "unix:$IVSHMEM_RUN/guest$i.sock,server=on,wait=off" \
-		"${dev_args[@]}" \
+		"${dev_args[@]}" "${net_args[@]}" \
 		-daemonize -pidfile "$IVSHMEM_RUN/guest$i.pid" ||
 		{ "$IVSHMEM_ROOT/scripts/stop.sh"; die "QEMU failed to start guest $i"; }
 done

@@ -14,4 +14,4 @@ for pidfile in "$IVSHMEM_RUN"/guest*.pid "$IVSHMEM_RUN"/server.pid; do
 	fi
 	rm -f "$pidfile"
 done
-rm -f "$IVSHMEM_RUN"/guest*.sock "$IVSHMEM_RUN"/ivshmem.sock
+rm -f "$IVSHMEM_RUN"/guest*.sock "$IVSHMEM_RUN"/net*.sock "$IVSHMEM_RUN"/ivshmem.sock

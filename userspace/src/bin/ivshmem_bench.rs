@@ -1,0 +1,842 @@
+//! `ivshmem-bench`: channel throughput and round-trip latency, beside the same workload over
+//! TCP between the same two ends, and the memcpy bandwidth they are measured against. One side
+//! runs with `--listen` (receives, echoes), the other drives and prints one `key=value` line
+//! per figure for `scripts/bench.py`.
+
+use std::fs::File;
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use ivshmem::args::{device_path, parse_size, run_tool, Args};
+use ivshmem::channel::{Channel, Kind, Options, Region};
+use ivshmem::ToolError;
+
+const PROG: &str = "ivshmem-bench";
+
+const HELP: &str = "\
+usage: ivshmem-bench stream [--listen] [COMMON] [--sizes LIST] [--seconds S]
+                            [--modes copy,zero]
+       ivshmem-bench rtt    [--listen] [COMMON] [--rounds N] [--size BYTES]
+       ivshmem-bench memcpy [--sizes LIST] [--seconds S]
+
+stream: the driving side streams messages of each size for S seconds (default 1)
+  through a byte-stream channel, in copying mode (Write::write_all from a buffer,
+  Read::read into one) and zero-copy mode (write_slice + commit after one copy
+  into the ring, as an application building its data there; read_slice, one
+  load per 64-byte line in place, release). The listener counts and acknowledges
+  every byte; the figure runs from the first byte sent to that acknowledgement.
+rtt: the driving side sends N (default 10000) messages of BYTES (default 64)
+  over a message channel and waits for each echo: percentiles of the round trip.
+memcpy: this machine's copy bandwidth for the same sizes (a hot source copied to
+  successive places of a 2 MiB buffer, as into a ring).
+With --tcp ADDR:PORT, stream and rtt repeat the workload over TCP after the
+channel (TCP_NODELAY for rtt): the listener binds ADDR:PORT, the other connects.
+
+COMMON:
+  --listen           the receiving / echoing side (start it first or second)
+  -d DEVICE          /dev/ivshmemN or a regular file (host side; default /dev/ivshmem0)
+  --channel NAME     channel name prefix (default bench)
+  --wait MODE        auto (default), spin or doorbell
+  --spin N           spin rounds before sleeping (default: the library's; 0 for
+                     rtt --wait doorbell, so it measures the doorbell)
+  --capacity BYTES   ring size per direction when creating (default 2M)
+  --tcp ADDR:PORT    also run the workload over TCP
+  --tcp-only         only TCP (needs --tcp)
+Output (driving side): lines of key=value, e.g.
+  stream transport=channel mode=copy size=4096 bytes=N secs=S mbps=X
+  rtt transport=tcp wait=- size=64 rounds=N min_us=.. p50_us=.. p90_us=.. p99_us=.. max_us=..
+  memcpy size=4096 bytes=N secs=S mbps=X";
+
+/// Message sizes 64 B to 1 MiB, powers of 4.
+const SIZES: [usize; 8] = [
+    64,
+    256,
+    1 << 10,
+    4 << 10,
+    16 << 10,
+    64 << 10,
+    256 << 10,
+    1 << 20,
+];
+/// Header of a stream phase: magic, operation, message size.
+const MAGIC: u32 = u32::from_le_bytes(*b"IVBS");
+const OP_COPY: u32 = 1;
+const OP_ZERO: u32 = 2;
+const OP_QUIT: u32 = 3;
+/// How long the driving side retries connecting to a listener that is not up yet.
+const CONNECT_PATIENCE: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WaitMode {
+    Auto,
+    Spin,
+    Doorbell,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Copy,
+    Zero,
+}
+
+#[derive(Debug)]
+struct Common {
+    listen: bool,
+    device: String,
+    channel: String,
+    wait: WaitMode,
+    spin: Option<u32>,
+    capacity: u64,
+    tcp: Option<String>,
+    tcp_only: bool,
+}
+
+#[derive(Debug)]
+enum Cmd {
+    Stream {
+        c: Common,
+        sizes: Vec<usize>,
+        secs: f64,
+        modes: Vec<Mode>,
+    },
+    Rtt {
+        c: Common,
+        rounds: usize,
+        size: usize,
+    },
+    Memcpy {
+        sizes: Vec<usize>,
+        secs: f64,
+    },
+}
+
+fn parse_sizes(v: Option<String>) -> Result<Vec<usize>, ToolError> {
+    let Some(v) = v else {
+        return Ok(SIZES.to_vec());
+    };
+    v.split(',')
+        .map(|s| match parse_size(s) {
+            Ok(n) if (1..=1 << 30).contains(&n) => Ok(n as usize),
+            Ok(_) => Err(ToolError::Usage(format!(
+                "size '{s}' out of range (1 to 1G)"
+            ))),
+            Err(e) => Err(ToolError::Usage(format!("bad size '{s}' in --sizes: {e}"))),
+        })
+        .collect()
+}
+
+fn parse_secs(a: &mut Args) -> Result<f64, ToolError> {
+    match a.parsed::<f64>(&["--seconds"])? {
+        None => Ok(1.0),
+        Some(s) if s > 0.0 && s <= 3600.0 => Ok(s),
+        Some(s) => Err(ToolError::Usage(format!("--seconds {s} out of range"))),
+    }
+}
+
+fn parse_common(a: &mut Args) -> Result<Common, ToolError> {
+    let listen = a.flag(&["--listen"]);
+    let tcp_only = a.flag(&["--tcp-only"]);
+    let device = device_path(a.value(&["-d", "--device"])?);
+    let channel = a.value(&["--channel"])?.unwrap_or_else(|| "bench".into());
+    if channel.is_empty() || channel.len() > 28 {
+        return Err(ToolError::usage("--channel: 1 to 28 bytes"));
+    }
+    let wait = match a.value(&["--wait"])?.as_deref() {
+        None | Some("auto") => WaitMode::Auto,
+        Some("spin") => WaitMode::Spin,
+        Some("doorbell") => WaitMode::Doorbell,
+        Some(w) => {
+            return Err(ToolError::Usage(format!(
+                "bad wait mode '{w}' (auto, spin or doorbell)"
+            )))
+        }
+    };
+    let spin = a.parsed::<u32>(&["--spin"])?;
+    let capacity = a.size(&["--capacity"])?.unwrap_or(2 << 20);
+    if !capacity.is_power_of_two() || !(64..=1 << 30).contains(&capacity) {
+        return Err(ToolError::usage(
+            "--capacity must be a power of two from 64 to 1G",
+        ));
+    }
+    let tcp = a.value(&["--tcp"])?;
+    if tcp_only && tcp.is_none() {
+        return Err(ToolError::usage("--tcp-only needs --tcp ADDR:PORT"));
+    }
+    Ok(Common {
+        listen,
+        device,
+        channel,
+        wait,
+        spin,
+        capacity,
+        tcp,
+        tcp_only,
+    })
+}
+
+fn parse(mut a: Args) -> Result<Option<Cmd>, ToolError> {
+    if a.flag(&["-h", "--help"]) {
+        return Ok(None);
+    }
+    let cmd = match a.subcommand().as_deref() {
+        Some("stream") => {
+            let c = parse_common(&mut a)?;
+            let sizes = parse_sizes(a.value(&["--sizes"])?)?;
+            let secs = parse_secs(&mut a)?;
+            let modes = match a.value(&["--modes"])? {
+                None => vec![Mode::Copy, Mode::Zero],
+                Some(v) => v
+                    .split(',')
+                    .map(|m| match m {
+                        "copy" => Ok(Mode::Copy),
+                        "zero" => Ok(Mode::Zero),
+                        _ => Err(ToolError::Usage(format!("bad mode '{m}' (copy, zero)"))),
+                    })
+                    .collect::<Result<_, _>>()?,
+            };
+            Cmd::Stream {
+                c,
+                sizes,
+                secs,
+                modes,
+            }
+        }
+        Some("rtt") => {
+            let c = parse_common(&mut a)?;
+            let rounds = a.parsed::<usize>(&["--rounds"])?.unwrap_or(10_000);
+            if !(1..=10_000_000).contains(&rounds) {
+                return Err(ToolError::usage("--rounds out of range (1 to 10000000)"));
+            }
+            let size = a.size(&["--size"])?.unwrap_or(64);
+            if !(1..=16 << 10).contains(&size) {
+                return Err(ToolError::usage("--size out of range (1 to 16K)"));
+            }
+            Cmd::Rtt {
+                c,
+                rounds,
+                size: size as usize,
+            }
+        }
+        Some("memcpy") => Cmd::Memcpy {
+            sizes: parse_sizes(a.value(&["--sizes"])?)?,
+            secs: parse_secs(&mut a)?,
+        },
+        Some(s) => {
+            return Err(ToolError::Usage(format!(
+                "unknown command '{s}' (stream, rtt or memcpy)"
+            )))
+        }
+        None => {
+            return Err(ToolError::usage(
+                "a command is required: stream, rtt or memcpy",
+            ))
+        }
+    };
+    let rest = a.finish()?;
+    if let Some(r) = rest.first() {
+        return Err(ToolError::Usage(format!("unexpected argument '{r}'")));
+    }
+    Ok(Some(cmd))
+}
+
+/// A connection the stream and rtt workloads run over: a channel or a TCP socket.
+trait Link: Read + Write {
+    /// Ends this side's stream: the peer reads the rest, then end-of-file.
+    fn close_write(&mut self) -> io::Result<()>;
+    /// The channel under this link, for zero-copy.
+    fn channel(&mut self) -> Option<&mut Channel> {
+        None
+    }
+}
+
+impl Link for Channel {
+    fn close_write(&mut self) -> io::Result<()> {
+        Channel::close_write(self)
+    }
+    fn channel(&mut self) -> Option<&mut Channel> {
+        Some(self)
+    }
+}
+
+impl Link for TcpStream {
+    fn close_write(&mut self) -> io::Result<()> {
+        self.shutdown(std::net::Shutdown::Write)
+    }
+}
+
+fn chan_err(what: &str, e: impl std::fmt::Display) -> ToolError {
+    ToolError::Failed(format!("{what}: {e}"))
+}
+
+impl Common {
+    fn options(&self, kind: Kind, rtt: bool) -> Options {
+        // Round trips keep one message in flight: a small ring does.
+        let capacity = if rtt { 64 << 10 } else { self.capacity };
+        let mut o = Options::new()
+            .kind(kind)
+            .capacity(capacity)
+            .open_timeout(Duration::from_secs(600));
+        if let Some(n) = self.spin_rounds(rtt) {
+            o = o.spin(n);
+        }
+        o
+    }
+
+    /// The spin budget: `--spin`, else none for rtt on the doorbell (so it measures the
+    /// doorbell, not a spin that catches the echo first), else the library's default.
+    fn spin_rounds(&self, rtt: bool) -> Option<u32> {
+        match (self.spin, rtt, self.wait) {
+            (Some(n), _, _) => Some(n),
+            (None, true, WaitMode::Doorbell) => Some(0),
+            _ => None,
+        }
+    }
+
+    /// Opens channel `NAME.suffix` on the device or file.
+    fn open(&self, suffix: &str, kind: Kind, rtt: bool) -> Result<Channel, ToolError> {
+        let name = format!("{}.{suffix}", self.channel);
+        let opts = self.options(kind, rtt);
+        if self.wait == WaitMode::Doorbell {
+            return Err(ToolError::usage("--wait doorbell needs the device API"));
+        }
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .open(&self.device)
+            .map_err(|e| ToolError::sys(&self.device, e))?;
+        let region = Region::map_file(&file).map_err(|e| ToolError::sys(&self.device, e))?;
+        Channel::open(&region, &name, &opts).map_err(|e| chan_err(&name, e))
+    }
+
+    fn tcp_addr(&self) -> &str {
+        self.tcp.as_deref().unwrap_or_default()
+    }
+
+    fn wait_name(&self) -> &'static str {
+        match self.wait {
+            WaitMode::Auto => "auto",
+            WaitMode::Spin => "spin",
+            WaitMode::Doorbell => "doorbell",
+        }
+    }
+}
+
+fn listen_tcp(c: &Common) -> Result<Option<TcpListener>, ToolError> {
+    match &c.tcp {
+        Some(addr) if c.listen => TcpListener::bind(addr)
+            .map(Some)
+            .map_err(|e| ToolError::sys(format!("bind {addr}"), e)),
+        _ => Ok(None),
+    }
+}
+
+/// Connects to the listener, retrying while it is not up yet.
+fn connect(addr: &str) -> Result<TcpStream, ToolError> {
+    let start = Instant::now();
+    loop {
+        match TcpStream::connect(addr) {
+            Ok(s) => return Ok(s),
+            Err(e)
+                if start.elapsed() < CONNECT_PATIENCE
+                    && matches!(e.kind(), ErrorKind::ConnectionRefused | ErrorKind::TimedOut) =>
+            {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            Err(e) => return Err(ToolError::sys(format!("connect {addr}"), e)),
+        }
+    }
+}
+
+fn accept(l: &TcpListener) -> Result<TcpStream, ToolError> {
+    l.accept()
+        .map(|(s, _)| s)
+        .map_err(|e| ToolError::sys("accept", e))
+}
+
+fn io_err(what: &str) -> impl Fn(io::Error) -> ToolError + '_ {
+    move |e| ToolError::sys(what, e)
+}
+
+fn mbps(bytes: u64, secs: f64) -> f64 {
+    bytes as f64 / secs / 1e6
+}
+
+// ---- stream ----
+
+/// The driving side of one phase: `mode` messages of `size` bytes for `secs`. Returns the
+/// bytes the listener acknowledged and the time to the acknowledgement.
+fn stream_send(
+    l: &mut dyn Link,
+    mode: Mode,
+    size: usize,
+    secs: f64,
+    src: &[u8],
+) -> Result<(u64, f64), ToolError> {
+    let e = io_err("stream");
+    let op = if mode == Mode::Zero { OP_ZERO } else { OP_COPY };
+    let mut hdr = [0u8; 16];
+    hdr[..4].copy_from_slice(&MAGIC.to_le_bytes());
+    hdr[4..8].copy_from_slice(&op.to_le_bytes());
+    hdr[8..].copy_from_slice(&(size as u64).to_le_bytes());
+    l.write_all(&hdr).map_err(&e)?;
+    let mut ready = [0u8; 1];
+    l.read_exact(&mut ready).map_err(&e)?;
+    let limit = Duration::from_secs_f64(secs);
+    // The clock is read once per batch of about 256 KiB.
+    let batch = ((256 << 10) / size).max(1);
+    let mut sent = 0u64;
+    let start = Instant::now();
+    let msg = &src[..size];
+    match mode {
+        Mode::Copy => loop {
+            for _ in 0..batch {
+                l.write_all(msg).map_err(&e)?;
+            }
+            sent += (batch * size) as u64;
+            if start.elapsed() >= limit {
+                break;
+            }
+        },
+        Mode::Zero => loop {
+            let ch = l
+                .channel()
+                .ok_or_else(|| ToolError::usage("zero-copy needs a channel"))?;
+            for _ in 0..batch {
+                let mut done = 0;
+                while done < size {
+                    let mut w = ch.write_slice().map_err(&e)?;
+                    let n = w.len().min(size - done);
+                    w.copy_from(0, &msg[done..done + n]);
+                    w.commit(n).map_err(&e)?;
+                    done += n;
+                }
+            }
+            sent += (batch * size) as u64;
+            if start.elapsed() >= limit {
+                break;
+            }
+        },
+    }
+    l.close_write().map_err(&e)?;
+    let mut ack = [0u8; 8];
+    l.read_exact(&mut ack).map_err(&e)?;
+    let secs = start.elapsed().as_secs_f64();
+    let got = u64::from_le_bytes(ack);
+    if got != sent {
+        return Err(ToolError::Check(format!(
+            "sent {sent} bytes, the listener counted {got}"
+        )));
+    }
+    Ok((sent, secs))
+}
+
+/// Reads one phase header; `None` for the end.
+fn read_header(l: &mut dyn Link) -> Result<Option<(u32, usize)>, ToolError> {
+    let mut hdr = [0u8; 16];
+    l.read_exact(&mut hdr).map_err(io_err("stream header"))?;
+    let [m0, m1, m2, m3, o0, o1, o2, o3, s @ ..] = hdr;
+    let op = u32::from_le_bytes([o0, o1, o2, o3]);
+    let size = u64::from_le_bytes(s);
+    if u32::from_le_bytes([m0, m1, m2, m3]) != MAGIC
+        || !(OP_COPY..=OP_QUIT).contains(&op)
+        || !(1..=1 << 30).contains(&size)
+    {
+        return Err(ToolError::Check(format!(
+            "bad phase header {hdr:02x?}: is the other side ivshmem-bench stream?"
+        )));
+    }
+    Ok((op != OP_QUIT).then_some((op, size as usize)))
+}
+
+/// The listening side of one phase: counts every byte until end-of-file and acknowledges.
+/// Returns false at the end.
+fn stream_recv(l: &mut dyn Link) -> Result<bool, ToolError> {
+    let e = io_err("stream");
+    let Some((op, size)) = read_header(l)? else {
+        return Ok(false);
+    };
+    l.write_all(&[1]).map_err(&e)?;
+    let mut got = 0u64;
+    match (op, l.channel()) {
+        (OP_ZERO, Some(ch)) => {
+            let mut sum = 0u64;
+            loop {
+                let r = ch.read_slice().map_err(&e)?;
+                let n = r.len();
+                if n == 0 {
+                    break;
+                }
+                let p = r.as_ptr();
+                for i in (0..n).step_by(64) {
+                    // SAFETY: `i < n`, inside the readable slice `as_ptr` points to; a
+                    // volatile byte read of shared memory, no reference is made.
+                    sum = sum.wrapping_add(u64::from(unsafe { p.add(i).read_volatile() }));
+                }
+                r.release(n).map_err(&e)?;
+                got += n as u64;
+            }
+            std::hint::black_box(sum);
+        }
+        (OP_ZERO, None) => {
+            return Err(ToolError::Check("zero-copy phase over TCP".into()));
+        }
+        _ => {
+            let mut buf = vec![0u8; size];
+            loop {
+                let n = l.read(&mut buf).map_err(&e)?;
+                if n == 0 {
+                    break;
+                }
+                got += n as u64;
+            }
+        }
+    }
+    l.write_all(&got.to_le_bytes()).map_err(&e)?;
+    l.flush().map_err(&e)?;
+    Ok(true)
+}
+
+fn quit(l: &mut dyn Link) -> Result<(), ToolError> {
+    let mut hdr = [0u8; 16];
+    hdr[..4].copy_from_slice(&MAGIC.to_le_bytes());
+    hdr[4..8].copy_from_slice(&OP_QUIT.to_le_bytes());
+    hdr[8..].copy_from_slice(&1u64.to_le_bytes());
+    l.write_all(&hdr).map_err(io_err("stream"))?;
+    l.flush().map_err(io_err("stream"))
+}
+
+fn print_stream(transport: &str, mode: &str, size: usize, bytes: u64, secs: f64) {
+    println!(
+        "stream transport={transport} mode={mode} size={size} bytes={bytes} secs={secs:.6} mbps={:.1}",
+        mbps(bytes, secs)
+    );
+}
+
+fn stream(c: &Common, sizes: &[usize], secs: f64, modes: &[Mode]) -> Result<(), ToolError> {
+    let listener = listen_tcp(c)?;
+    if !c.tcp_only {
+        if c.listen {
+            // One session per phase: the channel's end-of-file ends a phase.
+            loop {
+                let mut ch = c.open("s", Kind::Stream, false)?;
+                if !stream_recv(&mut ch)? {
+                    break;
+                }
+            }
+        } else {
+            let src: Vec<u8> = (0..*sizes.iter().max().unwrap_or(&64))
+                .map(|i| i as u8)
+                .collect();
+            for &mode in modes {
+                for &size in sizes {
+                    let mut ch = c.open("s", Kind::Stream, false)?;
+                    let (bytes, t) = stream_send(&mut ch, mode, size, secs, &src)?;
+                    drop(ch);
+                    print_stream(
+                        "channel",
+                        if mode == Mode::Copy { "copy" } else { "zero" },
+                        size,
+                        bytes,
+                        t,
+                    );
+                }
+            }
+            let mut ch = c.open("s", Kind::Stream, false)?;
+            quit(&mut ch)?;
+        }
+    }
+    if c.tcp.is_none() {
+        return Ok(());
+    }
+    if let Some(l) = &listener {
+        loop {
+            let mut s = accept(l)?;
+            if !stream_recv(&mut s)? {
+                break;
+            }
+        }
+    } else {
+        let src: Vec<u8> = (0..*sizes.iter().max().unwrap_or(&64))
+            .map(|i| i as u8)
+            .collect();
+        for &size in sizes {
+            let mut s = connect(c.tcp_addr())?;
+            let (bytes, t) = stream_send(&mut s, Mode::Copy, size, secs, &src)?;
+            print_stream("tcp", "copy", size, bytes, t);
+        }
+        let mut s = connect(c.tcp_addr())?;
+        quit(&mut s)?;
+        // Wait for the listener to close, so it is gone before the next run binds the port.
+        let _ = s.read(&mut [0u8; 1]);
+    }
+    Ok(())
+}
+
+// ---- rtt ----
+
+/// Untimed round trips first: page faults, caches, the peer's first wake-up.
+const WARMUP: usize = 100;
+
+/// One round trip of `msg` over `l`: send it, wait for the echo of the same length.
+trait Echo {
+    fn round(&mut self, msg: &[u8], buf: &mut Vec<u8>) -> io::Result<()>;
+    /// Echoes one message; false at the end.
+    fn serve(&mut self, buf: &mut Vec<u8>) -> io::Result<bool>;
+}
+
+impl Echo for Channel {
+    fn round(&mut self, msg: &[u8], buf: &mut Vec<u8>) -> io::Result<()> {
+        self.send(msg)?;
+        match self.recv(buf)? {
+            Some(n) if n == msg.len() => Ok(()),
+            Some(n) => Err(io::Error::new(
+                ErrorKind::InvalidData,
+                format!("echo of {n} bytes for {}", msg.len()),
+            )),
+            None => Err(ErrorKind::UnexpectedEof.into()),
+        }
+    }
+
+    fn serve(&mut self, buf: &mut Vec<u8>) -> io::Result<bool> {
+        match self.recv(buf)? {
+            Some(_) => self.send(buf).map(|()| true),
+            None => Ok(false),
+        }
+    }
+}
+
+/// Over TCP the echo has the length of the message: the first message fixes it.
+impl Echo for TcpStream {
+    fn round(&mut self, msg: &[u8], buf: &mut Vec<u8>) -> io::Result<()> {
+        self.write_all(msg)?;
+        buf.resize(msg.len(), 0);
+        self.read_exact(buf)
+    }
+
+    fn serve(&mut self, buf: &mut Vec<u8>) -> io::Result<bool> {
+        match self.read_exact(buf) {
+            Ok(()) => self.write_all(buf).map(|()| true),
+            Err(e) if e.kind() == ErrorKind::UnexpectedEof => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The value at fraction `p` of sorted `v` (nearest rank).
+fn percentile(v: &[u64], p: f64) -> u64 {
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i.min(v.len() - 1)]
+}
+
+fn ping(e: &mut dyn Echo, rounds: usize, size: usize) -> Result<Vec<u64>, ToolError> {
+    let msg: Vec<u8> = (0..size).map(|i| i as u8).collect();
+    let mut buf = Vec::with_capacity(size);
+    let err = io_err("rtt");
+    for _ in 0..WARMUP {
+        e.round(&msg, &mut buf).map_err(&err)?;
+    }
+    let mut ns = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let t = Instant::now();
+        e.round(&msg, &mut buf).map_err(&err)?;
+        ns.push(t.elapsed().as_nanos() as u64);
+    }
+    if buf != msg {
+        return Err(ToolError::Check("the echo differs from the message".into()));
+    }
+    ns.sort_unstable();
+    Ok(ns)
+}
+
+fn print_rtt(transport: &str, wait: &str, size: usize, ns: &[u64]) {
+    let us = |v: u64| v as f64 / 1e3;
+    println!(
+        "rtt transport={transport} wait={wait} size={size} rounds={} min_us={:.3} p50_us={:.3} p90_us={:.3} p99_us={:.3} max_us={:.3}",
+        ns.len(),
+        us(ns[0]),
+        us(percentile(ns, 0.5)),
+        us(percentile(ns, 0.9)),
+        us(percentile(ns, 0.99)),
+        us(ns[ns.len() - 1]),
+    );
+}
+
+fn rtt(c: &Common, rounds: usize, size: usize) -> Result<(), ToolError> {
+    let listener = listen_tcp(c)?;
+    let err = io_err("rtt");
+    if !c.tcp_only {
+        let mut ch = c.open("m", Kind::Messages, true)?;
+        if c.listen {
+            let mut buf = Vec::new();
+            while ch.serve(&mut buf).map_err(&err)? {}
+        } else {
+            let ns = ping(&mut ch, rounds, size)?;
+            print_rtt("channel", c.wait_name(), size, &ns);
+        }
+    }
+    if let Some(l) = &listener {
+        let mut s = accept(l)?;
+        s.set_nodelay(true).map_err(&err)?;
+        let mut buf = vec![0u8; size];
+        while s.serve(&mut buf).map_err(&err)? {}
+    } else if c.tcp.is_some() {
+        let mut s = connect(c.tcp_addr())?;
+        s.set_nodelay(true).map_err(&err)?;
+        let ns = ping(&mut s, rounds, size)?;
+        print_rtt("tcp", "-", size, &ns);
+        s.close_write().map_err(&err)?;
+        let _ = s.read(&mut [0u8; 1]);
+    }
+    Ok(())
+}
+
+// ---- memcpy ----
+
+/// Size of the destination the copies walk through, as a ring of the default capacity.
+const MEMCPY_DEST: usize = 2 << 20;
+
+fn memcpy(sizes: &[usize], secs: f64) {
+    let max = *sizes.iter().max().unwrap_or(&64);
+    let src: Vec<u8> = (0..max).map(|i| i as u8).collect();
+    let mut dst = vec![0u8; MEMCPY_DEST.max(max)];
+    let limit = Duration::from_secs_f64(secs);
+    for &size in sizes {
+        let batch = ((256 << 10) / size).max(1);
+        let mut at = 0;
+        let mut bytes = 0u64;
+        let start = Instant::now();
+        loop {
+            for _ in 0..batch {
+                if at + size > dst.len() {
+                    at = 0;
+                }
+                dst[at..at + size].copy_from_slice(&src[..size]);
+                at += size;
+            }
+            std::hint::black_box(&mut dst);
+            bytes += (batch * size) as u64;
+            if start.elapsed() >= limit {
+                break;
+            }
+        }
+        let t = start.elapsed().as_secs_f64();
+        println!(
+            "memcpy size={size} bytes={bytes} secs={t:.6} mbps={:.1}",
+            mbps(bytes, t)
+        );
+    }
+}
+
+fn run(cmd: Cmd) -> Result<(), ToolError> {
+    match cmd {
+        Cmd::Stream {
+            c,
+            sizes,
+            secs,
+            modes,
+        } => stream(&c, &sizes, secs, &modes),
+        Cmd::Rtt { c, rounds, size } => rtt(&c, rounds, size),
+        Cmd::Memcpy { sizes, secs } => {
+            memcpy(&sizes, secs);
+            Ok(())
+        }
+    }
+}
+
+fn main() {
+    run_tool(PROG, HELP, parse, run);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(a: &[&str]) -> Result<Option<Cmd>, ToolError> {
+        parse(Args::new(a.iter().copied()))
+    }
+
+    #[test]
+    fn options() {
+        match p(&[
+            "stream",
+            "--listen",
+            "--sizes",
+            "64,4K",
+            "--tcp",
+            "10.0.7.1:5000",
+        ]) {
+            Ok(Some(Cmd::Stream {
+                c, sizes, modes, ..
+            })) => {
+                assert!(c.listen && c.tcp.as_deref() == Some("10.0.7.1:5000"));
+                assert_eq!(sizes, [64, 4096]);
+                assert_eq!(modes, [Mode::Copy, Mode::Zero]);
+            }
+            other => panic!("{other:?}"),
+        }
+        match p(&["rtt", "--wait", "doorbell", "--rounds", "5"]) {
+            Ok(Some(Cmd::Rtt { c, rounds, size })) => {
+                assert_eq!((c.wait, rounds, size), (WaitMode::Doorbell, 5, 64));
+                assert_eq!(c.spin_rounds(true), Some(0));
+                assert_eq!(c.spin_rounds(false), None);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn errors() {
+        let usage = |a: &[&str], text: &str| match p(a) {
+            Err(ToolError::Usage(m)) => assert!(m.contains(text), "{a:?}: {m}"),
+            other => panic!("{a:?}: {other:?}"),
+        };
+        usage(&[], "a command is required");
+        usage(&["bogus"], "unknown command 'bogus'");
+        usage(&["stream", "--sizes", "64,x"], "bad size 'x'");
+        usage(&["stream", "--modes", "fast"], "bad mode 'fast'");
+        usage(&["rtt", "--wait", "sleep"], "bad wait mode 'sleep'");
+        usage(&["rtt", "--capacity", "1000"], "power of two");
+        usage(&["rtt", "--tcp-only"], "needs --tcp");
+        usage(&["memcpy", "--seconds", "0"], "out of range");
+    }
+
+    #[test]
+    fn percentiles() {
+        let v: Vec<u64> = (1..=100).collect();
+        assert_eq!(percentile(&v, 0.5), 51);
+        assert_eq!(percentile(&v, 0.99), 99);
+        assert_eq!(percentile(&v, 1.0), 100);
+    }
+
+    /// Both sides of the stream and rtt workloads over TCP on the loopback, and over a
+    /// channel on a file, in two threads.
+    #[test]
+    fn stream_and_rtt_on_the_host() {
+        let path = std::env::temp_dir().join(format!("ivshmem-bench-test-{}", std::process::id()));
+        File::create(&path).unwrap().set_len(8 << 20).unwrap();
+        let dev = path.to_str().unwrap().to_string();
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        drop(l);
+        let common = |listen: bool| {
+            let mut a = vec!["-d", &dev, "--tcp", &addr, "--wait", "spin"];
+            if listen {
+                a.push("--listen");
+            }
+            parse_common(&mut Args::new(a)).unwrap()
+        };
+        let server = {
+            let c = common(true);
+            std::thread::spawn(move || {
+                stream(&c, &[64, 100_000], 0.05, &[Mode::Copy, Mode::Zero]).unwrap();
+                rtt(&c, 50, 64).unwrap();
+            })
+        };
+        let c = common(false);
+        stream(&c, &[64, 100_000], 0.05, &[Mode::Copy, Mode::Zero]).unwrap();
+        rtt(&c, 50, 64).unwrap();
+        server.join().unwrap();
+        std::fs::remove_file(&path).unwrap();
+    }
+}
