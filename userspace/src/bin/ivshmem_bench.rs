@@ -3,13 +3,12 @@
 //! runs with `--listen` (receives, echoes), the other drives and prints one `key=value` line
 //! per figure for `scripts/bench.py`.
 
-use std::fs::File;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use ivshmem::args::{device_path, parse_size, run_tool, Args};
-use ivshmem::channel::{Channel, Kind, Options, Region};
+use ivshmem::channel::{Channel, Kind, Options, Wait};
 use ivshmem::ToolError;
 
 const PROG: &str = "ivshmem-bench";
@@ -296,17 +295,13 @@ impl Common {
     /// Opens channel `NAME.suffix` on the device or file.
     fn open(&self, suffix: &str, kind: Kind, rtt: bool) -> Result<Channel, ToolError> {
         let name = format!("{}.{suffix}", self.channel);
-        let opts = self.options(kind, rtt);
-        if self.wait == WaitMode::Doorbell {
-            return Err(ToolError::usage("--wait doorbell needs the device API"));
-        }
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .open(&self.device)
-            .map_err(|e| ToolError::sys(&self.device, e))?;
-        let region = Region::map_file(&file).map_err(|e| ToolError::sys(&self.device, e))?;
-        Channel::open(&region, &name, &opts).map_err(|e| chan_err(&name, e))
+        let wait = match self.wait {
+            WaitMode::Auto => Wait::Auto,
+            WaitMode::Spin => Wait::Spin,
+            WaitMode::Doorbell => Wait::Doorbell,
+        };
+        let opts = self.options(kind, rtt).wait(wait);
+        Channel::open_path(&self.device, &name, &opts).map_err(|e| chan_err(&name, e))
     }
 
     fn tcp_addr(&self) -> &str {
@@ -751,6 +746,7 @@ fn main() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::File;
 
     fn p(a: &[&str]) -> Result<Option<Cmd>, ToolError> {
         parse(Args::new(a.iter().copied()))
