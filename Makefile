@@ -4,6 +4,7 @@
 #   make demo        set up what is missing, boot two guests, exchange a message, measure bandwidth
 #   make test        host unit tests, module build + lints, the VM test suite on both guest kernels
 #   make module-debug the module for the debug guest kernel (KASAN, lockdep): .debug-build/ivshmem.ko
+#   make bench       channels against TCP between two guests: report in userspace/bench/ (not in make test)
 #   make clean
 #
 # KDIR=/path/to/a/rust-enabled/kernel/build overrides the lab kernel (KDIR_DEBUG the debug one).
@@ -24,7 +25,7 @@ TOOLS := read_write bandwidth ivshmem ivshmem-check ivshmem-bench
 
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: module-race module-debug vm-test-release all module tools setup demo test vm-test unit-test lint clean rustfmt rustfmt-check clippy
+.PHONY: bench module-race module-debug vm-test-release all module tools setup demo test vm-test unit-test lint clean rustfmt rustfmt-check clippy
 
 all: module tools
 
@@ -82,6 +83,10 @@ unit-test:
 
 demo: all
 	IVSHMEM_FLAVOUR=release bash scripts/demo.sh
+
+# Release kernel only: timings on the debug kernel mean nothing.
+bench: all
+	IVSHMEM_FLAVOUR=release python3 scripts/bench.py
 
 # The VM suite on both guest kernels, as make test runs it; vm-test-release on the release one only.
 vm-test: all module-race module-debug

@@ -39,12 +39,13 @@ COMMON:
   --wait MODE        auto (default), spin or doorbell
   --spin N           spin rounds before sleeping (default: the library's; 0 for
                      rtt --wait doorbell, so it measures the doorbell)
+  --pause on|off     the CPU pause hint in spin loops (default: the library's)
   --capacity BYTES   ring size per direction when creating (default 2M)
   --tcp ADDR:PORT    also run the workload over TCP
   --tcp-only         only TCP (needs --tcp)
 Output (driving side): lines of key=value, e.g.
   stream transport=channel mode=copy size=4096 bytes=N secs=S mbps=X
-  rtt transport=tcp wait=- size=64 rounds=N min_us=.. p50_us=.. p90_us=.. p99_us=.. max_us=..
+  rtt transport=tcp wait=- pause=- size=64 rounds=N min_us=.. p50_us=.. p90_us=.. p99_us=.. max_us=..
   memcpy size=4096 bytes=N secs=S mbps=X";
 
 /// Message sizes 64 B to 1 MiB, powers of 4.
@@ -86,6 +87,7 @@ struct Common {
     channel: String,
     wait: WaitMode,
     spin: Option<u32>,
+    pause: Option<bool>,
     capacity: u64,
     tcp: Option<String>,
     tcp_only: bool,
@@ -152,6 +154,12 @@ fn parse_common(a: &mut Args) -> Result<Common, ToolError> {
         }
     };
     let spin = a.parsed::<u32>(&["--spin"])?;
+    let pause = match a.value(&["--pause"])?.as_deref() {
+        None => None,
+        Some("on") => Some(true),
+        Some("off") => Some(false),
+        Some(p) => return Err(ToolError::Usage(format!("bad --pause '{p}' (on or off)"))),
+    };
     let capacity = a.size(&["--capacity"])?.unwrap_or(2 << 20);
     if !capacity.is_power_of_two() || !(64..=1 << 30).contains(&capacity) {
         return Err(ToolError::usage(
@@ -168,6 +176,7 @@ fn parse_common(a: &mut Args) -> Result<Common, ToolError> {
         channel,
         wait,
         spin,
+        pause,
         capacity,
         tcp,
         tcp_only,
@@ -278,6 +287,9 @@ impl Common {
             .open_timeout(Duration::from_secs(600));
         if let Some(n) = self.spin_rounds(rtt) {
             o = o.spin(n);
+        }
+        if let Some(p) = self.pause {
+            o = o.spin_hint(p);
         }
         o
     }
@@ -644,10 +656,10 @@ fn ping(e: &mut dyn Echo, rounds: usize, size: usize) -> Result<Vec<u64>, ToolEr
     Ok(ns)
 }
 
-fn print_rtt(transport: &str, wait: &str, size: usize, ns: &[u64]) {
+fn print_rtt(transport: &str, wait: &str, pause: &str, size: usize, ns: &[u64]) {
     let us = |v: u64| v as f64 / 1e3;
     println!(
-        "rtt transport={transport} wait={wait} size={size} rounds={} min_us={:.3} p50_us={:.3} p90_us={:.3} p99_us={:.3} max_us={:.3}",
+        "rtt transport={transport} wait={wait} pause={pause} size={size} rounds={} min_us={:.3} p50_us={:.3} p90_us={:.3} p99_us={:.3} max_us={:.3}",
         ns.len(),
         us(ns[0]),
         us(percentile(ns, 0.5)),
@@ -667,7 +679,12 @@ fn rtt(c: &Common, rounds: usize, size: usize) -> Result<(), ToolError> {
             while ch.serve(&mut buf).map_err(&err)? {}
         } else {
             let ns = ping(&mut ch, rounds, size)?;
-            print_rtt("channel", c.wait_name(), size, &ns);
+            let pause = match c.pause {
+                None => "default",
+                Some(true) => "on",
+                Some(false) => "off",
+            };
+            print_rtt("channel", c.wait_name(), pause, size, &ns);
         }
     }
     if let Some(l) = &listener {
@@ -679,7 +696,7 @@ fn rtt(c: &Common, rounds: usize, size: usize) -> Result<(), ToolError> {
         let mut s = connect(c.tcp_addr())?;
         s.set_nodelay(true).map_err(&err)?;
         let ns = ping(&mut s, rounds, size)?;
-        print_rtt("tcp", "-", size, &ns);
+        print_rtt("tcp", "-", "-", size, &ns);
         s.close_write().map_err(&err)?;
         let _ = s.read(&mut [0u8; 1]);
     }
@@ -794,6 +811,7 @@ mod tests {
         usage(&["rtt", "--wait", "sleep"], "bad wait mode 'sleep'");
         usage(&["rtt", "--capacity", "1000"], "power of two");
         usage(&["rtt", "--tcp-only"], "needs --tcp");
+        usage(&["rtt", "--pause", "yes"], "bad --pause 'yes'");
         usage(&["memcpy", "--seconds", "0"], "out of range");
     }
 
