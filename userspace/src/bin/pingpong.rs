@@ -19,7 +19,7 @@ const FIRST_PING: Duration = Duration::from_secs(120);
 const SPIN_CHECK: u32 = 4096;
 // No pause hint by default (`--pause` turns it on): under TCG a spin round that loads the
 // counter took 17 ns, 856 ns with `std::hint::spin_loop()` (`ivshmem-bench pause` in a lab
-// guest, 2 vCPUs' worth of host load), so each look at the counter came up to 0.8 us late;
+// guest, on a loaded host), so each look at the counter came up to 0.8 us late;
 // 20,000-round medians were equal (0.9-1.2 us) but the p99 went from 1.9-2.3 to 3.1-4.9 us.
 
 const HELP: &str = "\
