@@ -255,8 +255,9 @@ def bar_chart(title, ylabel, groups, bars):
             y = py(v)
             o.append(f'<rect x="{gx + bi * bw:.1f}" y="{y:.1f}" width="{bw * 0.9:.1f}" height="{top + ph - y:.1f}" '
                      f'fill="{COLORS[bi % len(COLORS)]}"/>')
+            label = f"{v:.0f}" if v >= 100 else f"{v:.3g}"
             o.append(f'<text x="{gx + bi * bw + bw * 0.45:.1f}" y="{y - 3:.1f}" text-anchor="middle" font-size="10">'
-                     f'{v:.0f}</text>' if v >= 100 else f'{v:.3g}</text>')
+                     f'{label}</text>')
     o.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#333"/>')
     o.append(f'<text transform="translate(20,{top + ph / 2}) rotate(-90)" text-anchor="middle">{esc(ylabel)}</text>')
     for bi, (name, _) in enumerate(bars):
@@ -276,7 +277,7 @@ def report(raw, meta, out_dir):
     for kind, f in rows:
         if kind == "memcpy":
             s = int(f["size"])
-            memcpy[s] = min(memcpy.get(s, f["mbps"]), f["mbps"])
+            memcpy[s] = max(memcpy.get(s, f["mbps"]), f["mbps"])
     stream = {(f["transport"], f["mode"], int(f["size"])): f["mbps"] for k, f in rows if k == "stream"}
     rtt = {}
     for kind, f in rows:
@@ -304,7 +305,10 @@ def report(raw, meta, out_dir):
     pcts = [("p50", "p50_us"), ("p90", "p90_us"), ("p99", "p99_us"), ("max", "max_us")]
     rtt_order = [n for n in order if n != "pingpong spin, pause on"]
     with open(os.path.join(out_dir, "rtt.svg"), "w") as f:
-        f.write(bar_chart("64-byte round trip between two TCG guests", "microseconds (log scale)", rtt_order,
+        short = {"channel spin": "ch. spin", "channel spin, no pause": "ch. spin, no pause",
+                 "channel doorbell": "ch. doorbell", "pingpong spin, pause off": "pingpong spin"}
+        f.write(bar_chart("64-byte round trip between two TCG guests", "microseconds (log scale)",
+                          [short.get(n, n) for n in rtt_order],
                           [(p, [rtt[n].get(k) for n in rtt_order]) for p, k in pcts]))
     with open(os.path.join(out_dir, "results.txt"), "w") as f:
         f.write("\n".join(raw) + "\n")
@@ -341,7 +345,9 @@ def report(raw, meta, out_dir):
           "byte per 64-byte line in place (`read_slice`/`release`). Channel ring 2 MiB per direction, waiting "
           "`auto` (the doorbell after 10 000 spin rounds). TCP: `write_all`/`read` of the same sizes.",
           "- memcpy: each guest copies a hot buffer of the message size to successive places of a 2 MiB "
-          "buffer (`ivshmem-bench memcpy`); the table takes the lower of the two guests.",
+          "buffer (`ivshmem-bench memcpy`); the table takes the higher of the two guests (the stricter reference). "
+          "Guest memcpy is glibc's: for 16-256 KiB it picks `rep movsb`, which TCG emulates a byte at a time, "
+          "hence the dip there; the channel copies with the same memcpy and dips alike.",
           "- Round trips: 64-byte messages on a message channel (`send`/`recv`); spin (the library's spin "
           "loop; also with the pause hint off), doorbell (spin budget 0: every wait sleeps in IVSHMEM_WAIT), "
           "TCP with TCP_NODELAY. `pingpong --mode spin` is the bare 4-byte counter ping-pong.", "",
@@ -376,7 +382,7 @@ def report(raw, meta, out_dir):
            "| target | measured | met |", "|---|---|---|"]
 
     def target(name, measured, ok):
-        md.append(f"| {name} | {measured} | {'yes' if ok else 'no'} |")
+        md.append(f"| {name} | {measured} | {ok if isinstance(ok, str) else ('yes' if ok else 'no')} |")
     best_ch = max(filter(None, [head["best_copy"], head["best_zero"]]), default=None)
     per_size = [r(max(filter(None, [get("channel", "copy", s), get("channel", "zero", s)]), default=None),
                   get("tcp", "copy", s)) for s in sizes]
@@ -390,8 +396,11 @@ def report(raw, meta, out_dir):
         ratios = [(x, s) for x, s in ratios if x]
         if ratios:
             best, at = max(ratios)
+            under = [size_name(s) for x, s in ratios if x < goal]
             target(f"{name} ≥ {goal}× memcpy", f"best {best:.2f}× (at {size_name(at)}); "
-                   f"{size_name(big)}: {f2(r(get('channel', mode, big), mc))}×", best >= goal)
+                   f"{size_name(big)}: {f2(r(get('channel', mode, big), mc))}×; "
+                   + (f"below at {', '.join(under)}" if under else "met at every size"),
+                   "every size" if not under else ("some sizes" if best >= goal else False))
             head[f"{mode}_ratio"] = best
     target("spin round trip ≤ 0.5 µs (p50)", f"{f2(head['spin'])} µs", bool(head["spin"] and head["spin"] <= 0.5))
     target("doorbell round trip below TCP's (p50)", f"{f2(head['doorbell'])} vs {f2(head['tcp_rtt'])} µs",
