@@ -4,7 +4,6 @@
 //! mapping: copies in and out (`read`, `write`) and single volatile words are the safe surface;
 //! the raw pointer is there for experts.
 
-use std::io;
 use std::os::fd::AsRawFd;
 use std::ptr::NonNull;
 use std::sync::atomic::{fence, Ordering};
@@ -28,25 +27,10 @@ unsafe impl Sync for Mapping {}
 
 impl Mapping {
     pub(crate) fn new(dev: &Device, offset: u64, len: usize) -> Result<Self> {
-        let off = i64::try_from(offset).map_err(|_| {
-            Error::invalid(dev.path(), "mmap", format!("offset {offset} too large"))
-        })?;
-        // SAFETY: a fresh shared mapping chosen by the kernel; no existing memory is touched.
-        let ptr = unsafe {
-            sys::mmap(
-                std::ptr::null_mut(),
-                len,
-                sys::PROT_READ | sys::PROT_WRITE,
-                sys::MAP_SHARED,
-                dev.as_raw_fd(),
-                off,
-            )
-        };
-        if ptr == sys::MAP_FAILED {
-            return Err(Error::new(dev.path(), "mmap", io::Error::last_os_error()));
-        }
+        let ptr = sys::map_shared(dev.as_raw_fd(), len, offset)
+            .map_err(|e| Error::new(dev.path(), "mmap", e))?;
         Ok(Self {
-            ptr: NonNull::new(ptr.cast()).expect("mmap returned NULL"),
+            ptr,
             len,
             offset,
             path: dev.path().to_string(),

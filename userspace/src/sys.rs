@@ -137,6 +137,30 @@ extern "C" {
     pub fn _exit(code: c_int) -> !;
 }
 
+/// Maps `len` bytes of `fd` at `offset` shared and read-write, at an address the kernel
+/// chooses: the one mmap call of the library (device mappings and channel regions).
+pub fn map_shared(fd: c_int, len: usize, offset: u64) -> std::io::Result<std::ptr::NonNull<u8>> {
+    let offset = c_long::try_from(offset).map_err(|_| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "mmap offset too large")
+    })?;
+    // SAFETY: a fresh shared mapping chosen by the kernel (no address hint, no MAP_FIXED): no
+    // existing memory is touched; a bad `fd`, length or offset only makes the call fail.
+    let ptr = unsafe {
+        mmap(
+            std::ptr::null_mut(),
+            len,
+            PROT_READ | PROT_WRITE,
+            MAP_SHARED,
+            fd,
+            offset,
+        )
+    };
+    if ptr == MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    std::ptr::NonNull::new(ptr.cast()).ok_or_else(|| std::io::Error::other("mmap gave NULL"))
+}
+
 // Further mmap flags, advice, signal and file calls: what `ivshmem-fuzz` exercises.
 pub const PROT_NONE: c_int = 0;
 pub const PROT_EXEC: c_int = 4;

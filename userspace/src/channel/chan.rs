@@ -4,8 +4,8 @@
 use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::RawFd;
-use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
+use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -22,6 +22,15 @@ const C_SIDE: [u64; 2] = [0x40, 0x80];
 const C_RING: [u64; 2] = [0xc0, 0x140];
 const SIDE_EPOCH: u64 = 0;
 const SIDE_HEARTBEAT: u64 = 8;
+/// u32: 0, or 1 + the address the peer passes to [`Waker::notify`] (a doorbell peer id).
+const SIDE_ADDRESS: u64 = 0x10;
+/// u32: 1 if this side notifies its peer (its waker sleeps), so the peer may sleep too.
+const SIDE_NOTIFIES: u64 = 0x14;
+/// The largest address a side may publish (a 16-bit doorbell peer id).
+const MAX_ADDRESS: u32 = 0xffff;
+/// How long a sleeping side sleeps at most while its peer has not attached yet: a peer that
+/// turns out not to notify must not leave it asleep for a whole slice.
+const ALONE_SLICE: Duration = Duration::from_millis(20);
 
 /// Side states in the control word.
 const FREE: u8 = 0;
@@ -70,6 +79,21 @@ pub struct Options {
     liveness: Duration,
     open_timeout: Duration,
     waker: Arc<dyn Waker>,
+    pub(super) wait: Wait,
+}
+
+/// How [`Channel::open_path`] makes an end wait for its peer (ends opened on a
+/// [`Region`] use the [`Options::waker`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Wait {
+    /// The doorbell when the device has one, else [`Options::waker`] (spinning by default).
+    #[default]
+    Auto,
+    /// Spin, then back off with short sleeps ([`SpinWaker`]): works on any region.
+    Spin,
+    /// Sleep in `IVSHMEM_WAIT` and ring the peer only when it announced that it sleeps
+    /// ([`super::DoorbellWaker`]); an error on a region without a doorbell.
+    Doorbell,
 }
 
 impl std::fmt::Debug for Options {
@@ -83,6 +107,7 @@ impl std::fmt::Debug for Options {
             .field("liveness", &self.liveness)
             .field("open_timeout", &self.open_timeout)
             .field("sleeps", &self.waker.sleeps())
+            .field("wait", &self.wait)
             .finish()
     }
 }
@@ -106,6 +131,7 @@ impl Options {
             liveness: Duration::from_secs(10),
             open_timeout: Duration::from_secs(30),
             waker: Arc::new(SpinWaker::default()),
+            wait: Wait::Auto,
         }
     }
 
@@ -157,6 +183,12 @@ impl Options {
     /// How this side waits and wakes its peer (default: [`SpinWaker`]).
     pub fn waker(mut self, waker: Arc<dyn Waker>) -> Self {
         self.waker = waker;
+        self
+    }
+
+    /// How [`Channel::open_path`] chooses the waker (default [`Wait::Auto`]).
+    pub fn wait(mut self, wait: Wait) -> Self {
+        self.wait = wait;
         self
     }
 }
@@ -384,6 +416,15 @@ impl Channel {
         chan.rx = Consumer::new(chan.inp.cap);
         chan.w64(chan.sides[side] + SIDE_EPOCH as usize)
             .store(u64::from(session), Relaxed);
+        let address = chan.waker.address().filter(|&a| a <= MAX_ADDRESS);
+        chan.w32(chan.sides[side] + SIDE_ADDRESS as usize)
+            .store(address.map_or(0, |a| a + 1), Relaxed);
+        chan.w32(chan.sides[side] + SIDE_NOTIFIES as usize)
+            .store(u32::from(chan.sleeps), Relaxed);
+        // Release half of the address handshake: every wake-at announcement this side makes
+        // later follows this fence, so a peer that sees one (and then fences, see
+        // `peer_address`) sees the address too.
+        fence(SeqCst);
         let every = (opts.liveness / 5).max(Duration::from_millis(1));
         let hb = (chan.sides[side] as u64) + SIDE_HEARTBEAT;
         chan.heartbeat = Some(Heartbeat::start(chan.mem.0.clone(), hb, every)?);
@@ -681,7 +722,13 @@ impl Channel {
             if i <= self.spin {
                 continue;
             }
-            if self.sleeps {
+            let limit = if self.sleeps {
+                self.sleep_limit()
+            } else {
+                None
+            };
+            if let Some(limit) = limit {
+                slice = slice.min(limit);
                 // Ask the peer to ring when it gets to what we wait for, then look again:
                 // see `protocol::crossed` for why this cannot miss a wake-up.
                 match dir {
@@ -790,7 +837,7 @@ impl Channel {
         let prod = self.mem.w64(self.out.prod);
         let wake = self.mem.w64(self.out.cons_wake);
         if self.tx.publish::<Std>(n, prod, wake, self.sleeps) {
-            self.waker.notify()?;
+            self.notify_peer()?;
         }
         Ok(())
     }
@@ -799,9 +846,42 @@ impl Channel {
         let cons = self.mem.w64(self.inp.cons);
         let wake = self.mem.w64(self.inp.prod_wake);
         if self.rx.release::<Std>(n, cons, wake, self.sleeps) {
-            self.waker.notify()?;
+            self.notify_peer()?;
         }
         Ok(())
+    }
+
+    /// The address the peer published, read after the protocol decided to wake it.
+    ///
+    /// Acquire half of the address handshake (see `open`): the fence follows the load of the
+    /// peer's wake-at word that made the decision. A value no honest side writes reads as no
+    /// address: a scribbling peer only loses its own wake-ups.
+    fn peer_address(&self) -> Option<u32> {
+        fence(Acquire);
+        let v = self
+            .w32(self.sides[1 - self.side] + SIDE_ADDRESS as usize)
+            .load(Relaxed);
+        v.checked_sub(1).filter(|&a| a <= MAX_ADDRESS)
+    }
+
+    fn notify_peer(&self) -> io::Result<()> {
+        self.waker.notify(self.peer_address())
+    }
+
+    /// Whether sleeping is worth it, and for how long at most: only when the peer notifies
+    /// (it sleeps too); while it has not attached yet, in short slices.
+    fn sleep_limit(&self) -> Option<Duration> {
+        let Ok((s, sess)) = decode(self.w64(self.ctl).load(Acquire)) else {
+            return None;
+        };
+        let peer = 1 - self.side;
+        if sess != self.session || s[peer] != ATTACHED {
+            return Some(ALONE_SLICE);
+        }
+        let notifies = self
+            .w32(self.sides[peer] + SIDE_NOTIFIES as usize)
+            .load(Relaxed);
+        (notifies == 1).then_some(self.liveness)
     }
 
     /// Whether the control word still shows this end attached to its session.
@@ -830,6 +910,16 @@ impl Channel {
         }
     }
 
+    /// Waits (as configured) until the peer has read everything this end wrote or sent: the
+    /// end of a transfer that must have arrived. `BrokenPipe` if the peer left first.
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.usable(self.kind)?;
+        let cap = self.out.cap;
+        self.wait(Dir::Out, cap, |c| c.writable(cap))
+            .map_err(|e| self.fail(e))?;
+        Ok(())
+    }
+
     /// Ends this side's byte stream or message sequence: the peer reads what is in the ring,
     /// then end-of-file. Reading goes on.
     pub fn close_write(&mut self) -> io::Result<()> {
@@ -848,7 +938,7 @@ impl Channel {
                 .tx
                 .consumer_waits::<Std>(self.mem.w64(self.out.cons_wake))
         {
-            self.waker.notify()?;
+            self.notify_peer()?;
         }
         Ok(())
     }
@@ -984,14 +1074,9 @@ impl io::Write for Channel {
         Ok(n)
     }
 
-    /// Waits (as configured) until the peer has read everything written: the end of a
-    /// transfer that must have arrived.
+    /// [`Channel::flush`].
     fn flush(&mut self) -> io::Result<()> {
-        self.usable(self.kind)?;
-        let cap = self.out.cap;
-        self.wait(Dir::Out, cap, |c| c.writable(cap))
-            .map_err(|e| self.fail(e))?;
-        Ok(())
+        Channel::flush(self)
     }
 }
 
@@ -1043,7 +1128,7 @@ impl Drop for Channel {
             }
         }
         if self.sleeps {
-            let _ = self.waker.notify();
+            let _ = self.notify_peer();
         }
     }
 }

@@ -61,6 +61,13 @@ pub enum ChannelError {
     WouldBlock,
     /// The waker (eventfd, doorbell) failed.
     Io(io::Error),
+    /// Opening, inspecting or mapping the device or file failed ([`super::Channel::open_path`]).
+    Open {
+        /// What failed, on which path, and a hint when there is one.
+        what: String,
+        /// The error, with the errno when the kernel gave one.
+        source: io::Error,
+    },
 }
 
 impl ChannelError {
@@ -78,7 +85,15 @@ impl ChannelError {
             Self::PeerGone(_) => io::ErrorKind::BrokenPipe,
             Self::TimedOut => io::ErrorKind::TimedOut,
             Self::WouldBlock => io::ErrorKind::WouldBlock,
-            Self::Io(e) => e.kind(),
+            Self::Io(e) | Self::Open { source: e, .. } => e.kind(),
+        }
+    }
+
+    /// The errno behind the error, when the kernel reported it.
+    pub fn raw_os_error(&self) -> Option<i32> {
+        match self {
+            Self::Io(e) | Self::Open { source: e, .. } => e.raw_os_error(),
+            _ => None,
         }
     }
 
@@ -116,6 +131,7 @@ impl fmt::Display for ChannelError {
             Self::TimedOut => write!(f, "timed out"),
             Self::WouldBlock => write!(f, "operation would block"),
             Self::Io(e) => write!(f, "waker: {e}"),
+            Self::Open { what, .. } => write!(f, "{what}"),
         }
     }
 }
@@ -123,7 +139,7 @@ impl fmt::Display for ChannelError {
 impl std::error::Error for ChannelError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Self::Io(e) => Some(e),
+            Self::Io(e) | Self::Open { source: e, .. } => Some(e),
             _ => None,
         }
     }

@@ -121,13 +121,16 @@
 //! through `unsafe` methods whose contract is a trusted peer.
 
 mod chan;
+mod doorbell;
 mod error;
 mod layout;
+mod open_path;
 pub mod protocol;
 mod region;
 mod wait;
 
-pub use chan::{Channel, Options, ReadSlice, WriteSlice};
+pub use chan::{Channel, Options, ReadSlice, Wait, WriteSlice};
+pub use doorbell::DoorbellWaker;
 pub use error::ChannelError;
 pub use layout::{list, ChannelInfo, Kind, MAX_NAME, MIN_REGION, SLOTS, VERSION};
 pub use region::Region;

@@ -100,21 +100,7 @@ impl Region {
                 "cannot map an empty file",
             ));
         }
-        // SAFETY: a fresh shared mapping chosen by the kernel; no existing memory is touched.
-        let ptr = unsafe {
-            sys::mmap(
-                std::ptr::null_mut(),
-                len,
-                sys::PROT_READ | sys::PROT_WRITE,
-                sys::MAP_SHARED,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == sys::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let base = NonNull::new(ptr.cast()).ok_or_else(|| io::Error::other("mmap gave NULL"))?;
+        let base = sys::map_shared(file.as_raw_fd(), len, 0)?;
         Ok(Self::with(base, len, Owner::Mmap))
     }
 

@@ -1,6 +1,6 @@
-//! How a blocked side waits and how it wakes its peer: spinning with back-off (ivshmem-plain)
-//! or sleeping on a file descriptor that the peer makes readable (an eventfd here; the
-//! doorbell's `IVSHMEM_SET_EVENTFD` eventfd on ivshmem-doorbell).
+//! How a blocked side waits and how it wakes its peer: spinning with back-off (ivshmem-plain),
+//! sleeping on a file descriptor that the peer makes readable (eventfds between processes), or
+//! sleeping in `IVSHMEM_WAIT` until the peer rings this guest's doorbell (ivshmem-doorbell).
 
 use std::ffi::c_long;
 use std::fs::File;
@@ -25,8 +25,16 @@ pub trait Waker: Send + Sync {
     /// Waits for a notification from the peer for at most `timeout`. Returning early is fine.
     fn wait(&self, timeout: Duration) -> io::Result<()>;
 
-    /// Wakes the peer (or does nothing, for a waker that does not sleep).
-    fn notify(&self) -> io::Result<()>;
+    /// Wakes the peer (or does nothing, for a waker that does not sleep). `peer` is the
+    /// [`address`](Self::address) the peer's end published in the channel, if it published
+    /// one; a waker that needs an address and gets none does nothing.
+    fn notify(&self, peer: Option<u32>) -> io::Result<()>;
+
+    /// Where the peer must ring to wake this side (a doorbell's peer id), published in the
+    /// channel when this side attaches; `None` if `notify` needs no address.
+    fn address(&self) -> Option<u32> {
+        None
+    }
 
     /// A descriptor that becomes readable when the peer notifies, for poll/epoll users.
     fn as_raw_fd(&self) -> Option<RawFd> {
@@ -64,7 +72,7 @@ impl Waker for SpinWaker {
         Ok(())
     }
 
-    fn notify(&self) -> io::Result<()> {
+    fn notify(&self, _peer: Option<u32>) -> io::Result<()> {
         Ok(())
     }
 }
@@ -159,7 +167,7 @@ impl Waker for FdWaker {
         }
     }
 
-    fn notify(&self) -> io::Result<()> {
+    fn notify(&self, _peer: Option<u32>) -> io::Result<()> {
         (self.ring)()
     }
 
@@ -182,7 +190,7 @@ mod tests {
             t.elapsed() >= Duration::from_millis(20),
             "no notification yet"
         );
-        a.notify().unwrap();
+        a.notify(None).unwrap();
         let t = Instant::now();
         b.wait(Duration::from_secs(5)).unwrap();
         assert!(t.elapsed() < Duration::from_secs(4), "b was notified");

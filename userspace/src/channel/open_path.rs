@@ -1,0 +1,96 @@
+//! Opening a channel by path: on an ivshmem device node, or on a regular file (the host's side
+//! of the shared memory, tests).
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileTypeExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use super::{Channel, ChannelError, DoorbellWaker, Options, Region, SpinWaker, Wait};
+use crate::Device;
+
+/// The vector channels sleep on and ring: one is enough, a spurious wake-up only costs a look
+/// at the ring.
+const VECTOR: u32 = 0;
+
+impl Channel {
+    /// Opens (creating if needed) the channel `name` on `path`: a device node such as
+    /// `/dev/ivshmem0` (the whole shared memory is mapped) or a regular file of at least
+    /// [`super::MIN_REGION`] bytes, such as the host's backing file in `/dev/shm`.
+    ///
+    /// The waker follows [`Options::wait`]: on a device with a doorbell, [`Wait::Auto`] and
+    /// [`Wait::Doorbell`] sleep in `IVSHMEM_WAIT` ([`DoorbellWaker`]); elsewhere `Auto` keeps
+    /// [`Options::waker`] and `Doorbell` is an error.
+    pub fn open_path(
+        path: impl AsRef<Path>,
+        name: &str,
+        opts: &Options,
+    ) -> Result<Channel, ChannelError> {
+        let path = path.as_ref();
+        let shown = path.display();
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| open_error(format!("{shown}: open: {e}"), e))?;
+        let kind = file
+            .metadata()
+            .map_err(|e| open_error(format!("{shown}: stat: {e}"), e))?
+            .file_type();
+        let mut opts = opts.clone();
+        let region = if kind.is_char_device() {
+            drop(file);
+            let text = path
+                .to_str()
+                .ok_or_else(|| ChannelError::Invalid(format!("{shown}: path is not UTF-8")))?;
+            let dev = Device::open(text).map_err(device_error)?;
+            let map = dev.map_all().map_err(device_error)?;
+            let doorbell = DoorbellWaker::available(&dev);
+            match (opts.wait, doorbell) {
+                (Wait::Auto | Wait::Doorbell, true) => {
+                    // Its own open file: the driver counts interrupts per file.
+                    let own = Device::open(text).map_err(device_error)?;
+                    let waker = DoorbellWaker::new(own, VECTOR)
+                        .map_err(|e| open_error(format!("{shown}: doorbell: {e}"), e))?;
+                    opts = opts.waker(Arc::new(waker));
+                }
+                (Wait::Doorbell, false) => return Err(no_doorbell(&shown.to_string())),
+                (Wait::Spin, _) => opts = opts.waker(Arc::new(SpinWaker::default())),
+                (Wait::Auto, false) => {}
+            }
+            Region::from_mapping(map)
+        } else if kind.is_file() {
+            match opts.wait {
+                Wait::Doorbell => return Err(no_doorbell(&shown.to_string())),
+                Wait::Spin => opts = opts.waker(Arc::new(SpinWaker::default())),
+                Wait::Auto => {}
+            }
+            Region::map_file(&file).map_err(|e| open_error(format!("{shown}: mmap: {e}"), e))?
+        } else {
+            return Err(ChannelError::Invalid(format!(
+                "{shown}: neither an ivshmem device nor a regular file"
+            )));
+        };
+        Channel::open(&region, name, &opts)
+    }
+}
+
+fn no_doorbell(path: &str) -> ChannelError {
+    ChannelError::Invalid(format!(
+        "{path}: no doorbell to wait on (ivshmem-plain or a file): use spin waiting"
+    ))
+}
+
+fn open_error(what: String, source: io::Error) -> ChannelError {
+    ChannelError::Open { what, source }
+}
+
+/// A device error keeps its message (with the driver hint) and its errno.
+fn device_error(e: crate::Error) -> ChannelError {
+    let source = match e.errno() {
+        Some(errno) => io::Error::from_raw_os_error(errno),
+        None => io::Error::other(e.to_string()),
+    };
+    open_error(e.to_string(), source)
+}
