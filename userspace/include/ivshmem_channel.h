@@ -11,7 +11,7 @@
  * Errors: functions return -1 (open: NULL) and set errno; ivshmem_channel_last_error() gives
  * a message. The errno values:
  *   EINVAL       a NULL or invalid argument, a call of the wrong kind (read on messages...),
- *                a file too small for a channel layout
+ *                a file too small for a channel layout, doorbell waiting without a doorbell
  *   ENAMETOOLONG a channel name longer than IVSHMEM_CHANNEL_MAX_NAME bytes
  *   E2BIG        options with fields this library does not know (a newer header)
  *   EPIPE        the peer is gone (closed early, or no heartbeat for the liveness timeout)
@@ -23,7 +23,7 @@
  *   ETIMEDOUT    a timeout set with ivshmem_channel_set_timeouts expired
  *   EBUSY        the channel is held by other ends that did not leave within the open timeout
  *   ENOSPC       the channel table or the region is full
- *   EOPNOTSUPP   doorbell waiting without a doorbell; no descriptor to poll
+ *   EOPNOTSUPP   ivshmem_channel_fd on a channel that spins
  *   and the errno of a failed system call (ENOENT, EACCES...).
  *
  * A handle may move between threads but must not be used by two threads at once. Pointers

@@ -16,7 +16,7 @@ use std::io::{self, Write};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
-use crate::channel::{Channel, ChannelError, Kind, Options, Region, MAX_NAME};
+use crate::channel::{Channel, ChannelError, Kind, Options, Wait, MAX_NAME};
 use crate::sys::errno::{EAGAIN, EBUSY, EINVAL, ENOENT, EOPNOTSUPP, ETIMEDOUT};
 
 /// Error numbers `sys::errno` does not have (asm-generic values, as on x86-64 and arm64).
@@ -116,14 +116,14 @@ fn errno_of_io(e: &io::Error) -> c_int {
 }
 
 /// Corruption by the peer is EPROTO; a region that never held a layout this library speaks
-/// is EBADMSG; the rest follows the `io::ErrorKind` the channel layer chose.
+/// is EBADMSG; the rest is the kernel's errno, or follows the `io::ErrorKind` the channel
+/// layer chose.
 fn errno_of_channel(e: &ChannelError) -> c_int {
     match e {
         ChannelError::Corrupt(_) => EPROTO,
         ChannelError::BadLayout(_) | ChannelError::Version { .. } => EBADMSG,
         ChannelError::MessageTooLarge { .. } => EMSGSIZE,
-        ChannelError::Io(e) => errno_of_io(e),
-        e => errno_of_kind(e.kind()),
+        e => e.raw_os_error().unwrap_or_else(|| errno_of_kind(e.kind())),
     }
 }
 
@@ -277,7 +277,7 @@ unsafe fn read_options(opts: *const IvshmemChannelOptions) -> Res<IvshmemChannel
     Ok(o)
 }
 
-fn options(o: &IvshmemChannelOptions) -> Res<(Options, u32)> {
+fn options(o: &IvshmemChannelOptions) -> Res<Options> {
     let mut opts = Options::new();
     opts = match o.kind {
         0 | IVSHMEM_CHANNEL_STREAM => opts.kind(Kind::Stream),
@@ -287,12 +287,12 @@ fn options(o: &IvshmemChannelOptions) -> Res<(Options, u32)> {
     if o.capacity != 0 {
         opts = opts.capacity(o.capacity);
     }
-    if !matches!(
-        o.wait,
-        IVSHMEM_CHANNEL_WAIT_AUTO | IVSHMEM_CHANNEL_WAIT_SPIN | IVSHMEM_CHANNEL_WAIT_DOORBELL
-    ) {
-        return Err(einval(format!("options.wait {} is not a wait mode", o.wait)));
-    }
+    opts = opts.wait(match o.wait {
+        IVSHMEM_CHANNEL_WAIT_AUTO => Wait::Auto,
+        IVSHMEM_CHANNEL_WAIT_SPIN => Wait::Spin,
+        IVSHMEM_CHANNEL_WAIT_DOORBELL => Wait::Doorbell,
+        w => return Err(einval(format!("options.wait {w} is not a wait mode"))),
+    });
     if o.spin_rounds != 0 {
         opts = opts.spin(o.spin_rounds);
     }
@@ -302,28 +302,7 @@ fn options(o: &IvshmemChannelOptions) -> Res<(Options, u32)> {
     if o.open_timeout_ms != 0 {
         opts = opts.open_timeout(Duration::from_millis(o.open_timeout_ms.into()));
     }
-    Ok((opts, o.wait))
-}
-
-/// Opens `name` on the file at `path`, mapping all of it. Waiting is always spinning here.
-fn open_channel(path: &str, name: &str, opts: &Options, wait: u32) -> Res<Channel> {
-    if wait == IVSHMEM_CHANNEL_WAIT_DOORBELL {
-        return Err(Failure::new(
-            EOPNOTSUPP,
-            "doorbell waiting is not supported by this build",
-        ));
-    }
-    let file = std::fs::File::options()
-        .read(true)
-        .write(true)
-        .open(path)
-        .map_err(|e| Failure::new(errno_of_io(&e), format!("{path}: {e}")))?;
-    let region = Region::map_file(&file)
-        .map_err(|e| Failure::new(errno_of_io(&e), format!("{path}: {e}")))?;
-    Channel::open(&region, name, opts).map_err(|e| {
-        let f = Failure::from(e);
-        Failure::new(f.errno, format!("{path}: channel '{name}': {}", f.msg))
-    })
+    Ok(opts)
 }
 
 /// Opens (creating it if missing) channel `name` on `path`. See the header.
@@ -357,8 +336,10 @@ pub unsafe extern "C" fn ivshmem_channel_open(
         }
         // SAFETY: forwarded from this function's contract.
         let o = unsafe { read_options(opts) }?;
-        let (opts, wait) = options(&o)?;
-        let chan = open_channel(path, name, &opts, wait)?;
+        let chan = Channel::open_path(path, name, &options(&o)?).map_err(|e| {
+            let f = Failure::from(e);
+            Failure::new(f.errno, format!("channel '{name}': {}", f.msg))
+        })?;
         Ok(Box::into_raw(Box::new(IvshmemChannel {
             chan,
             msg: Vec::new(),

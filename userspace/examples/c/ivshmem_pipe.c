@@ -188,13 +188,15 @@ int main(int argc, char **argv)
 			opts.capacity = parse_size(v);
 			if (!opts.capacity)
 				usage("bad value '%s' for --capacity: a size (65536, 64K, 1M)", v);
+			if (opts.capacity & (opts.capacity - 1))
+				usage("--capacity %s is not a power of two", v);
 		} else if ((v = option(argc, argv, &i, "--liveness"))) {
 			char *end;
 			double s = strtod(v, &end);
 
-			if (*end || end == v || !(s > 0) || s > 4e6)
-				usage("bad value '%s' for --liveness: seconds, e.g. 10 or 0.5", v);
-			opts.liveness_timeout_ms = s * 1000 < 1 ? 1 : (uint32_t)(s * 1000);
+			if (*end || end == v || !(s >= 0.01 && s <= 86400))
+				usage("--liveness %s: 0.01 to 86400 seconds", v);
+			opts.liveness_timeout_ms = (uint32_t)(s * 1000 + 0.5);
 		} else if (a[0] == '-' && a[1]) {
 			usage("unknown option %s", a);
 		} else if (!mode) {
