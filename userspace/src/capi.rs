@@ -263,10 +263,7 @@ unsafe fn read_options(opts: *const IvshmemChannelOptions) -> Res<IvshmemChannel
     let o = unsafe { opts.read() };
     // SAFETY: `size` bytes are readable by the contract, `ours..size` lies inside them.
     let tail = unsafe {
-        std::slice::from_raw_parts(
-            opts.cast::<u8>().add(ours as usize),
-            (size - ours) as usize,
-        )
+        std::slice::from_raw_parts(opts.cast::<u8>().add(ours as usize), (size - ours) as usize)
     };
     if tail.iter().any(|&b| b != 0) {
         return Err(Failure::new(
