@@ -1,5 +1,6 @@
 //! `ivshmem`: inspect a device and write or check reproducible patterns in its shared memory.
 
+use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use ivshmem::args::{device_path, Args};
@@ -23,6 +24,7 @@ usage: ivshmem info   [-d DEVICE]
        ivshmem touch  [-d DEVICE] [--offset O] [--len L] [--cache wb|wc|uc]
        ivshmem ring   [-d DEVICE] --peer ID [--vector V]
        ivshmem wait   [-d DEVICE] [--vector V] [--timeout MS] [--catch-signal]
+       ivshmem pattern --seed N [--offset O] --len L | --check
 
   info     size, PCI address, peer id, vectors, mode and cache type of the device
   fill     write pattern N over [O, O+L) (byte i of the region gets pattern(N, i))
@@ -32,6 +34,9 @@ usage: ivshmem info   [-d DEVICE]
   wait     wait for an interrupt on vector V; MS: -1 forever (default), 0 don't block;
            prints the count, or the errno (EAGAIN, ETIMEDOUT, EINTR, ENODEV) and exits 1;
            --catch-signal: SIGUSR1 interrupts the wait instead of killing the process
+  pattern  write bytes [O, O+L) of pattern N to standard output (test data for pipes);
+           --check reads standard input instead and checks it is pattern N from O on:
+           prints the byte count, exits 1 at the first difference (a prefix passes)
 
   -d, --device DEVICE   /dev/ivshmemN path or index N (default /dev/ivshmem0)
       --offset O        start (default 0);  --len L  length (default: to the end)
@@ -67,6 +72,51 @@ fn map(r: &Range) -> Result<(ivshmem::Mapping, usize), ToolError> {
     let len = (r.offset - base + r.len).div_ceil(4096) * 4096;
     let m = r.dev.map(base, len as usize)?;
     Ok((m, (r.offset - base) as usize))
+}
+
+/// Writes bytes `[offset, offset + len)` of pattern `seed` to standard output.
+fn write_pattern(seed: u64, offset: u64, len: u64) -> Result<(), ToolError> {
+    let mut out = std::io::stdout().lock();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut done = 0u64;
+    while done < len {
+        let n = (len - done).min(buf.len() as u64) as usize;
+        pattern::fill(seed, offset + done, &mut buf[..n]);
+        out.write_all(&buf[..n])
+            .map_err(|e| ToolError::sys("standard output", e))?;
+        done += n as u64;
+    }
+    out.flush()
+        .map_err(|e| ToolError::sys("standard output", e))
+}
+
+/// Checks that standard input is pattern `seed` from `offset` on, for as long as it goes.
+fn check_pattern(seed: u64, offset: u64) -> Result<(), ToolError> {
+    let mut input = std::io::stdin().lock();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut want = vec![0u8; 1 << 20];
+    let mut done = 0u64;
+    loop {
+        let n = match input.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(ToolError::sys("standard input", e)),
+        };
+        pattern::fill(seed, offset + done, &mut want[..n]);
+        if let Some(k) = (0..n).find(|&k| buf[k] != want[k]) {
+            return Err(ToolError::Check(format!(
+                "byte {} of the input is {:#04x}, pattern {seed} has {:#04x} at offset {}",
+                done + k as u64,
+                buf[k],
+                want[k],
+                offset + done + k as u64
+            )));
+        }
+        done += n as u64;
+    }
+    println!("{done} bytes match pattern {seed}");
+    Ok(())
 }
 
 fn run(cmd: &str, mut args: Args) -> Result<(), ToolError> {
@@ -127,6 +177,21 @@ fn run(cmd: &str, mut args: Args) -> Result<(), ToolError> {
                 "{verb} {} bytes at offset {} with pattern {seed}",
                 r.len, r.offset
             );
+        }
+        "pattern" => {
+            let seed = args
+                .parsed::<u64>(&["--seed"])?
+                .ok_or_else(|| ToolError::usage("--seed is required"))?;
+            let offset = args.size(&["--offset"])?.unwrap_or(0);
+            let check = args.flag(&["--check"]);
+            let len = args.size(&["--len"])?;
+            args.finish()?;
+            if check {
+                check_pattern(seed, offset)?;
+            } else {
+                let len = len.ok_or_else(|| ToolError::usage("--len or --check is required"))?;
+                write_pattern(seed, offset, len)?;
+            }
         }
         "touch" => {
             let cache = args.parsed::<CacheType>(&["--cache"])?;

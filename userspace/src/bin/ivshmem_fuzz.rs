@@ -48,6 +48,7 @@ use std::sync::atomic::{
 use std::time::{Duration, Instant};
 
 use ivshmem::args::{run_tool, Args};
+use ivshmem::pattern::SplitMix64;
 use ivshmem::{sys, uapi, ToolError};
 
 const USAGE: &str = "\
@@ -105,22 +106,17 @@ fn round_up(n: usize) -> Option<usize> {
 
 // --- the generator -------------------------------------------------------------------------
 
-/// SplitMix64 (Steele, Lea, Flood 2014): small, fast, well mixed, and fully determined by its
-/// seed.
+/// The fuzzer's dice: [`SplitMix64`], fully determined by its seed.
 #[derive(Clone, Debug)]
-struct Rng(u64);
+struct Rng(SplitMix64);
 
 impl Rng {
     fn new(seed: u64) -> Self {
-        Self(seed)
+        Self(SplitMix64::new(seed))
     }
 
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.next()
     }
 
     /// Uniform enough in `0..n` (0 for n = 0).
