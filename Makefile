@@ -41,7 +41,8 @@ tools:
 		$(CARGO) build --release --locked --target $(TOOLS_TARGET) --bins
 
 # The C API (userspace/src/capi.rs, include/ivshmem_channel.h): libivshmem.a and libivshmem.so
-# in CAPI_DIR, built apart from the tools (a cdylib cannot be built with crt-static), and the C
+# in CAPI_DIR, built apart from the tools (a cdylib cannot be built with crt-static) and with
+# panics unwinding, so that a bug gives EIO to the C caller instead of aborting it; and the C
 # example twice: against the shared library for the host, and fully static (from the .a) into
 # TOOLS_DIR for the busybox guests, which have no libc. The static link drops glibc's two
 # warnings that getaddrinfo and getpwuid_r (linked by std, called by nothing here) would need
@@ -50,7 +51,8 @@ CAPI_DIR := $(ROOT)/userspace/target/release
 CAPI_CFLAGS := -O2 -std=c99 -D_POSIX_C_SOURCE=200809L -Wall -Wextra -Werror -I$(ROOT)/userspace/include
 CAPI_EXAMPLE := $(ROOT)/userspace/examples/c/ivshmem_pipe.c
 capi:
-	cd userspace && $(CARGO) rustc --release --locked --lib --crate-type staticlib --crate-type cdylib
+	cd userspace && $(CARGO) rustc --release --locked --lib --crate-type staticlib --crate-type cdylib \
+		--config 'profile.release.panic="unwind"'
 	$(CC) $(CAPI_CFLAGS) -o $(CAPI_DIR)/ivshmem-pipe-c $(CAPI_EXAMPLE) \
 		-L$(CAPI_DIR) -livshmem -Wl,-rpath,$(CAPI_DIR)
 	mkdir -p $(TOOLS_DIR)
