@@ -279,9 +279,10 @@ fn header_matches_rust() {
 #include <stddef.h>
 #include "ivshmem_channel.h"
 #define OFF(f) offsetof(struct ivshmem_channel_options, f)
+struct align { char c; struct ivshmem_channel_options o; };
 int main(void) {
     printf("%zu %zu %zu %zu %zu %zu %zu %zu %zu\n", sizeof(struct ivshmem_channel_options),
-           _Alignof(struct ivshmem_channel_options), OFF(size), OFF(kind), OFF(capacity),
+           offsetof(struct align, o), OFF(size), OFF(kind), OFF(capacity),
            OFF(wait), OFF(spin_rounds), OFF(liveness_timeout_ms), OFF(open_timeout_ms));
     printf("%d %d %d %d %d %d\n", IVSHMEM_CHANNEL_STREAM, IVSHMEM_CHANNEL_MESSAGES,
            IVSHMEM_CHANNEL_WAIT_AUTO, IVSHMEM_CHANNEL_WAIT_SPIN, IVSHMEM_CHANNEL_WAIT_DOORBELL,
@@ -293,10 +294,9 @@ int main(void) {
 "#,
     )
     .unwrap();
-    // C11 for _Alignof; the header itself is C99 (the other programs).
     let exe = dir.join("layout");
     let st = Command::new("cc")
-        .args(["-std=c11", "-Wall", "-Werror", "-I"])
+        .args(["-std=c99", "-pedantic", "-Wall", "-Wextra", "-Werror", "-I"])
         .arg(Path::new(MANIFEST).join("include"))
         .arg("-o")
         .arg(&exe)
