@@ -705,7 +705,8 @@ def channel_lab(s):
     pattern N (`ivshmem pattern`), checked byte by byte and by sha256 on both sides."""
     s.boot(2, "16M", mode="doorbell")
     plain_shm = SHM + ".1"
-    big = 256 << 20
+    # The debug kernel checks the kernel's side of the same paths; volume is the release run's.
+    big = (256 if FLAVOUR == "release" else 64) << 20
 
     def load():
         for g in (1, 2):
@@ -715,7 +716,11 @@ def channel_lab(s):
             check("mode doorbell" in out and "mode plain" in out, out)
     s.test("channels: module loaded in both guests (doorbell + plain device)", load)
 
-    def start_recv(g, dev, ch, seed, tag, extra=""):
+    def start_recv(g, dev, ch, seed, tag, extra="", check_pattern=True):
+        if not check_pattern:  # sha256 only: busybox's runs at about 10 MB/s under TCG
+            s.bg(g, f"(set -o pipefail; ivshmem-pipe recv -d {dev} --channel {ch} {extra} | "
+                    f"sha256sum > /tmp/{tag}.sha)", f"/tmp/{tag}.out")
+            return
         s.bg(g, f"(set -o pipefail; rm -f /tmp/{tag}.fifo; mkfifo /tmp/{tag}.fifo; "
                 f"sha256sum < /tmp/{tag}.fifo > /tmp/{tag}.sha & "
                 f"ivshmem-pipe recv -d {dev} --channel {ch} {extra} | tee /tmp/{tag}.fifo | "
@@ -736,29 +741,33 @@ def channel_lab(s):
 
     def transfer(dev, receiver_first, size=big, ch="pipe", seed=11, pair=(1, 2)):
         tx, rx = pair
+        # What the sender must send, computed on the host by the same tool.
+        want = subprocess.run(f"{TOOLS}/ivshmem pattern --seed {seed} --len {size} | sha256sum", shell=True,
+                              check=True, capture_output=True, text=True).stdout.split()[0]
         started = time.monotonic()
         if receiver_first:
-            start_recv(rx, dev, ch, seed, "rx")
+            start_recv(rx, dev, ch, seed, "rx", check_pattern=False)
             s.sh(rx, "sleep 1")
             start_send(tx, dev, ch, seed, size, "tx")
         else:
             start_send(tx, dev, ch, seed, size, "tx")
             s.sh(tx, "sleep 1")
-            start_recv(rx, dev, ch, seed, "rx")
-        sent = finished(tx, "tx", 600)
+            start_recv(rx, dev, ch, seed, "rx", check_pattern=False)
+        sent = finished(tx, "tx", 900)
         got = finished(rx, "rx", 120)
         secs = time.monotonic() - started
         check("exit=0" in sent, f"sender:\n{sent}")
-        check(f"{size} bytes match pattern {seed}" in got and "exit=0" in got, f"receiver:\n{got}")
+        check("exit=0" in got, f"receiver:\n{got}")
         a, b = sha(tx, "tx"), sha(rx, "rx")
-        check(len(a) == 64 and a == b, f"sha256 sender {a!r}, receiver {b!r}")
+        check(a == want and b == want, f"sha256 sender {a!r}, receiver {b!r}, host {want!r}")
         print(f"  measured: {size >> 20} MiB through /dev/ivshmem{dev[-1]} in {secs:.1f} s "
-              f"(with generation, tee, sha256 and check on one vCPU each)", flush=True)
+              f"(generation, tee and sha256 on one vCPU each)", flush=True)
 
     for dev, what in (("/dev/ivshmem0", "doorbell"), ("/dev/ivshmem1", "plain")):
         for rf in (True, False):
             order = "receiver first" if rf else "sender first"
-            s.test(f"channels: 256 MiB through ivshmem-pipe on {what}, {order}: exact, sha256 equal",
+            s.test(f"channels: {big >> 20} MiB through ivshmem-pipe on {what}, {order}: sha256 equal on "
+                   "both sides and the host",
                    lambda dev=dev, rf=rf: transfer(dev, rf))
 
     def both_directions():
