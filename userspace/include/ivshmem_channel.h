@@ -112,6 +112,10 @@ int ivshmem_channel_close_write(struct ivshmem_channel *ch);
  * A sender calls it before exiting successfully. Returns 0 or -1. */
 int ivshmem_channel_flush(struct ivshmem_channel *ch);
 
+/* Waits until a peer has joined this end's session (it may have left since): a sender with
+ * nothing to send calls it so that its end of the stream is seen. Returns 0 or -1. */
+int ivshmem_channel_wait_peer(struct ivshmem_channel *ch);
+
 /* Messages: sends `len` bytes (0 is a valid, empty message) whole or not at all, waiting for
  * room as configured. EMSGSIZE if `len` exceeds ivshmem_channel_max_message. Returns 0 or -1. */
 int ivshmem_channel_send(struct ivshmem_channel *ch, const void *msg, size_t len);

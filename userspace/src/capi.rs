@@ -465,6 +465,21 @@ pub unsafe extern "C" fn ivshmem_channel_flush(ch: *mut IvshmemChannel) -> c_int
     })
 }
 
+/// Waits until a peer joined this end's session (it may have left since).
+///
+/// # Safety
+///
+/// `ch` is NULL or an open handle.
+#[no_mangle]
+pub unsafe extern "C" fn ivshmem_channel_wait_peer(ch: *mut IvshmemChannel) -> c_int {
+    guard(-1, || {
+        // SAFETY: forwarded from this function's contract.
+        let h = unsafe { handle(ch) }?;
+        h.chan.wait_peer()?;
+        Ok(0)
+    })
+}
+
 /// Sends one message of `len` bytes (0 is fine): whole or not at all.
 ///
 /// # Safety

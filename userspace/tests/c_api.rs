@@ -368,7 +368,7 @@ fn errno_contract() {
     assert!(st.success(), "status {st}: {out}{err}");
     let failed: Vec<&str> = out.lines().filter(|l| !l.ends_with(": ok")).collect();
     assert!(failed.is_empty(), "failed checks:\n{}", failed.join("\n"));
-    assert_eq!(out.lines().count(), 31, "checks run:\n{out}");
+    assert_eq!(out.lines().count(), 33, "checks run:\n{out}");
 }
 
 fn set_len(p: &Path, len: u64) {
@@ -445,6 +445,8 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	CHECK("write on NULL", ivshmem_channel_write(NULL, "x", 1), -1, EINVAL);
+	CHECK("wait_peer on NULL", ivshmem_channel_wait_peer(NULL), -1, EINVAL);
+	CHECK("wait_peer with a peer", ivshmem_channel_wait_peer(a), 0, 0);
 	CHECK("read on messages", ivshmem_channel_read(a, buf, 1), -1, EINVAL);
 	CHECK("send NULL buffer", ivshmem_channel_send(a, NULL, 5), -1, EINVAL);
 	CHECK("max_message", ivshmem_channel_max_message(a), 1016, 0);

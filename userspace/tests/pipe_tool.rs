@@ -95,6 +95,26 @@ fn bytes_arrive_exactly_whoever_starts_first() {
 }
 
 #[test]
+fn empty_input_waits_for_the_receiver_which_gets_eof() {
+    let shm = Shm::new("empty");
+    let (tx, feeder) = sender(&shm.0, Vec::new(), &[]);
+    std::thread::sleep(Duration::from_millis(500));
+    let mut tx = tx;
+    assert!(
+        tx.try_wait().unwrap().is_none(),
+        "the sender left before any receiver came"
+    );
+    let got = receiver(&shm.0, &[]).wait_with_output().unwrap();
+    feeder.join().unwrap();
+    assert!(
+        got.status.success() && got.stdout.is_empty(),
+        "{}",
+        text(&got)
+    );
+    assert!(tx.wait().unwrap().success());
+}
+
+#[test]
 fn killed_sender_ends_the_receiver_with_status_1_and_a_prefix() {
     let shm = Shm::new("kill");
     let mut tx = pipe("send", &shm.0, &["--liveness", "1"]).spawn().unwrap();

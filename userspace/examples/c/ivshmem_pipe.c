@@ -119,7 +119,8 @@ static int send_stdin(struct ivshmem_channel *ch)
 	}
 	if (ivshmem_channel_close_write(ch) < 0)
 		fail("send");
-	if (ivshmem_channel_flush(ch) < 0)
+	/* Exit 0 only once a receiver came (even for no bytes) and read every byte. */
+	if (ivshmem_channel_wait_peer(ch) < 0 || ivshmem_channel_flush(ch) < 0)
 		fail("send: waiting for the receiver");
 	ivshmem_channel_close(ch);
 	return 0;

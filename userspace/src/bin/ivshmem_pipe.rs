@@ -134,7 +134,8 @@ fn run(o: Opts) -> Result<(), ToolError> {
                 chan.write_all(&buf[..n]).map_err(|e| failed("send", e))?;
             }
             chan.close_write().map_err(|e| failed("send", e))?;
-            // Exit 0 only once the receiver has read every byte.
+            // Exit 0 only once a receiver came (even for no bytes) and read every byte.
+            chan.wait_peer().map_err(|e| failed("send", e))?;
             chan.flush().map_err(|e| failed("send", e))?;
         }
         Dir::Recv => {
