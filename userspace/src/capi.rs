@@ -17,22 +17,10 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
 use crate::channel::{Channel, ChannelError, Kind, Options, Wait, MAX_NAME};
-use crate::sys::errno::{EAGAIN, EBUSY, EINVAL, ENOENT, EOPNOTSUPP, ETIMEDOUT};
-
-/// Error numbers `sys::errno` does not have (asm-generic values, as on x86-64 and arm64).
-mod errno {
-    pub const EIO: i32 = 5;
-    pub const E2BIG: i32 = 7;
-    pub const ENOMEM: i32 = 12;
-    pub const EACCES: i32 = 13;
-    pub const ENOSPC: i32 = 28;
-    pub const EPIPE: i32 = 32;
-    pub const ENAMETOOLONG: i32 = 36;
-    pub const EPROTO: i32 = 71;
-    pub const EBADMSG: i32 = 74;
-    pub const EMSGSIZE: i32 = 90;
-}
-use errno::*;
+use crate::sys::errno::{
+    E2BIG, EACCES, EAGAIN, EBADMSG, EBUSY, EINVAL, EIO, EMSGSIZE, ENAMETOOLONG, ENOENT, ENOMEM,
+    ENOSPC, EOPNOTSUPP, EPIPE, EPROTO, ETIMEDOUT,
+};
 
 /// `kind`: a byte stream (the default, also for 0).
 pub const IVSHMEM_CHANNEL_STREAM: u32 = 1;
