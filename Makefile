@@ -1,6 +1,7 @@
 # ivshmem-rs: Rust driver for QEMU's ivshmem, its userspace tools and the VM lab.
 #
-#   make             module + userspace tools (KDIR defaults to the lab's guest kernel)
+#   make             module + userspace tools + C API (KDIR defaults to the lab's guest kernel)
+#   make capi        C API of the channels: libivshmem.a/.so and the C example (README, C API)
 #   make demo        set up what is missing, boot two guests, exchange a message, measure bandwidth
 #   make test        host unit tests, module build + lints, the VM test suite on both guest kernels
 #   make module-debug the module for the debug guest kernel (KASAN, lockdep): .debug-build/ivshmem.ko
@@ -25,9 +26,9 @@ TOOLS := read_write bandwidth ivshmem ivshmem-check ivshmem-bench
 
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: bench module-race module-debug vm-test-release all module tools setup demo test vm-test unit-test lint clean rustfmt rustfmt-check clippy
+.PHONY: bench capi module-race module-debug vm-test-release all module tools setup demo test vm-test unit-test lint clean rustfmt rustfmt-check clippy
 
-all: module tools
+all: module tools capi
 
 setup:
 	bash scripts/setup.sh
@@ -39,6 +40,27 @@ module:
 tools:
 	cd userspace && RUSTFLAGS="-C target-feature=+crt-static" \
 		$(CARGO) build --release --locked --target $(TOOLS_TARGET) --bins
+
+# The C API (userspace/src/capi.rs, include/ivshmem_channel.h): libivshmem.a and libivshmem.so
+# in CAPI_DIR, built apart from the tools (a cdylib cannot be built with crt-static) and with
+# panics unwinding, so that a bug gives EIO to the C caller instead of aborting it; and the C
+# example twice: against the shared library for the host, and fully static (from the .a) into
+# TOOLS_DIR for the busybox guests, which have no libc. The static link drops glibc's two
+# warnings that getaddrinfo and getpwuid_r (linked by std, called by nothing here) would need
+# its shared libraries at run time.
+CAPI_DIR := $(ROOT)/userspace/target/release
+CAPI_CFLAGS := -O2 -std=c99 -D_POSIX_C_SOURCE=200809L -Wall -Wextra -Werror -I$(ROOT)/userspace/include
+CAPI_EXAMPLE := $(ROOT)/userspace/examples/c/ivshmem_pipe.c
+capi:
+	cd userspace && $(CARGO) rustc --release --locked --lib --crate-type staticlib --crate-type cdylib \
+		--config 'profile.release.panic="unwind"'
+	$(CC) $(CAPI_CFLAGS) -o $(CAPI_DIR)/ivshmem-pipe-c $(CAPI_EXAMPLE) \
+		-L$(CAPI_DIR) -livshmem -Wl,-rpath,$(CAPI_DIR)
+	mkdir -p $(TOOLS_DIR)
+	set -o pipefail; $(CC) $(CAPI_CFLAGS) -static -s -Wl,--gc-sections \
+		-o $(TOOLS_DIR)/ivshmem-pipe-c $(CAPI_EXAMPLE) $(CAPI_DIR)/libivshmem.a \
+		-lpthread -ldl -lm -lrt -lutil 2>&1 | \
+		sed -e '/libivshmem.a(std-.*in function/d' -e '/in statically linked applications requires/d' >&2
 
 # Builds a copy of the module in directory $(1) with `make -C $$kdir`, kdir from command $(2),
 # extra make arguments $(3): the top-level ivshmem.ko stays the release build.

@@ -23,5 +23,8 @@ for t in read_write bandwidth ivshmem ivshmem-check pingpong ivshmem-fuzz ivshme
 	[ -x "$tools/$t" ] || die "missing tool $tools/$t (make tools)"
 	cp "$tools/$t" "$tmp/bin/$t"
 done
+# The C example on the C API (make capi, part of make all): optional for images built after
+# make tools alone.
+[ ! -x "$tools/ivshmem-pipe-c" ] || cp "$tools/ivshmem-pipe-c" "$tmp/bin/ivshmem-pipe-c"
 (cd "$tmp" && find . | cpio -o -H newc --quiet | gzip -1) >"$out.tmp"
 mv "$out.tmp" "$out"

@@ -13,7 +13,7 @@ esac
 source "$(dirname "$0")/config.sh"
 
 APT_PACKAGES=(qemu-system-x86 busybox-static libclang-19-dev clang-19 lld-19 llvm-19 bc flex bison
-	libelf-dev libssl-dev cpio xz-utils kmod python3 gcc make)
+	libelf-dev libssl-dev cpio xz-utils kmod python3 gcc libc6-dev make)
 BINDGEN_MIN=0.71.1
 
 need_root() {

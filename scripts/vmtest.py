@@ -683,6 +683,226 @@ def hugetlb_lab(s):
             f.write(str(old))
 
 
+def channel_layout(path):
+    """The channel table of a region (userspace/src/channel/mod.rs, read independently):
+    {name: block offset} of the ready slots."""
+    head = host_read(path, 0, 0x40 + 64 * 128)
+    out = {}
+    if head[:4] != b"IVCH":
+        return out
+    for i in range(64):
+        slot = head[0x40 + i * 128:0x40 + (i + 1) * 128]
+        if int.from_bytes(slot[0:4], "little") != 2:
+            continue
+        n = int.from_bytes(slot[8:12], "little")
+        out[slot[0x10:0x10 + n].decode(errors="replace")] = int.from_bytes(slot[0x38:0x40], "little")
+    return out
+
+
+def channel_lab(s):
+    """Channels between two guests through ivshmem-pipe: on ivshmem-doorbell (/dev/ivshmem0,
+    sleeping in IVSHMEM_WAIT) and on ivshmem-plain (/dev/ivshmem1, spinning); the data is
+    pattern N (`ivshmem pattern`), checked byte by byte and by sha256 on both sides."""
+    s.boot(2, "16M", mode="doorbell")
+    plain_shm = SHM + ".1"
+    # The debug kernel checks the kernel's side of the same paths; volume is the release run's.
+    big = (256 if FLAVOUR == "release" else 64) << 20
+
+    def load():
+        for g in (1, 2):
+            s.leak_check_start(g)
+            s.sh(g, "insmod /ivshmem.ko")
+            _, out = s.sh(g, "ivshmem info -d 0; ivshmem info -d 1")
+            check("mode doorbell" in out and "mode plain" in out, out)
+    s.test("channels: module loaded in both guests (doorbell + plain device)", load)
+
+    def start_recv(g, dev, ch, seed, tag, extra="", check_pattern=True):
+        if not check_pattern:  # sha256 only: busybox's runs at about 10 MB/s under TCG
+            s.bg(g, f"(set -o pipefail; ivshmem-pipe recv -d {dev} --channel {ch} {extra} | "
+                    f"sha256sum > /tmp/{tag}.sha)", f"/tmp/{tag}.out")
+            return
+        s.bg(g, f"(set -o pipefail; rm -f /tmp/{tag}.fifo; mkfifo /tmp/{tag}.fifo; "
+                f"sha256sum < /tmp/{tag}.fifo > /tmp/{tag}.sha & "
+                f"ivshmem-pipe recv -d {dev} --channel {ch} {extra} | tee /tmp/{tag}.fifo | "
+                f"ivshmem pattern --seed {seed} --check; r=$?; wait; exit $r)", f"/tmp/{tag}.out")
+
+    def start_send(g, dev, ch, seed, size, tag, extra=""):
+        s.bg(g, f"(set -o pipefail; rm -f /tmp/{tag}.fifo; mkfifo /tmp/{tag}.fifo; "
+                f"sha256sum < /tmp/{tag}.fifo > /tmp/{tag}.sha & "
+                f"ivshmem pattern --seed {seed} --len {size} | tee /tmp/{tag}.fifo | "
+                f"ivshmem-pipe send -d {dev} --channel {ch} {extra}; r=$?; wait; exit $r)", f"/tmp/{tag}.out")
+
+    def finished(g, tag, secs):
+        return s.wait_line(g, f"/tmp/{tag}.out", "exit=", secs)
+
+    def sha(g, tag):
+        _, out = s.sh(g, f"cat /tmp/{tag}.sha")
+        return out.split()[0] if out.split() else ""
+
+    def transfer(dev, receiver_first, size=big, ch="pipe", seed=11, pair=(1, 2)):
+        tx, rx = pair
+        # What the sender must send, computed on the host by the same tool.
+        want = subprocess.run(f"{TOOLS}/ivshmem pattern --seed {seed} --len {size} | sha256sum", shell=True,
+                              check=True, capture_output=True, text=True).stdout.split()[0]
+        started = time.monotonic()
+        if receiver_first:
+            start_recv(rx, dev, ch, seed, "rx", check_pattern=False)
+            s.sh(rx, "sleep 1")
+            start_send(tx, dev, ch, seed, size, "tx")
+        else:
+            start_send(tx, dev, ch, seed, size, "tx")
+            s.sh(tx, "sleep 1")
+            start_recv(rx, dev, ch, seed, "rx", check_pattern=False)
+        sent = finished(tx, "tx", 900)
+        got = finished(rx, "rx", 120)
+        secs = time.monotonic() - started
+        check("exit=0" in sent, f"sender:\n{sent}")
+        check("exit=0" in got, f"receiver:\n{got}")
+        a, b = sha(tx, "tx"), sha(rx, "rx")
+        check(a == want and b == want, f"sha256 sender {a!r}, receiver {b!r}, host {want!r}")
+        print(f"  measured: {size >> 20} MiB through /dev/ivshmem{dev[-1]} in {secs:.1f} s "
+              f"(generation, tee and sha256 on one vCPU each)", flush=True)
+
+    for dev, what in (("/dev/ivshmem0", "doorbell"), ("/dev/ivshmem1", "plain")):
+        for rf in (True, False):
+            order = "receiver first" if rf else "sender first"
+            s.test(f"channels: {big >> 20} MiB through ivshmem-pipe on {what}, {order}: sha256 equal on "
+                   "both sides and the host",
+                   lambda dev=dev, rf=rf: transfer(dev, rf))
+
+    def both_directions():
+        size = 32 << 20
+        start_recv(2, "/dev/ivshmem0", "a2b", 21, "rxa")
+        start_recv(1, "/dev/ivshmem0", "b2a", 22, "rxb")
+        start_send(1, "/dev/ivshmem0", "a2b", 21, size, "txa")
+        start_send(2, "/dev/ivshmem0", "b2a", 22, size, "txb")
+        for g, tag, seed in ((1, "txa", 0), (2, "txb", 0), (2, "rxa", 21), (1, "rxb", 22)):
+            out = finished(g, tag, 300)
+            check("exit=0" in out and (not seed or f"{size} bytes match pattern {seed}" in out), f"{tag}:\n{out}")
+        check(sha(1, "txa") == sha(2, "rxa") and sha(2, "txb") == sha(1, "rxb"), "sha256 differ")
+    s.test("channels: two channels at once, one each way, 32 MiB each", both_directions)
+
+    def killed(how):
+        def run():
+            ch = f"kill-{how}"
+            start_recv(2, "/dev/ivshmem0", ch, 31, "rxk")
+            start_send(1, "/dev/ivshmem0", ch, 31, 4 << 30, "txk")
+            s.sh(2, "sleep 4")  # mid-stream: 4 GiB take minutes
+            if how == "process":
+                s.sh(1, "kill -9 $(pidof ivshmem-pipe)")
+            else:
+                os.kill(int(open(os.path.join(RUN, "guest1.pid")).read()), signal.SIGKILL)
+            t0 = time.monotonic()
+            out = finished(2, "rxk", 60)
+            secs = time.monotonic() - t0
+            print(f"  measured: receiver exited {secs:.1f} s after the sender's {how} was killed", flush=True)
+            check("exit=1" in out and "ivshmem-pipe: recv: peer gone" in out, out)
+            m = re.search(r"^(\d+) bytes match pattern 31$", out, re.M)
+            check(m and int(m.group(1)) > 0, f"what arrived is not a non-empty prefix of what was sent:\n{out}")
+            check(secs < 10 + 8, f"took {secs:.1f} s, the bound is the 10 s liveness timeout (+ slack)")
+            if how == "guest":
+                s.guests[0].close()
+                s.start(guests=2, extra="16M", only="1")
+                s.guests[0].wait_ready(240)
+                s.sh(1, "insmod /ivshmem.ko")
+            # A new sender on the same channel.
+            start_recv(2, "/dev/ivshmem0", ch, 32, "rx")
+            start_send(1, "/dev/ivshmem0", ch, 32, 8 << 20, "tx")
+            check("exit=0" in finished(1, "tx", 120), "new sender failed")
+            got = finished(2, "rx", 60)
+            check(f"{8 << 20} bytes match pattern 32" in got and "exit=0" in got, got)
+        return run
+    s.test("channels: sender process killed: receiver exits 1 within the bound with a prefix; "
+           "a new sender works", killed("process"))
+    s.test("channels: sender's guest killed: receiver exits 1 within the bound with a prefix; "
+           "a new sender from the restarted guest works", killed("guest"))
+
+    def corrupt_layout():
+        header = host_read(plain_shm, 0, 0x3000)
+        try:
+            for what, data, expect in (
+                    ("version 99", b"IVCH" + (99).to_bytes(4, "little") + header[8:64], "version 99"),
+                    ("random header and table", os.urandom(0x2040), "layout|corrupt"),
+                    ("wild channel offset", None, "do not fit")):
+                if data is None:  # a slot pointing its rings outside the region
+                    data = bytearray(header[:0x2040])
+                    i = next(i for i in range(64) if data[0x40 + i * 128] == 2)
+                    data[0x40 + i * 128 + 0x38:0x40 + i * 128 + 0x40] = (1 << 40).to_bytes(8, "little")
+                host_write(plain_shm, 0, bytes(data))
+                t0 = time.monotonic()
+                st, out = s.sh(1, "ivshmem-pipe send -d /dev/ivshmem1 < /dev/null", ok=False)
+                check(st == 1 and "ivshmem-pipe: channel 'pipe':" in out and re.search(expect, out),
+                      f"{what}: exit {st}:\n{out}")
+                check(time.monotonic() - t0 < 20, f"{what}: took {time.monotonic() - t0:.0f} s")
+                check(not re.search(r"panick|SIG", out), out)
+        finally:
+            host_write(plain_shm, 0, bytes(0x3000))
+        transfer("/dev/ivshmem1", True, size=8 << 20, seed=41)
+    s.test("channels: a corrupt layout written by the host is a clear error; a cleared one works again",
+           corrupt_layout)
+
+    def host_scribbles():
+        # The host writes random words over the channel's control block (control word, side
+        # lines, ring indices and wake-up words) during a transfer on the plain device.
+        ch = "scribble"
+        start_recv(2, "/dev/ivshmem1", ch, 51, "rxs", "--liveness 3")
+        start_send(1, "/dev/ivshmem1", ch, 51, 1 << 30, "txs", "--liveness 3")
+        deadline = time.monotonic() + 30
+        while ch not in channel_layout(plain_shm) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        block = channel_layout(plain_shm).get(ch)
+        check(block is not None, "the channel never appeared in the table")
+        s.sh(2, "sleep 2")
+        outs = {}
+        end = time.monotonic() + 90
+        writes = 0
+        with open(plain_shm, "r+b") as f:
+            while time.monotonic() < end and len(outs) < 2:
+                f.seek(block + 8 * int.from_bytes(os.urandom(1), "little") % 0x200)
+                f.write(os.urandom(8))
+                f.flush()
+                writes += 1
+                time.sleep(0.02)
+                if writes % 50 == 0:
+                    for g, tag in ((1, "txs"), (2, "rxs")):
+                        _, o = s.sh(g, f"cat /tmp/{tag}.out")
+                        if "exit=" in o:
+                            outs[tag] = o
+        print(f"  measured: {writes} random words written by the host before both ends stopped", flush=True)
+        check(len(outs) == 2, f"a side still runs 90 s into the scribbling: {outs}")
+        both = outs["txs"] + outs["rxs"]
+        check("exit=1" in both and "ivshmem-pipe:" in both, both)
+        check(not re.search(r"panick|Segmentation|SIGSEGV|SIGBUS", both), both)
+        for g in (1, 2):
+            s.sh(g, "true")
+    s.test("channels: the host scribbling over the control block ends the transfer with an error, "
+           "no crash, no hang", host_scribbles)
+
+    def c_api_interop():
+        # The static C example (the C API) against the Rust tool on the doorbell device, each
+        # way, on channels of their own next to those of the tests above.
+        for rx_tool, tx_tool, ch in (("ivshmem-pipe-c", "ivshmem-pipe", "c-recv"),
+                                     ("ivshmem-pipe", "ivshmem-pipe-c", "c-send")):
+            _, out = s.sh(2, "head -c 8388608 /dev/urandom > /tmp/capi.in && sha256sum /tmp/capi.in")
+            sent = out.split()[0]
+            s.bg(1, f"{{ {rx_tool} recv --channel {ch} > /tmp/capi.out; }}", "/tmp/capi.log")
+            status, out = s.sh(2, f"{tx_tool} send --channel {ch} < /tmp/capi.in", timeout=600, ok=False)
+            check(status == 0, f"guest 2: {tx_tool} send exited {status}:\n{out}")
+            log = s.wait_line(1, "/tmp/capi.log", "exit=", 120)
+            check("exit=0" in log, f"guest 1: {rx_tool} recv:\n{log}")
+            _, out = s.sh(1, "sha256sum /tmp/capi.out; rm -f /tmp/capi.out")
+            check(out.split()[0] == sent, f"{tx_tool} -> {rx_tool}: sha256 {out.split()[0]}, sent {sent}")
+            s.sh(2, "rm -f /tmp/capi.in")
+    s.test("channels: the C example (C API) and ivshmem-pipe exchange 8 MiB each way, sha256 equal",
+           c_api_interop)
+
+    def clean():
+        for g in (1, 2):
+            s.dmesg_clean(g)
+        s.no_leaks(2)
+    s.test("channels: dmesg clean, no leaks (kmemleak)", clean)
+
+
 def fuzz_lab(s):
     """Two doorbell guests run ivshmem-fuzz at once, each rebinding its devices all along; then
     the module must unload with kmemleak and dmesg clean. IVSHMEM_FUZZ_SECONDS sets the length."""
@@ -778,7 +998,7 @@ def run_flavour(s, flavour, phases):
 
 
 def main():
-    phases = [main_lab, high_lab, doorbell_lab, hugetlb_lab, fuzz_lab]
+    phases = [main_lab, high_lab, doorbell_lab, hugetlb_lab, channel_lab, fuzz_lab]
     args = sys.argv[1:]
     flavours = [os.environ.get("IVSHMEM_FLAVOUR", "release")]
     if args[:1] == ["--flavour"]:

@@ -9,6 +9,7 @@
 //! ```
 
 pub mod args;
+pub mod capi;
 pub mod channel;
 mod device;
 mod error;

@@ -33,15 +33,24 @@ pub mod errno {
     pub const EPERM: i32 = 1;
     pub const ENOENT: i32 = 2;
     pub const EINTR: i32 = 4;
+    pub const EIO: i32 = 5;
     pub const ENXIO: i32 = 6;
+    pub const E2BIG: i32 = 7;
     pub const EBADF: i32 = 9;
     pub const EAGAIN: i32 = 11;
+    pub const ENOMEM: i32 = 12;
     pub const EACCES: i32 = 13;
     pub const EFAULT: i32 = 14;
     pub const EBUSY: i32 = 16;
     pub const ENODEV: i32 = 19;
     pub const EINVAL: i32 = 22;
     pub const ENOTTY: i32 = 25;
+    pub const ENOSPC: i32 = 28;
+    pub const EPIPE: i32 = 32;
+    pub const ENAMETOOLONG: i32 = 36;
+    pub const EPROTO: i32 = 71;
+    pub const EBADMSG: i32 = 74;
+    pub const EMSGSIZE: i32 = 90;
     pub const EOPNOTSUPP: i32 = 95;
     pub const ETIMEDOUT: i32 = 110;
 
@@ -51,15 +60,24 @@ pub mod errno {
             EPERM => "EPERM",
             ENOENT => "ENOENT",
             EINTR => "EINTR",
+            EIO => "EIO",
             ENXIO => "ENXIO",
+            E2BIG => "E2BIG",
             EBADF => "EBADF",
             EAGAIN => "EAGAIN",
+            ENOMEM => "ENOMEM",
             EACCES => "EACCES",
             EFAULT => "EFAULT",
             EBUSY => "EBUSY",
             ENODEV => "ENODEV",
             EINVAL => "EINVAL",
             ENOTTY => "ENOTTY",
+            ENOSPC => "ENOSPC",
+            EPIPE => "EPIPE",
+            ENAMETOOLONG => "ENAMETOOLONG",
+            EPROTO => "EPROTO",
+            EBADMSG => "EBADMSG",
+            EMSGSIZE => "EMSGSIZE",
             EOPNOTSUPP => "EOPNOTSUPP",
             ETIMEDOUT => "ETIMEDOUT",
             _ => return None,
@@ -81,6 +99,12 @@ pub mod errno {
                 (EOPNOTSUPP, "Operation not supported"),
                 (ETIMEDOUT, "Connection timed out"),
                 (ENODEV, "No such device"),
+                (EPIPE, "Broken pipe"),
+                (EPROTO, "Protocol error"),
+                (EBADMSG, "Bad message"),
+                (EMSGSIZE, "Message too long"),
+                (ENAMETOOLONG, "File name too long"),
+                (ENOSPC, "No space left on device"),
             ] {
                 let e = io::Error::from_raw_os_error(n).to_string();
                 assert!(e.starts_with(text), "{n}: {e}");

@@ -199,3 +199,42 @@ fn without_seqcst_fences_a_wakeup_is_lost() {
     assert!(!out.status.success(), "the broken model passed");
     assert!(err.contains("deadlock"), "not a lost wake-up: {err}");
 }
+
+/// The address handshake of `Channel::open` and `Channel::peer_address`: a side stores where
+/// to ring it (its doorbell peer id), fences (SeqCst), and only later announces a wait
+/// (wake-at store, SeqCst fence); the waker moves its index, fences, loads the wake-at word and,
+/// if it must ring, fences (Acquire) and loads the address. A waker that sees the announcement
+/// must see the address, never the stale one of an earlier session.
+#[test]
+fn a_waker_that_sees_the_announcement_sees_the_address() {
+    use loom::sync::atomic::fence;
+    use Ordering::{Acquire, Relaxed, Release, SeqCst};
+    loom::model(|| {
+        let addr = Arc::new(AtomicU64::new(0));
+        let wake_at = Arc::new(AtomicU64::new(0));
+        let index = Arc::new(AtomicU64::new(0));
+        let (a, w, i) = (addr.clone(), wake_at.clone(), index.clone());
+        let sleeper = loom::thread::spawn(move || {
+            a.store(1 + 7, Relaxed);
+            fence(SeqCst);
+            w.store(1, Relaxed);
+            fence(SeqCst);
+            i.load(Relaxed)
+        });
+        index.store(1, Release);
+        fence(SeqCst);
+        let rings = wake_at.load(Relaxed) == 1;
+        let seen = if rings {
+            fence(Acquire);
+            Some(addr.load(Relaxed))
+        } else {
+            None
+        };
+        let sleeper_saw = sleeper.join().unwrap();
+        if let Some(a) = seen {
+            assert_eq!(a, 8, "rang a stale address");
+        }
+        // The SeqCst fences: at least one side sees the other (no lost wake-up).
+        assert!(rings || sleeper_saw == 1);
+    });
+}

@@ -34,6 +34,7 @@ fn every_tool_dies_of_sigpipe_not_a_panic() {
         env!("CARGO_BIN_EXE_pingpong"),
         env!("CARGO_BIN_EXE_ivshmem-check"),
         env!("CARGO_BIN_EXE_ivshmem-fuzz"),
+        env!("CARGO_BIN_EXE_ivshmem-pipe"),
         env!("CARGO_BIN_EXE_ivshmem-server"),
     ] {
         help_into_closed_pipe(exe);

@@ -15,7 +15,7 @@ const CHUNK: usize = 256 << 10;
 
 const HELP: &str = "\
 usage: ivshmem-pipe send|recv [-d DEVICE] [--channel NAME] [--wait auto|spin|doorbell]
-                    [--capacity BYTES] [--liveness SECONDS]
+                    [--capacity BYTES] [--liveness SECONDS] [--spin ROUNDS]
 
 Like nc between VMs: `send` copies standard input through the channel NAME of the shared
 memory, `recv` writes what arrives to standard output. Either may start first; the end of
@@ -29,6 +29,8 @@ standard input is passed on. Several pipes with different names share one device
       --capacity BYTES  ring size per direction when this end creates the channel
                         (a power of two; default 1M)
       --liveness SECS   a peer whose heartbeat stands still this long is gone (default 10)
+      --spin ROUNDS     look at the ring this often before sleeping or backing off
+                        (default 10000)
   -h, --help            this help
 
 Exit status: 0 when every byte arrived (send: the receiver read all of it; recv: the sender
@@ -49,6 +51,7 @@ struct Opts {
     wait: Wait,
     capacity: u64,
     liveness: Duration,
+    spin: u32,
 }
 
 fn parse(mut args: Args) -> Result<Option<Opts>, ToolError> {
@@ -87,6 +90,7 @@ fn parse(mut args: Args) -> Result<Option<Opts>, ToolError> {
             "--liveness {liveness}: 0.01 to 86400 seconds"
         )));
     }
+    let spin = args.parsed::<u32>(&["--spin"])?.unwrap_or(10_000);
     let rest = args.finish()?;
     if let Some(extra) = rest.first() {
         return Err(ToolError::usage(format!("unexpected argument '{extra}'")));
@@ -98,6 +102,7 @@ fn parse(mut args: Args) -> Result<Option<Opts>, ToolError> {
         wait,
         capacity,
         liveness: Duration::from_secs_f64(liveness),
+        spin,
     }))
 }
 
@@ -114,7 +119,8 @@ fn run(o: Opts) -> Result<(), ToolError> {
         .kind(Kind::Stream)
         .capacity(o.capacity)
         .wait(o.wait)
-        .liveness_timeout(o.liveness);
+        .liveness_timeout(o.liveness)
+        .spin(o.spin);
     let mut chan = Channel::open_path(&o.device, &o.channel, &opts)
         .map_err(|e| ToolError::Failed(format!("channel '{}': {e}", o.channel)))?;
     let mut buf = vec![0u8; CHUNK];
@@ -134,7 +140,8 @@ fn run(o: Opts) -> Result<(), ToolError> {
                 chan.write_all(&buf[..n]).map_err(|e| failed("send", e))?;
             }
             chan.close_write().map_err(|e| failed("send", e))?;
-            // Exit 0 only once the receiver has read every byte.
+            // Exit 0 only once a receiver came (even for no bytes) and read every byte.
+            chan.wait_peer().map_err(|e| failed("send", e))?;
             chan.flush().map_err(|e| failed("send", e))?;
         }
         Dir::Recv => {

@@ -920,6 +920,19 @@ impl Channel {
         Ok(())
     }
 
+    /// Waits (as configured, with the write timeout) until a peer has joined this end's
+    /// session, whether it is still there or already left: a sender with nothing to send
+    /// knows its end of the stream was seen.
+    pub fn wait_peer(&mut self) -> io::Result<()> {
+        self.wait(Dir::Out, 0, |c| c.peer_joined())
+            .map_err(|e| self.fail(e))
+    }
+
+    fn peer_joined(&mut self) -> Result<Option<()>, ChannelError> {
+        let (s, sess) = decode(self.w64(self.ctl).load(Acquire))?;
+        Ok((sess != self.session || s[1 - self.side] != FREE).then_some(()))
+    }
+
     /// Ends this side's byte stream or message sequence: the peer reads what is in the ring,
     /// then end-of-file. Reading goes on.
     pub fn close_write(&mut self) -> io::Result<()> {

@@ -58,7 +58,7 @@
 //! | offset | field | written by |
 //! |---|---|---|
 //! | 0x000 | control: side A state (bits 0-7), side B state (8-15), session (32-63); states 0 free, 1 resetting, 2 attached, 3 closed, 4 dead | both, compare-and-swap |
-//! | 0x040 | side A: epoch (the session it attached to) u64, heartbeat u64 at 0x048 | side A |
+//! | 0x040 | side A: epoch (the session it attached to) u64, heartbeat u64 at 0x048, address u32 at 0x050 (0, or 1 + the doorbell peer id to ring), notifies u32 at 0x054 (1: it rings its peer, so the peer may sleep) | side A |
 //! | 0x080 | side B: the same | side B |
 //! | 0x0c0 | ring 0 producer line: index u64; wake-at u64 at 0x0c8 (the consumer index the sleeping producer waits for); closed u32 at 0x0d0 | side A |
 //! | 0x100 | ring 0 consumer line: index u64; wake-at u64 at 0x108 (the producer index the sleeping consumer waits for) | side B |
@@ -99,6 +99,7 @@
 //! | producer index, after the payload | producer index, before reading payload | payload |
 //! | consumer index, after reading payload | consumer index, before overwriting | ring space reuse |
 //! | closed flag, after the last producer index | closed flag, then the index again | end of stream |
+//! | side address, then a SeqCst fence, before any wake-at announcement | wake-at word, then an acquire fence, then the address | whom to ring |
 //!
 //! Waking ([`Waker`]) uses event suppression with event indices, as virtio's `EVENT_IDX`: a
 //! side about to sleep stores the index it waits for in its wake-at word, then re-checks the
@@ -110,6 +111,11 @@
 //! least one of them sees the other's store and no wake-up is lost. The loom model in
 //! `tests/channel_loom.rs` checks exactly this code, and finds the lost wake-up when the fences
 //! are weakened to AcqRel.
+//!
+//! On ivshmem-doorbell ([`Channel::open_path`] on a device with interrupts) the waker is a
+//! [`DoorbellWaker`]: a side sleeps in `IVSHMEM_WAIT` and its peer rings the address it
+//! published. A side sleeps only while its peer notifies (or has not attached yet, then in
+//! short slices): against a spinning peer it backs off instead.
 //!
 //! # A hostile peer
 //!
