@@ -705,8 +705,9 @@ def channel_lab(s):
     pattern N (`ivshmem pattern`), checked byte by byte and by sha256 on both sides."""
     s.boot(2, "16M", mode="doorbell")
     plain_shm = SHM + ".1"
-    # The debug kernel checks the kernel's side of the same paths; volume is the release run's.
-    big = (256 if FLAVOUR == "release" else 64) << 20
+    # The debug kernel checks the kernel's side of the same paths; volume is the release run's
+    # (with KASAN and lockdep, the guests' pipes and FIFOs move about 1 MB/s).
+    big = (256 if FLAVOUR == "release" else 16) << 20
 
     def load():
         for g in (1, 2):
@@ -771,7 +772,7 @@ def channel_lab(s):
                    lambda dev=dev, rf=rf: transfer(dev, rf))
 
     def both_directions():
-        size = 32 << 20
+        size = (32 if FLAVOUR == "release" else 8) << 20
         start_recv(2, "/dev/ivshmem0", "a2b", 21, "rxa")
         start_recv(1, "/dev/ivshmem0", "b2a", 22, "rxb")
         start_send(1, "/dev/ivshmem0", "a2b", 21, size, "txa")
@@ -780,7 +781,8 @@ def channel_lab(s):
             out = finished(g, tag, 300)
             check("exit=0" in out and (not seed or f"{size} bytes match pattern {seed}" in out), f"{tag}:\n{out}")
         check(sha(1, "txa") == sha(2, "rxa") and sha(2, "txb") == sha(1, "rxb"), "sha256 differ")
-    s.test("channels: two channels at once, one each way, 32 MiB each", both_directions)
+    s.test(f"channels: two channels at once, one each way, {32 if FLAVOUR == 'release' else 8} MiB each",
+           both_directions)
 
     def killed(how):
         def run():
