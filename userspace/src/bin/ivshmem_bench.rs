@@ -72,13 +72,6 @@ const OP_QUIT: u32 = 3;
 const CONNECT_PATIENCE: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum WaitMode {
-    Auto,
-    Spin,
-    Doorbell,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
     Copy,
     Zero,
@@ -89,7 +82,7 @@ struct Common {
     listen: bool,
     device: String,
     channel: String,
-    wait: WaitMode,
+    wait: Wait,
     spin: Option<u32>,
     pause: Option<bool>,
     capacity: u64,
@@ -150,16 +143,7 @@ fn parse_common(a: &mut Args) -> Result<Common, ToolError> {
     if channel.is_empty() || channel.len() > 28 {
         return Err(ToolError::usage("--channel: 1 to 28 bytes"));
     }
-    let wait = match a.value(&["--wait"])?.as_deref() {
-        None | Some("auto") => WaitMode::Auto,
-        Some("spin") => WaitMode::Spin,
-        Some("doorbell") => WaitMode::Doorbell,
-        Some(w) => {
-            return Err(ToolError::Usage(format!(
-                "bad wait mode '{w}' (auto, spin or doorbell)"
-            )))
-        }
-    };
+    let wait = a.parsed::<Wait>(&["--wait"])?.unwrap_or_default();
     let spin = a.parsed::<u32>(&["--spin"])?;
     let pause = match a.value(&["--pause"])?.as_deref() {
         None => None,
@@ -310,7 +294,7 @@ impl Common {
     fn spin_rounds(&self, rtt: bool) -> Option<u32> {
         match (self.spin, rtt, self.wait) {
             (Some(n), _, _) => Some(n),
-            (None, true, WaitMode::Doorbell) => Some(0),
+            (None, true, Wait::Doorbell) => Some(0),
             _ => None,
         }
     }
@@ -318,12 +302,7 @@ impl Common {
     /// Opens channel `NAME.suffix` on the device or file.
     fn open(&self, suffix: &str, kind: Kind, rtt: bool) -> Result<Channel, ToolError> {
         let name = format!("{}.{suffix}", self.channel);
-        let wait = match self.wait {
-            WaitMode::Auto => Wait::Auto,
-            WaitMode::Spin => Wait::Spin,
-            WaitMode::Doorbell => Wait::Doorbell,
-        };
-        let opts = self.options(kind, rtt).wait(wait);
+        let opts = self.options(kind, rtt).wait(self.wait);
         Channel::open_path(&self.device, &name, &opts).map_err(|e| chan_err(&name, e))
     }
 
@@ -332,11 +311,7 @@ impl Common {
     }
 
     fn wait_name(&self) -> &'static str {
-        match self.wait {
-            WaitMode::Auto => "auto",
-            WaitMode::Spin => "spin",
-            WaitMode::Doorbell => "doorbell",
-        }
+        self.wait.name()
     }
 }
 
@@ -833,7 +808,7 @@ mod tests {
         }
         match p(&["rtt", "--wait", "doorbell", "--rounds", "5"]) {
             Ok(Some(Cmd::Rtt { c, rounds, size })) => {
-                assert_eq!((c.wait, rounds, size), (WaitMode::Doorbell, 5, 64));
+                assert_eq!((c.wait, rounds, size), (Wait::Doorbell, 5, 64));
                 assert_eq!(c.spin_rounds(true), Some(0));
                 assert_eq!(c.spin_rounds(false), None);
             }

@@ -68,16 +68,7 @@ fn parse(mut args: Args) -> Result<Option<Opts>, ToolError> {
     let channel = args
         .value(&["--channel"])?
         .unwrap_or(DEFAULT_CHANNEL.into());
-    let wait = match args.value(&["--wait"])?.as_deref() {
-        None | Some("auto") => Wait::Auto,
-        Some("spin") => Wait::Spin,
-        Some("doorbell") => Wait::Doorbell,
-        Some(m) => {
-            return Err(ToolError::usage(format!(
-                "--wait {m}: auto, spin or doorbell"
-            )))
-        }
-    };
+    let wait = args.parsed::<Wait>(&["--wait"])?.unwrap_or_default();
     let capacity = args.size(&["--capacity"])?.unwrap_or(1 << 20);
     if !capacity.is_power_of_two() {
         return Err(ToolError::usage(format!(

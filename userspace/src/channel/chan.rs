@@ -96,6 +96,28 @@ pub enum Wait {
     Doorbell,
 }
 
+impl Wait {
+    /// The mode's name on command lines: `auto`, `spin` or `doorbell`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Spin => "spin",
+            Self::Doorbell => "doorbell",
+        }
+    }
+}
+
+impl std::str::FromStr for Wait {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        [Self::Auto, Self::Spin, Self::Doorbell]
+            .into_iter()
+            .find(|w| w.name() == s)
+            .ok_or_else(|| format!("'{s}' is not a wait mode: auto, spin or doorbell"))
+    }
+}
+
 impl std::fmt::Debug for Options {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Options")
