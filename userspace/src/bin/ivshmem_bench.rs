@@ -826,7 +826,7 @@ mod tests {
         usage(&["bogus"], "unknown command 'bogus'");
         usage(&["stream", "--sizes", "64,x"], "bad size 'x'");
         usage(&["stream", "--modes", "fast"], "bad mode 'fast'");
-        usage(&["rtt", "--wait", "sleep"], "bad wait mode 'sleep'");
+        usage(&["rtt", "--wait", "sleep"], "'sleep' is not a wait mode");
         usage(&["rtt", "--capacity", "1000"], "power of two");
         usage(&["rtt", "--tcp-only"], "needs --tcp");
         usage(&["rtt", "--pause", "yes"], "bad --pause 'yes'");
