@@ -801,7 +801,8 @@ def channel_lab(s):
             check("exit=1" in out and "ivshmem-pipe: recv: peer gone" in out, out)
             m = re.search(r"^(\d+) bytes match pattern 31$", out, re.M)
             check(m and int(m.group(1)) > 0, f"what arrived is not a non-empty prefix of what was sent:\n{out}")
-            check(secs < 10 + 8, f"took {secs:.1f} s, the bound is the 10 s liveness timeout (+ slack)")
+            # The bound is the default liveness timeout, 10 s; the rest is the host seeing it.
+            check(secs < 10 + 4, f"took {secs:.1f} s: the bound is the 10 s liveness timeout")
             if how == "guest":
                 s.guests[0].close()
                 s.start(guests=2, extra="16M", only="1")

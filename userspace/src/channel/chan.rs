@@ -45,6 +45,13 @@ const MSG_HDR: u64 = 8;
 /// Spin iterations between two looks at the clock (deadline, peer heartbeat).
 const CHECK_EVERY: u32 = 4096;
 
+/// How long a peer's heartbeat may stand still before it counts as dead, for liveness timeout
+/// `t`: the peer beats every `t / 10` and is looked at every `t / 10` at the latest, so death
+/// is noticed within `t / 10` (the first look at its last beat) + `7t / 10` + `t / 10` < `t`.
+fn dead_after(t: Duration) -> Duration {
+    t * 7 / 10
+}
+
 fn side_state(w: u64, side: usize) -> u8 {
     (w >> (8 * side)) as u8
 }
@@ -193,8 +200,9 @@ impl Options {
         self
     }
 
-    /// How long a peer's heartbeat may stand still before the peer counts as dead. The own
-    /// heartbeat advances five times per period.
+    /// The bound on noticing a dead peer: an operation blocked on a peer that died fails within
+    /// this time. Each end beats ten times per period and looks at its peer at least as often;
+    /// a heartbeat that stands still for seven tenths of it counts as death.
     pub fn liveness_timeout(mut self, t: Duration) -> Self {
         self.liveness = t.max(Duration::from_millis(5));
         self
@@ -452,7 +460,7 @@ impl Channel {
         // later follows this fence, so a peer that sees one (and then fences, see
         // `peer_address`) sees the address too.
         fence(SeqCst);
-        let every = (opts.liveness / 5).max(Duration::from_millis(1));
+        let every = (opts.liveness / 10).max(Duration::from_millis(1));
         let hb = (chan.sides[side] as u64) + SIDE_HEARTBEAT;
         chan.heartbeat = Some(Heartbeat::start(chan.mem.0.clone(), hb, every)?);
         Ok(chan)
@@ -521,7 +529,7 @@ impl Channel {
                     .load(Relaxed);
                 match watch[x] {
                     Some((ws, v, since)) if ws == sess && v == hb => {
-                        if now.duration_since(since) > self.liveness {
+                        if now.duration_since(since) > dead_after(self.liveness) {
                             let dead = with_state(w, x, DEAD);
                             let _ = self.w64(ctl).compare_exchange(w, dead, Relaxed, Relaxed);
                             watch[x] = None;
@@ -739,7 +747,7 @@ impl Channel {
                 // A peer that left may have published before it went: deliver that first.
                 return ready(self)?.ok_or(e);
             }
-            let mut slice = self.liveness / 4;
+            let mut slice = self.liveness / 10;
             if let Some(d) = deadline {
                 if now >= d {
                     return Err(ChannelError::TimedOut);
@@ -800,7 +808,7 @@ impl Channel {
                     .load(Relaxed);
                 match self.peer_hb {
                     Some((ps, v, since)) if ps == sess && v == hb => {
-                        if now.duration_since(since) > self.liveness {
+                        if now.duration_since(since) > dead_after(self.liveness) {
                             let _ = ctl.compare_exchange(
                                 w,
                                 with_state(w, peer, DEAD),
@@ -809,7 +817,7 @@ impl Channel {
                             );
                             return Err(ChannelError::PeerGone(format!(
                                 "the peer's heartbeat stood still for {:?}: it died or hangs",
-                                self.liveness
+                                dead_after(self.liveness)
                             )));
                         }
                     }
@@ -1531,7 +1539,10 @@ mod tests {
         let e = a.read(&mut buf).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::BrokenPipe);
         assert!(e.to_string().contains("heartbeat stood still"), "{e}");
-        assert!(t.elapsed() >= Duration::from_millis(100));
+        assert!(
+            t.elapsed() >= Duration::from_millis(70),
+            "dead after 7/10 of the timeout"
+        );
         assert!(t.elapsed() < Duration::from_secs(5));
         let old = a.epoch();
         // A new end waits for the survivor to leave, the survivor reopens: a fresh session.

@@ -78,10 +78,11 @@
 //! holds the channel starts a new session (session + 1, itself side A, rings emptied while it
 //! holds the state "resetting"); the next end joins as side B. An end that leaves cleanly
 //! sets the closed flag of its ring and its state to "closed": the peer reads what is left,
-//! then end-of-file. Each end advances its heartbeat from a thread five times per liveness
-//! timeout (default 10 s), also while it blocks; an attached peer whose heartbeat stands still
-//! for the timeout is declared "dead", and the survivor gets `BrokenPipe` after reading what
-//! was published. A session with a closed or dead side is over: once the survivor leaves
+//! then end-of-file. Each end advances its heartbeat from a thread ten times per liveness
+//! timeout (default 10 s), also while it blocks, and looks at its peer at least as often; an
+//! attached peer whose heartbeat stands still for seven tenths of the timeout is declared
+//! "dead", so the survivor gets `BrokenPipe` (after reading what was published) within the
+//! timeout. A session with a closed or dead side is over: once the survivor leaves
 //! (drops its end), the next end starts a fresh session with empty rings and the survivor, if
 //! it reopens, joins it.
 //!
