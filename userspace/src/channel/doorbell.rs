@@ -60,13 +60,6 @@ impl DoorbellWaker {
             eventfd: OnceLock::new(),
         })
     }
-
-    /// Whether `dev` can serve a [`DoorbellWaker`].
-    pub fn available(dev: &Device) -> bool {
-        dev.info().is_ok_and(|i| {
-            i.flags & IVSHMEM_FLAG_DOORBELL != 0 && i.peer_id <= IVSHMEM_MAX_PEER && i.vectors > 0
-        })
-    }
 }
 
 impl Waker for DoorbellWaker {

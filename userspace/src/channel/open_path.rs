@@ -29,43 +29,43 @@ impl Channel {
     ) -> Result<Channel, ChannelError> {
         let path = path.as_ref();
         let shown = path.display();
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(|e| open_error(format!("{shown}: open: {e}"), e))?;
-        let kind = file
-            .metadata()
-            .map_err(|e| open_error(format!("{shown}: stat: {e}"), e))?
+        let kind = std::fs::metadata(path)
+            .map_err(|e| open_error(format!("{shown}: {e}"), e))?
             .file_type();
         let mut opts = opts.clone();
+        if opts.wait == Wait::Spin {
+            opts = opts.waker(Arc::new(SpinWaker::default()));
+        }
         let region = if kind.is_char_device() {
-            drop(file);
             let text = path
                 .to_str()
                 .ok_or_else(|| ChannelError::Invalid(format!("{shown}: path is not UTF-8")))?;
             let dev = Device::open(text).map_err(device_error)?;
             let map = dev.map_all().map_err(device_error)?;
-            let doorbell = DoorbellWaker::available(&dev);
-            match (opts.wait, doorbell) {
-                (Wait::Auto | Wait::Doorbell, true) => {
-                    // Its own open file: the driver counts interrupts per file.
-                    let own = Device::open(text).map_err(device_error)?;
-                    let waker = DoorbellWaker::new(own, VECTOR)
-                        .map_err(|e| open_error(format!("{shown}: doorbell: {e}"), e))?;
-                    opts = opts.waker(Arc::new(waker));
+            if opts.wait != Wait::Spin {
+                // The mapping stays without the file, which the waker keeps as its own: the
+                // driver counts interrupts per open file.
+                match DoorbellWaker::new(dev, VECTOR) {
+                    Ok(waker) => opts = opts.waker(Arc::new(waker)),
+                    Err(e) if e.kind() != io::ErrorKind::Unsupported => {
+                        return Err(open_error(format!("{shown}: doorbell: {e}"), e));
+                    }
+                    Err(_) if opts.wait == Wait::Doorbell => {
+                        return Err(no_doorbell(&shown.to_string()));
+                    }
+                    Err(_) => {}
                 }
-                (Wait::Doorbell, false) => return Err(no_doorbell(&shown.to_string())),
-                (Wait::Spin, _) => opts = opts.waker(Arc::new(SpinWaker::default())),
-                (Wait::Auto, false) => {}
             }
             Region::from_mapping(map)
         } else if kind.is_file() {
-            match opts.wait {
-                Wait::Doorbell => return Err(no_doorbell(&shown.to_string())),
-                Wait::Spin => opts = opts.waker(Arc::new(SpinWaker::default())),
-                Wait::Auto => {}
+            if opts.wait == Wait::Doorbell {
+                return Err(no_doorbell(&shown.to_string()));
             }
+            let file = File::options()
+                .read(true)
+                .write(true)
+                .open(path)
+                .map_err(|e| open_error(format!("{shown}: open: {e}"), e))?;
             Region::map_file(&file).map_err(|e| open_error(format!("{shown}: mmap: {e}"), e))?
         } else {
             return Err(ChannelError::Invalid(format!(
