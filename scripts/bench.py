@@ -181,6 +181,19 @@ def fmt_num(v):
     return f"{v:g}"
 
 
+def svg_frame(w, h, left, pw, title, lo, hi, py):
+    """The start of a chart: the SVG element, a white background, the title and the log10 y
+    grid with its labels from lo to hi (py maps a value to its y)."""
+    o = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
+         f'<rect width="{w}" height="{h}" fill="white"/>',
+         f'<text x="{left + pw / 2}" y="22" text-anchor="middle" font-size="15">{esc(title)}</text>']
+    for v in log_ticks(lo, hi):
+        y = py(v)
+        o.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + pw}" y2="{y:.1f}" stroke="#ddd"/>')
+        o.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{fmt_num(v)}</text>')
+    return o
+
+
 def line_chart(title, xlabel, ylabel, xs, series, xfmt):
     """An SVG line chart, log2 x (values xs), log10 y; series: [(name, [y or None]), ...]."""
     w, h, left, right, top, bottom = 760, 440, 80, 190, 40, 60
@@ -197,13 +210,7 @@ def line_chart(title, xlabel, ylabel, xs, series, xfmt):
     def py(y):
         return top + ph - (math.log10(y) - math.log10(lo)) / (math.log10(hi) - math.log10(lo)) * ph
 
-    o = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
-         f'<rect width="{w}" height="{h}" fill="white"/>',
-         f'<text x="{left + pw / 2}" y="22" text-anchor="middle" font-size="15">{esc(title)}</text>']
-    for v in log_ticks(lo, hi):
-        y = py(v)
-        o.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + pw}" y2="{y:.1f}" stroke="#ddd"/>')
-        o.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{fmt_num(v)}</text>')
+    o = svg_frame(w, h, left, pw, title, lo, hi, py)
     for x in xs:
         o.append(f'<line x1="{px(x):.1f}" y1="{top}" x2="{px(x):.1f}" y2="{top + ph}" stroke="#eee"/>')
         o.append(f'<text x="{px(x):.1f}" y="{top + ph + 18}" text-anchor="middle">{esc(xfmt(x))}</text>')
@@ -236,13 +243,7 @@ def bar_chart(title, ylabel, groups, bars):
     def py(y):
         return top + ph - (math.log10(y) - math.log10(lo)) / (math.log10(hi) - math.log10(lo)) * ph
 
-    o = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
-         f'<rect width="{w}" height="{h}" fill="white"/>',
-         f'<text x="{left + pw / 2}" y="22" text-anchor="middle" font-size="15">{esc(title)}</text>']
-    for v in log_ticks(lo, hi):
-        y = py(v)
-        o.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + pw}" y2="{y:.1f}" stroke="#ddd"/>')
-        o.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{fmt_num(v)}</text>')
+    o = svg_frame(w, h, left, pw, title, lo, hi, py)
     gw = pw / len(groups)
     bw = gw * 0.8 / len(bars)
     for gi, gname in enumerate(groups):

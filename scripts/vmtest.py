@@ -717,21 +717,23 @@ def channel_lab(s):
             check("mode doorbell" in out and "mode plain" in out, out)
     s.test("channels: module loaded in both guests (doorbell + plain device)", load)
 
-    def start_recv(g, dev, ch, seed, tag, extra="", check_pattern=True):
-        if not check_pattern:  # sha256 only: busybox's runs at about 10 MB/s under TCG
-            s.bg(g, f"(set -o pipefail; ivshmem-pipe recv -d {dev} --channel {ch} {extra} | "
-                    f"sha256sum > /tmp/{tag}.sha)", f"/tmp/{tag}.out")
-            return
+    def hashed_pipeline(g, tag, head, tail):
+        """Runs `head | tail` in the background in guest g, hashing what passes between them
+        into /tmp/TAG.sha on the way (tee into a FIFO); the pipeline's status ends the log."""
         s.bg(g, f"(set -o pipefail; rm -f /tmp/{tag}.fifo; mkfifo /tmp/{tag}.fifo; "
                 f"sha256sum < /tmp/{tag}.fifo > /tmp/{tag}.sha & "
-                f"ivshmem-pipe recv -d {dev} --channel {ch} {extra} | tee /tmp/{tag}.fifo | "
-                f"ivshmem pattern --seed {seed} --check; r=$?; wait; exit $r)", f"/tmp/{tag}.out")
+                f"{head} | tee /tmp/{tag}.fifo | {tail}; r=$?; wait; exit $r)", f"/tmp/{tag}.out")
+
+    def start_recv(g, dev, ch, seed, tag, extra="", check_pattern=True):
+        recv = f"ivshmem-pipe recv -d {dev} --channel {ch} {extra}"
+        if not check_pattern:  # sha256 only: busybox's runs at about 10 MB/s under TCG
+            s.bg(g, f"(set -o pipefail; {recv} | sha256sum > /tmp/{tag}.sha)", f"/tmp/{tag}.out")
+            return
+        hashed_pipeline(g, tag, recv, f"ivshmem pattern --seed {seed} --check")
 
     def start_send(g, dev, ch, seed, size, tag, extra=""):
-        s.bg(g, f"(set -o pipefail; rm -f /tmp/{tag}.fifo; mkfifo /tmp/{tag}.fifo; "
-                f"sha256sum < /tmp/{tag}.fifo > /tmp/{tag}.sha & "
-                f"ivshmem pattern --seed {seed} --len {size} | tee /tmp/{tag}.fifo | "
-                f"ivshmem-pipe send -d {dev} --channel {ch} {extra}; r=$?; wait; exit $r)", f"/tmp/{tag}.out")
+        hashed_pipeline(g, tag, f"ivshmem pattern --seed {seed} --len {size}",
+                        f"ivshmem-pipe send -d {dev} --channel {ch} {extra}")
 
     def finished(g, tag, secs):
         return s.wait_line(g, f"/tmp/{tag}.out", "exit=", secs)
