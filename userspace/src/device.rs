@@ -175,6 +175,20 @@ impl Device {
     }
 
     /// Maps `len` bytes of shared memory starting at `offset` (a multiple of the page size).
+    ///
+    /// The address is congruent to `offset` modulo 1 GiB when `len` >= 1 GiB, modulo 2 MiB
+    /// when `len` >= 2 MiB, so that the driver can map the memory with 1 GiB and 2 MiB page
+    /// table entries (few page tables, few TLB misses); it cannot choose the address itself. C
+    /// users who call mmap themselves do the same (`sys::map_shared`):
+    ///
+    /// ```c
+    /// size_t align = len >= 1UL << 30 ? 1UL << 30 : 2UL << 20, span = len + align; // page-rounded len
+    /// char *res = mmap(NULL, span, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    /// char *addr = res + ((offset % align) - ((uintptr_t)res % align) + align) % align;
+    /// void *p = mmap(addr, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, offset);
+    /// if (p == MAP_FAILED) munmap(res, span);   // keep errno first
+    /// else { munmap(res, addr - res); munmap(addr + len, res + span - (addr + len)); }
+    /// ```
     pub fn map(&self, offset: u64, len: usize) -> Result<Mapping> {
         Mapping::new(self, offset, len)
     }

@@ -7,9 +7,14 @@ use std::ffi::{c_int, c_long, c_uint, c_ulong, c_void};
 
 pub const PROT_READ: c_int = 1;
 pub const PROT_WRITE: c_int = 2;
+pub const PROT_NONE: c_int = 0;
 pub const MAP_SHARED: c_int = 0x01;
 pub const MAP_PRIVATE: c_int = 0x02;
 pub const MAP_ANONYMOUS: c_int = 0x20;
+/// Map at the address given, replacing what is there.
+pub const MAP_FIXED: c_int = 0x10;
+/// No swap or commit charge: for reservations of address space.
+pub const MAP_NORESERVE: c_int = 0x4000;
 /// Map at the address given or fail (`EEXIST`); older kernels take it as a hint.
 pub const MAP_FIXED_NOREPLACE: c_int = 0x10_0000;
 pub const MREMAP_MAYMOVE: c_int = 1;
@@ -161,38 +166,145 @@ extern "C" {
     pub fn _exit(code: c_int) -> !;
 }
 
-/// Maps `len` bytes of `fd` at `offset` shared and read-write, at an address the kernel
-/// chooses: the one mmap call of the library (device mappings and channel regions).
+/// Maps `len` bytes of `fd` at `offset` shared and read-write, at an address where the kernel
+/// can map huge pages: the one mmap call of the library (device mappings and channel regions).
+///
+/// The driver inserts 1 GiB or 2 MiB entries only where the user address is congruent to the
+/// file offset modulo that size, and a misc device cannot choose the address itself (no
+/// `get_unmapped_area` in 7.3), so this does: it reserves `len` + [`map_align`]`(len)` bytes of
+/// address space (`PROT_NONE`, no memory), maps the file with `MAP_FIXED` at the address in it
+/// that is congruent to `offset`, and unmaps the unused head and tail. On any error nothing
+/// stays mapped.
 pub fn map_shared(fd: c_int, len: usize, offset: u64) -> std::io::Result<std::ptr::NonNull<u8>> {
-    let offset = c_long::try_from(offset).map_err(|_| {
+    let off = c_long::try_from(offset).map_err(|_| {
         std::io::Error::new(std::io::ErrorKind::InvalidInput, "mmap offset too large")
     })?;
-    // SAFETY: a fresh shared mapping chosen by the kernel (no address hint, no MAP_FIXED): no
-    // existing memory is touched; a bad `fd`, length or offset only makes the call fail.
-    let ptr = unsafe {
+    let align = map_align(len);
+    if align == 1 {
+        // SAFETY: a fresh shared mapping chosen by the kernel (no address hint, no MAP_FIXED):
+        // no existing memory is touched; a bad `fd`, length or offset only makes the call fail.
+        let ptr = unsafe {
+            mmap(
+                std::ptr::null_mut(),
+                len,
+                PROT_READ | PROT_WRITE,
+                MAP_SHARED,
+                fd,
+                off,
+            )
+        };
+        return mapped(ptr);
+    }
+    // The mapping covers whole pages: the tail to unmap starts at the next page boundary.
+    let whole = len.checked_next_multiple_of(page_size());
+    let Some((whole, span)) = whole.and_then(|w| Some((w, w.checked_add(align)?))) else {
+        // What the kernel says to a length beyond the address space.
+        return Err(std::io::Error::from_raw_os_error(errno::ENOMEM));
+    };
+    // SAFETY: a fresh private anonymous mapping chosen by the kernel: no existing memory is
+    // touched. PROT_NONE and MAP_NORESERVE: it takes address space only.
+    let reserved = unsafe {
         mmap(
             std::ptr::null_mut(),
-            len,
-            PROT_READ | PROT_WRITE,
-            MAP_SHARED,
-            fd,
-            offset,
+            span,
+            PROT_NONE,
+            MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+            -1,
+            0,
         )
     };
+    mapped(reserved)?;
+    let base = reserved as usize;
+    // `offset % align < align`, so the sum cannot overflow; `head < align`, so [addr,
+    // addr + whole) lies inside the reservation.
+    let skew = (offset % align as u64) as usize;
+    let head = (skew + align - base % align) % align;
+    let addr = base + head;
+    // SAFETY: [addr, addr + len) lies inside the reservation made above, which this function
+    // owns and nothing else uses: MAP_FIXED replaces only it.
+    let ptr = unsafe {
+        mmap(
+            addr as *mut c_void,
+            len,
+            PROT_READ | PROT_WRITE,
+            MAP_SHARED | MAP_FIXED,
+            fd,
+            off,
+        )
+    };
+    // On an error, unmap what is still this function's: from `from` to the reservation's end
+    // (a failed MAP_FIXED may have left a hole; a mapping whose trim failed is given up).
+    let undo = |from: usize, e: std::io::Error| {
+        let _ = unmap(from, base + span - from);
+        Err(e)
+    };
+    let p = match mapped(ptr) {
+        Ok(p) => p,
+        Err(e) => return undo(base, e),
+    };
+    if let Err(e) = unmap(base, head) {
+        return undo(base, e);
+    }
+    let tail = addr + whole;
+    if let Err(e) = unmap(tail, base + span - tail) {
+        return undo(addr, e);
+    }
+    Ok(p)
+}
+
+/// The alignment [`map_shared`] gives the address of a mapping of `len` bytes: the largest
+/// huge-page size (1 GiB, 2 MiB) the mapping spans, else 1 (none: the kernel's choice).
+pub fn map_align(len: usize) -> usize {
+    const GIB: usize = 1 << 30;
+    const MIB2: usize = 2 << 20;
+    if len >= GIB {
+        GIB
+    } else if len >= MIB2 {
+        MIB2
+    } else {
+        1
+    }
+}
+
+/// The system's page size.
+pub fn page_size() -> usize {
+    // SAFETY: sysconf only reads the value.
+    let n = unsafe { sysconf(SC_PAGESIZE) };
+    usize::try_from(n).unwrap_or(4096)
+}
+
+/// The result of an mmap call: its address, or the errno it failed with.
+fn mapped(ptr: *mut c_void) -> std::io::Result<std::ptr::NonNull<u8>> {
     if ptr == MAP_FAILED {
         return Err(std::io::Error::last_os_error());
     }
     std::ptr::NonNull::new(ptr.cast()).ok_or_else(|| std::io::Error::other("mmap gave NULL"))
 }
 
+/// Unmaps [at, at + len) of a reservation of [`map_shared`]; nothing if `len` is 0.
+fn unmap(at: usize, len: usize) -> std::io::Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    // SAFETY: callers pass a part of their own reservation that holds nothing handed out.
+    if unsafe { munmap(at as *mut c_void, len) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `sysconf` name of the page size (glibc's value on Linux).
+pub const SC_PAGESIZE: c_int = 30;
+
+extern "C" {
+    pub fn sysconf(name: c_int) -> c_long;
+}
+
 // Further mmap flags, advice, signal and file calls: what `ivshmem-fuzz` exercises.
-pub const PROT_NONE: c_int = 0;
 pub const PROT_EXEC: c_int = 4;
 pub const MAP_SHARED_VALIDATE: c_int = 0x03;
-pub const MAP_FIXED: c_int = 0x10;
 pub const MAP_32BIT: c_int = 0x40;
 pub const MAP_LOCKED: c_int = 0x2000;
-pub const MAP_NORESERVE: c_int = 0x4000;
 pub const MAP_POPULATE: c_int = 0x8000;
 pub const MAP_NONBLOCK: c_int = 0x10000;
 pub const MAP_STACK: c_int = 0x20000;
