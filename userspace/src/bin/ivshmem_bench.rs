@@ -1,7 +1,7 @@
 //! `ivshmem-bench`: channel throughput and round-trip latency, beside the same workload over
-//! TCP between the same two ends, and the memcpy bandwidth they are measured against. One side
-//! runs with `--listen` (receives, echoes), the other drives and prints one `key=value` line
-//! per figure for `scripts/bench.py`.
+//! TCP between the same two ends, and the memcpy bandwidth they are measured against; and the
+//! cost of mapping the shared memory. One side runs with `--listen` (receives, echoes), the
+//! other drives and prints one `key=value` line per figure for `scripts/bench.py`.
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use ivshmem::args::{device_path, parse_size, run_tool, Args};
 use ivshmem::channel::{Channel, Kind, Options, Wait};
-use ivshmem::ToolError;
+use ivshmem::{Device, ToolError};
 
 const PROG: &str = "ivshmem-bench";
 
@@ -19,6 +19,7 @@ usage: ivshmem-bench stream [--listen] [COMMON] [--sizes LIST] [--seconds S]
        ivshmem-bench rtt    [--listen] [COMMON] [--rounds N] [--size BYTES]
        ivshmem-bench memcpy [--sizes LIST] [--seconds S]
        ivshmem-bench pause  [--rounds N]
+       ivshmem-bench map    [-d PATH] [--sizes LIST] [--rounds N]
 
 stream: the driving side streams messages of each size for S seconds (default 1)
   through a byte-stream channel, in copying mode (Write::write_all from a buffer,
@@ -32,6 +33,12 @@ memcpy: this machine's copy bandwidth for the same sizes (a hot source copied to
   successive places of a 2 MiB buffer, as into a ring).
 pause: the cost of the CPU pause hint (std::hint::spin_loop) here: N (default
   10000000) rounds of a spin loop that loads a word, with and without the hint.
+map: for each size (default 64M,1G,4G; sizes beyond the memory become its size),
+  N times (default 1): mmap [0, size) of PATH through the library (Device::map,
+  at an address aligned for huge pages), read one word of every 4 KiB page, and
+  munmap; with the growth of the process's page tables (VmPTE) from before the
+  mmap to after the reads. PATH: /dev/ivshmemN (default /dev/ivshmem0), the
+  sysfs /sys/bus/pci/devices/BDF/resource2 (while no driver is bound), or a file.
 With --tcp ADDR:PORT, stream and rtt repeat the workload over TCP after the
 channel (TCP_NODELAY for rtt): the listener binds ADDR:PORT, the other connects.
 
@@ -50,7 +57,8 @@ Output (driving side): lines of key=value, e.g.
   stream transport=channel mode=copy size=4096 bytes=N secs=S mbps=X
   rtt transport=tcp wait=- pause=- size=64 rounds=N min_us=.. p50_us=.. p90_us=.. p99_us=.. max_us=..
   memcpy size=4096 bytes=N secs=S mbps=X
-  pause rounds=N plain_ns=.. hint_ns=.. (per round)";
+  pause rounds=N plain_ns=.. hint_ns=.. (per round)
+  map path=P size=N round=R addr_align=A mmap_us=.. touch_us=.. munmap_us=.. vmpte_kb=..";
 
 /// Message sizes 64 B to 1 MiB, powers of 4.
 const SIZES: [usize; 8] = [
@@ -109,6 +117,11 @@ enum Cmd {
     },
     Pause {
         rounds: u64,
+    },
+    Map {
+        path: String,
+        sizes: Option<Vec<u64>>,
+        rounds: u32,
     },
 }
 
@@ -225,14 +238,22 @@ fn parse(mut a: Args) -> Result<Option<Cmd>, ToolError> {
             rounds @ 1..=10_000_000_000 => Cmd::Pause { rounds },
             _ => return Err(ToolError::usage("--rounds out of range")),
         },
+        Some("map") => Cmd::Map {
+            path: device_path(a.value(&["-d", "--device"])?),
+            sizes: a.value(&["--sizes"])?.map(map_sizes).transpose()?,
+            rounds: match a.parsed::<u32>(&["--rounds"])?.unwrap_or(1) {
+                r @ 1..=1000 => r,
+                _ => return Err(ToolError::usage("--rounds out of range (1 to 1000)")),
+            },
+        },
         Some(s) => {
             return Err(ToolError::Usage(format!(
-                "unknown command '{s}' (stream, rtt, memcpy or pause)"
+                "unknown command '{s}' (stream, rtt, memcpy, pause or map)"
             )))
         }
         None => {
             return Err(ToolError::usage(
-                "a command is required: stream, rtt or memcpy",
+                "a command is required: stream, rtt, memcpy, pause or map",
             ))
         }
     };
@@ -754,6 +775,99 @@ fn pause(rounds: u64) {
     println!("pause rounds={rounds} plain_ns={plain:.2} hint_ns={hint:.2}");
 }
 
+// ---- map ----
+
+/// Sizes mapped by default: the issue's 64 MiB, 1 GiB and 4 GiB.
+const MAP_SIZES: [u64; 3] = [64 << 20, 1 << 30, 4 << 30];
+/// The step of the first touch: one word per 4 KiB page.
+const PAGE: usize = 4096;
+
+fn map_sizes(v: String) -> Result<Vec<u64>, ToolError> {
+    v.split(',')
+        .map(|s| match parse_size(s) {
+            Ok(n) if (PAGE as u64..=1 << 46).contains(&n) => Ok(n),
+            Ok(_) => Err(ToolError::Usage(format!(
+                "size '{s}' out of range (4K to 64T)"
+            ))),
+            Err(e) => Err(ToolError::Usage(format!("bad size '{s}' in --sizes: {e}"))),
+        })
+        .collect()
+}
+
+/// The size of the memory behind `dev`: the driver's answer, or, for a sysfs `resource2` or a
+/// regular file (no ivshmem ioctls: ENOTTY), the file's size.
+fn mem_size(dev: &Device) -> Result<u64, ToolError> {
+    match dev.size() {
+        Err(e) if e.errno() == Some(ivshmem::sys::errno::ENOTTY) => std::fs::metadata(dev.path())
+            .map(|m| m.len())
+            .map_err(|e| ToolError::sys(dev.path(), e)),
+        r => Ok(r?),
+    }
+}
+
+/// The sizes to map: each of `want` capped at `total`, without repeats, in order.
+fn capped(want: &[u64], total: u64) -> Vec<u64> {
+    let mut out = Vec::new();
+    for s in want.iter().map(|&s| s.min(total)) {
+        if s > 0 && !out.contains(&s) {
+            out.push(s);
+        }
+    }
+    out
+}
+
+/// This process's page tables (`VmPTE` of /proc/self/status), in kB.
+fn vm_pte_kb() -> Result<u64, ToolError> {
+    let status = std::fs::read_to_string("/proc/self/status")
+        .map_err(|e| ToolError::sys("/proc/self/status", e))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmPTE:"))
+        .and_then(|v| v.trim().strip_suffix("kB")?.trim().parse().ok())
+        .ok_or_else(|| ToolError::Failed("no VmPTE in /proc/self/status".into()))
+}
+
+/// The largest power of two (up to 1 GiB) that divides `addr`.
+fn addr_align(addr: usize) -> usize {
+    1 << addr.trailing_zeros().min(30)
+}
+
+/// One line per size and round: mmap, first read of every page, munmap, VmPTE growth.
+fn map_cost(path: &str, sizes: Option<&[u64]>, rounds: u32) -> Result<(), ToolError> {
+    let dev = Device::open(path)?;
+    let total = mem_size(&dev)?;
+    for size in capped(sizes.unwrap_or(&MAP_SIZES), total) {
+        let len = usize::try_from(size)
+            .map_err(|_| ToolError::Failed(format!("{size} bytes do not fit in memory")))?;
+        for round in 1..=rounds {
+            let pte = vm_pte_kb()?;
+            let t = Instant::now();
+            let m = dev.map(0, len)?;
+            let mapped = t.elapsed();
+            let t = Instant::now();
+            let mut sum = 0u32;
+            for page in (0..len).step_by(PAGE) {
+                sum = sum.wrapping_add(m.load_u32(page.min(len - 4) & !3)?);
+            }
+            let touched = t.elapsed();
+            std::hint::black_box(sum);
+            let grown = vm_pte_kb()?.saturating_sub(pte);
+            let align = addr_align(m.as_ptr() as usize);
+            let t = Instant::now();
+            drop(m);
+            let unmapped = t.elapsed();
+            let us = |d: Duration| d.as_secs_f64() * 1e6;
+            println!(
+                "map path={path} size={size} round={round} addr_align={align} mmap_us={:.1} touch_us={:.1} munmap_us={:.1} vmpte_kb={grown}",
+                us(mapped),
+                us(touched),
+                us(unmapped)
+            );
+        }
+    }
+    Ok(())
+}
+
 fn run(cmd: Cmd) -> Result<(), ToolError> {
     match cmd {
         Cmd::Stream {
@@ -771,6 +885,11 @@ fn run(cmd: Cmd) -> Result<(), ToolError> {
             pause(rounds);
             Ok(())
         }
+        Cmd::Map {
+            path,
+            sizes,
+            rounds,
+        } => map_cost(&path, sizes.as_deref(), rounds),
     }
 }
 
@@ -832,6 +951,51 @@ mod tests {
         usage(&["rtt", "--pause", "yes"], "bad --pause 'yes'");
         usage(&["memcpy", "--seconds", "0"], "out of range");
         usage(&["pause", "--rounds", "0"], "out of range");
+        usage(&["map", "--sizes", "1G,100"], "size '100' out of range");
+        usage(&["map", "--sizes", "4x"], "bad size '4x'");
+        usage(&["map", "--rounds", "0"], "--rounds out of range");
+        usage(&["map", "--size", "4K"], "unknown option --size");
+    }
+
+    #[test]
+    fn map_options_and_sizes() {
+        match p(&["map", "-d", "1", "--sizes", "4K,2G", "--rounds", "3"]) {
+            Ok(Some(Cmd::Map {
+                path,
+                sizes,
+                rounds,
+            })) => {
+                assert_eq!(path, "/dev/ivshmem1");
+                assert_eq!(sizes, Some(vec![4096, 2 << 30]));
+                assert_eq!(rounds, 3);
+            }
+            other => panic!("{other:?}"),
+        }
+        match p(&["map"]) {
+            Ok(Some(Cmd::Map { path, sizes, .. })) => {
+                assert_eq!((path.as_str(), sizes), ("/dev/ivshmem0", None));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Capped at the memory's size, each once.
+        assert_eq!(capped(&MAP_SIZES, 64 << 20), [64 << 20]);
+        assert_eq!(capped(&MAP_SIZES, 2 << 30), [64 << 20, 1 << 30, 2 << 30]);
+        assert_eq!(capped(&MAP_SIZES, 16 << 30), MAP_SIZES);
+        assert_eq!(addr_align(0x7f00_4020_0000), 2 << 20);
+        assert_eq!(addr_align(0x7f00_0000_0000), 1 << 30);
+        assert_eq!(addr_align(0x7f00_0000_3000), 4096);
+    }
+
+    /// `map` on a regular file: its size caps the list; VmPTE is there to read.
+    #[test]
+    fn map_cost_on_a_file() {
+        let path = std::env::temp_dir().join(format!("ivshmem-bench-map-{}", std::process::id()));
+        File::create(&path).unwrap().set_len(3 << 20).unwrap();
+        assert!(vm_pte_kb().unwrap() > 0);
+        map_cost(path.to_str().unwrap(), Some(&[4096, 2 << 20, 1 << 30]), 2).unwrap();
+        let e = map_cost("/nonexistent/ivshmem", None, 1).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/ivshmem: open"), "{e}");
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]
