@@ -198,7 +198,8 @@ class MapLab:
                 os.unlink(path)
 
     def measure(self, path, what):
-        out = self.sh(f"ivshmem-bench map -d {path} --rounds {self.rounds}")
+        sizes = ",".join(dict.fromkeys(["64M", "1G", "4G", self.big]))
+        out = self.sh(f"ivshmem-bench map -d {path} --sizes {sizes} --rounds {self.rounds}")
         lines = [f"{ln} via={what}" for ln in out.splitlines() if ln.startswith("map ")]
         if not lines:
             raise RuntimeError(f"no map lines from {path}:\n{out}")
