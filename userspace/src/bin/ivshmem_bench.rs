@@ -39,6 +39,8 @@ map: for each size (default 64M,1G,4G; sizes beyond the memory become its size),
   munmap; with the growth of the process's page tables (VmPTE) from before the
   mmap to after the reads. PATH: /dev/ivshmemN (default /dev/ivshmem0), the
   sysfs /sys/bus/pci/devices/BDF/resource2 (while no driver is bound), or a file.
+  Then, as the floor of what any mapping costs here, an anonymous PROT_NONE mmap
+  (no memory) of the same size and its munmap.
 With --tcp ADDR:PORT, stream and rtt repeat the workload over TCP after the
 channel (TCP_NODELAY for rtt): the listener binds ADDR:PORT, the other connects.
 
@@ -58,7 +60,8 @@ Output (driving side): lines of key=value, e.g.
   rtt transport=tcp wait=- pause=- size=64 rounds=N min_us=.. p50_us=.. p90_us=.. p99_us=.. max_us=..
   memcpy size=4096 bytes=N secs=S mbps=X
   pause rounds=N plain_ns=.. hint_ns=.. (per round)
-  map path=P size=N round=R addr_align=A mmap_us=.. touch_us=.. munmap_us=.. vmpte_kb=..";
+  map path=P size=N round=R addr_align=A mmap_us=.. touch_us=.. munmap_us=.. vmpte_kb=..
+  mapref size=N round=R mmap_us=.. munmap_us=.. (the anonymous reference)";
 
 /// Message sizes 64 B to 1 MiB, powers of 4.
 const SIZES: [usize; 8] = [
@@ -832,6 +835,38 @@ fn addr_align(addr: usize) -> usize {
     1 << addr.trailing_zeros().min(30)
 }
 
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// The time of an mmap of `len` bytes of address space (anonymous, `PROT_NONE`, no memory)
+/// and of its munmap: what two system calls on the address space cost here, whatever the
+/// size (under TCG, and on a busy host, far more than on hardware).
+fn anonymous_map_cost(len: usize) -> Result<(Duration, Duration), ToolError> {
+    use ivshmem::sys;
+    let t = Instant::now();
+    // SAFETY: a fresh private anonymous mapping chosen by the kernel: nothing existing is
+    // touched.
+    let p = unsafe {
+        sys::mmap(
+            std::ptr::null_mut(),
+            len,
+            sys::PROT_NONE,
+            sys::MAP_PRIVATE | sys::MAP_ANONYMOUS | sys::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    let mapped = t.elapsed();
+    if p == sys::MAP_FAILED {
+        return Err(ToolError::sys("anonymous mmap", io::Error::last_os_error()));
+    }
+    let t = Instant::now();
+    // SAFETY: `p`/`len` is the mapping just made, used by nothing.
+    unsafe { sys::munmap(p, len) };
+    Ok((mapped, t.elapsed()))
+}
+
 /// One line per size and round: mmap, first read of every page, munmap, VmPTE growth.
 fn map_cost(path: &str, sizes: Option<&[u64]>, rounds: u32) -> Result<(), ToolError> {
     let dev = Device::open(path)?;
@@ -856,11 +891,16 @@ fn map_cost(path: &str, sizes: Option<&[u64]>, rounds: u32) -> Result<(), ToolEr
             let t = Instant::now();
             drop(m);
             let unmapped = t.elapsed();
-            let us = |d: Duration| d.as_secs_f64() * 1e6;
             println!(
                 "map path={path} size={size} round={round} addr_align={align} mmap_us={:.1} touch_us={:.1} munmap_us={:.1} vmpte_kb={grown}",
                 us(mapped),
                 us(touched),
+                us(unmapped)
+            );
+            let (mapped, unmapped) = anonymous_map_cost(len)?;
+            println!(
+                "mapref size={size} round={round} mmap_us={:.1} munmap_us={:.1}",
+                us(mapped),
                 us(unmapped)
             );
         }
