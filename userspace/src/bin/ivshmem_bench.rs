@@ -5,6 +5,7 @@
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use ivshmem::args::{device_path, parse_size, run_tool, Args};
@@ -39,8 +40,9 @@ map: for each size (default 64M,1G,4G; sizes beyond the memory become its size),
   munmap; with the growth of the process's page tables (VmPTE) from before the
   mmap to after the reads. PATH: /dev/ivshmemN (default /dev/ivshmem0), the
   sysfs /sys/bus/pci/devices/BDF/resource2 (while no driver is bound), or a file.
-  Then, as the floor of what any mapping costs here, an anonymous PROT_NONE mmap
-  (no memory) of the same size and its munmap.
+  Then two references, mapped and unmapped untouched: PATH in one mmap call at
+  the kernel's address (the driver's own cost, without the library's alignment),
+  and anonymous PROT_NONE memory of the same size (the floor of any mmap here).
 With --tcp ADDR:PORT, stream and rtt repeat the workload over TCP after the
 channel (TCP_NODELAY for rtt): the listener binds ADDR:PORT, the other connects.
 
@@ -61,7 +63,7 @@ Output (driving side): lines of key=value, e.g.
   memcpy size=4096 bytes=N secs=S mbps=X
   pause rounds=N plain_ns=.. hint_ns=.. (per round)
   map path=P size=N round=R addr_align=A mmap_us=.. touch_us=.. munmap_us=.. vmpte_kb=..
-  mapref size=N round=R mmap_us=.. munmap_us=.. (the anonymous reference)";
+  mapref size=N round=R call_mmap_us=.. call_munmap_us=.. anon_mmap_us=.. anon_munmap_us=..";
 
 /// Message sizes 64 B to 1 MiB, powers of 4.
 const SIZES: [usize; 8] = [
@@ -839,27 +841,25 @@ fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
-/// The time of an mmap of `len` bytes of address space (anonymous, `PROT_NONE`, no memory)
-/// and of its munmap: what two system calls on the address space cost here, whatever the
-/// size (under TCG, and on a busy host, far more than on hardware).
-fn anonymous_map_cost(len: usize) -> Result<(Duration, Duration), ToolError> {
+/// The time of one mmap call of `len` bytes at the kernel's address, `prot` and `flags` of
+/// `fd` (-1: anonymous), and of its munmap, with nothing touched in between. Anonymous
+/// `PROT_NONE` memory is the floor of what an mmap costs here, whatever the size (under TCG,
+/// and on a busy host, far more than on hardware).
+fn call_cost(
+    len: usize,
+    prot: i32,
+    flags: i32,
+    fd: i32,
+    what: &str,
+) -> Result<(Duration, Duration), ToolError> {
     use ivshmem::sys;
     let t = Instant::now();
-    // SAFETY: a fresh private anonymous mapping chosen by the kernel: nothing existing is
-    // touched.
-    let p = unsafe {
-        sys::mmap(
-            std::ptr::null_mut(),
-            len,
-            sys::PROT_NONE,
-            sys::MAP_PRIVATE | sys::MAP_ANONYMOUS | sys::MAP_NORESERVE,
-            -1,
-            0,
-        )
-    };
+    // SAFETY: a fresh mapping chosen by the kernel (no address, no MAP_FIXED): nothing
+    // existing is touched, and nothing reads or writes it before the munmap below.
+    let p = unsafe { sys::mmap(std::ptr::null_mut(), len, prot, flags, fd, 0) };
     let mapped = t.elapsed();
     if p == sys::MAP_FAILED {
-        return Err(ToolError::sys("anonymous mmap", io::Error::last_os_error()));
+        return Err(ToolError::sys(what, io::Error::last_os_error()));
     }
     let t = Instant::now();
     // SAFETY: `p`/`len` is the mapping just made, used by nothing.
@@ -867,9 +867,13 @@ fn anonymous_map_cost(len: usize) -> Result<(Duration, Duration), ToolError> {
     Ok((mapped, t.elapsed()))
 }
 
-/// One line per size and round: mmap, first read of every page, munmap, VmPTE growth.
+/// Per size and round, a line of mmap, first read of every page, munmap, VmPTE growth; and
+/// one of the references ([`call_cost`]).
 fn map_cost(path: &str, sizes: Option<&[u64]>, rounds: u32) -> Result<(), ToolError> {
+    use ivshmem::sys::{MAP_ANONYMOUS, MAP_NORESERVE, MAP_PRIVATE, MAP_SHARED};
+    use ivshmem::sys::{PROT_NONE, PROT_READ, PROT_WRITE};
     let dev = Device::open(path)?;
+    let fd = dev.as_raw_fd();
     let total = mem_size(&dev)?;
     for size in capped(sizes.unwrap_or(&MAP_SIZES), total) {
         let len = usize::try_from(size)
@@ -897,11 +901,15 @@ fn map_cost(path: &str, sizes: Option<&[u64]>, rounds: u32) -> Result<(), ToolEr
                 us(touched),
                 us(unmapped)
             );
-            let (mapped, unmapped) = anonymous_map_cost(len)?;
+            let (cm, cu) = call_cost(len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, path)?;
+            let anon = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE;
+            let (am, au) = call_cost(len, PROT_NONE, anon, -1, "anonymous mmap")?;
             println!(
-                "mapref size={size} round={round} mmap_us={:.1} munmap_us={:.1}",
-                us(mapped),
-                us(unmapped)
+                "mapref size={size} round={round} call_mmap_us={:.1} call_munmap_us={:.1} anon_mmap_us={:.1} anon_munmap_us={:.1}",
+                us(cm),
+                us(cu),
+                us(am),
+                us(au)
             );
         }
     }
