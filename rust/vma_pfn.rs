@@ -102,6 +102,9 @@ fn set_cache_mode(vma: &VmaNew, mode: CacheMode) {
 /// `mode`. Fails with `EINVAL` if the VMA could become a private copy (which PFN mappings
 /// cannot be); the caller checks the bounds against its region first, and counts the VMA as
 /// opened once this succeeds. Nothing is inserted yet.
+///
+/// This is the last fallible step of an `mmap`: should `mmap` fail after it, the kernel frees
+/// the VMA without calling `close`, and the VMA's reference to `source` would leak.
 pub(crate) fn install<T: PfnSource>(vma: &VmaNew, source: Arc<T>, mode: CacheMode) -> Result {
     // A copy-on-write PFN mapping is what `vmf_insert_pfn*()` refuse with BUG(): shared only.
     if vma.flags() & flags::MAYSHARE == 0 {
@@ -117,13 +120,12 @@ pub(crate) fn install<T: PfnSource>(vma: &VmaNew, source: Arc<T>, mode: CacheMod
     // shared (checked above).
     unsafe { (*raw).__bindgen_anon_2.vm_flags |= flags::PFNMAP };
     set_cache_mode(vma, mode);
-    // SAFETY: as above, `vm_private_data` and `vm_ops` of a VMA under setup are ours to set.
-    // The reference moved into `vm_private_data` is given back in `Ops::close`; `VTABLE` is a
-    // promoted constant, so it lives forever.
-    unsafe {
-        (*raw).vm_private_data = Arc::into_raw(source).cast_mut().cast::<c_void>();
-        (*raw).vm_ops = &Ops::<T>::VTABLE;
-    }
+    let source = Arc::into_raw(source).cast_mut().cast::<c_void>();
+    // SAFETY: as above, `vm_private_data` of a VMA under setup is ours to set. The reference
+    // moved into it is given back in `Ops::close`.
+    unsafe { (*raw).vm_private_data = source };
+    // SAFETY: as above, for `vm_ops`; `VTABLE` is a promoted constant, so it lives forever.
+    unsafe { (*raw).vm_ops = &Ops::<T>::VTABLE };
     Ok(())
 }
 
