@@ -386,10 +386,13 @@ def map_section(rows, meta, out_dir):
     def num(v, digits=0):
         return "–" if v is None else f"{v:,.{digits}f}"
     with open(os.path.join(out_dir, "map.svg"), "w") as f:
-        bars = [(f"{what}, {'old' if via == 'sysfs' else 'new'}", [med(via, s, key) for s in sizes])
+        def ms(via, s, key):
+            v = med(via, s, key)
+            return v / 1000 if v is not None else None
+        bars = [(f"{what}, {'old' if via == 'sysfs' else 'new'}", [ms(via, s, key) for s in sizes])
                 for what, key in (("mmap", "mmap_us"), ("first reads", "touch_us"), ("munmap", "munmap_us"))
                 for via, _ in paths]
-        f.write(bar_chart("Mapping cost in a TCG guest (median)", "microseconds (log scale)",
+        f.write(bar_chart("Mapping cost in a TCG guest (median)", "milliseconds (log scale)",
                           [size_name(s) for s in sizes], bars))
     md = ["", "## Mapping cost (issue 10)", "", "![map](map.svg)", "",
           f"- One guest ({meta.get('map_date', '?')}, kernel {meta.get('map_kernel', '?')}, TCG, load average "
@@ -407,8 +410,9 @@ def map_section(rows, meta, out_dir):
           "kernel's address (the driver's own cost, without the library's alignment), and anonymous "
           "`PROT_NONE` memory of the same size (the floor of any mmap in this guest). Under TCG every system "
           "call costs far more than on hardware and varies with the host's load; these rows say what part of "
-          "a time is the driver's. munmap after the reads costs far more than untouched, on both paths: "
-          "presumably the guest's TLB flush clearing QEMU's software TLB, which the reads filled.", "",
+          "a time is the driver's. On the new path, munmap after the reads costs far more than untouched (the "
+          "one-call row), though it only clears a few huge entries: presumably the guest's TLB flush then "
+          "clears QEMU's software TLB, which the reads filled.", "",
           "| mapping | path | mmap (µs) | first read of every page (ms) | munmap (µs) | VmPTE growth (kB) "
           "| address aligned to |", "|---:|---|---:|---:|---:|---:|---:|"]
     for s in sizes:
@@ -435,10 +439,13 @@ def map_section(rows, meta, out_dir):
         return "not measured" if v is None else ("met" if ok else "missed")
     spread = [f["mmap_us"] for f in runs.get(("driver", big), [])]
     spread = f" (rounds {num(min(spread), 1)} to {num(max(spread), 1)} µs)" if spread else ""
+    call = med("driver", big, "call_mmap_us", refs)
     md += ["", "| target (issue 10), new path | measured (median) | |", "|---|---|---|",
-           f"| 4 GiB: mmap < 1 ms | `Device::map` {num(mmap_new, 1)} µs{spread}; one mmap call "
-           f"{num(med('driver', big, 'call_mmap_us', refs), 1)} µs; anonymous {num(anon(big, 'anon_mmap_us'), 1)} "
-           f"µs; old path {num(mmap_old, 1)} µs | {met(mmap_new, mmap_new is not None and mmap_new < 1000)} |",
+           f"| 4 GiB: mmap < 1 ms, the mmap call | {num(call, 1)} µs; anonymous memory "
+           f"{num(anon(big, 'anon_mmap_us'), 1)} µs; old path {num(mmap_old, 1)} µs "
+           f"| {met(call, call is not None and call < 1000)} |",
+           f"| 4 GiB: mmap < 1 ms, `Device::map` (three or four calls) | {num(mmap_new, 1)} µs{spread} "
+           f"| {met(mmap_new, mmap_new is not None and mmap_new < 1000)} |",
            f"| 4 GiB: page tables ≤ 64 kB | VmPTE +{num(pte_new)} kB (old path +{num(pte_old)} kB) "
            f"| {met(pte_new, pte_new is not None and pte_new <= 64)} |"]
     return md
