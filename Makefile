@@ -6,6 +6,9 @@
 #   make test        host unit tests, module build + lints, the VM test suite on both guest kernels
 #   make module-debug the module for the debug guest kernel (KASAN, lockdep): .debug-build/ivshmem.ko
 #   make bench       channels against TCP between two guests: report in userspace/bench/ (not in make test)
+#   make install     module (updates/), depmod, udev rule, tools, C header and libraries (README, Installing)
+#   make uninstall   removes what install put (same DESTDIR, PREFIX, KDIR)
+#   make dkms-add    copies the module source to /usr/src/ivshmem-VERSION and registers it with DKMS
 #   make clean
 #
 # KDIR=/path/to/a/rust-enabled/kernel/build overrides the lab kernel (KDIR_DEBUG the debug one).
@@ -26,7 +29,18 @@ TOOLS := read_write bandwidth ivshmem ivshmem-check ivshmem-bench
 
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: bench capi module-race module-debug vm-test-release all module tools setup demo test vm-test unit-test lint clean rustfmt rustfmt-check clippy
+# One version for the crate, the module (modinfo, Kbuild) and DKMS: userspace/Cargo.toml's.
+VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' $(ROOT)/userspace/Cargo.toml | head -n 1)
+# make install: staging root, prefix of tools and libraries, udev rules directory, depmod
+# (empty: skip it). scripts/install.sh has the list of files.
+DESTDIR ?=
+PREFIX ?= /usr/local
+UDEVRULESDIR ?= /etc/udev/rules.d
+DEPMOD ?= depmod
+export DESTDIR PREFIX UDEVRULESDIR DEPMOD
+DKMS_SRC := $(DESTDIR)/usr/src/ivshmem-$(VERSION)
+
+.PHONY: install uninstall dkms-add dkms-remove bench capi module-race module-debug vm-test-release all module tools setup demo test vm-test unit-test lint clean rustfmt rustfmt-check clippy
 
 all: module tools capi
 
@@ -66,7 +80,9 @@ capi:
 # extra make arguments $(3): the top-level ivshmem.ko stays the release build.
 define copy_build
 	rm -rf $(1) && mkdir -p $(1)
+	mkdir -p $(1)/userspace
 	cp -r $(ROOT)/Kbuild $(ROOT)/rust $(1)/
+	cp $(ROOT)/userspace/Cargo.toml $(1)/userspace/
 	kdir=$$($(2)) && $(MAKE) -C $$kdir M=$(1) $(3) modules
 endef
 
@@ -78,6 +94,31 @@ module-race:
 module-debug:
 	$(call copy_build,$(ROOT)/.debug-build,$(KDIR_DEBUG_CMD),$(DEBUG_FLAGS))
 	$(call copy_build,$(ROOT)/.debug-race-build,$(KDIR_DEBUG_CMD),$(DEBUG_FLAGS) IVSHMEM_RACE_DELAY=1)
+
+# The module goes to /lib/modules/<release>/updates/ for the release of KDIR (for the running
+# kernel: KDIR=/lib/modules/$$(uname -r)/build).
+install: all
+	kdir=$$($(KDIR_CMD)) && bash $(ROOT)/scripts/install.sh install $$kdir
+
+uninstall:
+	kdir=$$($(KDIR_CMD)) && bash $(ROOT)/scripts/install.sh uninstall $$kdir
+
+# DKMS rebuilds the module on kernel updates from a copy of its source (Kbuild, rust/, the
+# version's Cargo.toml) in /usr/src/ivshmem-VERSION, with scripts/dkms.conf. It needs kernel
+# headers with Rust support built by the same rustc (README, Building against your kernel).
+dkms-add:
+	@command -v dkms >/dev/null || { echo "dkms is not installed"; exit 1; }
+	rm -rf $(DKMS_SRC) && mkdir -p $(DKMS_SRC)/userspace
+	cp -r $(ROOT)/Kbuild $(ROOT)/rust $(DKMS_SRC)/
+	rm -f $(DKMS_SRC)/rust/*.o $(DKMS_SRC)/rust/.*.cmd $(DKMS_SRC)/rust/*.long-type-*.txt
+	cp $(ROOT)/userspace/Cargo.toml $(DKMS_SRC)/userspace/
+	sed 's/@VERSION@/$(VERSION)/' $(ROOT)/scripts/dkms.conf > $(DKMS_SRC)/dkms.conf
+	dkms add ivshmem/$(VERSION)
+
+dkms-remove:
+	@command -v dkms >/dev/null || { echo "dkms is not installed"; exit 1; }
+	! dkms status ivshmem/$(VERSION) | grep -q . || dkms remove ivshmem/$(VERSION) --all
+	rm -rf $(DKMS_SRC)
 
 clippy:
 	kdir=$$($(KDIR_CMD)) && $(MAKE) -C $$kdir M=$(ROOT) CLIPPY=1 modules 2>&1 | tee $(ROOT)/.clippy.log

@@ -2,6 +2,8 @@
 # Builds the guest image: busybox, the module, the static userspace tools, the agent.
 #   scripts/initramfs.sh OUTPUT MODULE.ko TOOLS_DIR [RACE-MODULE.ko]
 # The optional fault-injection build (make module-race) lands as /ivshmem-race.ko.
+# IVSHMEM_IMAGE_OVERLAY=DIR: DIR's tree is copied over the image last (vmtest.py's install_lab:
+# a root made by make install DESTDIR=, and its /etc/init.d/rcS, which init then runs).
 set -euo pipefail
 source "$(dirname "$0")/config.sh"
 [ $# -ge 3 ] || die "usage: scripts/initramfs.sh OUTPUT MODULE.ko TOOLS_DIR [RACE-MODULE.ko]"
@@ -26,5 +28,9 @@ done
 # The C example on the C API (make capi, part of make all): optional for images built after
 # make tools alone.
 [ ! -x "$tools/ivshmem-pipe-c" ] || cp "$tools/ivshmem-pipe-c" "$tmp/bin/ivshmem-pipe-c"
+if [ -n "${IVSHMEM_IMAGE_OVERLAY:-}" ]; then
+	[ -d "$IVSHMEM_IMAGE_OVERLAY" ] || die "IVSHMEM_IMAGE_OVERLAY=$IVSHMEM_IMAGE_OVERLAY is not a directory"
+	cp -a "$IVSHMEM_IMAGE_OVERLAY"/. "$tmp"/
+fi
 (cd "$tmp" && find . | cpio -o -H newc --quiet | gzip -1) >"$out.tmp"
 mv "$out.tmp" "$out"

@@ -970,6 +970,120 @@ def fuzz_lab(s):
     s.test("fuzz: no leaks (kmemleak), dmesg clean in both guests", clean)
 
 
+def install_lab(s):
+    """make install into the guest's root (DESTDIR) for the guest kernel's release, then a boot
+    that loads the module by its PCI alias, as a distribution's udev does: busybox's mdev loads
+    the module on the PCI uevent (modprobe, modules.alias from make install's depmod) and sets
+    the node's group and mode from the repository's udev rule, translated at image build time
+    into mdev.conf (busybox cannot run udev rules). Release kernel only: the debug flavour adds
+    nothing to installing. The image is this phase's own; the other phases' is put back after."""
+    if FLAVOUR != "release":
+        s.skipped += 1
+        print("SKIP install_lab: release kernel only", flush=True)
+        return
+    image = os.path.join(RUN, "initramfs.cpio.gz")
+    saved = os.path.join(RUN, "initramfs.standard.cpio.gz")
+    work = tempfile.mkdtemp(prefix="install-lab-", dir=RUN)
+    root = os.path.join(work, "root")
+    state = {}
+
+    def glob_regex(glob):
+        out = ""
+        for c in glob:
+            out += {"*": ".*", "?": "."}.get(c, c if c in "[]-^" or c.isalnum() else re.escape(c))
+        return out
+
+    def mdev_conf(rules):
+        """The rule's KERNEL match, GROUP and MODE as an mdev.conf line (user root)."""
+        lines = []
+        for line in open(rules):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            keys = dict(re.findall(r'(\w+)=?="([^"]*)"', line))
+            check(set(keys) == {"KERNEL", "GROUP", "MODE"}, f"cannot translate udev rule: {line}")
+            lines.append(f"{glob_regex(keys['KERNEL'])} 0:{keys['GROUP']} {keys['MODE']}")
+        check(lines, f"no rule in {rules}")
+        return lines
+
+    def build():
+        kdir = subprocess.run(["bash", os.path.join(ROOT, "scripts/setup.sh")], check=True,
+                              capture_output=True, text=True).stdout.strip().splitlines()[-1]
+        release = open(os.path.join(kdir, "include/config/kernel.release")).read().strip()
+        state["release"], state["kdir"] = release, kdir
+        subprocess.run(["make", "-s", "-C", ROOT, "install", f"DESTDIR={root}", "PREFIX=/usr", f"KDIR={kdir}"],
+                       check=True, capture_output=True)
+        moddir = os.path.join(root, "lib/modules", release)
+        check(os.path.isfile(os.path.join(moddir, "updates/ivshmem.ko")), f"no updates/ivshmem.ko in {moddir}")
+        alias = open(os.path.join(moddir, "modules.alias")).read()
+        check("alias pci:v00001AF4d00001110sv*sd*bc*sc*i* ivshmem" in alias, alias)
+        conf = mdev_conf(os.path.join(root, "etc/udev/rules.d/70-ivshmem.rules"))
+        conf.append('$MODALIAS=.* 0:0 0660 @modprobe "$MODALIAS"')
+        etc = os.path.join(root, "etc")
+        state["ours"] = ["etc/mdev.conf", "etc/passwd", "etc/group", "etc/init.d/rcS"]
+        with open(os.path.join(etc, "mdev.conf"), "w") as f:
+            f.write("\n".join(conf) + "\n")
+        with open(os.path.join(etc, "passwd"), "w") as f:
+            f.write("root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000::/tmp:/bin/sh\nbob:x:1001:1001::/tmp:/bin/sh\n")
+        with open(os.path.join(etc, "group"), "w") as f:
+            f.write("root:x:0:\nalice:x:1000:\nbob:x:1001:\nivshmem:x:990:alice\n")
+        os.makedirs(os.path.join(etc, "init.d"))
+        with open(os.path.join(etc, "init.d/rcS"), "w") as f:
+            # Coldplug as udevadm trigger does: mdev listens on netlink, every PCI device
+            # announces itself again, mdev runs modprobe for its MODALIAS.
+            f.write("#!/bin/sh\nmdev -d\nfor u in /sys/bus/pci/devices/*/uevent; do echo add > $u; done\n")
+        os.chmod(os.path.join(etc, "init.d/rcS"), 0o755)
+        os.replace(image, saved)
+        module, race_module, _ = MODULES["release"]
+        subprocess.run(["bash", os.path.join(ROOT, "scripts/initramfs.sh"), image, module, TOOLS, race_module],
+                       env=dict(os.environ, IVSHMEM_IMAGE_OVERLAY=root), check=True)
+        print("  mdev.conf from userspace/udev/70-ivshmem.rules: " + conf[0], flush=True)
+    try:
+        s.test("install: make install DESTDIR=<guest root> PREFIX=/usr for the guest kernel's release: "
+               "updates/ivshmem.ko, depmod's PCI alias, udev rule (translated to mdev.conf), image built", build)
+        if "ours" not in state:
+            return
+        s.boot(1, "4M")
+
+        def loaded():
+            _, out = s.sh(1, "for i in $(seq 60); do [ -e /dev/ivshmem1 ] && break; sleep 0.5; done; "
+                             "grep '^ivshmem ' /proc/modules; ls /dev/ivshmem*; cat /proc/cmdline")
+            check(re.search(r"^ivshmem ", out, re.M) and "/dev/ivshmem0" in out and "/dev/ivshmem1" in out, out)
+            _, out = s.sh(1, "modinfo -F version ivshmem; modinfo -F filename ivshmem")
+            check(out.split()[:2] == ["0.1.0", f"/lib/modules/{state['release']}/updates/ivshmem.ko"], out)
+        s.test("install: booted, ivshmem loaded by its PCI alias without insmod (mdev coldplug + modprobe), "
+               "/dev/ivshmem0 and 1, modinfo version 0.1.0 from updates/", loaded)
+
+        def modes():
+            _, out = s.sh(1, "stat -c '%n %F %a %U %G' /dev/ivshmem0 /dev/ivshmem1; ls -l /dev/ivshmem0")
+            for n in (0, 1):
+                check(f"/dev/ivshmem{n} character special file 660 root ivshmem" in out, out)
+            check(re.search(r"^crw-rw----\s+1 root\s+ivshmem ", out, re.M), out)
+        s.test("install: udev rule (via mdev.conf): /dev/ivshmemN crw-rw---- root:ivshmem", modes)
+        s.test("install: dmesg clean", lambda: s.dmesg_clean(1))
+
+        def access():
+            # alice is in the group ivshmem, bob is not.
+            _, out = s.sh(1, "su alice -c 'id; /usr/bin/ivshmem info'")
+            check("990(ivshmem)" in out and f"size {MAIN_SIZE}" in out, out)
+            status, out = s.sh(1, "su bob -c '/usr/bin/ivshmem info'", ok=False)
+            check(status != 0 and "ermission denied" in out, f"status {status}: {out}")
+        s.test("install: a member of the group ivshmem opens /dev/ivshmem0 (/usr/bin/ivshmem info), "
+               "others get EACCES", access)
+
+        def uninstall():
+            subprocess.run(["make", "-s", "-C", ROOT, "uninstall", f"DESTDIR={root}", "PREFIX=/usr",
+                            f"KDIR={state['kdir']}"],
+                           check=True, capture_output=True)
+            left = sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs)
+            check(left == sorted(state["ours"]), f"left after make uninstall: {left}")
+        s.test("install: make uninstall DESTDIR=<guest root> removes every file install put", uninstall)
+    finally:
+        if os.path.exists(saved):
+            os.replace(saved, image)
+        subprocess.run(["rm", "-rf", work], check=False)
+
+
 def run_flavour(s, flavour, phases):
     """Runs the phases on one guest kernel flavour."""
     global FLAVOUR
@@ -1003,7 +1117,7 @@ def run_flavour(s, flavour, phases):
 
 
 def main():
-    phases = [main_lab, high_lab, doorbell_lab, hugetlb_lab, channel_lab, fuzz_lab]
+    phases = [main_lab, high_lab, doorbell_lab, hugetlb_lab, channel_lab, fuzz_lab, install_lab]
     args = sys.argv[1:]
     flavours = [os.environ.get("IVSHMEM_FLAVOUR", "release")]
     if args[:1] == ["--flavour"]:
