@@ -5,8 +5,8 @@
 //! The `kernel` crate's `VmaNew` can insert pages but not PFNs of device memory, and has no
 //! `vm_operations_struct`. This is the safe wrapper the driver needs, kept in one place, in the
 //! shape of VFIO's BAR mappings (`vfio_pci_mmap_huge_fault()`): `mmap` inserts nothing, so it
-//! costs the same for any size; a fault inserts a 1 GiB (PUD) or 2 MiB (PMD) entry where the
-//! user address, the physical address and the VMA allow it, a 4 KiB entry elsewhere. Only a
+//! costs the same for any size; a fault inserts a 2 MiB (PMD) entry where the user address, the
+//! physical address and the VMA allow it, a 4 KiB entry elsewhere. Only a
 //! range the driver has claimed ([`MemRegion`]) can be mapped, and only inside its bounds: safe
 //! code cannot map arbitrary physical memory.
 //!
@@ -54,8 +54,6 @@ pub(crate) enum CacheMode {
 extern "C" {
     /// `pgprot_noncached()`, from `helpers.c`.
     fn ivshmem_pgprot_noncached(prot: bindings::pgprot_t) -> bindings::pgprot_t;
-    /// Whether the CPU can map 1 GiB entries (x86: gbpages), from `helpers.c`.
-    fn ivshmem_pud_mappable() -> bool;
 }
 
 /// The owner of the memory that fault-mapped VMAs show: the driver's per-device state.
@@ -218,8 +216,13 @@ impl<T: PfnSource> Ops<T> {
         unsafe { Self::huge_fault(vmf, 0) }
     }
 
-    /// Inserts the entry of `order` (0, PMD or PUD) that maps the faulting address, or asks
-    /// the kernel to fall back to a smaller one.
+    /// Inserts the entry of `order` (0 or PMD) that maps the faulting address, or asks the
+    /// kernel to fall back to a smaller one.
+    ///
+    /// 1 GiB (PUD) entries are refused: on 7.3.4, splitting a VMA inside one (a partial munmap,
+    /// mprotect or mlock at an address that is not 2 MiB-aligned) oopses in
+    /// `split_huge_pmd_locked()`, because `mm_find_pmd()` reads a PUD leaf as a page table
+    /// (found by `ivshmem-fuzz`). 2 MiB entries already keep the page tables of any size small.
     ///
     /// # Safety
     ///
@@ -248,9 +251,6 @@ impl<T: PfnSource> Ops<T> {
             0 => false,
             #[cfg(CONFIG_ARCH_SUPPORTS_PMD_PFNMAP)]
             bindings::PMD_ORDER => true,
-            // SAFETY: reads a CPU feature flag.
-            #[cfg(CONFIG_ARCH_SUPPORTS_PUD_PFNMAP)]
-            bindings::PUD_ORDER if unsafe { ivshmem_pud_mappable() } => true,
             _ => return FALLBACK,
         };
         let Some(entry) = Entry::new(start, end, pgoff, address, order) else {
@@ -273,10 +273,6 @@ impl<T: PfnSource> Ops<T> {
                     // and starts at a PMD-aligned PFN (checked by `Entry`).
                     #[cfg(CONFIG_ARCH_SUPPORTS_PMD_PFNMAP)]
                     bindings::PMD_ORDER => unsafe { bindings::vmf_insert_pfn_pmd(vmf, pfn, write) },
-                    // SAFETY: as above, for a PUD-sized entry, which the CPU supports (checked
-                    // before: other orders fell back).
-                    #[cfg(CONFIG_ARCH_SUPPORTS_PUD_PFNMAP)]
-                    bindings::PUD_ORDER => unsafe { bindings::vmf_insert_pfn_pud(vmf, pfn, write) },
                     _ => FALLBACK,
                 }
             })
