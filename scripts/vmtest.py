@@ -1,14 +1,18 @@
 #!/usr/bin/env python3
 """The VM test suite: real guests, real shared memory, the real driver.
 
-Boots the lab four times: two guests that share a 64 MiB region and each have a second, 4 MiB
-device (most tests); one guest with a 4 GiB device beside the 64 MiB one (which moves every
-BAR above 4 GiB, where x86 MTRRs allow write-back); three guests in doorbell mode with our
-ivshmem-server; two guests on a hugetlbfs file as in the seeds. Prints one line per check and a
-closing "N passed, N failed"; exits non-zero on any failure, after printing the guests'
-console logs. Needs the module and tools built (make).
+Boots the lab once or twice per phase: two guests that share a 64 MiB region and each have a
+second, 4 MiB device (main_lab, most tests); one guest with a 4 GiB device beside the 64 MiB one
+(high_lab: every BAR moves above 4 GiB, where x86 MTRRs allow write-back); two guests sharing a
+4 GiB device for the huge-page mappings, then one guest with 20 small devices (scale_lab); three
+guests in doorbell mode with our ivshmem-server (doorbell_lab); two guests on a hugetlbfs file
+as in the seeds (hugetlb_lab); two linked guests for the channels (channel_lab); two doorbell
+guests running ivshmem-fuzz (fuzz_lab). Prints one line per check and a closing "N passed,
+N failed"; exits non-zero on any failure, after printing the guests' console logs. Needs the
+module and tools built (make).
 
     scripts/vmtest.py [--flavour release|debug|all] [PHASE...]
+    PHASE: main_lab high_lab scale_lab doorbell_lab hugetlb_lab channel_lab fuzz_lab (default all)
 
 The flavour is the guest kernel (default: $IVSHMEM_FLAVOUR, else release). The debug kernel
 (scripts/setup.sh debug, make module-debug) has KASAN, lockdep, atomic-sleep and list checks
@@ -98,13 +102,14 @@ class Suite:
     def env(self, **kw):
         return dict(os.environ, IVSHMEM_RUN=RUN, IVSHMEM_SHM_SIZE="64M", IVSHMEM_SHM_PATH=SHM, **kw)
 
-    def boot(self, guests, extra, mode="plain", shm=SHM):
+    def boot(self, guests, extra, mode="plain", shm=SHM, size="64M"):
+        """Boots `guests` guests on fresh backing files: the main one of `size` at `shm` (in
+        doorbell mode the server's), one more per size in `extra` at shm.1, shm.2, ..."""
         self.stop()
         self.mode = mode
         self.shm = shm
-        for suffix in ["", ".1"]:
-            if os.path.exists(shm + suffix):
-                os.unlink(shm + suffix)
+        self.size = size
+        remove_backing(shm)
         self.start(guests=guests, extra=extra)
         self.guests = [lab.Guest(i, RUN) for i in range(1, guests + 1)]
         for g in self.guests:
@@ -114,6 +119,7 @@ class Suite:
         env = self.env(IVSHMEM_GUESTS=str(guests), IVSHMEM_EXTRA_SHM=extra, IVSHMEM_MODE=self.mode,
                        IVSHMEM_VECTORS="2", IVSHMEM_ONLY=only)
         env["IVSHMEM_SHM_PATH"] = self.shm
+        env["IVSHMEM_SHM_SIZE"] = self.size
         subprocess.run(["bash", os.path.join(ROOT, "scripts/start.sh"), os.path.join(RUN, "initramfs.cpio.gz")],
                        env=env, check=True)
 
@@ -165,6 +171,16 @@ class Suite:
                 continue
             print(f"----- {g.console} (last 60 lines) -----")
             print("\n".join(text.splitlines()[-60:]))
+
+
+def remove_backing(shm):
+    """Removes backing file `shm` and its numbered siblings (shm.1, shm.2, ...)."""
+    d, base = os.path.split(shm)
+    if not os.path.isdir(d or "."):
+        return
+    for name in os.listdir(d or "."):
+        if name == base or name.startswith(base + ".") and name[len(base) + 1:].isdigit():
+            os.unlink(os.path.join(d, name))
 
 
 def host_read(path, offset, length):
@@ -469,6 +485,288 @@ def high_lab(s):
     s.figure("1 GiB mmap + first touch of every page (figure printed)", touch_1g)
 
     s.test("dmesg clean with a 4 GiB device", lambda: s.dmesg_clean(1))
+
+
+def place(mo, ml, align=None, skew=None):
+    """`ivshmem fill/verify/touch` options: map [mo, mo + ml) at an address congruent to
+    mo + skew modulo align (without align: where the library maps)."""
+    opts = f" --map-offset {mo} --map-len {ml}"
+    if align is not None:
+        opts += f" --align {align}"
+    if skew is not None:
+        opts += f" --skew {skew}"
+    return opts
+
+
+def scale_lab(s):
+    """Issue 10: huge-page mappings in two guests that share a 4 GiB device (BAR2 above 4 GiB,
+    aligned to its size): which entries the driver uses (VmPTE), bytes across 2 MiB and 1 GiB
+    boundaries between huge and 4 KiB entries for the host and the other guest, the PAT type
+    and the one-cache-type rule, revocation of huge and never-touched entries. Then one guest
+    with 20 small devices: more nodes than the old fixed table of 16."""
+    s.boot(2, "4G")
+    big = SHM + ".1"
+    bdf = "0000:00:03.0"
+    drv = "/sys/bus/pci/drivers/ivshmem"
+    G, M2, M64 = 1 << 30, 2 << 20, 64 << 20
+
+    def load():
+        s.leak_check_start(2)
+        for g in (1, 2):
+            s.sh(g, "insmod /ivshmem.ko")
+            _, out = s.sh(g, "ivshmem info -d 1")
+            check(f"size {BIG_SIZE}\n" in out and f"pci {bdf}\n" in out, out)
+        start, _end = bar2_range(s, 1, bdf)
+        check(start >= 1 << 32 and start % BIG_SIZE == 0, f"BAR2 at {start:#x}")
+    s.test("scale: two guests share a 4 GiB device; its BAR2 is above 4 GiB, aligned to its size", load)
+
+    def pat_at_probe(g):
+        start, end = bar2_range(s, g, bdf)
+        got = pat_type(s, g, start, end)
+        check(got == "write-back", f"guest {g}: PAT type of BAR2 [{start:#x}, {end:#x}) with nothing mapped: {got}")
+    # Before anything maps the device in guest 1: the reservation the driver makes at probe.
+    s.test("scale: PAT: BAR2 is write-back right after probe, with nothing mapped",
+           lambda: pat_at_probe(1))
+
+    def touch(g, opts):
+        """Maps and reads every page; returns the address and how much VmPTE grew (kB)."""
+        _, out = s.sh(g, f"ivshmem touch -d 1{opts}", timeout=600)
+        print("  measured: " + out.strip(), flush=True)
+        m = re.search(r"at (0x[0-9a-f]+): .*VmPTE (\d+) -> (\d+) kB", out)
+        check(m, out)
+        return int(m.group(1), 16), int(m.group(3)) - int(m.group(2))
+
+    def huge_entries():
+        # 1 GiB at a 1 GiB-aligned offset and address: one PUD entry. Mapping it with 4 KiB
+        # entries takes 2 MiB of page tables (2052 kB measured with the old driver).
+        addr, grew = touch(1, f" --offset {3 * G} --len {G} --align {G}")
+        check(addr % G == 0, f"mapped at {addr:#x}")
+        check(grew <= 64, f"VmPTE grew by {grew} kB for 1 GiB at a 1 GiB-aligned address")
+        # 64 MiB at a 2 MiB-aligned (not 1 GiB-aligned) offset and address: 32 PMD entries.
+        addr, grew = touch(1, f" --offset {2 * G + 3 * M2} --len {M64} --align {M2}")
+        check(addr % M2 == 0, f"mapped at {addr:#x}")
+        check(grew <= 64, f"VmPTE grew by {grew} kB for 64 MiB at a 2 MiB-aligned address")
+    s.test("scale: huge entries are used: 1 GiB (1 GiB-aligned) and 64 MiB (2 MiB-aligned) mapped and "
+           "every page read, VmPTE grows by at most 64 kB", huge_entries)
+
+    def misaligned():
+        # The address 4 KiB off the congruent one: only 4 KiB entries fit, 16384 of them (128 kB).
+        off = 2 * G + 3 * M2
+        addr, grew = touch(1, f" --offset {off} --len {M64} --align {M2} --skew 4096")
+        check(addr % M2 == 4096, f"mapped at {addr:#x}")
+        check(grew >= 128, f"VmPTE grew by {grew} kB only: 16384 4 KiB entries need 128 kB")
+        # And the bytes are where they belong: guest 1 writes through that mapping, the host
+        # and guest 2 (through 2 MiB entries) read them, and guest 1 reads them back.
+        lo, n = off + 5 * M2 + 12345, 3 * M2 + 777
+        skewed = place(off, M64, M2, 4096)
+        s.sh(1, f"ivshmem fill -d 1 --seed 201 --offset {lo} --len {n}{skewed}")
+        check(host_read(big, lo, n) == lab.pattern(201, lo, n), "host sees other bytes")
+        s.sh(2, f"ivshmem verify -d 1 --seed 201 --offset {lo} --len {n}{place(off, M64, M2)}")
+        s.sh(1, f"ivshmem verify -d 1 --seed 201 --offset {lo} --len {n}{skewed}")
+    s.test("scale: a mapping 4 KiB off the congruent address uses 4 KiB entries (VmPTE grows) and is "
+           "byte-exact for the host and the other guest", misaligned)
+
+    # (seed, offset, length, writer, writer's mapping, reader, reader's mapping): ranges far
+    # apart, on a fresh (zero) backing file.
+    cases = [
+        ("1 GiB - 4 KiB .. 1 GiB + 4 KiB: written through two 1 GiB entries, read through 4 KiB ones",
+         211, G - 4096, 8192, 1, place(0, 2 * G, G), 2, place(G - M2, 2 * M2, M2, 4096)),
+        ("2 MiB - 8 .. 2 MiB + 8: written through two 2 MiB entries, read through 4 KiB ones",
+         212, M2 - 8, 16, 2, place(0, M64, M2), 1, place(0, 4 * M2, M2, 4096)),
+        ("3 GiB + 6 MiB - 4 KiB, 8292 bytes: written through a 1 GiB entry, read through 2 MiB ones",
+         213, 3 * G + 3 * M2 - 4096, 8192 + 100, 1, place(3 * G, G, G), 2, place(3 * G, M64, M2)),
+        ("2 GiB - 5000, 10007 bytes: written through a mapping not huge-aligned at either end (4 KiB "
+         "entries, then a 2 MiB one), read through two 1 GiB entries",
+         214, 2 * G - 5000, 10007, 2, place(2 * G - M2 + 4096, 2 * M2, M2), 1, place(G, 2 * G, G)),
+        ("3 GiB + 2 MiB - 300, 600 bytes: written through [3 GiB + 4 KiB, 4 GiB - 4 KiB) (4 KiB entries at "
+         "its ends, 2 MiB ones inside), read through a 1 GiB entry",
+         215, 3 * G + M2 - 300, 600, 1, place(3 * G + 4096, G - 8192, G), 2, place(2 * G, 2 * G, G)),
+        ("4 GiB - 2 MiB - 8, 16 bytes: the same mapping's last 2 MiB entry into its 4 KiB tail",
+         216, BIG_SIZE - M2 - 8, 16, 1, place(3 * G + 4096, G - 8192, G), 2, place(3 * G, G, G)),
+    ]
+
+    def exchange(seed, off, n, writer, wplace, reader, rplace):
+        def run():
+            s.sh(writer, f"ivshmem fill -d 1 --seed {seed} --offset {off} --len {n}{wplace}")
+            got = host_read(big, off - 64, n + 128)
+            check(got[64:-64] == lab.pattern(seed, off, n), "the host sees other bytes")
+            check(got[:64] == bytes(64) and got[-64:] == bytes(64), "bytes next to the range changed")
+            s.sh(reader, f"ivshmem verify -d 1 --seed {seed} --offset {off} --len {n}{rplace}")
+        return run
+    for what, *case in cases:
+        s.test(f"scale: bytes exact for the host and the other guest: {what}", exchange(*case))
+
+    def host_writes():
+        for seed, off, n, readers in (
+                (221, 3 * G - 3, 11, ((1, place(2 * G, 2 * G, G)), (2, place(3 * G - M2, 2 * M2, M2, 4096)))),
+                (222, BIG_SIZE - 3 * M2 - 7, 4096 + 14, ((1, place(BIG_SIZE - M64, M64, M2)), (2, "")))):
+            host_write(big, off, lab.pattern(seed, off, n))
+            for g, opts in readers:
+                s.sh(g, f"ivshmem verify -d 1 --seed {seed} --offset {off} --len {n}{opts}")
+        # One byte changed by the host, at 3 GiB exactly, is seen through the 1 GiB entries.
+        host_write(big, 3 * G, bytes([lab.pattern(221, 3 * G, 1)[0] ^ 0x40]))
+        status, out = s.sh(1, f"ivshmem verify -d 1 --seed 221 --offset {3 * G - 3} --len 11"
+                              f"{place(2 * G, 2 * G, G)}", ok=False)
+        check(status == 1 and f"mismatch at offset {3 * G}:" in out, f"status {status}: {out}")
+    s.test("scale: bytes the host writes across 3 GiB and near the end read exact through 1 GiB, 2 MiB and "
+           "4 KiB entries; a changed byte is seen", host_writes)
+
+    def hold(g, cache, tag):
+        s.sh(g, f"rm -f /tmp/go-{tag}")
+        s.bg(g, f"ivshmem-check hold /dev/ivshmem1 {cache} /tmp/go-{tag}", f"/tmp/{tag}.out")
+        s.wait_line(g, f"/tmp/{tag}.out", "mapped", 60)
+
+    def release(g, tag):
+        s.sh(g, f"touch /tmp/go-{tag}")
+        out = s.wait_line(g, f"/tmp/{tag}.out", "exit=", 60)
+        check("exit=0" in out, out)
+
+    def one_cache_type():
+        start, end = bar2_range(s, 1, bdf)
+
+        def pat(want, when):
+            got = pat_type(s, 1, start, end)
+            check(got == want, f"PAT type {when}: {got}, expected {want}")
+
+        def map_page(cache, ok):
+            status, out = s.sh(1, f"ivshmem touch -d 1 --len 4096 --cache {cache}", ok=False)
+            if ok:
+                check(status == 0, f"{cache} mmap: status {status}: {out}")
+            else:
+                check(status == 1 and "EBUSY: /dev/ivshmem1: mmap:" in out, f"{cache} mmap: status {status}: {out}")
+
+        hold(1, "wb", "h")
+        try:
+            pat("write-back", "while another process holds a wb mapping")
+            map_page("wc", False)
+            map_page("uc", False)
+            map_page("wb", True)
+        finally:
+            release(1, "h")
+        pat("write-back", "after the wb mapping went")
+        map_page("wc", True)
+        hold(1, "wc", "h")
+        try:
+            pat("write-combining", "while a wc mapping is held")
+            map_page("wb", False)
+            map_page("uc", False)
+        finally:
+            release(1, "h")
+        pat("write-combining", "after the wc mapping went (the type stays until an mmap asks for another)")
+        map_page("uc", True)
+        pat("uncached-minus", "after a uc mapping came and went")
+        map_page("wb", True)
+        pat("write-back", "after a wb mapping came and went")
+    s.test("scale: PAT: one cache type at a time: while a mapping is held, an mmap of another type fails "
+           "with EBUSY; after it goes, any type maps and BAR2's PAT entry follows", one_cache_type)
+
+    def revoked(cmd):
+        s.sh(2, "rm -f /tmp/go")
+        s.bg(2, f"{cmd}", "/tmp/rv.out")
+        s.wait_line(2, "/tmp/rv.out", "mapped", 60)
+        s.sh(2, f"echo {bdf} > {drv}/unbind; test ! -e /dev/ivshmem1 && test -e /dev/ivshmem0")
+        s.sh(2, "touch /tmp/go")
+        out = s.wait_line(2, "/tmp/rv.out", "exit=", 60)
+        check("ok ioctl-after-removal-enodev" in out and "ok mmap-after-removal-enodev" in out, out)
+        check("exit=135" in out and "FAIL" not in out, "the revoked mapping did not raise SIGBUS:\n" + out)
+        s.sh(2, f"echo {bdf} > {drv}/bind; for i in $(seq 50); do test -e /dev/ivshmem1 && break; sleep 0.1; done; "
+                "ivshmem info -d 1 | grep -q 'pci 0000:00:03.0'")
+
+    def revoke_all():
+        off = 3 * G + M64
+        s.sh(2, f"ivshmem fill -d 1 --seed 231 --offset {off} --len 65536")
+        revoked("ivshmem-check revoke /dev/ivshmem1 /tmp/go")
+        s.sh(2, f"ivshmem verify -d 1 --seed 231 --offset {off} --len 65536")
+        pat_at_probe(2)
+    s.test("scale: revoke: the whole 4 GiB mapped, unbind: ENODEV, SIGBUS; rebound: data intact, BAR2 "
+           "write-back again with nothing mapped", revoke_all)
+    for off, n, how, what in ((G, G, "untouched", "1 GiB at a 1 GiB-aligned address, nothing touched"),
+                              (2 * G, G, "touched", "1 GiB at a 1 GiB-aligned address, touched"),
+                              (2 * G + 3 * M2, M64, "untouched", "64 MiB at a 2 MiB-aligned address, nothing touched"),
+                              (2 * G + 3 * M2, M64, "touched", "64 MiB at a 2 MiB-aligned address, touched")):
+        page = "the touched page" if how == "touched" else "a never-touched page"
+        s.test(f"scale: revoke: {what}; after unbind {page} raises SIGBUS",
+               lambda off=off, n=n, how=how: revoked(f"ivshmem-check revoke-huge /dev/ivshmem1 /tmp/go {off} {n} {how}"))
+
+    def clean():
+        for g in (1, 2):
+            s.dmesg_clean(g)
+        s.no_leaks(2)
+    s.test("scale: dmesg clean in both guests, no leaks (kmemleak)", clean)
+
+    twenty_devices(s)
+
+
+def twenty_devices(s):
+    """One guest with 20 ivshmem-plain devices of 1 MiB: /dev/ivshmem0 .. /dev/ivshmem19, each
+    showing its own backing file; the lowest free number goes to a rebound device."""
+    count = 20
+    s.boot(1, " ".join(["1M"] * (count - 1)), size="1M")
+    files = [SHM] + [f"{SHM}.{k}" for k in range(1, count)]
+    drv = "/sys/bus/pci/drivers/ivshmem"
+
+    def slot(bdf):
+        """QEMU's k-th ivshmem device (backing file k) sits in PCI slot 2 + k."""
+        return int(bdf.split(":")[2].split(".")[0], 16) - 2
+
+    def nodes():
+        """Node number -> PCI address, from GET_INFO of every /dev/ivshmem*."""
+        _, out = s.sh(1, "for d in /dev/ivshmem*; do test -e $d && echo $d $(ivshmem info -d $d | sed -n 's/^pci //p'); done")
+        return {int(m.group(1)): m.group(2) for m in re.finditer(r"^/dev/ivshmem(\d+) (\S+)$", out, re.M)}
+
+    def expect(want):
+        """Waits until the nodes are `want` (number -> PCI address); returns them."""
+        deadline = time.monotonic() + 10
+        while True:
+            got = nodes()
+            if got == want:
+                return got
+            check(time.monotonic() < deadline, f"nodes {sorted(got.items())}, expected {sorted(want.items())}")
+            time.sleep(0.2)
+
+    def own_files(n):
+        cmd = " && ".join(f"ivshmem verify -d {node} --seed {300 + slot(b)}" for node, b in sorted(n.items()))
+        _, out = s.sh(1, cmd, timeout=600)
+        check(out.count("verified 1048576 bytes at offset 0 with pattern") == count, out)
+
+    in_order = {k: f"0000:00:{k + 2:02x}.0" for k in range(count)}
+
+    def probe():
+        s.leak_check_start(1)
+        for k, f in enumerate(files):
+            host_write(f, 0, lab.pattern(300 + k, 0, 1 << 20))
+        s.sh(1, "insmod /ivshmem.ko")
+        expect(in_order)
+        own_files(in_order)
+        # The check can fail: node 0 does not hold file 1's pattern.
+        status, out = s.sh(1, "ivshmem verify -d 0 --seed 301", ok=False)
+        check(status == 1 and "mismatch at offset 0:" in out, f"status {status}: {out}")
+    s.test(f"scale: {count} devices: /dev/ivshmem0 .. /dev/ivshmem{count - 1} in probe order, each maps "
+           "its own backing file", probe)
+
+    def rebind():
+        s.sh(1, f"echo {in_order[10]} > {drv}/unbind")
+        expect({k: b for k, b in in_order.items() if k != 10})
+        s.sh(1, f"echo {in_order[10]} > {drv}/bind")
+        expect(in_order)
+        # Two gone; the first rebound takes the lower number, whichever device it is.
+        s.sh(1, f"echo {in_order[5]} > {drv}/unbind; echo {in_order[12]} > {drv}/unbind")
+        s.sh(1, f"echo {in_order[12]} > {drv}/bind")
+        swapped = {k: b for k, b in in_order.items() if k != 12}
+        swapped[5] = in_order[12]
+        expect(swapped)
+        s.sh(1, f"echo {in_order[5]} > {drv}/bind")
+        swapped[12] = in_order[5]
+        own_files(expect(swapped))
+    s.test("scale: unbind/rebind a device in the middle: it gets its number back; two unbound: the lowest "
+           "free number goes to the first rebound; each node still maps its own file", rebind)
+
+    def reload():
+        s.sh(1, "rmmod ivshmem && ! ls /dev/ivshmem* 2>/dev/null && insmod /ivshmem.ko")
+        own_files(expect(in_order))
+        s.no_leaks(1)
+        s.dmesg_clean(1)
+    s.test(f"scale: rmmod/insmod brings all {count} back in probe order; no leaks, dmesg clean", reload)
 
 
 def doorbell_lab(s):
@@ -913,15 +1211,17 @@ def fuzz_lab(s):
     the module must unload with kmemleak and dmesg clean. IVSHMEM_FUZZ_SECONDS sets the length."""
     secs = int(os.environ.get("IVSHMEM_FUZZ_SECONDS", "60"))
     seeds = {1: 1001, 2: 2002}
-    s.boot(2, "4M", mode="doorbell")
+    # The 1 GiB device gives the fuzzer's huge-aligned mmaps 1 GiB entries to make and break.
+    s.boot(2, "4M 1G", mode="doorbell")
 
     def load():
         for g in (1, 2):
             s.leak_check_start(g)
             s.sh(g, "insmod /ivshmem.ko")
             _, out = s.sh(g, "ls /dev/ivshmem*")
-            check("/dev/ivshmem0" in out and "/dev/ivshmem1" in out, out)
-    s.test("fuzz: module loaded in both guests (doorbell + plain device), kmemleak tracking", load)
+            check(all(f"/dev/ivshmem{n}" in out for n in range(3)), out)
+    s.test("fuzz: module loaded in both guests (doorbell, 4 MiB and 1 GiB plain devices), kmemleak tracking",
+           load)
 
     def same_calls():
         # Same seed, no rebinding: every thread issues the same calls in the same order; runs
@@ -1117,7 +1417,7 @@ def run_flavour(s, flavour, phases):
 
 
 def main():
-    phases = [main_lab, high_lab, doorbell_lab, hugetlb_lab, channel_lab, fuzz_lab, install_lab]
+    phases = [main_lab, high_lab, scale_lab, doorbell_lab, hugetlb_lab, channel_lab, fuzz_lab, install_lab]
     args = sys.argv[1:]
     flavours = [os.environ.get("IVSHMEM_FLAVOUR", "release")]
     if args[:1] == ["--flavour"]:
@@ -1146,11 +1446,10 @@ def main():
             print(f"VM suite ({flavour} kernel) took {time.monotonic() - started:.0f} s", flush=True)
     finally:
         s.stop()
-        for suffix in ("", ".1"):
-            try:
-                os.unlink(SHM + suffix)
-            except OSError:
-                pass
+        try:
+            remove_backing(SHM)
+        except OSError:
+            pass
     skipped = f", {s.skipped} skipped" if s.skipped else ""
     print(f"{s.passed} passed, {len(s.failed)} failed{skipped}")
     return 1 if s.failed else 0

@@ -6,6 +6,11 @@ use std::time::{Duration, Instant};
 use ivshmem::args::{device_path, Args};
 use ivshmem::{pattern, sys, uapi, CacheType, Device, ToolError};
 
+#[path = "common/aligned.rs"]
+#[allow(dead_code)]
+mod aligned;
+use aligned::Aligned;
+
 extern "C" fn ignore(_: i32) {}
 
 /// Installs a do-nothing SIGUSR1 handler, so the signal interrupts a wait (EINTR).
@@ -19,9 +24,9 @@ const PROG: &str = "ivshmem";
 
 const HELP: &str = "\
 usage: ivshmem info   [-d DEVICE]
-       ivshmem fill   [-d DEVICE] --seed N [--offset O] [--len L] [--cache wb|wc|uc]
-       ivshmem verify [-d DEVICE] --seed N [--offset O] [--len L]
-       ivshmem touch  [-d DEVICE] [--offset O] [--len L] [--cache wb|wc|uc]
+       ivshmem fill   [-d DEVICE] --seed N [--offset O] [--len L] [--cache wb|wc|uc] [PLACE]
+       ivshmem verify [-d DEVICE] --seed N [--offset O] [--len L] [--cache wb|wc|uc] [PLACE]
+       ivshmem touch  [-d DEVICE] [--offset O] [--len L] [--cache wb|wc|uc] [PLACE]
        ivshmem ring   [-d DEVICE] --peer ID [--vector V]
        ivshmem wait   [-d DEVICE] [--vector V] [--timeout MS] [--catch-signal]
        ivshmem pattern --seed N [--offset O] --len L | --check
@@ -29,7 +34,8 @@ usage: ivshmem info   [-d DEVICE]
   info     size, PCI address, peer id, vectors, mode and cache type of the device
   fill     write pattern N over [O, O+L) (byte i of the region gets pattern(N, i))
   verify   check [O, O+L) holds pattern N; exit 1 at the first difference
-  touch    time mmap of [O, O+L) and a first read of each of its pages
+  touch    time mmap of [O, O+L) and a first read of each of its pages; print the
+           mapping's address and the process's page tables (VmPTE) before and after
   ring     interrupt vector V (default 0) of peer ID (doorbell devices)
   wait     wait for an interrupt on vector V; MS: -1 forever (default), 0 don't block;
            prints the count, or the errno (EAGAIN, ETIMEDOUT, EINTR, ENODEV) and exits 1;
@@ -40,7 +46,16 @@ usage: ivshmem info   [-d DEVICE]
 
   -d, --device DEVICE   /dev/ivshmemN path or index N (default /dev/ivshmem0)
       --offset O        start (default 0);  --len L  length (default: to the end)
-  -h, --help            this help";
+  -h, --help            this help
+
+  PLACE: which pages are mapped, and where (the driver maps with 2 MiB or 1 GiB entries
+  where the address is congruent to the offset modulo that size):
+      --map-offset MO --map-len ML   map [MO, MO+ML) (default: the pages of the range),
+                                     which must hold the range
+      --align A [--skew S]           map it at an address congruent to MO+S modulo A
+                                     (default: where the library maps, Device::map);
+                                     --skew 4K forbids huge entries
+  Errors of mmap name the errno first (EBUSY: ...).";
 
 struct Range {
     dev: Device,
@@ -66,12 +81,106 @@ fn open_range(args: &mut Args) -> Result<Range, ToolError> {
     Ok(Range { dev, offset, len })
 }
 
-/// Maps the pages covering the range; returns the mapping and the range's start in it.
-fn map(r: &Range) -> Result<(ivshmem::Mapping, usize), ToolError> {
-    let base = r.offset & !4095;
-    let len = (r.offset - base + r.len).div_ceil(4096) * 4096;
-    let m = r.dev.map(base, len as usize)?;
-    Ok((m, (r.offset - base) as usize))
+/// What to map for a range, and where (the PLACE options).
+#[derive(Debug, PartialEq)]
+struct Window {
+    offset: u64,
+    len: u64,
+    /// `Some((align, skew))`: the tool places the mapping; `None`: the library does.
+    place: Option<(usize, usize)>,
+}
+
+/// The PLACE options for the range `[start, start + n)`.
+fn window(args: &mut Args, start: u64, n: u64) -> Result<Window, ToolError> {
+    let offset = args.size(&["--map-offset"])?.unwrap_or(start & !4095);
+    let len = match args.size(&["--map-len"])? {
+        Some(l) => l,
+        None if offset <= start => (start - offset + n).div_ceil(4096) * 4096,
+        None => 0,
+    };
+    if offset > start || offset.saturating_add(len) < start + n {
+        return Err(ToolError::usage(format!(
+            "the mapping [{offset}, {}) does not hold the range [{start}, {})",
+            offset.saturating_add(len),
+            start + n
+        )));
+    }
+    let align = args.size(&["--align"])?;
+    let skew = args.size(&["--skew"])?;
+    let place = match (align, skew) {
+        (None, None) => None,
+        (a, s) => {
+            let align = a.map_or_else(|| aligned::natural_align(len as usize), |a| a as usize);
+            if !align.is_power_of_two() || align < 4096 {
+                return Err(ToolError::usage(format!(
+                    "--align {align}: a power of two of at least 4096"
+                )));
+            }
+            Some((align, s.unwrap_or(0) as usize))
+        }
+    };
+    Ok(Window { offset, len, place })
+}
+
+/// A mapping made by the library, or placed by the tool.
+enum Map {
+    Lib(ivshmem::Mapping),
+    Own(Aligned),
+}
+
+impl Map {
+    fn addr(&self) -> usize {
+        match self {
+            Map::Lib(m) => m.as_ptr() as usize,
+            Map::Own(m) => m.as_ptr() as usize,
+        }
+    }
+
+    fn read(&self, at: usize, buf: &mut [u8]) -> Result<(), ToolError> {
+        match self {
+            Map::Lib(m) => Ok(m.read(at, buf)?),
+            Map::Own(m) => Ok(m.read(at, buf)?),
+        }
+    }
+
+    fn write(&self, at: usize, data: &[u8]) -> Result<(), ToolError> {
+        match self {
+            Map::Lib(m) => Ok(m.write(at, data)?),
+            Map::Own(m) => Ok(m.write(at, data)?),
+        }
+    }
+
+    fn load_u32(&self, at: usize) -> Result<u32, ToolError> {
+        match self {
+            Map::Lib(m) => Ok(m.load_u32(at & !3)?),
+            Map::Own(m) => Ok(m.load_u32(at)?),
+        }
+    }
+}
+
+/// Maps window `w` of the range's device; returns the mapping and the range's start in it.
+/// A failed mmap names its errno first: `EBUSY: /dev/ivshmem1: mmap: ...`.
+fn map(r: &Range, w: &Window) -> Result<(Map, usize), ToolError> {
+    let at = (r.offset - w.offset) as usize;
+    let len = usize::try_from(w.len)
+        .map_err(|_| ToolError::Failed(format!("{} bytes do not fit in memory", w.len)))?;
+    let m = match w.place {
+        None => Map::Lib(r.dev.map(w.offset, len).map_err(ToolError::Errno)?),
+        Some((align, skew)) => {
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&r.dev);
+            let prot = sys::PROT_READ | sys::PROT_WRITE;
+            Map::Own(
+                Aligned::map(fd, w.offset, len, prot, align, skew).map_err(|e| {
+                    ToolError::Failed(format!(
+                        "{}: {}: mmap: {e}",
+                        aligned::errno_name(&e),
+                        r.dev.path()
+                    ))
+                })?,
+            )
+        }
+    };
+    Ok((m, at))
 }
 
 /// Writes bytes `[offset, offset + len)` of pattern `seed` to standard output.
@@ -146,11 +255,12 @@ fn run(cmd: &str, mut args: Args) -> Result<(), ToolError> {
                 .ok_or_else(|| ToolError::usage("--seed is required"))?;
             let cache = args.parsed::<CacheType>(&["--cache"])?;
             let r = open_range(&mut args)?;
+            let w = window(&mut args, r.offset, r.len)?;
             args.finish()?;
             if let Some(c) = cache {
                 r.dev.set_cache(c)?;
             }
-            let (m, at) = map(&r)?;
+            let (m, at) = map(&r, &w)?;
             let mut buf = vec![0u8; 1 << 20];
             let mut done = 0u64;
             while done < r.len {
@@ -196,22 +306,28 @@ fn run(cmd: &str, mut args: Args) -> Result<(), ToolError> {
         "touch" => {
             let cache = args.parsed::<CacheType>(&["--cache"])?;
             let r = open_range(&mut args)?;
+            let w = window(&mut args, r.offset, r.len)?;
             args.finish()?;
             if let Some(c) = cache {
                 r.dev.set_cache(c)?;
             }
+            let pte = || aligned::vm_pte_kb().map_err(|e| ToolError::sys("/proc/self/status", e));
+            let pte_before = pte()?;
             let t = Instant::now();
-            let (m, at) = map(&r)?;
+            let (m, at) = map(&r, &w)?;
             let mapped = t.elapsed();
             let t = Instant::now();
             let mut sum = 0u32;
             for page in (0..r.len as usize).step_by(4096) {
-                sum = sum.wrapping_add(m.load_u32((at + page) & !3)?);
+                sum = sum.wrapping_add(m.load_u32(at + page)?);
             }
             let touched = t.elapsed();
+            let pte_after = pte()?;
             println!(
-                "mmap of {} bytes: {:.3} ms; first read of {} pages: {:.3} ms (checksum {sum:#x})",
+                "mmap of {} bytes at {:#x}: {:.3} ms; first read of {} pages: {:.3} ms \
+                 (checksum {sum:#x}); VmPTE {pte_before} -> {pte_after} kB",
                 r.len,
+                m.addr() + at,
                 mapped.as_secs_f64() * 1e3,
                 r.len.div_ceil(4096),
                 touched.as_secs_f64() * 1e3
@@ -293,6 +409,43 @@ mod tests {
                     assert_eq!(e.exit_code(), 2);
                 }
                 other => panic!("{cmd} {a:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn windows_hold_the_range_and_place_where_asked() {
+        let w = |a: &[&str], start, n| window(&mut Args::new(a.iter().copied()), start, n);
+        // Default: the pages of the range, placed by the library.
+        assert_eq!(
+            w(&[], 4097, 8192).unwrap(),
+            Window {
+                offset: 4096,
+                len: 12288,
+                place: None
+            }
+        );
+        let g = 1u64 << 30;
+        let a = ["--map-offset", "0", "--map-len", "2G", "--align", "1G"];
+        assert_eq!(
+            w(&a, g - 4096, 8192).unwrap(),
+            Window {
+                offset: 0,
+                len: 2 * g,
+                place: Some((1 << 30, 0))
+            }
+        );
+        // A skew alone takes the library's alignment for the length.
+        let a = ["--map-offset", "0", "--map-len", "64M", "--skew", "4K"];
+        assert_eq!(w(&a, 0, 4096).unwrap().place, Some((2 << 20, 4096)));
+        for (a, text) in [
+            (&["--map-offset", "8192"][..], "does not hold the range"),
+            (&["--map-len", "4096"][..], "does not hold the range"),
+            (&["--align", "3000"][..], "a power of two"),
+        ] {
+            match w(a, 4096, 8192) {
+                Err(e @ ToolError::Usage(_)) => assert!(e.to_string().contains(text), "{a:?}: {e}"),
+                other => panic!("{a:?}: {other:?}"),
             }
         }
     }

@@ -5,6 +5,7 @@
 //! the device, says `mapped`, waits for FILE to exist (the test removes the device meanwhile),
 //! then checks that ioctl and mmap fail with ENODEV and touches the old mapping, which must
 //! kill it with SIGBUS. `ivshmem-check hold DEVICE CACHE FILE` only maps and waits.
+//! `ivshmem-check revoke-huge` does what `revoke` does on a mapping placed for huge entries.
 
 use std::ffi::c_void;
 use std::io;
@@ -17,11 +18,22 @@ use ivshmem::sys::errno::{
 };
 use ivshmem::{pattern, sys, uapi, CacheType, Device, ToolError};
 
+#[path = "common/aligned.rs"]
+#[allow(dead_code)]
+mod aligned;
+use aligned::Aligned;
+
 const PAGE: usize = 4096;
 
 const USAGE: &str = "\
 usage: ivshmem-check errors DEVICE            every bad input gets its errno
        ivshmem-check revoke DEVICE GO-FILE    map, wait for GO-FILE, expect ENODEV and SIGBUS
+       ivshmem-check revoke-huge DEVICE GO-FILE OFFSET LEN touched|untouched
+                                       as revoke, on [OFFSET, OFFSET+LEN) mapped at an address
+                                       congruent to OFFSET modulo 1 GiB (LEN >= 1 GiB) or
+                                       2 MiB; touched: its first page is written before the
+                                       removal and read after, untouched: nothing is accessed
+                                       before, the middle page after
        ivshmem-check hold DEVICE wb|wc|uc GO-FILE   map with a cache type until GO-FILE exists
        ivshmem-check eventfd DEVICE VECTOR MS   register an eventfd, poll it up to MS ms
        ivshmem-check counted DEVICE VECTOR GO-FILE   open, wait for GO-FILE, count interrupts
@@ -456,6 +468,18 @@ fn revoke(path: &str, go: &str) -> i32 {
             return 1;
         }
     };
+    if removed_enodev(&dev) > 0 {
+        return 1;
+    }
+    println!("touching");
+    // Must raise SIGBUS: the mapping was revoked.
+    let v = m.load_u32(0).unwrap_or(0);
+    println!("FAIL revoked-mapping-sigbus: read {v:#x} after removal");
+    1
+}
+
+/// After the removal: ioctl and mmap on the open file fail with ENODEV. Returns the failures.
+fn removed_enodev(dev: &Device) -> usize {
     let mut c = Checker { failed: 0 };
     let got = dev.size();
     c.check(
@@ -473,11 +497,48 @@ fn revoke(path: &str, go: &str) -> i32 {
             Ok(_) => Err(ToolError::Check("mmap succeeded".into())),
         },
     );
-    println!("touching");
-    // Must raise SIGBUS: the mapping was revoked.
-    let v = m.load_u32(0).unwrap_or(0);
-    println!("FAIL revoked-mapping-sigbus: read {v:#x} after removal");
-    1
+    c.failed
+}
+
+/// `revoke` on a mapping the driver can fill with huge entries: `[offset, offset + len)` at an
+/// address congruent to `offset` modulo 1 GiB or 2 MiB. A page never touched before the
+/// removal must fault into SIGBUS as much as one whose huge entry was in place.
+fn revoke_huge(path: &str, go: &str, offset: u64, len: usize, touched: bool) -> i32 {
+    let run = || -> Result<i32, ToolError> {
+        let dev = Device::open(path)?;
+        let align = aligned::natural_align(len);
+        let m = Aligned::map(dev.as_raw_fd(), offset, len, RW, align, 0)
+            .map_err(|e| ToolError::sys(format!("{path}: mmap"), e))?;
+        let at = if touched {
+            let v = m.load_u32(0)?;
+            m.store_u32(0, v)?;
+            0
+        } else {
+            len / 2
+        };
+        println!(
+            "mapped {len} bytes at {:#x} (offset {offset:#x}, aligned to {align:#x})",
+            m.as_ptr() as usize
+        );
+        if !wait_for_file(go) {
+            return Err(ToolError::Check(format!("timeout waiting for {go}")));
+        }
+        if removed_enodev(&dev) > 0 {
+            return Ok(1);
+        }
+        println!("touching offset {:#x}", offset + at as u64);
+        // SAFETY: the default action for SIGBUS (std's handler would call the fault a stack
+        // overflow); this process is single-threaded.
+        unsafe { sys::signal(sys::SIGBUS, sys::SIG_DFL) };
+        // Must raise SIGBUS: the mapping was revoked.
+        let v = m.load_u32(at)?;
+        println!("FAIL revoked-mapping-sigbus: read {v:#x} after removal");
+        Ok(1)
+    };
+    run().unwrap_or_else(|e| {
+        println!("FAIL revoke-huge: {e}");
+        1
+    })
 }
 
 /// Registers an eventfd for `vector`, checks a second file gets EBUSY for the same vector,
@@ -701,6 +762,22 @@ fn main() {
         ["errors", dev] => errors(dev),
         ["revoke", dev, go] => revoke(dev, go),
         ["race", dev, go] => race(dev, go),
+        ["revoke-huge", dev, go, offset, len, how] => {
+            let size = |v: &str| ivshmem::args::parse_size(v).ok();
+            match (
+                size(offset),
+                size(len).and_then(|l| usize::try_from(l).ok()),
+                how,
+            ) {
+                (Some(o), Some(l), "touched" | "untouched") => {
+                    revoke_huge(dev, go, o, l, how == "touched")
+                }
+                _ => {
+                    eprintln!("{USAGE}");
+                    2
+                }
+            }
+        }
         ["churn", dev, n] => match n.parse() {
             Ok(n) => churn(dev, n),
             Err(_) => 2,

@@ -21,6 +21,15 @@
 //!   terabytes above the arena are free), so no allocation of this process ever lands there.
 //!   Holes that `munmap` and failed mmaps leave in it are filled again at once with
 //!   `MAP_FIXED_NOREPLACE`, which never clobbers anything.
+//! - Huge entries: the driver maps with 2 MiB or 1 GiB entries where the address is congruent
+//!   to the file offset modulo that size, which the kernel does not arrange for a misc device.
+//!   So some mmaps go to an arena slot at such an address ([`Fixed::Congruent`] in a 16 MiB
+//!   slot, [`Fixed::Huge`] in a 2 GiB slot per thread), with offsets and lengths that are
+//!   often multiples of 2 MiB or 1 GiB; munmap, mprotect, madvise and touches then land inside
+//!   huge entries, and the fault handler's repair page splits one.
+//! - The device has one cache type at a time: an mmap after `SET_CACHE` to another type fails
+//!   with `EBUSY` while any mapping of the device exists. Threads switch types at random, so
+//!   that errno is expected and counted like the others.
 //! - Touching a mapping after the device went away raises SIGBUS (and one that another call
 //!   made `PROT_NONE` or zapped raises SIGSEGV). The handler only acts on addresses inside the
 //!   range the faulting thread is touching (its "touch window", always a mapping of its own):
@@ -70,12 +79,16 @@ const PAGE: usize = 4096;
 /// Shared table of open device files.
 const FD_SLOTS: usize = 4;
 const MAX_THREADS: usize = 16;
-/// `MAP_FIXED` targets per thread, each [`SLOT_LEN`] long.
+/// `MAP_FIXED` targets per thread, each [`SLOT_LEN`] long; then, 1 GiB into the thread's
+/// arena, one of [`HUGE_SLOT_LEN`] (slot number `SLOTS`), for 1 GiB entries.
 const SLOTS: usize = 4;
 const SLOT_LEN: usize = 16 << 20;
+const HUGE: usize = 1 << 30;
+const HUGE_2M: usize = 2 << 20;
+const HUGE_SLOT_LEN: usize = 2 * HUGE;
 /// Start of the threads' arenas: 64 GiB, see the module documentation.
 const ARENA_BASE: usize = 64 << 30;
-const ARENA_PER_THREAD: usize = SLOTS * SLOT_LEN;
+const ARENA_PER_THREAD: usize = HUGE + HUGE_SLOT_LEN;
 /// Per-thread memory the kernel may write into, followed by one guard page.
 const SCRATCH_LEN: usize = 4 * PAGE;
 /// Mappings a thread keeps (older ones are unmapped), and how many of them outside the arena.
@@ -300,6 +313,12 @@ enum Fixed {
     Slot(u8),
     /// `MAP_FIXED_NOREPLACE` over arena slot N (occupied: EEXIST).
     NoReplace(u8),
+    /// `MAP_FIXED` in arena slot N (cleared first) at an address congruent to the offset
+    /// modulo 2 MiB: where the driver may use 2 MiB entries.
+    Congruent(u8),
+    /// `MAP_FIXED` in the huge slot (cleared first) at an address congruent to the offset
+    /// modulo 1 GiB: where the driver may use 1 GiB entries.
+    Huge,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -456,14 +475,19 @@ fn gen_prot(r: &mut Rng) -> i32 {
 
 fn gen_len(r: &mut Rng, env: &GenEnv) -> u64 {
     let page = PAGE as u64;
+    let m2 = HUGE_2M as u64;
     match r.below(100) {
-        0..=39 => r.between(1, 4) * page,
-        40..=69 => r.between(1, 64) * page,
-        70..=75 => env.size(r),
-        76..=79 => r.between(65, 1024) * page,
-        80..=83 => 0,
-        84..=88 => env.size(r) + r.between(1, 16) * page,
-        89..=94 => r.below(64) * page + r.between(1, page - 1),
+        0..=33 => r.between(1, 4) * page,
+        34..=59 => r.between(1, 64) * page,
+        60..=65 => env.size(r),
+        66..=69 => r.between(65, 1024) * page,
+        70..=72 => 0,
+        73..=77 => env.size(r) + r.between(1, 16) * page,
+        78..=82 => r.below(64) * page + r.between(1, page - 1),
+        // Huge-sized: whole 2 MiB entries, a page more or less, 1 GiB.
+        83..=88 => r.between(1, 7) * m2,
+        89..=92 => r.between(1, 6) * m2 + r.between(0, 2) * page - page,
+        93..=95 => HUGE as u64,
         _ => 1 << r.between(32, 63),
     }
 }
@@ -472,12 +496,23 @@ fn gen_off(r: &mut Rng, env: &GenEnv) -> i64 {
     let page = PAGE as u64;
     let size = env.size(r);
     let off = match r.below(100) {
-        0..=39 => r.below(16) * page,
-        40..=64 => r.below(size / page) * page,
-        65..=74 => size.saturating_sub(r.between(1, 4) * page),
-        75..=84 => size + r.below(16) * page,
-        85..=89 => r.below(size / page) * page + r.between(1, page - 1),
-        90..=94 => (r.next() >> 1) & !(page - 1),
+        0..=33 => r.below(16) * page,
+        34..=54 => r.below(size / page) * page,
+        55..=62 => size.saturating_sub(r.between(1, 4) * page),
+        63..=70 => size + r.below(16) * page,
+        71..=74 => r.below(size / page) * page + r.between(1, page - 1),
+        75..=78 => (r.next() >> 1) & !(page - 1),
+        // Huge-aligned, or a page off: where 2 MiB and 1 GiB entries may (or just may not) go.
+        79..=87 => r.below(size.div_ceil(HUGE_2M as u64)) * HUGE_2M as u64,
+        88..=91 => r.below(size.div_ceil(HUGE as u64)) * HUGE as u64,
+        92..=95 => {
+            let at = r.below(size.div_ceil(HUGE_2M as u64)) * HUGE_2M as u64;
+            if r.chance(50) {
+                at + page
+            } else {
+                at.saturating_sub(page)
+            }
+        }
         _ => (r.between(1, 16) * page).wrapping_neg(),
     };
     off as i64
@@ -547,8 +582,10 @@ fn gen_op(r: &mut Rng, env: &GenEnv) -> Op {
             prot: gen_prot(r),
             flags: gen_flags(r),
             fixed: match r.below(100) {
-                0..=59 => Fixed::No,
-                60..=94 => Fixed::Slot(r.below(SLOTS as u64) as u8),
+                0..=49 => Fixed::No,
+                50..=74 => Fixed::Slot(r.below(SLOTS as u64) as u8),
+                75..=86 => Fixed::Congruent(r.below(SLOTS as u64) as u8),
+                87..=94 => Fixed::Huge,
                 _ => Fixed::NoReplace(r.below(SLOTS as u64) as u8),
             },
         },
@@ -810,7 +847,8 @@ struct Worker<'a> {
     sh: &'a Shared,
     scratch: usize,
     arena: usize,
-    poisoned: [bool; SLOTS],
+    /// Arena slots whose reservation could not be renewed (index `SLOTS`: the huge slot).
+    poisoned: [bool; SLOTS + 1],
     segs: Vec<Seg>,
     efds: Vec<c_int>,
     trace: Option<BufWriter<File>>,
@@ -862,7 +900,7 @@ impl<'a> Worker<'a> {
             sh,
             scratch,
             arena: ARENA_BASE + id * ARENA_PER_THREAD,
-            poisoned: [false; SLOTS],
+            poisoned: [false; SLOTS + 1],
             segs: Vec::new(),
             efds: Vec::new(),
             trace,
@@ -917,6 +955,15 @@ impl<'a> Worker<'a> {
 
     fn slot_addr(&self, k: u8) -> usize {
         self.arena + (k as usize % SLOTS) * SLOT_LEN
+    }
+
+    /// Address and length of slot `k`: `0..SLOTS` the small ones, `SLOTS` the huge one.
+    fn slot(&self, k: usize) -> (usize, usize) {
+        if k == SLOTS {
+            (self.arena + HUGE, HUGE_SLOT_LEN)
+        } else {
+            (self.arena + (k % SLOTS) * SLOT_LEN, SLOT_LEN)
+        }
     }
 
     fn in_arena(addr: usize, len: usize) -> bool {
@@ -1133,14 +1180,43 @@ impl<'a> Worker<'a> {
     fn mmap(&mut self, slot: u8, len: u64, off: i64, prot: i32, flags: i32, fixed: Fixed) {
         let fd = self.fd(slot);
         let fits = len > 0 && len <= SLOT_LEN as u64;
+        // Where in slot `k` an address congruent to the offset modulo `align` lies, if the
+        // mapping fits there.
+        let congruent = |k: usize, align: usize| {
+            let shift = off as u64 as usize & (align - 1);
+            let (_, slot_len) = self.slot(k);
+            (len > 0 && shift as u64 + len <= slot_len as u64).then_some(shift)
+        };
         let (addr, extra) = match fixed {
             Fixed::Slot(k) if fits && !self.poisoned[k as usize % SLOTS] => {
-                self.clear_slot(k);
+                self.clear_slot(k as usize % SLOTS);
                 (self.slot_addr(k), sys::MAP_FIXED)
             }
             Fixed::NoReplace(k) if fits && !self.poisoned[k as usize % SLOTS] => {
                 (self.slot_addr(k), sys::MAP_FIXED_NOREPLACE)
             }
+            Fixed::Congruent(k) if !self.poisoned[k as usize % SLOTS] => {
+                match congruent(k as usize % SLOTS, HUGE_2M) {
+                    Some(shift) => {
+                        self.clear_slot(k as usize % SLOTS);
+                        (self.slot_addr(k) + shift, sys::MAP_FIXED)
+                    }
+                    None => {
+                        self.make_room();
+                        (0, 0)
+                    }
+                }
+            }
+            Fixed::Huge if !self.poisoned[SLOTS] => match congruent(SLOTS, HUGE) {
+                Some(shift) => {
+                    self.clear_slot(SLOTS);
+                    (self.slot(SLOTS).0 + shift, sys::MAP_FIXED)
+                }
+                None => {
+                    self.make_room();
+                    (0, 0)
+                }
+            },
             _ => {
                 self.make_room();
                 (0, 0)
@@ -1290,7 +1366,7 @@ impl<'a> Worker<'a> {
                     return;
                 }
                 let n = n as usize;
-                self.clear_slot(k);
+                self.clear_slot(k as usize % SLOTS);
                 let flags = sys::MREMAP_MAYMOVE | sys::MREMAP_FIXED;
                 let p = remap(a, l, n, flags, dest);
                 self.note(p.is_none());
@@ -1498,23 +1574,24 @@ impl<'a> Worker<'a> {
         }
     }
 
-    /// Replaces arena slot `k` with a fresh reservation (unmapping what was there).
-    fn clear_slot(&mut self, k: u8) {
-        let a = self.slot_addr(k);
+    /// Replaces arena slot `k` (see [`Worker::slot`]) with a fresh reservation (unmapping
+    /// what was there).
+    fn clear_slot(&mut self, k: usize) {
+        let (a, len) = self.slot(k);
         // SAFETY: the slot is this thread's (see the module documentation).
         let p = unsafe {
             sys::mmap(
                 a as *mut c_void,
-                SLOT_LEN,
+                len,
                 sys::PROT_NONE,
                 sys::MAP_FIXED | sys::MAP_PRIVATE | sys::MAP_ANONYMOUS | sys::MAP_NORESERVE,
                 -1,
                 0,
             )
         };
-        forget(&mut self.segs, a, SLOT_LEN);
+        forget(&mut self.segs, a, len);
         if p == sys::MAP_FAILED {
-            self.poisoned[k as usize % SLOTS] = true;
+            self.poisoned[k] = true;
             self.sh.poisoned.fetch_add(1, Relaxed);
         }
     }
@@ -2111,6 +2188,50 @@ mod tests {
         assert!(all.iter().any(wait));
         let exec = |o: &Op| matches!(o, Op::Mmap { prot, .. } if prot & sys::PROT_EXEC != 0);
         assert!(all.iter().any(exec));
+    }
+
+    #[test]
+    fn huge_aligned_mappings_are_generated() {
+        let env = GenEnv {
+            sizes: vec![64 << 20, 4 << 20, 1 << 30],
+        };
+        let mut r = Rng::new(thread_seed(9, 0));
+        let maps: Vec<(u64, i64, Fixed)> = (0..50_000)
+            .filter_map(|_| match gen_op(&mut r, &env) {
+                Op::Mmap {
+                    len, off, fixed, ..
+                } => Some((len, off, fixed)),
+                _ => None,
+            })
+            .collect();
+        let gib = HUGE as u64;
+        let m2 = HUGE_2M as u64;
+        let count = |f: &dyn Fn(&(u64, i64, Fixed)) -> bool| maps.iter().filter(|m| f(m)).count();
+        // 1 GiB at a 1 GiB-aligned offset, in the huge slot: a 1 GiB entry.
+        let pud = count(&|&(len, off, fixed)| {
+            fixed == Fixed::Huge && len == gib && off >= 0 && (off as u64).is_multiple_of(gib)
+        });
+        // Whole 2 MiB entries at 2 MiB-aligned offsets, at a congruent address.
+        let pmd = count(&|&(len, off, fixed)| {
+            matches!(fixed, Fixed::Congruent(_))
+                && len >= m2
+                && len % m2 == 0
+                && off > 0
+                && (off as u64).is_multiple_of(m2)
+        });
+        // A page off, at a congruent address: huge entries inside, 4 KiB ones at the ends.
+        let ragged = count(&|&(len, off, fixed)| {
+            matches!(fixed, Fixed::Congruent(_) | Fixed::Huge)
+                && len > m2
+                && (len % m2 == PAGE as u64 || off as u64 % m2 == PAGE as u64)
+        });
+        assert!(pud > 0 && pmd > 5 && ragged > 5, "{pud} {pmd} {ragged}");
+    }
+
+    #[test]
+    fn congruent_slots_fit_in_the_arena() {
+        const { assert!(ARENA_BASE.is_multiple_of(HUGE) && ARENA_PER_THREAD.is_multiple_of(HUGE)) };
+        const { assert!(SLOTS * SLOT_LEN <= HUGE && SLOT_LEN.is_multiple_of(HUGE_2M)) };
     }
 
     #[test]
