@@ -48,7 +48,7 @@ usage: ivshmem info   [-d DEVICE]
       --offset O        start (default 0);  --len L  length (default: to the end)
   -h, --help            this help
 
-  PLACE: which pages are mapped, and where (the driver maps with 2 MiB or 1 GiB entries
+  PLACE: which pages are mapped, and where (the driver maps with 2 MiB entries
   where the address is congruent to the offset modulo that size):
       --map-offset MO --map-len ML   map [MO, MO+ML) (default: the pages of the range),
                                      which must hold the range

@@ -21,7 +21,7 @@
 //!   terabytes above the arena are free), so no allocation of this process ever lands there.
 //!   Holes that `munmap` and failed mmaps leave in it are filled again at once with
 //!   `MAP_FIXED_NOREPLACE`, which never clobbers anything.
-//! - Huge entries: the driver maps with 2 MiB or 1 GiB entries where the address is congruent
+//! - Huge entries: the driver maps with 2 MiB entries where the address is congruent
 //!   to the file offset modulo that size, which the kernel does not arrange for a misc device.
 //!   So some mmaps go to an arena slot at such an address ([`Fixed::Congruent`] in a 16 MiB
 //!   slot, [`Fixed::Huge`] in a 2 GiB slot per thread), with offsets and lengths that are
@@ -317,7 +317,7 @@ enum Fixed {
     /// modulo 2 MiB: where the driver may use 2 MiB entries.
     Congruent(u8),
     /// `MAP_FIXED` in the huge slot (cleared first) at an address congruent to the offset
-    /// modulo 1 GiB: where the driver may use 1 GiB entries.
+    /// modulo 1 GiB: where 1 GiB entries would go (the driver makes 2 MiB ones: README, mmap).
     Huge,
 }
 
@@ -2207,7 +2207,7 @@ mod tests {
         let gib = HUGE as u64;
         let m2 = HUGE_2M as u64;
         let count = |f: &dyn Fn(&(u64, i64, Fixed)) -> bool| maps.iter().filter(|m| f(m)).count();
-        // 1 GiB at a 1 GiB-aligned offset, in the huge slot: a 1 GiB entry.
+        // 1 GiB at a 1 GiB-aligned offset, in the huge slot: 512 2 MiB entries.
         let pud = count(&|&(len, off, fixed)| {
             fixed == Fixed::Huge && len == gib && off >= 0 && (off as u64).is_multiple_of(gib)
         });
