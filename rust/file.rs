@@ -28,6 +28,7 @@ use crate::{
     doorbell::Seen,
     file_mappings::FileMappings,
     shared::Shared,
+    slots::Slot,
     uapi,
     vma_pfn::CacheMode, //
 };
@@ -40,21 +41,28 @@ use crate::{
 ///
 /// Fields drop in declaration order: the node is deregistered first, which waits for every
 /// `open` in flight (`misc_open` runs under the lock `misc_deregister` takes), and only then is
-/// `shared` put.
+/// `shared` put and the number, whose name the registration points to, given back.
 #[pin_data]
 pub(crate) struct DeviceNode {
     #[pin]
     reg: MiscDeviceRegistration<IvshmemFile>,
     shared: Arc<Shared>,
+    slot: Slot,
 }
 
 impl DeviceNode {
-    /// Registers the node `name` for `shared`. The node can be opened as soon as it exists, so
-    /// `shared` is in place first.
-    pub(crate) fn new(shared: Arc<Shared>, name: &'static CStr) -> impl PinInit<Self, Error> {
+    /// Registers the node named after `slot` for `shared`. The node can be opened as soon as
+    /// it exists, so `shared` is in place first.
+    pub(crate) fn new(shared: Arc<Shared>, slot: Slot) -> impl PinInit<Self, Error> {
+        let name: *const CStr = slot.name();
+        // SAFETY: the name is a heap buffer owned by `slot`, which does not move it; `slot`
+        // becomes a field of the node and is dropped after `reg` (field order), so the name
+        // outlives the registration that keeps a pointer to it.
+        let name: &'static CStr = unsafe { &*name };
         // INVARIANT: the only place a registration of `IvshmemFile` is created.
         try_pin_init!(Self {
             shared,
+            slot,
             reg <- MiscDeviceRegistration::register(MiscDeviceOptions { name }),
         })
     }
@@ -133,7 +141,7 @@ impl MiscDevice for IvshmemFile {
         vma.try_clear_mayexec()?;
         this.shared.map(vma, this.cache_mode())?;
         // Fault injection for the VM suite (`make module-race`): widen the window between
-        // populating the VMA and the kernel linking it into the file's mapping, the window
+        // installing the VMA and the kernel linking it into the file's mapping, the window
         // `Shared::revoke` has to close.
         #[cfg(ivshmem_race_delay)]
         kernel::time::delay::fsleep(kernel::time::Delta::from_millis(50));

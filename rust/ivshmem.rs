@@ -43,6 +43,7 @@ use shared::{
     Shared, //
 };
 use slots::Slot;
+use vma_pfn::CacheMode;
 
 const NAME: &CStr = c"ivshmem";
 
@@ -66,7 +67,6 @@ struct IvshmemPci<'bound> {
     node: DeviceNode,
     shared: Arc<Shared>,
     _irqs: Option<Interrupts<'bound>>,
-    _slot: Slot,
 }
 
 kernel::pci_device_table!(
@@ -100,11 +100,14 @@ impl pci::Driver for IvshmemDriver {
             } else {
                 uapi::IVSHMEM_NO_PEER
             };
-            let shm = MemRegion::request(
+            let mut shm = MemRegion::request(
                 pdev.resource_start(SHM_BAR)?,
                 pdev.resource_len(SHM_BAR)?,
                 NAME,
             )?;
+            // User mappings are write-back unless a file asks otherwise (`IVSHMEM_SET_CACHE`).
+            shm.set_cache_mode(CacheMode::WriteBack)
+                .inspect_err(|e| dev_err!(pdev, "cannot record BAR2's cache type: {e:?}\n"))?;
             let slot = Slot::take()?;
             // Doorbell devices interrupt us through MSI-X; without it they work as plain ones.
             let vectors = if doorbell {
@@ -152,10 +155,9 @@ impl pci::Driver for IvshmemDriver {
             }
 
             Ok(try_pin_init!(IvshmemPci {
-                node <- DeviceNode::new(shared.clone(), slot.name()),
+                node <- DeviceNode::new(shared.clone(), slot),
                 shared,
                 _irqs: irqs,
-                _slot: slot,
             }))
         })
     }
@@ -166,8 +168,28 @@ impl pci::Driver for IvshmemDriver {
     }
 }
 
-kernel::module_pci_driver! {
-    type: IvshmemDriver,
+/// The module: the device numbers' lock, then the PCI driver.
+#[pin_data]
+struct IvshmemModule {
+    #[pin]
+    _driver: kernel::driver::Registration<pci::Adapter<IvshmemDriver>>,
+}
+
+impl kernel::InPlaceModule for IvshmemModule {
+    fn init(module: &'static kernel::ThisModule) -> impl PinInit<Self, Error> {
+        // SAFETY: module init runs once, before the driver is registered and can probe.
+        unsafe { slots::init() };
+        try_pin_init!(Self {
+            _driver <- kernel::driver::Registration::new(
+                <Self as kernel::ModuleMetadata>::NAME,
+                module,
+            ),
+        })
+    }
+}
+
+module! {
+    type: IvshmemModule,
     name: "ivshmem",
     authors: ["ivshmem-rs developers"],
     description: "QEMU ivshmem shared memory: /dev/ivshmemN with mmap and ioctls",

@@ -1,23 +1,55 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Claiming a physical memory range without mapping it into the kernel.
+//! Claiming a physical memory range, and the cache type x86 PAT records for it.
 //!
-//! `pci::Bar` requests *and* ioremaps a BAR. The shared-memory BAR of ivshmem can be many GiB
-//! and is only ever mapped to user space, so it is claimed with this instead: the same
-//! `request_mem_region()` that `pci_request_region()` performs for a memory BAR.
+//! `pci::Bar` requests *and* ioremaps a BAR with an uncached type. The shared-memory BAR of
+//! ivshmem can be many GiB and is mapped to user space at fault time, where the kernel gives
+//! each entry the type PAT has on record for the range (UC- when nothing is recorded). So the
+//! region is claimed with the same `request_mem_region()` that `pci_request_region()` performs
+//! for a memory BAR, and its type is recorded with a kernel mapping of the chosen type that the
+//! driver never touches: with huge vmap (1 GiB or 2 MiB entries) it costs address space only.
 
 use kernel::{
     bindings,
     prelude::*, //
 };
 
-/// A busy region of `iomem_resource`, named after its owner in `/proc/iomem`.
+use core::ptr::NonNull;
+
+use crate::vma_pfn::CacheMode;
+
+/// A kernel mapping of a whole [`MemRegion`], kept only so that PAT records its cache type.
+///
+/// # Invariants
+///
+/// `addr` was returned by the `ioremap*()` function of `mode` for the region that owns this
+/// value, and is unmapped exactly once, when the value is dropped.
+struct CacheReservation {
+    addr: NonNull<c_void>,
+    mode: CacheMode,
+}
+
+// SAFETY: the mapping is an address only; `iounmap()` may run on any thread.
+unsafe impl Send for CacheReservation {}
+// SAFETY: nothing is done through a shared reference.
+unsafe impl Sync for CacheReservation {}
+
+impl Drop for CacheReservation {
+    fn drop(&mut self) {
+        // SAFETY: by the type invariant `addr` came from `ioremap*()` and is unmapped only here.
+        unsafe { bindings::iounmap(self.addr.as_ptr()) };
+    }
+}
+
+/// A busy region of `iomem_resource`, named after its owner in `/proc/iomem`, and the cache
+/// type PAT records for it.
 ///
 /// # Invariants
 ///
 /// `[start, start + len)` was claimed with `request_mem_region()` by [`MemRegion::request`] and
-/// is released exactly once, when the value is dropped.
+/// is released exactly once, when the value is dropped, after `cache` is unmapped.
 pub(crate) struct MemRegion {
+    cache: Option<CacheReservation>,
     start: u64,
     len: u64,
 }
@@ -35,7 +67,11 @@ impl MemRegion {
             return Err(EBUSY);
         }
         // INVARIANT: the region was just claimed.
-        Ok(Self { start, len })
+        Ok(Self {
+            cache: None,
+            start,
+            len,
+        })
     }
 
     /// First physical address of the region.
@@ -47,10 +83,40 @@ impl MemRegion {
     pub(crate) fn len(&self) -> u64 {
         self.len
     }
+
+    /// The cache type PAT has on record for the region, if any.
+    pub(crate) fn cache_mode(&self) -> Option<CacheMode> {
+        self.cache.as_ref().map(|c| c.mode)
+    }
+
+    /// Records `mode` as the region's cache type, replacing the previous record. Entries mapped
+    /// from now on get `mode`; entries mapped before keep theirs, so the caller switches only
+    /// when nothing is mapped. On failure (`ENOMEM`: no address space) nothing is on record.
+    pub(crate) fn set_cache_mode(&mut self, mode: CacheMode) -> Result {
+        // PAT refuses two records of different types for one range: the old one goes first.
+        self.cache = None;
+        let size = usize::try_from(self.len).map_err(|_| EINVAL)?;
+        let addr = match mode {
+            // SAFETY: the range is claimed by `self` (type invariant); the mapping is only
+            // ever unmapped, never accessed.
+            CacheMode::WriteBack => unsafe { bindings::ioremap_cache(self.start, size) },
+            // SAFETY: as above.
+            CacheMode::WriteCombining => unsafe { bindings::ioremap_wc(self.start, size) },
+            // SAFETY: as above; `ioremap()` maps uncached-minus, the type of a sysfs
+            // `resource` file.
+            CacheMode::Uncached => unsafe { bindings::ioremap(self.start, size) },
+        };
+        let addr = NonNull::new(addr).ok_or(ENOMEM)?;
+        // INVARIANT: `addr` was just returned by the `ioremap*()` function of `mode`.
+        self.cache = Some(CacheReservation { addr, mode });
+        Ok(())
+    }
 }
 
 impl Drop for MemRegion {
     fn drop(&mut self) {
+        // The kernel mapping goes before the range is given back.
+        self.cache = None;
         // SAFETY: by the type invariant the range was claimed by `request` and not yet released.
         unsafe { bindings::release_mem_region(self.start, self.len) };
     }

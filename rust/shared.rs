@@ -28,7 +28,10 @@
 
 use kernel::{
     mm::{
-        virt::VmaNew,
+        virt::{
+            VmaNew,
+            VmaRef, //
+        },
         Mm, //
     },
     prelude::*,
@@ -51,7 +54,8 @@ use crate::{
     vma_pfn::{
         self,
         vma_pgoff,
-        CacheMode, //
+        CacheMode,
+        PfnSource, //
     },
 };
 
@@ -79,9 +83,23 @@ struct State {
     /// The shared memory (BAR2) while the device is bound; `None` once it is gone.
     region: Option<MemRegion>,
     files: KVec<OpenFile>,
-    /// Address spaces that mapped the device and have not exited (no duplicates). `revoke`
-    /// needs them to wait for an mmap in flight; see there.
+    /// Address spaces that hold a VMA of the device and have not exited (no duplicates).
+    /// `revoke` needs them to wait for an mmap or a fork in flight; see there.
     mms: KVec<ARef<Mm>>,
+    /// VMAs of the device, in any process. While there are any, the region's cache type
+    /// stays: each was installed with it.
+    vmas: usize,
+}
+
+impl State {
+    /// Records that `mm` holds a VMA of the device.
+    fn remember_mm(&mut self, mm: &Mm) -> Result {
+        if !self.mms.iter().any(|m| core::ptr::eq(&**m, mm)) {
+            forget_exited(&mut self.mms);
+            self.mms.push(ARef::from(mm), GFP_KERNEL)?;
+        }
+        Ok(())
+    }
 }
 
 /// Forgets the address spaces in `mms` that have exited. An exited address space has no mmap in
@@ -119,6 +137,7 @@ impl Shared {
                     region: Some(region),
                     files: KVec::new(),
                     mms: KVec::new(),
+                    vmas: 0,
                 }),
             }),
             GFP_KERNEL,
@@ -162,8 +181,10 @@ impl Shared {
     }
 
     /// Maps BAR2 into `vma` with `mode`, or fails with `ENODEV` if the device is gone,
-    /// `ENXIO` if the offset lies beyond BAR2 and `EINVAL` if the length does not fit.
-    pub(crate) fn map(&self, vma: &VmaNew, mode: CacheMode) -> Result {
+    /// `ENXIO` if the offset lies beyond BAR2, `EINVAL` if the length does not fit and `EBUSY`
+    /// if the device is mapped with another cache type right now (PAT keeps one type per
+    /// physical range, so the device has one at a time). Entries are inserted at fault time.
+    pub(crate) fn map(self: &Arc<Self>, vma: &VmaNew, mode: CacheMode) -> Result {
         let size = self.desc.size;
         let offset = (vma_pgoff(vma) as u64)
             .checked_mul(kernel::page::PAGE_SIZE as u64)
@@ -177,15 +198,20 @@ impl Shared {
         }
 
         let mut guard = self.state.lock();
-        let State { region, mms, .. } = &mut *guard;
-        let region = region.as_ref().ok_or(ENODEV)?;
-        let mm = vma.mm();
-        if !mms.iter().any(|m| core::ptr::eq(&**m, &**mm)) {
-            forget_exited(mms);
-            mms.push(ARef::from(&**mm), GFP_KERNEL)?;
+        let state = &mut *guard;
+        let region = state.region.as_mut().ok_or(ENODEV)?;
+        if region.cache_mode() != Some(mode) {
+            if state.vmas > 0 {
+                return Err(EBUSY);
+            }
+            region.set_cache_mode(mode)?;
         }
-        // Mapping under the lock: `revoke` cannot slip in between the check and the mapping.
-        vma_pfn::map_region(vma, region, mode)
+        state.remember_mm(vma.mm())?;
+        // Under the lock: `revoke` cannot slip in between the checks and the installation.
+        vma_pfn::install(vma, self.clone(), mode)?;
+        // INVARIANT: the VMA is installed with the region's cache type.
+        state.vmas += 1;
+        Ok(())
     }
 
     /// Marks the device gone, wakes doorbell waiters (`ENODEV`), takes down every user mapping
@@ -197,10 +223,13 @@ impl Shared {
             (state.region.take(), core::mem::take(&mut state.mms))
         };
         self.doorbell.revoke();
-        // An mmap that passed the region check has populated its VMA, but the VMA is linked
-        // into the file's mapping only after our `mmap` returns, under the mm's mmap lock held
-        // for writing. Taking each mm's lock once waits for such an mmap to finish, so the zap
-        // below sees its VMA. Our own lock is not held here: mmap takes it under the mm lock.
+        // Faults insert entries only while the region is there (`with_region`), so after the
+        // zap below no new entry appears. What the zap cannot see is a VMA not yet linked into
+        // the file's mapping: a fork copies the parent's entries into the child's VMA after
+        // linking it, under both mms' mmap locks held for writing, and an mmap links its VMA
+        // after our `mmap` returns, under the same lock. Taking each mm's lock once waits for
+        // those to finish, so the zap sees every entry. Our own lock is not held here: mmap
+        // and the VMA callbacks take it under an mm's lock.
         for mm in mms.iter() {
             if let Some(mm) = mm.mmget_not_zero() {
                 drop(mm.mmap_read_lock());
@@ -240,5 +269,32 @@ impl Shared {
             pci_name: self.desc.pci_name,
             reserved: [0; 3],
         }
+    }
+}
+
+impl PfnSource for Shared {
+    fn with_region<R>(&self, insert: impl FnOnce(&MemRegion) -> R) -> Option<R> {
+        // Inserting under the lock: `revoke` takes the region under it, then zaps.
+        let state = self.state.lock();
+        let region = state.region.as_ref()?;
+        // Every VMA was installed with the region's type, which stays while VMAs exist, so a
+        // VMA being faulted implies a type on record (checked anyway: never insert with UC-
+        // by default).
+        region.cache_mode()?;
+        Some(insert(region))
+    }
+
+    fn vma_opened(&self, vma: &VmaRef) {
+        let mut state = self.state.lock();
+        state.vmas += 1;
+        // A child of a fork is recorded so that `revoke` waits for its own forks. Should the
+        // allocation fail, only that wait is lost; the mapping itself still works and is
+        // revoked like any other.
+        let _ = state.remember_mm(vma.mm());
+    }
+
+    fn vma_closed(&self) {
+        let mut state = self.state.lock();
+        state.vmas = state.vmas.saturating_sub(1);
     }
 }

@@ -1,81 +1,80 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! Device numbering: `/dev/ivshmemN` takes the lowest free N and frees it on removal.
+//!
+//! There is no fixed limit: the pool of numbers grows as devices come.
 
 use kernel::{
+    id_pool::IdPool,
     prelude::*,
-    sync::atomic::{
-        ordering::Full,
-        Atomic, //
-    },
+    str::CString, //
 };
 
-/// How many ivshmem devices one guest can have.
-pub(crate) const MAX_DEVICES: usize = 16;
+kernel::sync::global_lock! {
+    // SAFETY: initialised by `init`, which the module calls before registering the driver.
+    unsafe(uninit) static NUMBERS: Mutex<Option<IdPool>> = None;
+}
 
-/// Misc device names need `'static` strings: one per slot.
-static NAMES: [&CStr; MAX_DEVICES] = [
-    c"ivshmem0",
-    c"ivshmem1",
-    c"ivshmem2",
-    c"ivshmem3",
-    c"ivshmem4",
-    c"ivshmem5",
-    c"ivshmem6",
-    c"ivshmem7",
-    c"ivshmem8",
-    c"ivshmem9",
-    c"ivshmem10",
-    c"ivshmem11",
-    c"ivshmem12",
-    c"ivshmem13",
-    c"ivshmem14",
-    c"ivshmem15",
-];
+/// Prepares the pool's lock.
+///
+/// # Safety
+///
+/// Called exactly once, before any [`Slot::take`].
+pub(crate) unsafe fn init() {
+    // SAFETY: the caller calls this once, before any other use of `NUMBERS`.
+    unsafe { NUMBERS.init() };
+}
 
-/// Bit N set: `/dev/ivshmemN` is taken.
-static TAKEN: Atomic<u32> = Atomic::new(0);
-
-/// A taken device number.
+/// A taken device number and the device's node name.
 ///
 /// # Invariants
 ///
-/// Bit `self.0` of `TAKEN` is set by this value and cleared when it is dropped.
-pub(crate) struct Slot(usize);
+/// `index` is acquired in `NUMBERS` by this value and released when it is dropped.
+pub(crate) struct Slot {
+    index: usize,
+    name: CString,
+}
 
 impl Slot {
-    /// Takes the lowest free number, or fails with `ENOSPC`.
+    /// Takes the lowest free number; fails with `ENOMEM` only.
     pub(crate) fn take() -> Result<Self> {
-        let mut cur = TAKEN.load(kernel::sync::atomic::ordering::Relaxed);
-        loop {
-            let index = cur.trailing_ones() as usize;
-            if index >= MAX_DEVICES {
-                return Err(ENOSPC);
+        let mut guard = NUMBERS.lock();
+        if guard.is_none() {
+            *guard = Some(IdPool::new());
+        }
+        let pool = guard.as_mut().ok_or(ENOMEM)?;
+        let index = loop {
+            if let Some(id) = pool.find_unused_id(0) {
+                break id.acquire();
             }
-            match TAKEN.cmpxchg(cur, cur | (1 << index), Full) {
-                // INVARIANT: we set the bit.
-                Ok(_) => return Ok(Self(index)),
-                Err(now) => cur = now,
+            let resizer = pool.grow_request().ok_or(ENOSPC)?.realloc(GFP_KERNEL)?;
+            pool.grow(resizer);
+        };
+        match CString::try_from_fmt(fmt!("ivshmem{index}")) {
+            // INVARIANT: `index` was just acquired.
+            Ok(name) => Ok(Self { index, name }),
+            Err(e) => {
+                pool.release_id(index);
+                Err(e)
             }
         }
     }
 
     /// The number N.
     pub(crate) fn index(&self) -> usize {
-        self.0
+        self.index
     }
 
     /// `ivshmemN`.
-    pub(crate) fn name(&self) -> &'static CStr {
-        NAMES[self.0]
+    pub(crate) fn name(&self) -> &CStr {
+        &self.name
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut cur = TAKEN.load(kernel::sync::atomic::ordering::Relaxed);
-        while let Err(now) = TAKEN.cmpxchg(cur, cur & !(1 << self.0), Full) {
-            cur = now;
+        if let Some(pool) = NUMBERS.lock().as_mut() {
+            pool.release_id(self.index);
         }
     }
 }
