@@ -688,6 +688,25 @@ def scale_lab(s):
         s.test(f"scale: revoke: {what}; after unbind {page} raises SIGBUS",
                lambda off=off, n=n, how=how: revoked(f"ivshmem-check revoke-huge /dev/ivshmem1 /tmp/go {off} {n} {how}"))
 
+    def split(off, n):
+        def run():
+            # ivshmem-check's split_pages(): probe pages, the unmapped one, the read-only one.
+            ro = n // 4 + 8192
+            probes = [0, n // 8 + (1 << 20), ro, n // 2, n // 2 + 8192, n - 4096]
+            # In the background: a kernel that fails here may leave the process hanging, and
+            # the guest must still answer (dmesg shows why).
+            s.bg(1, f"ivshmem-check split /dev/ivshmem1 {off} {n}", "/tmp/split.out")
+            out = s.wait_line(1, "/tmp/split.out", "exit=", 120)
+            check("exit=0" in out and "FAIL" not in out and out.count("ok ") >= 20, out)
+            for p in probes:
+                seed = 241 if p == ro else 242
+                check(host_read(big, off + p, 4096) == lab.pattern(seed, off + p, 4096),
+                      f"host: page {p:#x} of the mapping does not hold pattern {seed}")
+        return run
+    for what, off, n in (("2 MiB", 2 * G + 3 * M2, M64), ("1 GiB", G, G)):
+        s.test(f"scale: munmap and mprotect of single pages inside {what} entries (and MADV_DONTNEED: "
+               "EINVAL): the rest keeps its bytes, the hole and the read-only page fault", split(off, n))
+
     def clean():
         for g in (1, 2):
             s.dmesg_clean(g)
@@ -1250,6 +1269,9 @@ def fuzz_lab(s):
                           r"ERRORS by errno: .*$", out, re.M)
             if m:
                 print(f"  measured: guest {g}: " + m.group(0), flush=True)
+            d = re.search(r"^fuzz: details: .*?; (repaired faults: .*)$", out, re.M)
+            if d:
+                print(f"  measured: guest {g}: " + d.group(1), flush=True)
             check(m and "exit=0" in out, out[-4000:])
             check(int(m.group(1)) > 0 and int(m.group(2)) > 0, "no calls or no rebinds:\n" + m.group(0))
         return run
