@@ -593,10 +593,10 @@ fn gen_op(r: &mut Rng, env: &GenEnv) -> Op {
         },
         34..=47 => {
             let fixed = match r.below(100) {
-                0..=49 => Fixed::No,
-                50..=74 => Fixed::Slot(r.below(SLOTS as u64) as u8),
-                75..=86 => Fixed::Congruent(r.below(SLOTS as u64) as u8),
-                87..=94 => Fixed::Huge,
+                0..=39 => Fixed::No,
+                40..=59 => Fixed::Slot(r.below(SLOTS as u64) as u8),
+                60..=79 => Fixed::Congruent(r.below(SLOTS as u64) as u8),
+                80..=94 => Fixed::Huge,
                 _ => Fixed::NoReplace(r.below(SLOTS as u64) as u8),
             };
             // Placed for huge entries: mostly sizes and offsets that let the driver use them.
