@@ -706,8 +706,8 @@ def scale_lab(s):
         return run
     # The 1 GiB case is what oopsed 7.3.4 while the driver made 1 GiB entries (README, mmap).
     for what, off, n in (("a 64 MiB 2 MiB-aligned", 2 * G + 3 * M2, M64), ("a 1 GiB 1 GiB-aligned", G, G)):
-        s.test(f"scale: munmap, mprotect and madvise of single pages inside {what} mapping: the rest keeps "
-               "its bytes, the hole and the read-only page fault", split(off, n))
+        s.test(f"scale: munmap and mprotect of single pages inside {what} mapping (and MADV_DONTNEED: "
+               "EINVAL): the rest keeps its bytes, the hole and the read-only page fault", split(off, n))
 
     def clean():
         for g in (1, 2):

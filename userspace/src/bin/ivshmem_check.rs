@@ -34,6 +34,13 @@ usage: ivshmem-check errors DEVICE            every bad input gets its errno
                                        2 MiB; touched: its first page is written before the
                                        removal and read after, untouched: nothing is accessed
                                        before, the middle page after
+       ivshmem-check split DEVICE OFFSET LEN   map [OFFSET, OFFSET+LEN) placed for huge entries,
+                                       fill probe pages with pattern 241, fault the entries in,
+                                       then munmap, mprotect and madvise (EINVAL: VM_PFNMAP)
+                                       pages inside them: the
+                                       probe pages keep their bytes, take pattern 242 (the
+                                       read-only one excepted), the hole and the read-only page
+                                       fault (SIGSEGV)
        ivshmem-check hold DEVICE wb|wc|uc GO-FILE   map with a cache type until GO-FILE exists
        ivshmem-check eventfd DEVICE VECTOR MS   register an eventfd, poll it up to MS ms
        ivshmem-check counted DEVICE VECTOR GO-FILE   open, wait for GO-FILE, count interrupts
@@ -541,6 +548,139 @@ fn revoke_huge(path: &str, go: &str, offset: u64, len: usize, touched: bool) -> 
     })
 }
 
+/// Offsets (in the mapping) of `split`'s probe pages, of the page it unmaps, and of the page
+/// it makes read-only.
+fn split_pages(len: usize) -> (Vec<usize>, usize, usize) {
+    let ro = len / 4 + 2 * PAGE;
+    let probes = vec![
+        0,
+        len / 8 + (1 << 20),
+        ro,
+        len / 2,
+        len / 2 + 2 * PAGE,
+        len - PAGE,
+    ];
+    (probes, len / 2 + PAGE, ro)
+}
+
+/// Whether a child that reads (or, with `write`, writes) the word at `addr` dies of SIGSEGV.
+fn child_segfaults(addr: *mut u8, write: bool) -> bool {
+    // SAFETY: this process is single-threaded; the child does one access and `_exit`s.
+    let pid = unsafe { sys::fork() };
+    if pid == 0 {
+        // SAFETY: the default action for SIGSEGV (std's handler would report a stack
+        // overflow), in the single-threaded child.
+        unsafe { sys::signal(sys::SIGSEGV, sys::SIG_DFL) };
+        if write {
+            // SAFETY: a page of the parent's mapping that must fault: that is the test. Had
+            // it been writable, the word written is the child's to change.
+            unsafe { std::ptr::write_volatile(addr.cast::<u32>(), 1) };
+        } else {
+            // SAFETY: as above, a read.
+            unsafe { std::ptr::read_volatile(addr.cast::<u32>()) };
+        }
+        // SAFETY: leave the child without running the parent's destructors.
+        unsafe { sys::_exit(0) }
+    }
+    let mut status = 0;
+    // SAFETY: waits for the child just forked.
+    pid > 0 && unsafe { sys::waitpid(pid, &mut status, 0) } == pid && status & 0x7f == sys::SIGSEGV
+}
+
+/// Cuts into huge entries: munmap, mprotect and madvise of single pages inside a mapping the
+/// driver fills with 1 GiB or 2 MiB entries (the kernel must split or zap them), then checks
+/// that everything else still shows the right bytes. The host checks the pattern-242 pages.
+fn split(path: &str, offset: u64, len: usize) -> i32 {
+    let mut c = Checker { failed: 0 };
+    let dev = match Device::open(path) {
+        Ok(d) => d,
+        Err(e) => {
+            println!("FAIL open: {e}");
+            return 1;
+        }
+    };
+    let align = aligned::natural_align(len);
+    let m = match Aligned::map(dev.as_raw_fd(), offset, len, RW, align, 0) {
+        Ok(m) => m,
+        Err(e) => {
+            println!("FAIL mmap: {}: {e}", aligned::errno_name(&e));
+            return 1;
+        }
+    };
+    let (probes, hole, ro) = split_pages(len);
+    let mut buf = vec![0u8; PAGE];
+    for &p in &probes {
+        pattern::fill(241, offset + p as u64, &mut buf);
+        c.check("fill", m.write(p, &buf));
+    }
+    let base = m.as_ptr() as usize;
+    let at = |k: usize| (base + k) as *mut std::ffi::c_void;
+    // SAFETY: a page inside our own mapping, which holds no Rust object; `Aligned` unmaps its
+    // whole range on drop, the hole included, and no access of ours goes there.
+    let unmapped = unsafe { sys::munmap(at(hole), PAGE) } == 0;
+    c.check("munmap-one-page", ok_or_errno("munmap", unmapped));
+    // SAFETY: as above; the page is only read afterwards (and written by a child, which dies).
+    let protected = unsafe { sys::mprotect(at(ro), PAGE, sys::PROT_READ) } == 0;
+    c.check("mprotect-one-page", ok_or_errno("mprotect", protected));
+    // SAFETY: as above; had it succeeded, device memory keeps its bytes and the entries are
+    // faulted in again.
+    let dropped = unsafe { sys::madvise(at(len / 8), 3 << 20, sys::MADV_DONTNEED) } == 0;
+    // The kernel refuses to drop entries of a VM_PFNMAP mapping (madvise.c), huge or not.
+    c.check(
+        "madvise-dontneed-einval",
+        expect_errno("MADV_DONTNEED", !dropped, EINVAL),
+    );
+    for &p in &probes {
+        let mut back = vec![0u8; PAGE];
+        c.check(
+            &format!("page-{p:#x}-kept"),
+            m.read(p, &mut back)
+                .map_err(ToolError::from)
+                .and_then(
+                    |()| match pattern::first_mismatch(241, offset + p as u64, &back) {
+                        None => Ok(()),
+                        Some(k) => Err(ToolError::Check(format!("byte {k} differs"))),
+                    },
+                ),
+        );
+        if p != ro {
+            pattern::fill(242, offset + p as u64, &mut buf);
+            c.check(&format!("page-{p:#x}-written"), m.write(p, &buf));
+        }
+    }
+    c.check(
+        "hole-segfaults",
+        ok_or_check(
+            child_segfaults(at(hole).cast(), false),
+            "reading the unmapped page",
+        ),
+    );
+    c.check(
+        "read-only-write-segfaults",
+        ok_or_check(
+            child_segfaults(at(ro).cast(), true),
+            "writing the read-only page",
+        ),
+    );
+    c.failed as i32
+}
+
+fn ok_or_errno(what: &str, ok: bool) -> Result<(), ToolError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(ToolError::Check(format!("{what}: errno {}", errno())))
+    }
+}
+
+fn ok_or_check(ok: bool, what: &str) -> Result<(), ToolError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(ToolError::Check(format!("{what} did not raise SIGSEGV")))
+    }
+}
+
 /// Registers an eventfd for `vector`, checks a second file gets EBUSY for the same vector,
 /// then polls the eventfd like an epoll user would and prints what it read.
 fn eventfd_poll(path: &str, vector: u32, ms: i32) -> i32 {
@@ -762,6 +902,19 @@ fn main() {
         ["errors", dev] => errors(dev),
         ["revoke", dev, go] => revoke(dev, go),
         ["race", dev, go] => race(dev, go),
+        ["split", dev, offset, len] => {
+            let size = |v: &str| ivshmem::args::parse_size(v).ok();
+            match (
+                size(offset),
+                size(len).and_then(|l| usize::try_from(l).ok()),
+            ) {
+                (Some(o), Some(l)) if l >= 1 << 21 && l.is_multiple_of(PAGE) => split(dev, o, l),
+                _ => {
+                    eprintln!("{USAGE}");
+                    2
+                }
+            }
+        }
         ["revoke-huge", dev, go, offset, len, how] => {
             let size = |v: &str| ivshmem::args::parse_size(v).ok();
             match (

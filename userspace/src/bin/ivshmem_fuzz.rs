@@ -518,6 +518,22 @@ fn gen_off(r: &mut Rng, env: &GenEnv) -> i64 {
     off as i64
 }
 
+/// Length and offset for a mapping with entries of `size`: whole ones, or a page more or less
+/// at either end.
+fn gen_huge(r: &mut Rng, env: &GenEnv, size: usize) -> (u64, i64) {
+    let (page, size) = (PAGE as u64, size as u64);
+    let entries = env.size(r).div_ceil(size);
+    let off = r.below(entries) * size;
+    let len = r.between(1, entries.min(7)) * size;
+    match r.below(10) {
+        0..=5 => (len, off as i64),
+        6 => (len + page, off as i64),
+        7 => (len - page, off as i64),
+        8 => (len - page, (off + page) as i64),
+        _ => (len, off.saturating_sub(page) as i64),
+    }
+}
+
 fn gen_flags(r: &mut Rng) -> i32 {
     let mut flags = match r.below(100) {
         0..=64 => sys::MAP_SHARED,
@@ -575,20 +591,29 @@ fn gen_op(r: &mut Rng, env: &GenEnv) -> Op {
             cmd: gen_cmd(r),
             ptr: gen_ptr(r),
         },
-        34..=47 => Op::Mmap {
-            slot,
-            len: gen_len(r, env),
-            off: gen_off(r, env),
-            prot: gen_prot(r),
-            flags: gen_flags(r),
-            fixed: match r.below(100) {
-                0..=49 => Fixed::No,
-                50..=74 => Fixed::Slot(r.below(SLOTS as u64) as u8),
-                75..=86 => Fixed::Congruent(r.below(SLOTS as u64) as u8),
-                87..=94 => Fixed::Huge,
+        34..=47 => {
+            let fixed = match r.below(100) {
+                0..=39 => Fixed::No,
+                40..=59 => Fixed::Slot(r.below(SLOTS as u64) as u8),
+                60..=79 => Fixed::Congruent(r.below(SLOTS as u64) as u8),
+                80..=94 => Fixed::Huge,
                 _ => Fixed::NoReplace(r.below(SLOTS as u64) as u8),
-            },
-        },
+            };
+            // Placed for huge entries: mostly sizes and offsets that let the driver use them.
+            let (len, off) = match fixed {
+                Fixed::Congruent(_) if r.chance(70) => gen_huge(r, env, HUGE_2M),
+                Fixed::Huge if r.chance(70) => gen_huge(r, env, HUGE),
+                _ => (gen_len(r, env), gen_off(r, env)),
+            };
+            Op::Mmap {
+                slot,
+                len,
+                off,
+                prot: gen_prot(r),
+                flags: gen_flags(r),
+                fixed,
+            }
+        }
         48..=53 => Op::Munmap {
             map: r.u32(),
             at: r.u32(),
@@ -757,6 +782,8 @@ struct Shared {
     rebind_errors: AtomicU64,
     max_wait: AtomicU64,
     poisoned: AtomicU64,
+    /// Mappings made where the driver can use 2 MiB / 1 GiB entries: [2 MiB, 1 GiB].
+    huge_capable: [AtomicU64; 2],
     /// pthread ids of the workers (0 before they start), to interrupt blocked calls at the end.
     threads: [AtomicU64; MAX_THREADS],
     /// How many outcomes that must never happen there were (see [`Shared::impossible`]).
@@ -784,6 +811,13 @@ struct Seg {
     addr: usize,
     len: usize,
     off: u64,
+}
+
+/// Whether a mapping of `len` bytes at `addr` from offset `off` can hold an entry of `size`:
+/// address and offset congruent modulo `size`, and a whole aligned `size` inside.
+fn huge_capable(addr: usize, off: u64, len: usize, size: usize) -> bool {
+    let first = addr.next_multiple_of(size);
+    (addr as u64).wrapping_sub(off).is_multiple_of(size as u64) && first - addr + size <= len
 }
 
 /// Removes `[addr, addr + len)` from `segs`, splitting the mappings it cuts.
@@ -1263,6 +1297,11 @@ impl<'a> Worker<'a> {
                  (largest {max:#x})",
                 self.place()
             ));
+        }
+        for (k, size) in [HUGE_2M, HUGE].into_iter().enumerate() {
+            if huge_capable(p, off as u64, rlen, size) {
+                self.sh.huge_capable[k].fetch_add(1, Relaxed);
+            }
         }
         if rlen > 0 {
             self.segs.push(Seg {
@@ -1967,6 +2006,7 @@ fn run(o: Opts) -> Result<(), ToolError> {
         rebind_errors: AtomicU64::new(0),
         max_wait: AtomicU64::new(0),
         poisoned: AtomicU64::new(0),
+        huge_capable: std::array::from_fn(|_| AtomicU64::new(0)),
         threads: std::array::from_fn(|_| AtomicU64::new(0)),
         impossibles: AtomicU64::new(0),
     };
@@ -2107,7 +2147,8 @@ fn run(o: Opts) -> Result<(), ToolError> {
         .collect();
     println!(
         "fuzz: details: ops: {}; repaired faults: sigbus {}, sigsegv {}; forked children killed \
-         by sigbus {}, sigsegv {}; rebind errors {}; longest WAIT {} ms; poisoned slots {}",
+         by sigbus {}, sigsegv {}; rebind errors {}; longest WAIT {} ms; poisoned slots {}; \
+         mappings that can hold 2 MiB entries {}, 1 GiB entries {}",
         ops.join(", "),
         FIXED_SIGBUS.load(SeqCst),
         FIXED_SIGSEGV.load(SeqCst),
@@ -2116,6 +2157,8 @@ fn run(o: Opts) -> Result<(), ToolError> {
         sh.rebind_errors.load(SeqCst),
         sh.max_wait.load(SeqCst),
         sh.poisoned.load(SeqCst),
+        sh.huge_capable[0].load(SeqCst),
+        sh.huge_capable[1].load(SeqCst),
     );
     println!(
         "fuzz: seed {}, {} s, {} calls, {} rebinds, {} sigbus, {} forks, ERRORS by errno: {}",
@@ -2225,7 +2268,34 @@ mod tests {
                 && len > m2
                 && (len % m2 == PAGE as u64 || off as u64 % m2 == PAGE as u64)
         });
-        assert!(pud > 0 && pmd > 5 && ragged > 5, "{pud} {pmd} {ragged}");
+        assert!(
+            pud > 100 && pmd > 100 && ragged > 100,
+            "{pud} {pmd} {ragged}"
+        );
+    }
+
+    #[test]
+    fn huge_capable_needs_congruence_and_a_whole_entry() {
+        let (m2, g) = (HUGE_2M, HUGE);
+        assert!(huge_capable(64 * g, 0, g, g));
+        assert!(huge_capable(64 * g + 4096, 4096, g, m2));
+        assert!(
+            !huge_capable(64 * g + 4096, 4096, g, g),
+            "no whole 1 GiB inside"
+        );
+        assert!(!huge_capable(64 * g + 8192, 4096, g, m2), "not congruent");
+        assert!(huge_capable(
+            64 * g + m2 - 4096,
+            (3 * m2 - 4096) as u64,
+            m2 + 4096,
+            m2
+        ));
+        assert!(!huge_capable(
+            64 * g + m2 - 4096,
+            (3 * m2 - 4096) as u64,
+            m2,
+            m2
+        ));
     }
 
     #[test]
