@@ -782,7 +782,7 @@ struct Shared {
     rebind_errors: AtomicU64,
     max_wait: AtomicU64,
     poisoned: AtomicU64,
-    /// Mappings made where the driver can use 2 MiB / 1 GiB entries: [2 MiB, 1 GiB].
+    /// Mappings made where the driver can use 2 MiB entries, and of them the 1 GiB-aligned: [2 MiB, 1 GiB].
     huge_capable: [AtomicU64; 2],
     /// pthread ids of the workers (0 before they start), to interrupt blocked calls at the end.
     threads: [AtomicU64; MAX_THREADS],
@@ -2148,7 +2148,7 @@ fn run(o: Opts) -> Result<(), ToolError> {
     println!(
         "fuzz: details: ops: {}; repaired faults: sigbus {}, sigsegv {}; forked children killed \
          by sigbus {}, sigsegv {}; rebind errors {}; longest WAIT {} ms; poisoned slots {}; \
-         mappings that can hold 2 MiB entries {}, 1 GiB entries {}",
+         mappings that can hold 2 MiB entries {}, of them 1 GiB-aligned {}",
         ops.join(", "),
         FIXED_SIGBUS.load(SeqCst),
         FIXED_SIGSEGV.load(SeqCst),
