@@ -176,23 +176,28 @@ extern "C" {
 /// that is congruent to `offset`, and unmaps the unused head and tail. On any error nothing
 /// stays mapped.
 pub fn map_shared(fd: c_int, len: usize, offset: u64) -> std::io::Result<std::ptr::NonNull<u8>> {
+    map_placed(fd, len, offset, PROT_READ | PROT_WRITE, map_align(len), 0)
+}
+
+/// Maps `len` bytes of `fd` at `offset` shared with `prot`, at an address `a` with
+/// `a % align == (offset + skew) % align`, as [`map_shared`] describes; `align` is a power of
+/// two (up to a page: the kernel's choice) and `skew` a multiple of the page size. Tools use
+/// it to place a mapping on purpose (a skew of a page forbids huge entries).
+pub fn map_placed(
+    fd: c_int,
+    len: usize,
+    offset: u64,
+    prot: c_int,
+    align: usize,
+    skew: usize,
+) -> std::io::Result<std::ptr::NonNull<u8>> {
     let off = c_long::try_from(offset).map_err(|_| {
         std::io::Error::new(std::io::ErrorKind::InvalidInput, "mmap offset too large")
     })?;
-    let align = map_align(len);
-    if align == 1 {
+    if align <= page_size() {
         // SAFETY: a fresh shared mapping chosen by the kernel (no address hint, no MAP_FIXED):
         // no existing memory is touched; a bad `fd`, length or offset only makes the call fail.
-        let ptr = unsafe {
-            mmap(
-                std::ptr::null_mut(),
-                len,
-                PROT_READ | PROT_WRITE,
-                MAP_SHARED,
-                fd,
-                off,
-            )
-        };
+        let ptr = unsafe { mmap(std::ptr::null_mut(), len, prot, MAP_SHARED, fd, off) };
         return mapped(ptr);
     }
     // The mapping covers whole pages: the tail to unmap starts at the next page boundary.
@@ -215,10 +220,10 @@ pub fn map_shared(fd: c_int, len: usize, offset: u64) -> std::io::Result<std::pt
     };
     mapped(reserved)?;
     let base = reserved as usize;
-    // `offset % align < align`, so the sum cannot overflow; `head < align`, so [addr,
+    // Both terms are below `align`, so the sums cannot overflow; `head < align`, so [addr,
     // addr + whole) lies inside the reservation.
-    let skew = (offset % align as u64) as usize;
-    let head = (skew + align - base % align) % align;
+    let want = ((offset % align as u64) as usize + skew % align) % align;
+    let head = (want + align - base % align) % align;
     let addr = base + head;
     // SAFETY: [addr, addr + len) lies inside the reservation made above, which this function
     // owns and nothing else uses: MAP_FIXED replaces only it.
@@ -226,7 +231,7 @@ pub fn map_shared(fd: c_int, len: usize, offset: u64) -> std::io::Result<std::pt
         mmap(
             addr as *mut c_void,
             len,
-            PROT_READ | PROT_WRITE,
+            prot,
             MAP_SHARED | MAP_FIXED,
             fd,
             off,
@@ -291,6 +296,17 @@ fn unmap(at: usize, len: usize) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// The size of this process's page tables (`VmPTE` of /proc/self/status), in kB: what a
+/// mapping's huge entries save.
+pub fn vm_pte_kb() -> std::io::Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmPTE:"))
+        .and_then(|v| v.trim().strip_suffix("kB")?.trim().parse().ok())
+        .ok_or_else(|| std::io::Error::other("no VmPTE in /proc/self/status"))
 }
 
 /// `sysconf` name of the page size (glibc's value on Linux).

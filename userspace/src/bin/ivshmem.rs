@@ -311,7 +311,8 @@ fn run(cmd: &str, mut args: Args) -> Result<(), ToolError> {
             if let Some(c) = cache {
                 r.dev.set_cache(c)?;
             }
-            let pte = || aligned::vm_pte_kb().map_err(|e| ToolError::sys("/proc/self/status", e));
+            let pte =
+                || ivshmem::sys::vm_pte_kb().map_err(|e| ToolError::sys("/proc/self/status", e));
             let pte_before = pte()?;
             let t = Instant::now();
             let (m, at) = map(&r, &w)?;

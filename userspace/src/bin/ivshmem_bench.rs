@@ -823,13 +823,7 @@ fn capped(want: &[u64], total: u64) -> Vec<u64> {
 
 /// This process's page tables (`VmPTE` of /proc/self/status), in kB.
 fn vm_pte_kb() -> Result<u64, ToolError> {
-    let status = std::fs::read_to_string("/proc/self/status")
-        .map_err(|e| ToolError::sys("/proc/self/status", e))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmPTE:"))
-        .and_then(|v| v.trim().strip_suffix("kB")?.trim().parse().ok())
-        .ok_or_else(|| ToolError::Failed("no VmPTE in /proc/self/status".into()))
+    ivshmem::sys::vm_pte_kb().map_err(|e| ToolError::sys("/proc/self/status", e))
 }
 
 /// The largest power of two (up to 1 GiB) that divides `addr`.

@@ -1,12 +1,11 @@
 //! A device mapping at an address the tool picks: `address ≡ offset + skew (mod align)`.
 //!
-//! The driver maps with 2 MiB or 1 GiB entries only where the user address is congruent to
+//! The driver maps with 2 MiB entries only where the user address is congruent to
 //! the file offset modulo that size, and the kernel does not pick such addresses for a misc
 //! device. The tests need both kinds on purpose (skew 0 allows huge entries, a skew of 4 KiB
-//! forbids them), whatever address `Device::map` would choose: so the tool reserves
-//! `len + align` bytes and maps with `MAP_FIXED` into the reservation, as the library does.
+//! forbids them), whatever address `Device::map` would choose: so the tool places the mapping
+//! with the library's own mechanism (`sys::map_placed`) and its own alignment and skew.
 
-use std::ffi::c_void;
 use std::io;
 use std::ptr::NonNull;
 
@@ -23,25 +22,10 @@ pub fn place(base: usize, offset: u64, skew: usize, align: usize) -> usize {
     base + (want.wrapping_sub(base) & (align - 1))
 }
 
-/// The alignment the library uses for `len` bytes: 1 GiB from 1 GiB on, 2 MiB from 2 MiB on.
+/// The alignment the library uses for `len` bytes (`sys::map_align`): 1 GiB from 1 GiB on,
+/// 2 MiB from 2 MiB on, else a page.
 pub fn natural_align(len: usize) -> usize {
-    if len >= HUGE_1G {
-        HUGE_1G
-    } else if len >= HUGE_2M {
-        HUGE_2M
-    } else {
-        PAGE
-    }
-}
-
-/// The size of this process's page tables (`VmPTE` of /proc/self/status), in kB.
-pub fn vm_pte_kb() -> io::Result<u64> {
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmPTE:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| io::Error::other("no VmPTE in /proc/self/status"))
+    sys::map_align(len).max(PAGE)
 }
 
 /// The symbolic name of an error's errno (`EBUSY`), or its text.
@@ -79,55 +63,7 @@ impl Aligned {
         if !align.is_power_of_two() || align < PAGE {
             return Err(bad("alignment must be a power of two of at least 4096"));
         }
-        let off = i64::try_from(offset).map_err(|_| bad("offset too large"))?;
-        let span = len
-            .checked_add(align)
-            .ok_or_else(|| bad("length too large"))?;
-        // SAFETY: a fresh inaccessible reservation chosen by the kernel; it touches nothing.
-        let base = unsafe {
-            sys::mmap(
-                std::ptr::null_mut(),
-                span,
-                sys::PROT_NONE,
-                sys::MAP_PRIVATE | sys::MAP_ANONYMOUS | sys::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if base == sys::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let base = base as usize;
-        let addr = place(base, offset, skew, align);
-        // SAFETY: `addr..addr + len` lies inside the reservation just made (`addr - base` is
-        // below `align`), which is ours and holds nothing: MAP_FIXED replaces only it.
-        let p = unsafe {
-            sys::mmap(
-                addr as *mut c_void,
-                len,
-                prot,
-                sys::MAP_SHARED | sys::MAP_FIXED,
-                fd,
-                off,
-            )
-        };
-        if p == sys::MAP_FAILED {
-            let e = io::Error::last_os_error();
-            // SAFETY: the whole reservation is ours (a failed MAP_FIXED may have left a hole).
-            unsafe { sys::munmap(base as *mut c_void, span) };
-            return Err(e);
-        }
-        // SAFETY: the unused head and tail of our reservation.
-        unsafe {
-            if addr > base {
-                sys::munmap(base as *mut c_void, addr - base);
-            }
-            if base + span > addr + len {
-                sys::munmap((addr + len) as *mut c_void, base + span - addr - len);
-            }
-        }
-        let ptr =
-            NonNull::new(addr as *mut u8).ok_or_else(|| io::Error::other("mmap gave NULL"))?;
+        let ptr = sys::map_placed(fd, len, offset, prot, align, skew)?;
         Ok(Self { ptr, len })
     }
 
@@ -253,10 +189,5 @@ mod tests {
         assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
         let e = Aligned::map(-1, 0, PAGE, rw, HUGE_2M, 0).unwrap_err();
         assert_eq!(errno_name(&e), "EBADF");
-    }
-
-    #[test]
-    fn page_tables_are_reported() {
-        assert!(vm_pte_kb().unwrap() > 0);
     }
 }
