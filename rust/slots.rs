@@ -36,13 +36,10 @@ pub(crate) struct Slot {
 }
 
 impl Slot {
-    /// Takes the lowest free number; fails with `ENOMEM` only.
+    /// Takes the lowest free number; fails with `ENOMEM` (or `ENOSPC` past the bitmap's limit).
     pub(crate) fn take() -> Result<Self> {
         let mut guard = NUMBERS.lock();
-        if guard.is_none() {
-            *guard = Some(IdPool::new());
-        }
-        let pool = guard.as_mut().ok_or(ENOMEM)?;
+        let pool = guard.get_or_insert_with(IdPool::new);
         let index = loop {
             if let Some(id) = pool.find_unused_id(0) {
                 break id.acquire();
