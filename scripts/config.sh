@@ -2,7 +2,8 @@
 # Every knob of the lab in one place. Each can be overridden from the environment.
 # Sourced by the other scripts; prints nothing.
 
-: "${IVSHMEM_KERNEL_SERIES:=7.3}"          # Debian linux-source-<series> package
+: "${IVSHMEM_KERNEL_SERIES:=7.3}"          # Debian linux-source-<series> package: 7.3 or 7.2
+: "${IVSHMEM_ARCH:=x86_64}"                  # guest architecture: x86_64, or arm64 (qemu-system-aarch64 -M virt)
 : "${IVSHMEM_KERNEL_SUITE:=trixie-backports}" # Debian suite that ships it
 : "${IVSHMEM_GUESTS:=2}"                     # number of guests started by start.sh
 : "${IVSHMEM_SHM_SIZE:=64M}"                 # size of the shared memory (QEMU syntax: 64M, 1G)
@@ -32,31 +33,59 @@ IVSHMEM_LLVM=-19
 export LIBCLANG_PATH="${LIBCLANG_PATH:-/usr/lib/llvm-19/lib}"
 export PATH="$HOME/.cargo/bin:$PATH"
 
+# The arm64 kernel is the release fragment plus this one (which also turns off the base
+# fragment's x86-only options). It is built with clang, which cross-compiles without a cross gcc.
+IVSHMEM_ARM64_FRAGMENT="$IVSHMEM_ROOT/scripts/guest-kernel-arm64.config"
+
+# The version of Debian's linux-source-$IVSHMEM_KERNEL_SERIES in the cache ("none" before setup).
+ivshmem_src_version() { cat "$IVSHMEM_CACHE/src/version-$IVSHMEM_KERNEL_SERIES" 2>/dev/null || echo none; }
+
 # The kernel build directory is keyed on everything that changes its output: kernel version,
 # config fragments and the exact rustc (out-of-tree Rust modules must use the same compiler),
-# plus clang for the debug flavour. Release builds are build/linux-*, debug ones build/debug-*.
+# plus clang for the clang-built kernels. Build directories: build/linux-* (release x86-64),
+# build/debug-linux-*, build/arm64-linux-*; the version in the name tells the series apart.
 ivshmem_kernel_key() {
-	local src_ver frag_hash rustc_hash
-	src_ver=$(cat "$IVSHMEM_CACHE/src/version" 2>/dev/null || echo none)
+	local src_ver frag_hash rustc_hash clang_hash
+	src_ver=$(ivshmem_src_version)
 	frag_hash=$(sha256sum "$IVSHMEM_FRAGMENT" | cut -c1-12)
 	rustc_hash=$(rustc --version 2>/dev/null | sha256sum | cut -c1-8)
-	if [ "$IVSHMEM_FLAVOUR" = debug ]; then
-		echo "debug-linux-$src_ver-$frag_hash-$(sha256sum "$IVSHMEM_DEBUG_FRAGMENT" | cut -c1-12)-$rustc_hash-$(
-			"clang$IVSHMEM_LLVM" --version 2>/dev/null | head -n1 | sha256sum | cut -c1-8)"
+	clang_hash=$("clang$IVSHMEM_LLVM" --version 2>/dev/null | head -n1 | sha256sum | cut -c1-8)
+	if [ "$IVSHMEM_ARCH" = arm64 ]; then
+		echo "arm64-linux-$src_ver-$frag_hash-$(sha256sum "$IVSHMEM_ARM64_FRAGMENT" | cut -c1-12)-$rustc_hash-$clang_hash"
+	elif [ "$IVSHMEM_FLAVOUR" = debug ]; then
+		echo "debug-linux-$src_ver-$frag_hash-$(sha256sum "$IVSHMEM_DEBUG_FRAGMENT" | cut -c1-12)-$rustc_hash-$clang_hash"
 	else
 		echo "linux-$src_ver-$frag_hash-$rustc_hash"
 	fi
+}
+
+# The glob of the builds a new build of this kind replaces (same prefix, same series).
+ivshmem_kernel_glob() {
+	local prefix=""
+	[ "$IVSHMEM_ARCH" = x86_64 ] || prefix=$IVSHMEM_ARCH-
+	[ "$IVSHMEM_FLAVOUR" = release ] || prefix=debug-
+	echo "${prefix}linux-$IVSHMEM_KERNEL_SERIES.*"
 }
 
 # The config fragments of the flavour, in the order they apply.
 ivshmem_fragments() {
 	echo "$IVSHMEM_FRAGMENT"
 	[ "$IVSHMEM_FLAVOUR" = release ] || echo "$IVSHMEM_DEBUG_FRAGMENT"
+	[ "$IVSHMEM_ARCH" = x86_64 ] || echo "$IVSHMEM_ARM64_FRAGMENT"
 }
 
 # Extra make arguments for the flavour's kernel and its modules.
 ivshmem_make_flags() {
-	[ "$IVSHMEM_FLAVOUR" = release ] || echo "LLVM=$IVSHMEM_LLVM"
+	if [ "$IVSHMEM_ARCH" = arm64 ]; then
+		echo "ARCH=arm64 LLVM=$IVSHMEM_LLVM"
+	elif [ "$IVSHMEM_FLAVOUR" = debug ]; then
+		echo "LLVM=$IVSHMEM_LLVM"
+	fi
+}
+
+# The kernel image start.sh boots, relative to the build directory (make target: its name).
+ivshmem_kernel_image() {
+	if [ "$IVSHMEM_ARCH" = arm64 ]; then echo arch/arm64/boot/Image; else echo arch/x86/boot/bzImage; fi
 }
 
 ivshmem_kdir() { echo "$IVSHMEM_CACHE/build/$(ivshmem_kernel_key)"; }
@@ -69,5 +98,14 @@ step() { echo "==> $*" >&2; }
 case "$IVSHMEM_FLAVOUR" in
 release | debug) ;;
 *) die "IVSHMEM_FLAVOUR must be release or debug, not '$IVSHMEM_FLAVOUR'" ;;
+esac
+case "$IVSHMEM_KERNEL_SERIES" in
+7.3 | 7.2) ;;
+*) die "IVSHMEM_KERNEL_SERIES must be 7.3 or 7.2, not '$IVSHMEM_KERNEL_SERIES'" ;;
+esac
+case "$IVSHMEM_ARCH" in
+x86_64) ;;
+arm64) [ "$IVSHMEM_FLAVOUR" = release ] || die "the arm64 guest kernel has the release flavour only" ;;
+*) die "IVSHMEM_ARCH must be x86_64 or arm64, not '$IVSHMEM_ARCH'" ;;
 esac
 export PATH="$IVSHMEM_CACHE/tools/bin:$PATH"

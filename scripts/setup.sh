@@ -4,6 +4,8 @@
 #   scripts/setup.sh            everything, release guest kernel
 #   scripts/setup.sh debug      everything, debug guest kernel (KASAN, lockdep, ...; about 10 min)
 #   scripts/setup.sh host       host packages and tools only
+# IVSHMEM_KERNEL_SERIES=7.2 builds Debian's 7.2 series instead of 7.3, IVSHMEM_ARCH=arm64 an arm64
+# guest kernel (release flavour): each kind has its own cache entry, and none evicts another.
 set -euo pipefail
 case "${1:-}" in
 "" | release | host) IVSHMEM_FLAVOUR=release ;;
@@ -112,8 +114,12 @@ host_mirror() {
 # sources stay untouched; the archive is the host's (host_mirror). Result: src/linux-VERSION
 # and src/version under $IVSHMEM_CACHE.
 kernel_source() {
-	local src=$IVSHMEM_CACHE/src
-	[ -f "$src/version" ] && [ -f "$src/linux-$(cat "$src/version")/Makefile" ] && return 0
+	local src=$IVSHMEM_CACHE/src vfile=$IVSHMEM_CACHE/src/version-$IVSHMEM_KERNEL_SERIES
+	# Caches from before the second series had one src/version: it names its series' version.
+	case "$(cat "$src/version" 2>/dev/null)" in
+	"$IVSHMEM_KERNEL_SERIES".*) mv "$src/version" "$vfile" ;;
+	esac
+	[ -f "$vfile" ] && [ -f "$src/linux-$(cat "$vfile")/Makefile" ] && return 0
 	local mirror uri key opts=""
 	mirror=$(host_mirror) || exit 1
 	uri=${mirror%% *} key=${mirror#* }
@@ -145,12 +151,12 @@ kernel_source() {
 	ver=$(make -s -C "$src/linux-source-$IVSHMEM_KERNEL_SERIES" kernelversion)
 	rm -rf "$src/linux-$ver" && mv "$src/linux-source-$IVSHMEM_KERNEL_SERIES" "$src/linux-$ver"
 	rm -rf "$src/x" "$deb"
-	echo "$ver" >"$src/version"
+	echo "$ver" >"$vfile"
 }
 
 kernel_build() {
 	local ksrc kdir flags frags=()
-	ksrc=$IVSHMEM_CACHE/src/linux-$(cat "$IVSHMEM_CACHE/src/version")
+	ksrc=$IVSHMEM_CACHE/src/linux-$(ivshmem_src_version)
 	kdir=$(ivshmem_kdir)
 	[ -f "$kdir/.ivshmem-built" ] && return 0
 	read -r -a flags <<<"$(ivshmem_make_flags)"
@@ -158,7 +164,7 @@ kernel_build() {
 	if [ "$IVSHMEM_FLAVOUR" = debug ]; then
 		step "building debug guest kernel in $kdir (about 10 minutes on 2 cores)"
 	else
-		step "building guest kernel in $kdir (about 6 minutes on 2 cores)"
+		step "building $IVSHMEM_ARCH guest kernel in $kdir (about 6 minutes on 2 cores)"
 	fi
 	rm -rf "$kdir" && mkdir -p "$kdir"
 	make -s -C "$ksrc" O="$kdir" "${flags[@]}" tinyconfig >/dev/null
@@ -173,16 +179,14 @@ kernel_build() {
 	done < <(awk -F= '/^CONFIG_[A-Za-z0-9_]+=/ { v[$1] = $0; if (!($1 in seen)) { seen[$1] = 1; k[++n] = $1 } }
 		END { for (i = 1; i <= n; i++) if (v[k[i]] ~ /=y$/) print v[k[i]] }' "${frags[@]}")
 	[ $missing = 0 ] || die "guest kernel config is incomplete (see above)"
-	make -C "$ksrc" O="$kdir" "${flags[@]}" -j"$IVSHMEM_JOBS" bzImage modules_prepare modules >"$kdir/build.log" 2>&1 ||
+	make -C "$ksrc" O="$kdir" "${flags[@]}" -j"$IVSHMEM_JOBS" "$(basename "$(ivshmem_kernel_image)")" modules_prepare modules >"$kdir/build.log" 2>&1 ||
 		die "kernel build failed; last lines of $kdir/build.log:
 $(tail -n 20 "$kdir/build.log")"
 	touch "$kdir/.ivshmem-built"
-	if [ "$IVSHMEM_FLAVOUR" = release ]; then ln -sfn "$kdir" "$IVSHMEM_CACHE/kernel"; else ln -sfn "$kdir" "$IVSHMEM_CACHE/kernel-debug"; fi
-	# Builds of this flavour for older fragments or compilers are not used again: free their
-	# space. The other flavour's builds stay.
-	local old pattern=linux-*
-	[ "$IVSHMEM_FLAVOUR" = release ] || pattern=debug-*
-	for old in "$IVSHMEM_CACHE"/build/$pattern; do
+	# Builds of this kind (flavour, architecture, series) for older fragments or compilers are
+	# not used again: free their space. Builds of the other kinds stay.
+	local old
+	for old in "$IVSHMEM_CACHE"/build/$(ivshmem_kernel_glob); do
 		[ "$old" = "$kdir" ] || rm -rf "$old"
 	done
 }
@@ -190,8 +194,8 @@ $(tail -n 20 "$kdir/build.log")"
 mkdir -p "$IVSHMEM_CACHE"
 [ -w "$IVSHMEM_CACHE" ] || die "cache directory $IVSHMEM_CACHE is not writable"
 # Locks (a second run waits; each is released when this process exits, however it exits):
-# .setup.lock for packages, tools and the kernel source, which both flavours share; then one per
-# flavour for its kernel build, so a debug build does not hold up a release one, nor the reverse.
+# .setup.lock for packages, tools and the kernel sources, which all kinds share; then one per
+# kind of kernel for its build, so a debug build does not hold up a release one, nor the reverse.
 exec 9>"$IVSHMEM_CACHE/.setup.lock"
 flock 9
 export PATH="$IVSHMEM_CACHE/tools/bin:$PATH"
@@ -202,7 +206,7 @@ rust_tools
 kernel_source
 exec 9>&-
 
-exec 8>"$IVSHMEM_CACHE/.setup-$IVSHMEM_FLAVOUR.lock"
+exec 8>"$IVSHMEM_CACHE/.setup-$IVSHMEM_FLAVOUR-$IVSHMEM_ARCH-$IVSHMEM_KERNEL_SERIES.lock"
 flock 8
 avail=$(df -Pk "$IVSHMEM_CACHE" | awk 'NR==2 {print $4}')
 [ "$avail" -gt 4000000 ] || [ -f "$(ivshmem_kdir)/.ivshmem-built" ] ||
