@@ -16,6 +16,9 @@ source "$(dirname "$0")/config.sh"
 
 APT_PACKAGES=(qemu-system-x86 busybox-static libclang-19-dev clang-19 lld-19 llvm-19 bc flex bison
 	libelf-dev libssl-dev cpio xz-utils kmod python3 gcc libc6-dev make)
+# arm64 guests: QEMU for them (the same release as qemu-system-x86), the cross linker and libc
+# for the static tools.
+[ "$IVSHMEM_ARCH" = x86_64 ] || APT_PACKAGES+=(qemu-system-arm gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
 BINDGEN_MIN=0.71.1
 
 need_root() {
@@ -43,6 +46,10 @@ rust_tools() {
 	if ! rustup component list --installed 2>/dev/null | grep -q '^rust-src'; then
 		step "adding rustup component rust-src"
 		rustup component add rust-src || die "rustup component add rust-src failed"
+	fi
+	if [ "$IVSHMEM_ARCH" = arm64 ] && ! rustup target list --installed 2>/dev/null | grep -qx aarch64-unknown-linux-gnu; then
+		step "adding rustup target aarch64-unknown-linux-gnu"
+		rustup target add aarch64-unknown-linux-gnu || die "rustup target add aarch64-unknown-linux-gnu failed"
 	fi
 	local have
 	have=$(bindgen --version 2>/dev/null | awk '{print $2}' || true)
@@ -154,6 +161,46 @@ kernel_source() {
 	echo "$ver" >"$vfile"
 }
 
+# The arm64 guests' static busybox: Debian's busybox-static for arm64, from the host's archive
+# and release (host_mirror, VERSION_CODENAME) through a private apt configuration, so the host's
+# sources and architectures stay untouched. Result: $IVSHMEM_CACHE/arm64/busybox.
+arm64_busybox() {
+	local dir=$IVSHMEM_CACHE/arm64
+	[ -x "$dir/busybox" ] && return 0
+	local mirror uri key codename opts="[arch=arm64"
+	mirror=$(host_mirror) || exit 1
+	uri=${mirror%% *} key=${mirror#* }
+	[ -z "$key" ] || opts+=" signed-by=$key"
+	opts+="] "
+	codename=$(. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-}")
+	[ -n "$codename" ] || die "no VERSION_CODENAME in /etc/os-release: cannot choose the arm64 busybox's release"
+	step "fetching busybox-static for arm64 from $codename at $uri"
+	local apt=$dir/apt
+	mkdir -p "$apt/lists/partial" "$apt/archives/partial"
+	echo "deb $opts$uri $codename main" >"$apt/sources.list"
+	cat >"$apt/apt.conf" <<-CONF
+	Dir::Etc::SourceList "$apt/sources.list";
+	Dir::Etc::SourceParts "/nonexistent";
+	Dir::State::Lists "$apt/lists";
+	Dir::Cache "$apt";
+	Dir::Cache::archives "$apt/archives";
+	APT::Architecture "arm64";
+	APT::Architectures { "arm64"; };
+	APT::Sandbox::User "root";
+	CONF
+	APT_CONFIG=$apt/apt.conf apt-get update -q --error-on=any >"$apt/update.log" 2>&1 ||
+		die "apt-get update for arm64 $codename at $uri failed (see $apt/update.log)"
+	rm -rf "$apt/deb" && mkdir -p "$apt/deb"
+	(cd "$apt/deb" && APT_CONFIG=$apt/apt.conf apt-get download -q busybox-static:arm64 >/dev/null) ||
+		die "apt-get download busybox-static:arm64 failed"
+	rm -rf "$apt/x" && dpkg-deb -x "$apt"/deb/busybox-static_*.deb "$apt/x"
+	# ELF e_machine (offset 18, little-endian) 0xb7: EM_AARCH64.
+	[ "$(od -An -tx1 -j18 -N2 "$apt/x/bin/busybox" | tr -d ' ')" = b700 ] ||
+		die "busybox-static:arm64 did not unpack an aarch64 binary"
+	install -m 755 "$apt/x/bin/busybox" "$dir/busybox.tmp" && mv "$dir/busybox.tmp" "$dir/busybox"
+	rm -rf "$apt/x" "$apt/deb"
+}
+
 kernel_build() {
 	local ksrc kdir flags frags=()
 	ksrc=$IVSHMEM_CACHE/src/linux-$(ivshmem_src_version)
@@ -202,6 +249,7 @@ export PATH="$IVSHMEM_CACHE/tools/bin:$PATH"
 
 host_packages
 rust_tools
+[ "$IVSHMEM_ARCH" = x86_64 ] || arm64_busybox
 [ "${1:-}" = host ] && exit 0
 kernel_source
 exec 9>&-
