@@ -11,7 +11,16 @@ out=$1 module=$2 tools=$3
 [ -f "$module" ] || die "no module at $module: build it first (make)"
 [ -z "${4:-}" ] || [ -f "$4" ] || die "no module at $4: build it first (make module-race)"
 mkdir -p "$(dirname "$out")" || die "cannot create the directory of $out"
-busybox=$(command -v busybox) || die "busybox-static is not installed (scripts/setup.sh host)"
+# IVSHMEM_BUSYBOX overrides; arm64 images take the one setup.sh fetched for arm64.
+if [ -n "${IVSHMEM_BUSYBOX:-}" ]; then
+	busybox=$IVSHMEM_BUSYBOX
+	[ -x "$busybox" ] || die "IVSHMEM_BUSYBOX=$busybox is not an executable"
+elif [ "$IVSHMEM_ARCH" = arm64 ]; then
+	busybox=$IVSHMEM_CACHE/arm64/busybox
+	[ -x "$busybox" ] || die "no arm64 busybox at $busybox: IVSHMEM_ARCH=arm64 scripts/setup.sh host"
+else
+	busybox=$(command -v busybox) || die "busybox-static is not installed (scripts/setup.sh host)"
+fi
 { ldd "$busybox" 2>&1 || true; } | grep -qE "not a dynamic|statically linked" || die "$busybox is not static: install busybox-static"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT

@@ -7,13 +7,14 @@
 # Stop everything with scripts/stop.sh.
 # IVSHMEM_NET=1 links guests 1 and 2 by virtio-net: each QEMU sends datagrams from UNIX socket
 # netN.sock to the other's, so no host network is involved (the guests take 10.0.7.N/24).
-# IVSHMEM_FLAVOUR=debug boots the debug kernel (scripts/setup.sh debug), IVSHMEM_KERNEL any bzImage.
+# IVSHMEM_FLAVOUR=debug boots the debug kernel (scripts/setup.sh debug), IVSHMEM_KERNEL any bzImage,
+# IVSHMEM_ARCH=arm64 the arm64 one on qemu-system-aarch64 -M virt.
 #   scripts/start.sh [INITRAMFS]
 set -euo pipefail
 source "$(dirname "$0")/config.sh"
 
 initrd=${1:-$IVSHMEM_RUN/initramfs.cpio.gz}
-kernel=${IVSHMEM_KERNEL:-$(ivshmem_kdir)/arch/x86/boot/bzImage}
+kernel=${IVSHMEM_KERNEL:-$(ivshmem_kdir)/$(ivshmem_kernel_image)}
 if [ ! -f "$kernel" ]; then
 	[ -z "$IVSHMEM_KERNEL" ] || die "no guest kernel at IVSHMEM_KERNEL=$kernel"
 	if [ "$IVSHMEM_FLAVOUR" = debug ]; then die "no debug guest kernel at $kernel: run scripts/setup.sh debug"; fi
@@ -25,7 +26,19 @@ fi
 kargs=""
 [ "$IVSHMEM_FLAVOUR" = release ] || kargs=" no5lvl"
 [ -f "$initrd" ] || die "no guest image at $initrd: build it with scripts/initramfs.sh (README, Manual use)"
-command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 missing: scripts/setup.sh host"
+# arm64 (IVSHMEM_ARCH=arm64): -M virt with GICv3 (its ITS takes the MSI-X vectors), always
+# TCG. The console is virt's PL011 (ttyAMA0); the agent's line a PCI 16550, ttyS0 in the guest.
+# pauth-impdef: QEMU's own pointer-authentication hash, much cheaper under TCG than QARMA.
+if [ "$IVSHMEM_ARCH" = arm64 ]; then
+	qemu=qemu-system-aarch64
+	machine=(-M virt,gic-version=3)
+	kargs="console=ttyAMA0 ivshmem_lab.agent=ttyS0$kargs"
+else
+	qemu=qemu-system-x86_64
+	machine=()
+	kargs="console=ttyS0 tsc=reliable$kargs"
+fi
+command -v $qemu >/dev/null || die "$qemu missing: IVSHMEM_ARCH=$IVSHMEM_ARCH scripts/setup.sh host"
 mkdir -p "$IVSHMEM_RUN"
 
 guests=${IVSHMEM_ONLY:-$(seq 1 "$IVSHMEM_GUESTS")}
@@ -61,10 +74,16 @@ esac
 
 case "$IVSHMEM_ACCEL" in
 tcg | kvm) accel=$IVSHMEM_ACCEL ;;
-auto) if [ -w /dev/kvm ]; then accel=$(accel_probe); else accel=tcg; fi ;;
+auto) if [ "$IVSHMEM_ARCH" = x86_64 ] && [ -w /dev/kvm ]; then accel=$(accel_probe); else accel=tcg; fi ;;
 *) die "IVSHMEM_ACCEL must be tcg, kvm or auto, not '$IVSHMEM_ACCEL'" ;;
 esac
-if [ "$accel" = kvm ]; then cpu=(-accel kvm -cpu host); else cpu=(-accel tcg -cpu max); fi
+if [ "$accel" = kvm ]; then
+	cpu=(-accel kvm -cpu host)
+elif [ "$IVSHMEM_ARCH" = arm64 ]; then
+	cpu=(-accel tcg -cpu max,pauth-impdef=on)
+else
+	cpu=(-accel tcg -cpu max)
+fi
 
 # Backing files: created (and sized) by QEMU if missing; the host reads and writes them too.
 backing=("$IVSHMEM_SHM_SIZE:$IVSHMEM_SHM_PATH")
@@ -116,12 +135,18 @@ for i in $guests; do
 		net_args=(-netdev "dgram,id=n0,local.type=unix,local.path=$IVSHMEM_RUN/net$i.sock,remote.type=unix,remote.path=$IVSHMEM_RUN/net$peer.sock"
 			-device "virtio-net-pci,netdev=n0,mac=52:54:00:00:07:0$i")
 	fi
-	qemu-system-x86_64 -name "guest$i" "${cpu[@]}" -m "$IVSHMEM_GUEST_MEM" -smp "$IVSHMEM_GUEST_CPUS" \
+	if [ "$IVSHMEM_ARCH" = arm64 ]; then
+		agent=(-chardev "socket,id=agent,path=$IVSHMEM_RUN/guest$i.sock,server=on,wait=off"
+			-device pci-serial,chardev=agent)
+	else
+		agent=(-serial "unix:$IVSHMEM_RUN/guest$i.sock,server=on,wait=off")
+	fi
+	$qemu -name "guest$i" "${machine[@]}" "${cpu[@]}" -m "$IVSHMEM_GUEST_MEM" -smp "$IVSHMEM_GUEST_CPUS" \
 		-nodefaults -no-reboot -display none \
 		-kernel "$kernel" -initrd "$initrd" \
-		-append "console=ttyS0 ivshmem_lab.guest=$i panic=-1 tsc=reliable$kargs" \
+		-append "ivshmem_lab.guest=$i panic=-1 $kargs" \
 		-serial "file:$IVSHMEM_RUN/guest$i.console" \
-		-serial "unix:$IVSHMEM_RUN/guest$i.sock,server=on,wait=off" \
+		"${agent[@]}" \
 		"${dev_args[@]}" "${net_args[@]}" \
 		-daemonize -pidfile "$IVSHMEM_RUN/guest$i.pid" ||
 		{ "$IVSHMEM_ROOT/scripts/stop.sh"; die "QEMU failed to start guest $i"; }
