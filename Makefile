@@ -5,6 +5,7 @@
 #   make demo        set up what is missing, boot two guests, exchange a message, measure bandwidth
 #   make test        host unit tests, module build + lints, the VM test suite on both guest kernels
 #   make module-debug the module for the debug guest kernel (KASAN, lockdep): .debug-build/ivshmem.ko
+#   make module-7.2  the module for the lab's kernel of Debian's 7.2 series: .k72-build/ivshmem.ko
 #   make bench       channels against TCP between two guests: report in userspace/bench/ (not in make test)
 #   make install     module (updates/), depmod, udev rule, tools, C header and libraries (README, Installing)
 #   make uninstall   removes what install put (same DESTDIR, PREFIX, KDIR)
@@ -40,7 +41,7 @@ DEPMOD ?= depmod
 export DESTDIR PREFIX UDEVRULESDIR DEPMOD
 DKMS_SRC := $(DESTDIR)/usr/src/ivshmem-$(VERSION)
 
-.PHONY: install uninstall dkms-add dkms-remove bench capi module-race module-debug vm-test-release all module tools setup demo test vm-test unit-test lint clean rustfmt rustfmt-check clippy
+.PHONY: module-7.2 install uninstall dkms-add dkms-remove bench capi module-race module-debug vm-test-release all module tools setup demo test vm-test unit-test lint clean rustfmt rustfmt-check clippy
 
 all: module tools capi
 
@@ -89,6 +90,12 @@ endef
 # A fault-injection build for the VM suite, in its own directory: see rust/file.rs.
 module-race:
 	$(call copy_build,$(ROOT)/.race-build,$(KDIR_CMD),IVSHMEM_RACE_DELAY=1)
+
+# The module and its fault-injection build for the release guest kernel of Debian's 7.2 series.
+KDIR_72_CMD := IVSHMEM_KERNEL_SERIES=7.2 bash $(ROOT)/scripts/setup.sh
+module-7.2:
+	$(call copy_build,$(ROOT)/.k72-build,$(KDIR_72_CMD),)
+	$(call copy_build,$(ROOT)/.k72-race-build,$(KDIR_72_CMD),IVSHMEM_RACE_DELAY=1)
 
 # The module and its fault-injection build for the debug guest kernel.
 module-debug:
@@ -151,8 +158,8 @@ demo: all
 bench: all
 	IVSHMEM_FLAVOUR=release python3 scripts/bench.py
 
-# The VM suite on both guest kernels, as make test runs it; vm-test-release on the release one only.
-vm-test: all module-race module-debug
+# The VM suite on every guest kernel, as make test runs it; vm-test-release on the release one only.
+vm-test: all module-race module-7.2 module-debug
 	python3 scripts/vmtest.py --flavour all
 
 vm-test-release: all module-race
@@ -164,5 +171,5 @@ test:
 # Without a kernel tree: `make clean` must not build one first.
 clean:
 	rm -f *.o *.ko *.mod *.mod.c .*.cmd modules.order Module.symvers .module-common.o
-	rm -rf rust/*.o rust/.*.cmd rust/*.long-type-*.txt .clippy.log .race-build .debug-build .debug-race-build
+	rm -rf rust/*.o rust/.*.cmd rust/*.long-type-*.txt .clippy.log .race-build .debug-build .debug-race-build .k72-build .k72-race-build
 	cd userspace && $(CARGO) clean

@@ -11,12 +11,15 @@ guests running ivshmem-fuzz (fuzz_lab). Prints one line per check and a closing 
 N failed"; exits non-zero on any failure, after printing the guests' console logs. Needs the
 module and tools built (make).
 
-    scripts/vmtest.py [--flavour release|debug|all] [PHASE...]
-    PHASE: main_lab high_lab scale_lab doorbell_lab hugetlb_lab channel_lab fuzz_lab (default all)
+    scripts/vmtest.py [--flavour KIND|all] [PHASE...]
+    KIND: release debug release-7.2 (all: each in turn; default $IVSHMEM_FLAVOUR, else release)
+    PHASE: main_lab high_lab scale_lab doorbell_lab hugetlb_lab channel_lab fuzz_lab install_lab
+    (default: every phase of the kind)
 
-The flavour is the guest kernel (default: $IVSHMEM_FLAVOUR, else release). The debug kernel
-(scripts/setup.sh debug, make module-debug) has KASAN, lockdep, atomic-sleep and list checks
-and kmemleak; any report they make in dmesg fails the suite. Timing figures are skipped there.
+The kind is the guest kernel (KINDS below). The debug kernel (scripts/setup.sh debug, make
+module-debug) has KASAN, lockdep, atomic-sleep and list checks and kmemleak; any report they make
+in dmesg fails the suite. Timing figures are skipped there. release-7.2 is the release kernel of
+Debian's 7.2 series (make module-7.2) with a reduced suite: the core phases.
 """
 
 import os
@@ -32,6 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lab  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The host's tools (x86-64); the guests' are the kind's ("tools" in KINDS).
 TOOLS = os.path.join(ROOT, "userspace/target/x86_64-unknown-linux-gnu/release")
 # Overridable so that two suites (two checkouts) can run side by side.
 RUN = os.environ.get("IVSHMEM_VMTEST_RUN", os.path.join(tempfile.gettempdir(), "ivshmem-rs-vmtest"))
@@ -46,12 +50,14 @@ BAD_DMESG = re.compile(r"WARNING:|BUG:|BUG |Oops|Kernel panic|Call Trace|general
                        r"|kmemleak: \d+ new suspected|BUG: KASAN|possible circular locking"
                        r"|possible recursive locking|inconsistent lock state|BUG: sleeping function"
                        r"|list_add corruption|list_del corruption|UBSAN")
-# The guest kernel under test (main() sets it): "release" or "debug".
+# The flavour of the guest kernel under test (run_kind() sets it): "release" or "debug".
 FLAVOUR = "release"
-# Module builds per flavour: the driver and its fault-injection build (Makefile).
-MODULES = {"release": (os.path.join(ROOT, "ivshmem.ko"), os.path.join(ROOT, ".race-build/ivshmem.ko"), "make all module-race"),
-           "debug": (os.path.join(ROOT, ".debug-build/ivshmem.ko"), os.path.join(ROOT, ".debug-race-build/ivshmem.ko"),
-                     "make module-debug")}
+# The kind under test (run_kind() sets it): a key of KINDS.
+KIND = "release"
+# The suite's kinds of guest kernel: the environment that selects the kernel (scripts/config.sh),
+# the module builds (the driver and its fault-injection build, Makefile), the make command that
+# builds them, the guests' tools, and the phases (None: all). Filled in after the phases.
+KINDS = {}
 
 
 class Failure(Exception):
@@ -1359,8 +1365,8 @@ def install_lab(s):
             f.write("#!/bin/sh\nmdev -d\nfor u in /sys/bus/pci/devices/*/uevent; do echo add > $u; done\n")
         os.chmod(os.path.join(etc, "init.d/rcS"), 0o755)
         os.replace(image, saved)
-        module, race_module, _ = MODULES["release"]
-        subprocess.run(["bash", os.path.join(ROOT, "scripts/initramfs.sh"), image, module, TOOLS, race_module],
+        k = KINDS[KIND]
+        subprocess.run(["bash", os.path.join(ROOT, "scripts/initramfs.sh"), image, k["module"], k["tools"], k["race"]],
                        env=dict(os.environ, IVSHMEM_IMAGE_OVERLAY=root), check=True)
         print("  mdev.conf from userspace/udev/70-ivshmem.rules: " + conf[0], flush=True)
     try:
@@ -1409,26 +1415,31 @@ def install_lab(s):
         subprocess.run(["rm", "-rf", work], check=False)
 
 
-def run_flavour(s, flavour, phases):
-    """Runs the phases on one guest kernel flavour."""
-    global FLAVOUR
-    FLAVOUR = flavour
-    os.environ["IVSHMEM_FLAVOUR"] = flavour  # start.sh boots this flavour's kernel
-    module, race_module, make = MODULES[flavour]
+def run_kind(s, kind, phases):
+    """Runs the phases on one kind of guest kernel."""
+    global FLAVOUR, KIND
+    k = KINDS[kind]
+    KIND = kind
+    FLAVOUR = k["env"]["IVSHMEM_FLAVOUR"]
+    # start.sh boots this kind's kernel (scripts/config.sh's defaults, unless the kind says).
+    os.environ.update({"IVSHMEM_FLAVOUR": "release", "IVSHMEM_KERNEL_SERIES": "7.3", "IVSHMEM_ARCH": "x86_64",
+                       **k["env"]})
+    module, race_module, make = k["module"], k["race"], k["make"]
     missing = [m for m in (module, race_module) if not os.path.exists(m)]
     if missing:
-        s.record(f"{flavour} guest image", False, f"no {' '.join(missing)}: run {make}")
+        s.record(f"{kind} guest image", False, f"no {' '.join(missing)}: run {make}")
         return
     try:
         subprocess.run(["bash", os.path.join(ROOT, "scripts/initramfs.sh"), os.path.join(RUN, "initramfs.cpio.gz"),
-                        module, TOOLS, race_module], check=True)
+                        module, k["tools"], race_module], check=True)
     except subprocess.CalledProcessError as e:
-        s.record(f"{flavour} guest image", False, str(e))
+        s.record(f"{kind} guest image", False, str(e))
         return
     for phase in phases:
+        started = time.monotonic()
         try:
             phase(s)
-            if flavour == "debug":
+            if FLAVOUR == "debug":
                 # Reports can come at any time: a last look at every guest still up.
                 for i, g in enumerate(s.guests, 1):
                     if g.alive():
@@ -1439,23 +1450,41 @@ def run_flavour(s, flavour, phases):
         if s.failed:
             s.console_logs()
         s.stop()
+        print(f"{phase.__name__} ({kind}) took {time.monotonic() - started:.0f} s", flush=True)
+
+
+PHASES = [main_lab, high_lab, scale_lab, doorbell_lab, hugetlb_lab, channel_lab, fuzz_lab, install_lab]
+KINDS.update({
+    "release": dict(env={"IVSHMEM_FLAVOUR": "release"}, module=os.path.join(ROOT, "ivshmem.ko"),
+                    race=os.path.join(ROOT, ".race-build/ivshmem.ko"), make="make all module-race", tools=TOOLS,
+                    phases=None),
+    "debug": dict(env={"IVSHMEM_FLAVOUR": "debug"}, module=os.path.join(ROOT, ".debug-build/ivshmem.ko"),
+                  race=os.path.join(ROOT, ".debug-race-build/ivshmem.ko"), make="make module-debug", tools=TOOLS,
+                  phases=None),
+    # Debian's other Rust-capable series: the phases that exercise every part of the driver
+    # (memory, errno contract, revocation, doorbells, channels, fuzzer); the rest tests what the
+    # 7.3 runs already cover and the kernel series does not change.
+    "release-7.2": dict(env={"IVSHMEM_FLAVOUR": "release", "IVSHMEM_KERNEL_SERIES": "7.2"},
+                        module=os.path.join(ROOT, ".k72-build/ivshmem.ko"),
+                        race=os.path.join(ROOT, ".k72-race-build/ivshmem.ko"), make="make module-7.2", tools=TOOLS,
+                        phases=[main_lab, scale_lab, doorbell_lab, channel_lab, fuzz_lab]),
+})
+# What --flavour all runs, in order: make test's VM suite.
+ALL_KINDS = ["release", "release-7.2", "debug"]
 
 
 def main():
-    phases = [main_lab, high_lab, scale_lab, doorbell_lab, hugetlb_lab, channel_lab, fuzz_lab, install_lab]
     args = sys.argv[1:]
-    flavours = [os.environ.get("IVSHMEM_FLAVOUR", "release")]
+    kinds = [os.environ.get("IVSHMEM_FLAVOUR", "release")]
     if args[:1] == ["--flavour"]:
-        flavours = ["release", "debug"] if args[1:2] == ["all"] else args[1:2]
+        kinds = ALL_KINDS if args[1:2] == ["all"] else args[1:2]
         args = args[2:]
-    names = [p.__name__ for p in phases]
-    bad = [f for f in flavours if f not in MODULES] + [a for a in args if a not in names]
-    if not flavours or bad:
-        print(f"vmtest: unknown flavour or phase {' '.join(bad)}; usage: vmtest.py [--flavour release|debug|all] "
+    names = [p.__name__ for p in PHASES]
+    bad = [k for k in kinds if k not in KINDS] + [a for a in args if a not in names]
+    if not kinds or bad:
+        print(f"vmtest: unknown kind or phase {' '.join(bad)}; usage: vmtest.py [--flavour {'|'.join(KINDS)}|all] "
               f"[{'|'.join(names)}...]", file=sys.stderr)
         return 2
-    if args:  # e.g. scripts/vmtest.py doorbell_lab
-        phases = [p for p in phases if p.__name__ in args]
     s = Suite()
 
     def on_signal(signum, _frame):
@@ -1463,12 +1492,13 @@ def main():
     signal.signal(signal.SIGTERM, on_signal)
     os.makedirs(RUN, exist_ok=True)
     try:
-        for flavour in flavours:
+        for kind in kinds:
             started = time.monotonic()
-            if len(flavours) > 1:
-                print(f"===== VM suite on the {flavour} guest kernel", flush=True)
-            run_flavour(s, flavour, phases)
-            print(f"VM suite ({flavour} kernel) took {time.monotonic() - started:.0f} s", flush=True)
+            if len(kinds) > 1:
+                print(f"===== VM suite on the {kind} guest kernel", flush=True)
+            phases = [p for p in KINDS[kind]["phases"] or PHASES if not args or p.__name__ in args]
+            run_kind(s, kind, phases)
+            print(f"VM suite ({kind} kernel) took {time.monotonic() - started:.0f} s", flush=True)
     finally:
         s.stop()
         try:
