@@ -6,6 +6,8 @@
 #   make test        host unit tests, module build + lints, the VM test suite on both guest kernels
 #   make module-debug the module for the debug guest kernel (KASAN, lockdep): .debug-build/ivshmem.ko
 #   make module-7.2  the module for the lab's kernel of Debian's 7.2 series: .k72-build/ivshmem.ko
+#   make arm64       the module and the static tools for the lab's arm64 guests (.arm64-build/,
+#                    userspace/target/aarch64-unknown-linux-gnu/release/): module-arm64 tools-arm64
 #   make bench       channels against TCP between two guests: report in userspace/bench/ (not in make test)
 #   make install     module (updates/), depmod, udev rule, tools, C header and libraries (README, Installing)
 #   make uninstall   removes what install put (same DESTDIR, PREFIX, KDIR)
@@ -41,7 +43,7 @@ DEPMOD ?= depmod
 export DESTDIR PREFIX UDEVRULESDIR DEPMOD
 DKMS_SRC := $(DESTDIR)/usr/src/ivshmem-$(VERSION)
 
-.PHONY: module-7.2 install uninstall dkms-add dkms-remove bench capi module-race module-debug vm-test-release all module tools setup demo test vm-test unit-test lint clean rustfmt rustfmt-check clippy
+.PHONY: arm64 module-arm64 tools-arm64 module-7.2 install uninstall dkms-add dkms-remove bench capi module-race module-debug vm-test-release all module tools setup demo test vm-test unit-test lint clean rustfmt rustfmt-check clippy
 
 all: module tools capi
 
@@ -96,6 +98,26 @@ KDIR_72_CMD := IVSHMEM_KERNEL_SERIES=7.2 bash $(ROOT)/scripts/setup.sh
 module-7.2:
 	$(call copy_build,$(ROOT)/.k72-build,$(KDIR_72_CMD),)
 	$(call copy_build,$(ROOT)/.k72-race-build,$(KDIR_72_CMD),IVSHMEM_RACE_DELAY=1)
+
+# arm64 guests (IVSHMEM_ARCH=arm64 in scripts/config.sh): the module and its fault-injection
+# build for the lab's arm64 kernel, cross-compiled by clang like that kernel; the static tools
+# with rustc's aarch64 target, linked by Debian's cross gcc against its arm64 glibc.
+ARM64_ENV := IVSHMEM_ARCH=arm64 IVSHMEM_FLAVOUR=release
+KDIR_ARM64_CMD := $(ARM64_ENV) bash $(ROOT)/scripts/setup.sh
+ARM64_FLAGS := $(shell $(ARM64_ENV) bash -c 'source $(ROOT)/scripts/config.sh && ivshmem_make_flags')
+ARM64_TARGET := aarch64-unknown-linux-gnu
+ARM64_TOOLS_DIR := $(ROOT)/userspace/target/$(ARM64_TARGET)/release
+arm64: module-arm64 tools-arm64
+
+module-arm64:
+	$(call copy_build,$(ROOT)/.arm64-build,$(KDIR_ARM64_CMD),$(ARM64_FLAGS))
+	$(call copy_build,$(ROOT)/.arm64-race-build,$(KDIR_ARM64_CMD),$(ARM64_FLAGS) IVSHMEM_RACE_DELAY=1)
+
+tools-arm64:
+	@command -v aarch64-linux-gnu-gcc >/dev/null || { echo "no aarch64-linux-gnu-gcc: IVSHMEM_ARCH=arm64 bash scripts/setup.sh host"; exit 1; }
+	cd userspace && CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
+		RUSTFLAGS="-C target-feature=+crt-static" \
+		$(CARGO) build --release --locked --target $(ARM64_TARGET) --bins
 
 # The module and its fault-injection build for the debug guest kernel.
 module-debug:
@@ -171,5 +193,5 @@ test:
 # Without a kernel tree: `make clean` must not build one first.
 clean:
 	rm -f *.o *.ko *.mod *.mod.c .*.cmd modules.order Module.symvers .module-common.o
-	rm -rf rust/*.o rust/.*.cmd rust/*.long-type-*.txt .clippy.log .race-build .debug-build .debug-race-build .k72-build .k72-race-build
+	rm -rf rust/*.o rust/.*.cmd rust/*.long-type-*.txt .clippy.log .race-build .debug-build .debug-race-build .k72-build .k72-race-build .arm64-build .arm64-race-build
 	cd userspace && $(CARGO) clean

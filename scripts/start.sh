@@ -27,7 +27,8 @@ kargs=""
 [ "$IVSHMEM_FLAVOUR" = release ] || kargs=" no5lvl"
 [ -f "$initrd" ] || die "no guest image at $initrd: build it with scripts/initramfs.sh (README, Manual use)"
 # arm64 (IVSHMEM_ARCH=arm64): -M virt with GICv3 (its ITS takes the MSI-X vectors), always
-# TCG. The console is virt's PL011 (ttyAMA0); the agent's line a PCI 16550, ttyS0 in the guest.
+# TCG. The console is virt's PL011 (ttyAMA0); the agent's line a PCI 16550 (ttyS0 in the guest)
+# in slot 1, so that the ivshmem devices sit in slots 2, 3, ... as on x86 (vmtest.py's BDFs).
 # pauth-impdef: QEMU's own pointer-authentication hash, much cheaper under TCG than QARMA.
 if [ "$IVSHMEM_ARCH" = arm64 ]; then
 	qemu=qemu-system-aarch64
@@ -137,7 +138,7 @@ for i in $guests; do
 	fi
 	if [ "$IVSHMEM_ARCH" = arm64 ]; then
 		agent=(-chardev "socket,id=agent,path=$IVSHMEM_RUN/guest$i.sock,server=on,wait=off"
-			-device pci-serial,chardev=agent)
+			-device pci-serial,chardev=agent,addr=1)
 	else
 		agent=(-serial "unix:$IVSHMEM_RUN/guest$i.sock,server=on,wait=off")
 	fi
