@@ -109,3 +109,79 @@ fn ioctl_numbers_are_the_documented_ones() {
     assert_eq!(uapi::IVSHMEM_WAIT, 0xc010_b904);
     assert_eq!(uapi::IVSHMEM_SET_EVENTFD, 0x4008_b905);
 }
+
+/// The arm64 guests' encoding: `ivshmem.h` compiled by the aarch64 cross compiler, against the
+/// arm64 kernel uapi headers (`<asm/ioctl.h>` of libc6-dev-arm64-cross), must give every ioctl
+/// number and struct layout that `uapi.rs` gives. Checked at compile time with `_Static_assert`,
+/// so nothing has to run on arm64; a run with one value off must fail to compile.
+#[test]
+fn c_header_matches_rust_abi_on_aarch64() {
+    let cc = std::env::var("IVSHMEM_AARCH64_CC").unwrap_or_else(|_| "aarch64-linux-gnu-gcc".into());
+    let dir = std::env::temp_dir().join(format!("ivshmem-h-arm64-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let checks = [
+        ("IVSHMEM_GET_SIZE", u64::from(uapi::IVSHMEM_GET_SIZE)),
+        ("IVSHMEM_GET_INFO", u64::from(uapi::IVSHMEM_GET_INFO)),
+        ("IVSHMEM_SET_CACHE", u64::from(uapi::IVSHMEM_SET_CACHE)),
+        ("IVSHMEM_RING", u64::from(uapi::IVSHMEM_RING)),
+        ("IVSHMEM_WAIT", u64::from(uapi::IVSHMEM_WAIT)),
+        ("IVSHMEM_SET_EVENTFD", u64::from(uapi::IVSHMEM_SET_EVENTFD)),
+        (
+            "sizeof(struct ivshmem_info)",
+            size_of::<uapi::IvshmemInfo>() as u64,
+        ),
+        (
+            "offsetof(struct ivshmem_info, pci_name)",
+            std::mem::offset_of!(uapi::IvshmemInfo, pci_name) as u64,
+        ),
+        (
+            "sizeof(struct ivshmem_ring)",
+            size_of::<uapi::IvshmemRing>() as u64,
+        ),
+        (
+            "sizeof(struct ivshmem_wait)",
+            size_of::<uapi::IvshmemWait>() as u64,
+        ),
+        (
+            "offsetof(struct ivshmem_wait, count)",
+            std::mem::offset_of!(uapi::IvshmemWait, count) as u64,
+        ),
+        (
+            "sizeof(struct ivshmem_eventfd)",
+            size_of::<uapi::IvshmemEventfd>() as u64,
+        ),
+    ];
+    let compile = |name: &str, off_by_one: Option<usize>| {
+        let mut src = String::from("#include <stddef.h>\n#include \"ivshmem.h\"\n");
+        src.push_str("_Static_assert(__aarch64__ == 1, \"not an aarch64 compiler\");\n");
+        for (i, (expr, value)) in checks.iter().enumerate() {
+            let value = value + u64::from(off_by_one == Some(i));
+            src.push_str(&format!(
+                "_Static_assert({expr} == {value}ULL, \"{expr}\");\n"
+            ));
+        }
+        let file = dir.join(name);
+        std::fs::write(&file, src).unwrap();
+        Command::new(&cc)
+            .args(["-std=c11", "-Wall", "-Werror", "-fsyntax-only", "-I"])
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/include"))
+            .arg(&file)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("{cc}: {e}: the aarch64 cross compiler is needed (IVSHMEM_ARCH=arm64 scripts/setup.sh host)")
+            })
+    };
+    let out = compile("abi.c", None);
+    assert!(
+        out.status.success(),
+        "ivshmem.h on aarch64 disagrees with uapi.rs:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = compile("abi-wrong.c", Some(4));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("IVSHMEM_WAIT"),
+        "a wrong IVSHMEM_WAIT compiled: the check cannot fail:\n{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
