@@ -8,33 +8,68 @@
 //! region is claimed with the same `request_mem_region()` that `pci_request_region()` performs
 //! for a memory BAR, and its type is recorded with a kernel mapping of the chosen type that the
 //! driver never touches: with huge vmap (1 GiB or 2 MiB entries) it costs address space only.
+//! Without PAT (arm64) the page protection of the user mapping alone gives the type: only the
+//! chosen type is kept, for the same rules on switching it.
 
 use kernel::{
     bindings,
     prelude::*, //
 };
 
+#[cfg(CONFIG_X86_PAT)]
 use core::ptr::NonNull;
 
 use crate::vma_pfn::CacheMode;
+
+/// The cache type of a whole [`MemRegion`] and, with PAT, the kernel mapping that records it.
+struct CacheReservation {
+    mode: CacheMode,
+    #[cfg(CONFIG_X86_PAT)]
+    _pat: PatRecord,
+}
 
 /// A kernel mapping of a whole [`MemRegion`], kept only so that PAT records its cache type.
 ///
 /// # Invariants
 ///
-/// `addr` was returned by the `ioremap*()` function of `mode` for the region that owns this
-/// value, and is unmapped exactly once, when the value is dropped.
-struct CacheReservation {
+/// `addr` was returned by an `ioremap*()` function for the region that owns this value, and is
+/// unmapped exactly once, when the value is dropped.
+#[cfg(CONFIG_X86_PAT)]
+struct PatRecord {
     addr: NonNull<c_void>,
-    mode: CacheMode,
 }
 
 // SAFETY: the mapping is an address only; `iounmap()` may run on any thread.
-unsafe impl Send for CacheReservation {}
+#[cfg(CONFIG_X86_PAT)]
+unsafe impl Send for PatRecord {}
 // SAFETY: nothing is done through a shared reference.
-unsafe impl Sync for CacheReservation {}
+#[cfg(CONFIG_X86_PAT)]
+unsafe impl Sync for PatRecord {}
 
-impl Drop for CacheReservation {
+#[cfg(CONFIG_X86_PAT)]
+impl PatRecord {
+    /// Maps `[start, start + len)`, which the caller has claimed, with `mode`; the mapping is
+    /// only ever unmapped, never accessed. Fails with `ENOMEM` (no address space).
+    fn new(start: u64, len: u64, mode: CacheMode) -> Result<Self> {
+        let size = usize::try_from(len).map_err(|_| EINVAL)?;
+        let addr = match mode {
+            // SAFETY: the range is claimed by the caller; the mapping is never accessed.
+            CacheMode::WriteBack => unsafe { bindings::ioremap_cache(start, size) },
+            // SAFETY: as above.
+            CacheMode::WriteCombining => unsafe { bindings::ioremap_wc(start, size) },
+            // SAFETY: as above; `ioremap()` maps uncached-minus, the type of a sysfs
+            // `resource` file.
+            CacheMode::Uncached => unsafe { bindings::ioremap(start, size) },
+        };
+        // INVARIANT: `addr` was just returned by an `ioremap*()` function.
+        Ok(Self {
+            addr: NonNull::new(addr).ok_or(ENOMEM)?,
+        })
+    }
+}
+
+#[cfg(CONFIG_X86_PAT)]
+impl Drop for PatRecord {
     fn drop(&mut self) {
         // SAFETY: by the type invariant `addr` came from `ioremap*()` and is unmapped only here.
         unsafe { bindings::iounmap(self.addr.as_ptr()) };
@@ -95,20 +130,12 @@ impl MemRegion {
     pub(crate) fn set_cache_mode(&mut self, mode: CacheMode) -> Result {
         // PAT refuses two records of different types for one range: the old one goes first.
         self.cache = None;
-        let size = usize::try_from(self.len).map_err(|_| EINVAL)?;
-        let addr = match mode {
-            // SAFETY: the range is claimed by `self` (type invariant); the mapping is only
-            // ever unmapped, never accessed.
-            CacheMode::WriteBack => unsafe { bindings::ioremap_cache(self.start, size) },
-            // SAFETY: as above.
-            CacheMode::WriteCombining => unsafe { bindings::ioremap_wc(self.start, size) },
-            // SAFETY: as above; `ioremap()` maps uncached-minus, the type of a sysfs
-            // `resource` file.
-            CacheMode::Uncached => unsafe { bindings::ioremap(self.start, size) },
-        };
-        let addr = NonNull::new(addr).ok_or(ENOMEM)?;
-        // INVARIANT: `addr` was just returned by the `ioremap*()` function of `mode`.
-        self.cache = Some(CacheReservation { addr, mode });
+        self.cache = Some(CacheReservation {
+            mode,
+            // The range is claimed by `self` (type invariant).
+            #[cfg(CONFIG_X86_PAT)]
+            _pat: PatRecord::new(self.start, self.len, mode)?,
+        });
         Ok(())
     }
 }

@@ -54,6 +54,8 @@ pub(crate) enum CacheMode {
 extern "C" {
     /// `pgprot_noncached()`, from `helpers.c`.
     fn ivshmem_pgprot_noncached(prot: bindings::pgprot_t) -> bindings::pgprot_t;
+    /// `pgprot_writecombine()`, from `helpers.c`.
+    fn ivshmem_pgprot_writecombine(prot: bindings::pgprot_t) -> bindings::pgprot_t;
 }
 
 /// The owner of the memory that fault-mapped VMAs show: the driver's per-device state.
@@ -86,8 +88,9 @@ fn set_cache_mode(vma: &VmaNew, mode: CacheMode) {
     let prot = unsafe { (*raw).vm_page_prot };
     let prot = match mode {
         CacheMode::WriteBack => prot,
-        // SAFETY: computes a protection value; no memory is touched.
-        CacheMode::WriteCombining => unsafe { bindings::pgprot_writecombine(prot) },
+        // SAFETY: computes a protection value; no memory is touched (a C wrapper around
+        // `pgprot_writecombine()`, a macro on arm64).
+        CacheMode::WriteCombining => unsafe { ivshmem_pgprot_writecombine(prot) },
         // SAFETY: as above (a C wrapper around the `pgprot_noncached()` macro).
         CacheMode::Uncached => unsafe { ivshmem_pgprot_noncached(prot) },
     };
