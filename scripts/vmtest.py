@@ -12,14 +12,15 @@ N failed"; exits non-zero on any failure, after printing the guests' console log
 module and tools built (make).
 
     scripts/vmtest.py [--flavour KIND|all] [PHASE...]
-    KIND: release debug release-7.2 (all: each in turn; default $IVSHMEM_FLAVOUR, else release)
+    KIND: release debug release-7.2 arm64 (all: each in turn; default $IVSHMEM_FLAVOUR, else release)
     PHASE: main_lab high_lab scale_lab doorbell_lab hugetlb_lab channel_lab fuzz_lab install_lab
     (default: every phase of the kind)
 
 The kind is the guest kernel (KINDS below). The debug kernel (scripts/setup.sh debug, make
 module-debug) has KASAN, lockdep, atomic-sleep and list checks and kmemleak; any report they make
 in dmesg fails the suite. Timing figures are skipped there. release-7.2 is the release kernel of
-Debian's 7.2 series (make module-7.2) with a reduced suite: the core phases.
+Debian's 7.2 series (make module-7.2) with a reduced suite: the core phases; arm64 the same
+kernel for arm64 guests (make arm64), core phases, x86-only checks (PAT) skipped.
 """
 
 import os
@@ -54,6 +55,8 @@ BAD_DMESG = re.compile(r"WARNING:|BUG:|BUG |Oops|Kernel panic|Call Trace|general
 FLAVOUR = "release"
 # The kind under test (run_kind() sets it): a key of KINDS.
 KIND = "release"
+# The guests' architecture (run_kind() sets it): "x86_64" or "arm64".
+ARCH = "x86_64"
 # The suite's kinds of guest kernel: the environment that selects the kernel (scripts/config.sh),
 # the module builds (the driver and its fault-injection build, Makefile), the make command that
 # builds them, the guests' tools, and the phases (None: all). Filled in after the phases.
@@ -100,6 +103,15 @@ class Suite:
         if FLAVOUR == "debug":
             self.skipped += 1
             print(f"SKIP {name}: a figure, debug kernel", flush=True)
+        else:
+            self.test(name, fn)
+
+    def x86(self, name, fn):
+        """A check of x86 behaviour (PAT's memtype records): skipped on arm64 guests, which
+        have neither PAT nor MTRRs (the page protection alone gives the cache type)."""
+        if ARCH != "x86_64":
+            self.skipped += 1
+            print(f"SKIP {name}: x86 only, {ARCH} guests", flush=True)
         else:
             self.test(name, fn)
 
@@ -371,7 +383,7 @@ def main_lab(s):
         # grants write-back requests only as uncached-minus (arch/x86/mm/pat/memtype.c).
         got = {c: hold_and_read_pat(s, 1, 0, c, "0000:00:02.0") for c in ("wc", "uc", "wb")}
         check(got == {"wc": "write-combining", "uc": "uncached-minus", "wb": "uncached-minus"}, str(got))
-    s.test("PAT memtype of BAR2 follows the cache type (below 4 GiB)", pat_low)
+    s.x86("PAT memtype of BAR2 follows the cache type (below 4 GiB)", pat_low)
 
     def revoke_unbind():
         s.sh(1, "ivshmem fill -d 0 --seed 44 --len 65536")
@@ -1417,10 +1429,11 @@ def install_lab(s):
 
 def run_kind(s, kind, phases):
     """Runs the phases on one kind of guest kernel."""
-    global FLAVOUR, KIND
+    global FLAVOUR, KIND, ARCH
     k = KINDS[kind]
     KIND = kind
     FLAVOUR = k["env"]["IVSHMEM_FLAVOUR"]
+    ARCH = k["env"].get("IVSHMEM_ARCH", "x86_64")
     # start.sh boots this kind's kernel (scripts/config.sh's defaults, unless the kind says).
     os.environ.update({"IVSHMEM_FLAVOUR": "release", "IVSHMEM_KERNEL_SERIES": "7.3", "IVSHMEM_ARCH": "x86_64",
                        **k["env"]})
@@ -1468,6 +1481,14 @@ KINDS.update({
                         module=os.path.join(ROOT, ".k72-build/ivshmem.ko"),
                         race=os.path.join(ROOT, ".k72-race-build/ivshmem.ko"), make="make module-7.2", tools=TOOLS,
                         phases=[main_lab, scale_lab, doorbell_lab, channel_lab, fuzz_lab]),
+    # arm64 guests (qemu-system-aarch64 -M virt, TCG): the core (two guests and the host
+    # byte-exact, the errno contract, revocation, doorbells across guests, channels), with the
+    # module, its race build and the tools cross-built (make arm64).
+    "arm64": dict(env={"IVSHMEM_FLAVOUR": "release", "IVSHMEM_ARCH": "arm64"},
+                  module=os.path.join(ROOT, ".arm64-build/ivshmem.ko"),
+                  race=os.path.join(ROOT, ".arm64-race-build/ivshmem.ko"), make="make arm64",
+                  tools=os.path.join(ROOT, "userspace/target/aarch64-unknown-linux-gnu/release"),
+                  phases=[main_lab, doorbell_lab, channel_lab]),
 })
 # What --flavour all runs, in order: make test's VM suite.
 ALL_KINDS = ["release", "release-7.2", "debug"]
