@@ -101,12 +101,16 @@ module-7.2:
 
 # arm64 guests (IVSHMEM_ARCH=arm64 in scripts/config.sh): the module and its fault-injection
 # build for the lab's arm64 kernel, cross-compiled by clang like that kernel; the static tools
-# with rustc's aarch64 target, linked by Debian's cross gcc against its arm64 glibc.
+# with rustc's aarch64 target, linked by Debian's cross gcc against its arm64 glibc, and the C
+# example on the C API (ivshmem-pipe-c), static.
 ARM64_ENV := IVSHMEM_ARCH=arm64 IVSHMEM_FLAVOUR=release
 KDIR_ARM64_CMD := $(ARM64_ENV) bash $(ROOT)/scripts/setup.sh
 ARM64_FLAGS := $(shell $(ARM64_ENV) bash -c 'source $(ROOT)/scripts/config.sh && ivshmem_make_flags')
 ARM64_TARGET := aarch64-unknown-linux-gnu
 ARM64_TOOLS_DIR := $(ROOT)/userspace/target/$(ARM64_TARGET)/release
+# The C API's static library for the C example (as capi does), in a target directory of its own:
+# it is built with panics unwinding, the tools are not.
+ARM64_CAPI_DIR := $(ROOT)/userspace/target/arm64-capi
 arm64: module-arm64 tools-arm64
 
 module-arm64:
@@ -118,6 +122,13 @@ tools-arm64:
 	cd userspace && CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
 		RUSTFLAGS="-C target-feature=+crt-static" \
 		$(CARGO) build --release --locked --target $(ARM64_TARGET) --bins
+	cd userspace && CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
+		CARGO_TARGET_DIR=$(ARM64_CAPI_DIR) $(CARGO) rustc --release --locked --lib --target $(ARM64_TARGET) \
+		--crate-type staticlib --config 'profile.release.panic="unwind"'
+	set -o pipefail; aarch64-linux-gnu-gcc $(CAPI_CFLAGS) -static -s -Wl,--gc-sections \
+		-o $(ARM64_TOOLS_DIR)/ivshmem-pipe-c $(CAPI_EXAMPLE) $(ARM64_CAPI_DIR)/$(ARM64_TARGET)/release/libivshmem.a \
+		-lpthread -ldl -lm -lrt -lutil 2>&1 | \
+		sed -e '/libivshmem.a(std-.*in function/d' -e '/in statically linked applications requires/d' >&2
 
 # The module and its fault-injection build for the debug guest kernel.
 module-debug:
