@@ -51,6 +51,14 @@ pub(crate) enum CacheMode {
     Uncached,
 }
 
+/// `PMD_ORDER`. bindgen finds it where `PMD_SHIFT` is a number (x86), not on arm64, where
+/// `PMD_SHIFT` is `ARM64_HW_PGTABLE_LEVEL_SHIFT(2)`: `PAGE_SHIFT - 3` bits above `PAGE_SHIFT`
+/// (`helpers.c` checks it at build time).
+#[cfg(CONFIG_ARM64)]
+const PMD_ORDER: c_uint = PAGE_SHIFT as c_uint - 3;
+#[cfg(not(CONFIG_ARM64))]
+const PMD_ORDER: c_uint = bindings::PMD_ORDER;
+
 extern "C" {
     /// `pgprot_noncached()`, from `helpers.c`.
     fn ivshmem_pgprot_noncached(prot: bindings::pgprot_t) -> bindings::pgprot_t;
@@ -253,7 +261,7 @@ impl<T: PfnSource> Ops<T> {
         let huge = match order {
             0 => false,
             #[cfg(CONFIG_ARCH_SUPPORTS_PMD_PFNMAP)]
-            bindings::PMD_ORDER => true,
+            PMD_ORDER => true,
             _ => return FALLBACK,
         };
         let Some(entry) = Entry::new(start, end, pgoff, address, order) else {
@@ -275,7 +283,7 @@ impl<T: PfnSource> Ops<T> {
                     // SAFETY: as above; the PMD-sized entry lies inside the VMA and the region
                     // and starts at a PMD-aligned PFN (checked by `Entry`).
                     #[cfg(CONFIG_ARCH_SUPPORTS_PMD_PFNMAP)]
-                    bindings::PMD_ORDER => unsafe { bindings::vmf_insert_pfn_pmd(vmf, pfn, write) },
+                    PMD_ORDER => unsafe { bindings::vmf_insert_pfn_pmd(vmf, pfn, write) },
                     _ => FALLBACK,
                 }
             })
