@@ -1486,7 +1486,7 @@ KINDS.update({
     # module, its race build and the tools cross-built (make arm64).
     "arm64": dict(env={"IVSHMEM_FLAVOUR": "release", "IVSHMEM_ARCH": "arm64"},
                   module=os.path.join(ROOT, ".arm64-build/ivshmem.ko"),
-                  race=os.path.join(ROOT, ".arm64-race-build/ivshmem.ko"), make="make arm64",
+                  race=os.path.join(ROOT, ".arm64-race-build/ivshmem.ko"), make="make all arm64",
                   tools=os.path.join(ROOT, "userspace/target/aarch64-unknown-linux-gnu/release"),
                   phases=[main_lab, doorbell_lab, channel_lab]),
 })
