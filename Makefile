@@ -192,7 +192,7 @@ bench: all
 	IVSHMEM_FLAVOUR=release python3 scripts/bench.py
 
 # The VM suite on every guest kernel, as make test runs it; vm-test-release on the release one only.
-vm-test: all module-race module-7.2 module-debug
+vm-test: all module-race module-7.2 module-debug arm64
 	python3 scripts/vmtest.py --flavour all
 
 vm-test-release: all module-race

@@ -1491,7 +1491,7 @@ KINDS.update({
                   phases=[main_lab, doorbell_lab, channel_lab]),
 })
 # What --flavour all runs, in order: make test's VM suite.
-ALL_KINDS = ["release", "release-7.2", "debug"]
+ALL_KINDS = ["release", "release-7.2", "arm64", "debug"]
 
 
 def main():
