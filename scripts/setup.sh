@@ -198,7 +198,7 @@ arm64_busybox() {
 	[ "$(od -An -tx1 -j18 -N2 "$apt/x/bin/busybox" | tr -d ' ')" = b700 ] ||
 		die "busybox-static:arm64 did not unpack an aarch64 binary"
 	install -m 755 "$apt/x/bin/busybox" "$dir/busybox.tmp" && mv "$dir/busybox.tmp" "$dir/busybox"
-	rm -rf "$apt/x" "$apt/deb"
+	rm -rf "$apt"
 }
 
 kernel_build() {
