@@ -208,16 +208,18 @@ mod msix {
         pub(crate) fn alloc(pdev: &'bound pci::Device<Bound>, max: u32) -> Result<Self> {
             let types = pci::IrqTypes::default().with(pci::IrqType::MsiX);
             let mut vectors = KVec::new();
-            match pdev.alloc_irq_vectors(2, 2, types) {
-                Ok(range) if max >= 2 => {
-                    let (first, last) = range.into_inner();
-                    vectors.push(first, GFP_KERNEL)?;
-                    vectors.push(last, GFP_KERNEL)?;
-                }
-                _ => {
-                    let range = pdev.alloc_irq_vectors(1, 1, types)?;
-                    vectors.push(*range.start(), GFP_KERNEL)?;
-                }
+            let two = if max >= 2 {
+                pdev.alloc_irq_vectors(2, 2, types).ok()
+            } else {
+                None
+            };
+            if let Some(range) = two {
+                let (first, last) = range.into_inner();
+                vectors.push(first, GFP_KERNEL)?;
+                vectors.push(last, GFP_KERNEL)?;
+            } else {
+                let range = pdev.alloc_irq_vectors(1, 1, types)?;
+                vectors.push(*range.start(), GFP_KERNEL)?;
             }
             Ok(Self { pdev, vectors })
         }
