@@ -4,8 +4,8 @@
 //!
 //! The driver is written against 7.3. Kbuild sets `--cfg ivshmem_kernel_7_2` when the kernel is
 //! 7.2, and each item here gives the driver one spelling for both series: the PCI table macro,
-//! BAR0 kept past probe, the lock of the interrupt path, `EOPNOTSUPP`, and MSI-X vectors with
-//! their handlers.
+//! probe's `id_info`, `VM_MAYSHARE`, BAR0 kept past probe, the lock of the interrupt path,
+//! `EOPNOTSUPP`, and MSI-X vectors with their handlers.
 //!
 //! # Interrupt context
 //!
@@ -62,6 +62,18 @@ pub(crate) type ProbeIdInfo<'a, T> = Option<&'a T>;
 /// (7.2 passes it always, 7.3 only when the device matched an ID table).
 #[cfg(ivshmem_kernel_7_2)]
 pub(crate) type ProbeIdInfo<'a, T> = &'a T;
+
+/// `VM_MAYSHARE`: set on a VMA that may be shared, i.e. not a private copy-on-write mapping.
+#[cfg(not(ivshmem_kernel_7_2))]
+pub(crate) use kernel::mm::virt::flags::MAYSHARE;
+
+/// `VM_MAYSHARE`: set on a VMA that may be shared, i.e. not a private copy-on-write mapping.
+///
+/// 7.2's `kernel::mm::virt::flags::MAYSHARE` is `VM_MAYEXEC` (its `bindings_helper.h` defines
+/// `RUST_CONST_HELPER_VM_MAYSHARE = VM_MAYEXEC`; 7.3 fixed it), so it is made from the bit
+/// number here, as `include/linux/mm.h` makes it.
+#[cfg(ivshmem_kernel_7_2)]
+pub(crate) const MAYSHARE: kernel::mm::virt::vm_flags_t = 1 << kernel::bindings::VMA_MAYSHARE_BIT;
 
 /// A mapped BAR that outlives probe: revoked by the driver core when the device is unbound.
 #[cfg(not(ivshmem_kernel_7_2))]

@@ -130,7 +130,7 @@ impl MiscDevice for IvshmemFile {
 
     fn mmap(this: Pin<&Self>, _file: &File, vma: &VmaNew) -> Result {
         // A private (copy-on-write) copy of shared memory silently stops being shared.
-        if vma.flags() & kernel::mm::virt::flags::MAYSHARE == 0 {
+        if vma.flags() & crate::compat::MAYSHARE == 0 {
             return Err(EINVAL);
         }
         // Memory another guest (or the host) can write never becomes executable: `PROT_EXEC`
