@@ -4,8 +4,8 @@
 //!
 //! The driver is written against 7.3. Kbuild sets `--cfg ivshmem_kernel_7_2` when the kernel is
 //! 7.2, and each item here gives the driver one spelling for both series: the PCI table macro,
-//! probe's `id_info`, `VM_MAYSHARE`, BAR0 kept past probe, the lock of the interrupt path,
-//! `EOPNOTSUPP`, and MSI-X vectors with their handlers.
+//! probe's `id_info`, `VM_MAYSHARE`, open files pinning the module, BAR0 kept past probe, the
+//! lock of the interrupt path, `EOPNOTSUPP`, and MSI-X vectors with their handlers.
 //!
 //! # Interrupt context
 //!
@@ -74,6 +74,94 @@ pub(crate) use kernel::mm::virt::flags::MAYSHARE;
 /// number here, as `include/linux/mm.h` makes it.
 #[cfg(ivshmem_kernel_7_2)]
 pub(crate) const MAYSHARE: kernel::mm::virt::vm_flags_t = 1 << kernel::bindings::VMA_MAYSHARE_BIT;
+
+/// Makes an open file keep the module loaded, as the VFS does for a `file_operations` whose
+/// `owner` is the module: 7.3's `MiscDeviceRegistration` sets `owner`, 7.2's leaves it unset,
+/// so there `rmmod` would succeed with a file open and free the code its operations point to.
+///
+/// On 7.2, [`FilePins::pin`] (called from `open`) switches the file to a copy of its operations
+/// whose `owner` is this module, taking the module reference the VFS drops after `release`
+/// (`misc_open`'s `replace_fops` pattern). The copy is made once and freed when the module
+/// goes, when no file can use it any more (each one pins the module). On 7.3 both do nothing.
+///
+/// # Invariants
+///
+/// On 7.2, [`OWNED_FOPS`] is null or a `KBox<file_operations>` leaked by [`FilePins::pin`],
+/// whose `owner` is this module; only the module's one `FilePins` frees it.
+pub(crate) struct FilePins(());
+
+#[cfg(ivshmem_kernel_7_2)]
+static OWNED_FOPS: kernel::sync::atomic::Atomic<*mut kernel::bindings::file_operations> =
+    kernel::sync::atomic::Atomic::new(core::ptr::null_mut());
+
+#[cfg(ivshmem_kernel_7_2)]
+extern "C" {
+    /// `try_module_get()`, from `helpers.c` (a `struct module *`, opaque here).
+    fn ivshmem_try_module_get(module: *mut core::ffi::c_void) -> bool;
+}
+
+impl FilePins {
+    /// The module's one instance, dropped when the module is unloaded.
+    pub(crate) fn new() -> Self {
+        Self(())
+    }
+
+    /// Pins the module for as long as `file`, which is being opened, stays open.
+    #[cfg(not(ivshmem_kernel_7_2))]
+    pub(crate) fn pin(_file: &kernel::fs::File) -> Result {
+        Ok(())
+    }
+
+    /// Pins the module for as long as `file`, which is being opened, stays open.
+    #[cfg(ivshmem_kernel_7_2)]
+    pub(crate) fn pin(file: &kernel::fs::File) -> Result {
+        use kernel::sync::atomic::ordering::{
+            Acquire,
+            Full, //
+        };
+        let raw = file.as_ptr();
+        let owner = crate::THIS_MODULE.as_ptr();
+        let mut fops = OWNED_FOPS.load(Acquire);
+        if fops.is_null() {
+            // SAFETY: the file is being opened by `misc_open`, which set `f_op` to the
+            // registration's operations, a constant of this module.
+            let mut copy = unsafe { (*raw).f_op.read() };
+            copy.owner = owner;
+            let new = KBox::into_raw(KBox::new(copy, GFP_KERNEL)?);
+            fops = match OWNED_FOPS.cmpxchg(core::ptr::null_mut(), new, Full) {
+                Ok(_) => new,
+                Err(winner) => {
+                    // SAFETY: `new` came from `KBox::into_raw` above and was never shared.
+                    drop(unsafe { KBox::from_raw(new) });
+                    winner
+                }
+            };
+        }
+        // SAFETY: `owner` is this module, which is live: its code is running.
+        if !unsafe { ivshmem_try_module_get(owner.cast()) } {
+            return Err(ENODEV);
+        }
+        // SAFETY: in `open` the file's operations may be replaced (`replace_fops`). The old ones
+        // have no owner, so there is no reference to put; the reference taken above is the
+        // one the VFS puts for the new ones (`fops->owner`) after `release`. `fops` stays
+        // valid while the file is open (type invariant: freed only at unload).
+        unsafe { (*raw).f_op = fops.cast_const() };
+        Ok(())
+    }
+}
+
+#[cfg(ivshmem_kernel_7_2)]
+impl Drop for FilePins {
+    fn drop(&mut self) {
+        use kernel::sync::atomic::ordering::Full;
+        let fops = OWNED_FOPS.xchg(core::ptr::null_mut(), Full);
+        if !fops.is_null() {
+            // SAFETY: by the type invariant `fops` came from `KBox::into_raw`; the module is
+            // being unloaded, so no file is open with these operations (each pins the module).
+            drop(unsafe { KBox::from_raw(fops) });
+        }
+    }
+}
 
 /// A mapped BAR that outlives probe: revoked by the driver core when the device is unbound.
 #[cfg(not(ivshmem_kernel_7_2))]

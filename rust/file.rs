@@ -25,6 +25,7 @@ use kernel::{
 };
 
 use crate::{
+    compat::FilePins,
     doorbell::Seen,
     file_mappings::FileMappings,
     shared::Shared,
@@ -125,6 +126,7 @@ impl MiscDevice for IvshmemFile {
         // SAFETY: the entry is removed in `drop`, which runs when the file is released.
         let mappings = unsafe { FileMappings::new(file)? };
         this.shared.add_file(this.id(), mappings)?;
+        FilePins::pin(file)?;
         Ok(this)
     }
 

@@ -1,13 +1,20 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * pgprot_noncached() is a macro on x86, so Rust cannot reach it through bindgen. This is the
- * one function the Rust side (vma_pfn.rs) needs from C.
+ * Macros and inline functions the Rust side needs, which bindgen cannot reach:
+ * pgprot_noncached() (a macro on x86; vma_pfn.rs) and try_module_get() (compat.rs, 7.2 only).
  */
 #include <linux/mm.h>
+#include <linux/module.h>
 
 pgprot_t ivshmem_pgprot_noncached(pgprot_t prot);
+bool ivshmem_try_module_get(struct module *module);
 
 pgprot_t ivshmem_pgprot_noncached(pgprot_t prot)
 {
 	return pgprot_noncached(prot);
+}
+
+bool ivshmem_try_module_get(struct module *module)
+{
+	return try_module_get(module);
 }

@@ -170,11 +170,13 @@ impl pci::Driver for IvshmemDriver {
     }
 }
 
-/// The module: the device numbers' lock, then the PCI driver.
+/// The module: the device numbers' lock, then the PCI driver; the pins of open files go last
+/// (`compat::FilePins`: by then no file is open).
 #[pin_data]
 struct IvshmemModule {
     #[pin]
     _driver: kernel::driver::Registration<pci::Adapter<IvshmemDriver>>,
+    _pins: compat::FilePins,
 }
 
 impl kernel::InPlaceModule for IvshmemModule {
@@ -186,6 +188,7 @@ impl kernel::InPlaceModule for IvshmemModule {
                 <Self as kernel::ModuleMetadata>::NAME,
                 module,
             ),
+            _pins: compat::FilePins::new(),
         })
     }
 }
