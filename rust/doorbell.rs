@@ -5,9 +5,8 @@
 
 use kernel::{
     io::Io,
-    new_condvar, new_spinlock_irq,
+    new_condvar,
     num::Bounded,
-    pci,
     prelude::*,
     sync::{
         atomic::{
@@ -15,8 +14,7 @@ use kernel::{
             Atomic, //
         },
         CondVar,
-        CondVarTimeoutResult,
-        SpinLockIrq, //
+        CondVarTimeoutResult, //
     },
     time::{
         msecs_to_jiffies,
@@ -25,6 +23,12 @@ use kernel::{
 };
 
 use crate::{
+    compat::{
+        eopnotsupp,
+        new_irq_lock,
+        DevresBar,
+        IrqLock, //
+    },
     eventfd::EventFd,
     regs,
     uapi, //
@@ -33,7 +37,7 @@ use crate::{
 const MAX: usize = uapi::IVSHMEM_MAX_VECTORS as usize;
 
 /// BAR0, usable from open files: revoked when the device is unbound.
-pub(crate) type Regs = pci::DevresBar<{ regs::SIZE }>;
+pub(crate) type Regs = DevresBar<{ regs::SIZE }>;
 
 struct Events {
     /// Cleared by `Shared::revoke` (the one place that decides the device is gone), so that
@@ -52,7 +56,7 @@ pub(crate) struct Doorbell {
     regs: Regs,
     vectors: u32,
     #[pin]
-    events: SpinLockIrq<Events>,
+    events: IrqLock<Events>,
     #[pin]
     waiters: CondVar,
 }
@@ -65,7 +69,7 @@ impl Doorbell {
         pin_init!(Self {
             regs,
             vectors,
-            events <- new_spinlock_irq!(Events {
+            events <- new_irq_lock!(Events {
                 alive: true,
                 counts: [0; MAX],
                 eventfds: [const { None }; MAX],
@@ -81,7 +85,7 @@ impl Doorbell {
 
     fn check_vector(&self, vector: u32) -> Result<usize> {
         if self.vectors == 0 {
-            return Err(EOPNOTSUPP);
+            return Err(eopnotsupp());
         }
         if vector >= self.vectors {
             return Err(EINVAL);

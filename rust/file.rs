@@ -25,6 +25,7 @@ use kernel::{
 };
 
 use crate::{
+    compat::FilePins,
     doorbell::Seen,
     file_mappings::FileMappings,
     shared::Shared,
@@ -125,12 +126,13 @@ impl MiscDevice for IvshmemFile {
         // SAFETY: the entry is removed in `drop`, which runs when the file is released.
         let mappings = unsafe { FileMappings::new(file)? };
         this.shared.add_file(this.id(), mappings)?;
+        FilePins::pin(file)?;
         Ok(this)
     }
 
     fn mmap(this: Pin<&Self>, _file: &File, vma: &VmaNew) -> Result {
         // A private (copy-on-write) copy of shared memory silently stops being shared.
-        if vma.flags() & kernel::mm::virt::flags::MAYSHARE == 0 {
+        if vma.flags() & crate::compat::MAYSHARE == 0 {
             return Err(EINVAL);
         }
         // Memory another guest (or the host) can write never becomes executable: `PROT_EXEC`

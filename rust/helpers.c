@@ -1,10 +1,12 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * pgprot_noncached() is a macro on x86, and pgprot_writecombine() one on arm64, so Rust cannot
- * reach them through bindgen. These are the functions the Rust side (vma_pfn.rs) needs from C.
+ * Macros and inline functions the Rust side needs, which bindgen cannot reach:
+ * pgprot_noncached() (a macro on x86; vma_pfn.rs), pgprot_writecombine() (a macro on arm64;
+ * vma_pfn.rs) and try_module_get() (compat.rs, 7.2 only).
  */
 #include <linux/build_bug.h>
 #include <linux/mm.h>
+#include <linux/module.h>
 
 #ifdef CONFIG_ARM64
 /* vma_pfn.rs's PMD_ORDER for arm64, where bindgen cannot evaluate PMD_SHIFT. */
@@ -13,6 +15,7 @@ static_assert(PMD_ORDER == PAGE_SHIFT - 3);
 
 pgprot_t ivshmem_pgprot_noncached(pgprot_t prot);
 pgprot_t ivshmem_pgprot_writecombine(pgprot_t prot);
+bool ivshmem_try_module_get(struct module *module);
 
 pgprot_t ivshmem_pgprot_noncached(pgprot_t prot)
 {
@@ -22,4 +25,9 @@ pgprot_t ivshmem_pgprot_noncached(pgprot_t prot)
 pgprot_t ivshmem_pgprot_writecombine(pgprot_t prot)
 {
 	return pgprot_writecombine(prot);
+}
+
+bool ivshmem_try_module_get(struct module *module)
+{
+	return try_module_get(module);
 }

@@ -13,6 +13,7 @@ use kernel::{
     sync::Arc, //
 };
 
+mod compat;
 mod doorbell;
 mod eventfd;
 mod file;
@@ -69,9 +70,10 @@ struct IvshmemPci<'bound> {
     _irqs: Option<Interrupts<'bound>>,
 }
 
-kernel::pci_device_table!(
+compat::pci_table!(
     PCI_TABLE,
-    <IvshmemDriver as pci::Driver>::IdInfo,
+    MODULE_PCI_TABLE,
+    IvshmemDriver,
     [(
         pci::DeviceId::from_id(pci::Vendor::REDHAT_QUMRANET, 0x1110),
         ()
@@ -86,7 +88,7 @@ impl pci::Driver for IvshmemDriver {
 
     fn probe<'bound>(
         pdev: &'bound pci::Device<Core<'_>>,
-        _info: Option<&'bound Self::IdInfo>,
+        _info: compat::ProbeIdInfo<'bound, Self::IdInfo>,
     ) -> impl PinInit<Self::Data<'bound>, Error> + 'bound {
         pin_init::pin_init_scope(move || {
             pdev.enable_device_mem()?;
@@ -168,11 +170,13 @@ impl pci::Driver for IvshmemDriver {
     }
 }
 
-/// The module: the device numbers' lock, then the PCI driver.
+/// The module: the device numbers' lock, then the PCI driver; the pins of open files go last
+/// (`compat::FilePins`: by then no file is open).
 #[pin_data]
 struct IvshmemModule {
     #[pin]
     _driver: kernel::driver::Registration<pci::Adapter<IvshmemDriver>>,
+    _pins: compat::FilePins,
 }
 
 impl kernel::InPlaceModule for IvshmemModule {
@@ -184,6 +188,7 @@ impl kernel::InPlaceModule for IvshmemModule {
                 <Self as kernel::ModuleMetadata>::NAME,
                 module,
             ),
+            _pins: compat::FilePins::new(),
         })
     }
 }

@@ -5,16 +5,18 @@
 
 use kernel::{
     device::Bound,
-    irq::{
-        self,
-        IrqReturn, //
-    },
+    irq::IrqReturn,
     pci,
     prelude::*,
     sync::Arc, //
 };
 
 use crate::{
+    compat::{
+        IrqHandler,
+        MsixHandlers,
+        MsixVectors, //
+    },
     shared::Shared,
     uapi, //
 };
@@ -25,7 +27,7 @@ struct VectorHandler {
     vector: usize,
 }
 
-impl irq::Handler for VectorHandler {
+impl IrqHandler for VectorHandler {
     fn handle(&self) -> IrqReturn {
         self.shared.doorbell.interrupt(self.vector);
         IrqReturn::Handled
@@ -33,14 +35,12 @@ impl irq::Handler for VectorHandler {
 }
 
 /// MSI-X vectors allocated for a device, before their handlers exist.
-pub(crate) struct Vectors<'bound>(KBox<pci::IrqVectorRegistration<'bound>>);
+pub(crate) struct Vectors<'bound>(MsixVectors<'bound>);
 
 impl<'bound> Vectors<'bound> {
     /// Allocates as many MSI-X vectors as the device has, up to `IVSHMEM_MAX_VECTORS`.
     pub(crate) fn alloc(pdev: &'bound pci::Device<Bound>) -> Result<Self> {
-        let types = pci::IrqTypes::default().with(pci::IrqType::MsiX);
-        let vectors = pdev.alloc_irq_vectors(1, uapi::IVSHMEM_MAX_VECTORS, types)?;
-        Ok(Self(KBox::new(vectors, GFP_KERNEL)?))
+        Ok(Self(MsixVectors::alloc(pdev, uapi::IVSHMEM_MAX_VECTORS)?))
     }
 
     /// How many were allocated.
@@ -52,41 +52,18 @@ impl<'bound> Vectors<'bound> {
 
 /// The MSI-X vectors of a bound doorbell device and their handlers.
 pub(crate) struct Interrupts<'bound> {
-    // Declared (so dropped) before `_vectors`: the handlers use the vectors' IRQ numbers.
-    _handlers: KVec<Pin<KBox<irq::Registration<'bound, VectorHandler>>>>,
-    _vectors: KBox<pci::IrqVectorRegistration<'bound>>,
+    _handlers: MsixHandlers<'bound, VectorHandler>,
 }
 
 impl<'bound> Interrupts<'bound> {
     /// Requests one handler per vector, delivering to `shared`'s doorbell.
     pub(crate) fn request(vectors: Vectors<'bound>, shared: &Arc<Shared>) -> Result<Self> {
-        let vectors = vectors.0;
-        // SAFETY: the registration lives in a box whose address does not change, and it is
-        // dropped after every handler that borrows it (field order of `Self`), so extending
-        // the borrow to `'bound` never lets a handler outlive the vectors.
-        let vref: &'bound pci::IrqVectorRegistration<'bound> =
-            unsafe { &*core::ptr::from_ref(&*vectors) };
-        let mut handlers = KVec::new();
-        for i in 0..vref.len() {
-            let handler = VectorHandler {
-                shared: shared.clone(),
-                vector: i,
-            };
-            // SAFETY: the registration is kept in `handlers` and dropped normally, never
-            // forgotten.
-            let reg = unsafe {
-                irq::Registration::new(
-                    vref.index(i)?.into(),
-                    irq::Flags::TRIGGER_NONE,
-                    c"ivshmem",
-                    Ok::<_, Error>(handler),
-                )
-            };
-            handlers.push(KBox::pin_init(reg, GFP_KERNEL)?, GFP_KERNEL)?;
-        }
+        let handlers = MsixHandlers::request(vectors.0, |vector| VectorHandler {
+            shared: shared.clone(),
+            vector,
+        })?;
         Ok(Self {
             _handlers: handlers,
-            _vectors: vectors,
         })
     }
 }

@@ -116,7 +116,7 @@ fn set_cache_mode(vma: &VmaNew, mode: CacheMode) {
 /// the VMA without calling `close`, and the VMA's reference to `source` would leak.
 pub(crate) fn install<T: PfnSource>(vma: &VmaNew, source: Arc<T>, mode: CacheMode) -> Result {
     // A copy-on-write PFN mapping is what `vmf_insert_pfn*()` refuse with BUG(): shared only.
-    if vma.flags() & flags::MAYSHARE == 0 {
+    if vma.flags() & crate::compat::MAYSHARE == 0 {
         return Err(EINVAL);
     }
     vma.set_io();
