@@ -210,8 +210,10 @@ kernel_build() {
 	mapfile -t frags < <(ivshmem_fragments)
 	if [ "$IVSHMEM_FLAVOUR" = debug ]; then
 		step "building debug guest kernel in $kdir (about 10 minutes on 2 cores)"
+	elif [ "$IVSHMEM_ARCH" = arm64 ]; then
+		step "building arm64 guest kernel in $kdir (about 13 minutes on 2 idle cores)"
 	else
-		step "building $IVSHMEM_ARCH guest kernel in $kdir (about 6 minutes on 2 cores)"
+		step "building guest kernel $(ivshmem_src_version) in $kdir (6 to 10 minutes on 2 cores)"
 	fi
 	rm -rf "$kdir" && mkdir -p "$kdir"
 	make -s -C "$ksrc" O="$kdir" "${flags[@]}" tinyconfig >/dev/null
