@@ -192,6 +192,16 @@ fn daemonize() -> io::Result<()> {
     }
 }
 
+/// Writes our pid to `path` so that a reader never finds it empty or half written (scripts and
+/// tests read it as soon as it exists): a temporary file beside it, renamed over it.
+fn write_pid_file(path: &str) -> io::Result<()> {
+    let tmp = format!("{path}.{}.tmp", std::process::id());
+    fs::write(&tmp, format!("{}\n", std::process::id()))?;
+    fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = fs::remove_file(&tmp);
+    })
+}
+
 fn run(o: Opts) -> Result<(), ToolError> {
     let shm = open_shm(&o).map_err(|e| ToolError::sys("shared memory", e))?;
     let listener =
@@ -199,8 +209,7 @@ fn run(o: Opts) -> Result<(), ToolError> {
     if !o.foreground {
         daemonize().map_err(|e| ToolError::sys("daemonize", e))?;
     }
-    fs::write(&o.pidfile, format!("{}\n", std::process::id()))
-        .map_err(|e| ToolError::sys(format!("pid file {}", o.pidfile), e))?;
+    write_pid_file(&o.pidfile).map_err(|e| ToolError::sys(format!("pid file {}", o.pidfile), e))?;
     // Peers that hang up must not kill the server: keep SIGPIPE ignored (run_tool restored it).
     // SAFETY: sets the action of one signal to "ignore"; no handler runs.
     unsafe { sys::signal(sys::SIGPIPE, sys::SIG_IGN) };
