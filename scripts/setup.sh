@@ -117,6 +117,27 @@ host_mirror() {
 	echo "$found"
 }
 
+# A private apt configuration in directory $1 (its own sources, lists and archives, so the
+# host's stay untouched) with the one sources line $2 and any further apt.conf lines after it.
+# Use: APT_CONFIG=$1/apt.conf apt-get ...
+private_apt() {
+	local apt=$1 line=$2
+	shift 2
+	mkdir -p "$apt/lists/partial" "$apt/archives/partial"
+	echo "$line" >"$apt/sources.list"
+	{
+		cat <<-CONF
+		Dir::Etc::SourceList "$apt/sources.list";
+		Dir::Etc::SourceParts "/nonexistent";
+		Dir::State::Lists "$apt/lists";
+		Dir::Cache "$apt";
+		Dir::Cache::archives "$apt/archives";
+		APT::Sandbox::User "root";
+		CONF
+		[ $# -eq 0 ] || printf '%s\n' "$@"
+	} >"$apt/apt.conf"
+}
+
 # Fetches Debian's linux-source-<series> through a private apt configuration, so the host's
 # sources stay untouched; the archive is the host's (host_mirror). Result: src/linux-VERSION
 # and src/version under $IVSHMEM_CACHE.
@@ -133,16 +154,8 @@ kernel_source() {
 	[ -z "$key" ] || opts="[signed-by=$key] "
 	step "fetching linux-source-$IVSHMEM_KERNEL_SERIES from $IVSHMEM_KERNEL_SUITE at $uri"
 	local apt=$IVSHMEM_CACHE/apt
-	mkdir -p "$apt/lists/partial" "$apt/archives/partial" "$src"
-	echo "deb $opts$uri $IVSHMEM_KERNEL_SUITE main" >"$apt/sources.list"
-	cat >"$apt/apt.conf" <<-CONF
-	Dir::Etc::SourceList "$apt/sources.list";
-	Dir::Etc::SourceParts "/nonexistent";
-	Dir::State::Lists "$apt/lists";
-	Dir::Cache "$apt";
-	Dir::Cache::archives "$apt/archives";
-	APT::Sandbox::User "root";
-	CONF
+	mkdir -p "$src"
+	private_apt "$apt" "deb $opts$uri $IVSHMEM_KERNEL_SUITE main"
 	export APT_CONFIG=$apt/apt.conf
 	apt-get update -q --error-on=any >"$apt/update.log" 2>&1 ||
 		die "apt-get update for $IVSHMEM_KERNEL_SUITE at $uri failed (see $apt/update.log; another archive: IVSHMEM_APT_MIRROR=URL)"
@@ -176,18 +189,8 @@ arm64_busybox() {
 	[ -n "$codename" ] || die "no VERSION_CODENAME in /etc/os-release: cannot choose the arm64 busybox's release"
 	step "fetching busybox-static for arm64 from $codename at $uri"
 	local apt=$dir/apt
-	mkdir -p "$apt/lists/partial" "$apt/archives/partial"
-	echo "deb $opts$uri $codename main" >"$apt/sources.list"
-	cat >"$apt/apt.conf" <<-CONF
-	Dir::Etc::SourceList "$apt/sources.list";
-	Dir::Etc::SourceParts "/nonexistent";
-	Dir::State::Lists "$apt/lists";
-	Dir::Cache "$apt";
-	Dir::Cache::archives "$apt/archives";
-	APT::Architecture "arm64";
-	APT::Architectures { "arm64"; };
-	APT::Sandbox::User "root";
-	CONF
+	private_apt "$apt" "deb $opts$uri $codename main" 'APT::Architecture "arm64";' \
+		'APT::Architectures { "arm64"; };'
 	APT_CONFIG=$apt/apt.conf apt-get update -q --error-on=any >"$apt/update.log" 2>&1 ||
 		die "apt-get update for arm64 $codename at $uri failed (see $apt/update.log)"
 	rm -rf "$apt/deb" && mkdir -p "$apt/deb"
