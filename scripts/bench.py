@@ -313,14 +313,15 @@ def line_chart(title, xlabel, ylabel, xs, series, xfmt):
     o.append(f'<text transform="translate(20,{top + ph / 2}) rotate(-90)" text-anchor="middle">{esc(ylabel)}</text>')
     for i, (name, vals) in enumerate(series):
         c = COLORS[i % len(COLORS)]
-        pts = [(px(x), py(y)) for x, y in zip(xs, vals) if y]
+        pts = [(px(x), py(y)) for x, y in zip(xs, vals, strict=True) if y]
         dash = ' stroke-dasharray="6,4"' if name.startswith("memcpy") else ""
         o.append(f'<polyline fill="none" stroke="{c}" stroke-width="2"{dash} points="'
                  + " ".join(f"{a:.1f},{b:.1f}" for a, b in pts) + '"/>')
         for a, b in pts:
             o.append(f'<circle cx="{a:.1f}" cy="{b:.1f}" r="3" fill="{c}"/>')
         ly = top + 10 + 20 * i
-        o.append(f'<line x1="{left + pw + 15}" y1="{ly}" x2="{left + pw + 40}" y2="{ly}" stroke="{c}" stroke-width="2"{dash}/>')
+        o.append(f'<line x1="{left + pw + 15}" y1="{ly}" x2="{left + pw + 40}" y2="{ly}" stroke="{c}" '
+                 f'stroke-width="2"{dash}/>')
         o.append(f'<text x="{left + pw + 45}" y="{ly + 4}">{esc(name)}</text>')
     o.append("</svg>")
     return "\n".join(o) + "\n"
@@ -342,8 +343,9 @@ def bar_chart(title, ylabel, groups, bars):
     bw = gw * 0.8 / len(bars)
     for gi, gname in enumerate(groups):
         gx = left + gi * gw + gw * 0.1
-        o.append(f'<text x="{left + gi * gw + gw / 2:.1f}" y="{top + ph + 18}" text-anchor="middle">{esc(gname)}</text>')
-        for bi, (name, vs) in enumerate(bars):
+        o.append(f'<text x="{left + gi * gw + gw / 2:.1f}" y="{top + ph + 18}" text-anchor="middle">'
+                 f'{esc(gname)}</text>')
+        for bi, (_name, vs) in enumerate(bars):
             v = vs[gi]
             if not v:
                 continue
@@ -530,7 +532,8 @@ def report(raw, meta, out_dir):
           "Guest memcpy is glibc's: for 16-256 KiB it picks `rep movsb`, which TCG emulates a byte at a time, "
           "hence the dip there; the channel copies with the same memcpy and dips alike.",
           "- Round trips: 64-byte messages on a message channel (`send`/`recv`); spin (the library's spin "
-          "loop, without the pause hint as by default; also with it), doorbell (spin budget 0: every wait sleeps in IVSHMEM_WAIT), "
+          "loop, without the pause hint as by default; also with it), doorbell (spin budget 0: every wait sleeps in "
+          "IVSHMEM_WAIT), "
           "TCP with TCP_NODELAY. `pingpong --mode spin` is the bare 4-byte counter ping-pong.", "",
           "## Streaming throughput (MB/s)", "", "![throughput](throughput.svg)", "",
           "| message | memcpy | channel copying | channel zero-copy | TCP | copying / memcpy | zero-copy / memcpy "

@@ -90,6 +90,14 @@ ivshmem_kernel_image() {
 
 ivshmem_kdir() { echo "$IVSHMEM_CACHE/build/$(ivshmem_kernel_key)"; }
 
+# The virtual environment with the VM suite's runner and the Python linter
+# (scripts/vmtests/requirements.txt), keyed by that file and the Python that runs it.
+ivshmem_venv() {
+	local key
+	key=$({ cat "$IVSHMEM_ROOT/scripts/vmtests/requirements.txt"; python3 --version 2>&1; } | sha256sum | cut -c1-12)
+	echo "$IVSHMEM_CACHE/venv-$key"
+}
+
 # Whether process $1 runs (a zombie does not: daemonized QEMUs may be reaped late).
 alive() { [ -r "/proc/$1/status" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null; }
 

@@ -12,6 +12,7 @@ Each guest serves commands on its second serial port, a UNIX socket on the host
 import os
 import re
 import socket
+import subprocess
 import sys
 import time
 import uuid
@@ -44,7 +45,8 @@ class Guest:
     def not_running(self):
         if os.path.exists(self.console):
             return GuestError(f"guest {self.n} is not running (see {self.console})")
-        return GuestError(f"guest {self.n} is not running (no live pid in {self.pidfile}): start it with scripts/start.sh")
+        return GuestError(f"guest {self.n} is not running (no live pid in {self.pidfile}): "
+                          "start it with scripts/start.sh")
 
     def _connect(self):
         if self.sock is None:
@@ -78,7 +80,7 @@ class Guest:
                 data = self.sock.recv(65536)
             except socket.timeout:
                 if not self.alive():
-                    raise GuestError(f"guest {self.n} died (see {self.console})")
+                    raise GuestError(f"guest {self.n} died (see {self.console})") from None
                 continue
             except OSError as e:
                 self.close()
@@ -131,6 +133,142 @@ class Guest:
         if r is None:
             raise GuestError(f"guest {self.n}: no answer to: {cmd}")
         return r
+
+
+# Reports, not banners: the debug kernel's "KernelAddressSanitizer initialized" and lockdep's
+# "Lock dependency validator" boot lines must not match.
+BAD_DMESG = re.compile(r"WARNING:|BUG:|BUG |Oops|Kernel panic|Call Trace|general protection fault"
+                       r"|kmemleak: \d+ new suspected|BUG: KASAN|possible circular locking"
+                       r"|possible recursive locking|inconsistent lock state|BUG: sleeping function"
+                       r"|list_add corruption|list_del corruption|UBSAN")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class CheckFailed(AssertionError):
+    """A check of the lab's state failed (an AssertionError, so test runners report it as a
+    failed check, not an error)."""
+
+
+def check(cond, msg):
+    if not cond:
+        raise CheckFailed(msg)
+
+
+class Lab:
+    """A set of booted guests (scripts/start.sh) with their backing files, run directory and
+    environment, and the commands tests run in them.
+
+    `env` selects the guest kernel (scripts/config.sh: IVSHMEM_FLAVOUR, IVSHMEM_KERNEL_SERIES,
+    IVSHMEM_ARCH); `image` is the guest image scripts/initramfs.sh built for it."""
+
+    def __init__(self, run, shm, image, env=None):
+        self.run_dir = run
+        self.main_shm = shm
+        self.image = image
+        self.kernel_env = dict(env or {})
+        self.guests = []
+        self.mode = "plain"
+        self.shm = shm
+        self.size = "64M"
+
+    def env(self, **kw):
+        return dict(os.environ, **self.kernel_env, IVSHMEM_RUN=self.run_dir, IVSHMEM_SHM_SIZE="64M",
+                    IVSHMEM_SHM_PATH=self.main_shm, **kw)
+
+    def boot(self, guests, extra, mode="plain", shm=None, size="64M"):
+        """Boots `guests` guests on fresh backing files: the main one of `size` at `shm` (in
+        doorbell mode the server's), one more per size in `extra` at shm.1, shm.2, ..."""
+        self.stop()
+        self.mode = mode
+        self.shm = shm or self.main_shm
+        self.size = size
+        remove_backing(self.shm)
+        self.start(guests=guests, extra=extra)
+        self.guests = [Guest(i, self.run_dir) for i in range(1, guests + 1)]
+        for g in self.guests:
+            g.wait_ready(240)
+        return self
+
+    def start(self, guests, extra, only=""):
+        env = self.env(IVSHMEM_GUESTS=str(guests), IVSHMEM_EXTRA_SHM=extra, IVSHMEM_MODE=self.mode,
+                       IVSHMEM_VECTORS="2", IVSHMEM_ONLY=only)
+        env["IVSHMEM_SHM_PATH"] = self.shm
+        env["IVSHMEM_SHM_SIZE"] = self.size
+        subprocess.run(["bash", os.path.join(ROOT, "scripts/start.sh"), self.image], env=env, check=True)
+
+    def stop(self):
+        for g in self.guests:
+            g.close()
+        subprocess.run(["bash", os.path.join(ROOT, "scripts/stop.sh")], env=dict(os.environ, IVSHMEM_RUN=self.run_dir),
+                       check=False)
+
+    def sh(self, g, cmd, timeout=300, ok=True):
+        """Runs cmd in guest g (1-based); with ok, fails the check on a non-zero status."""
+        status, out = self.guests[g - 1].run(cmd, timeout)
+        if ok and status != 0:
+            raise CheckFailed(f"guest {g}: '{cmd}' exited {status}:\n{out}")
+        return status, out
+
+    def dmesg_clean(self, g):
+        _, out = self.sh(g, "dmesg")
+        bad = [line for line in out.splitlines() if BAD_DMESG.search(line)]
+        check(not bad, f"guest {g} dmesg:\n" + "\n".join(bad[:20]))
+
+    def bg(self, g, cmd, out):
+        """Starts cmd in the background in guest g; its output, then `exit=STATUS`, go to out."""
+        self.sh(g, f"rm -f {out}; ({cmd} > {out} 2>&1; echo exit=$? >> {out}) &")
+
+    def wait_line(self, g, out, text, secs=30):
+        """Waits until file out in guest g holds text; fails the check if it never does."""
+        _, found = self.sh(g, f"for i in $(seq {secs * 10}); do grep -q '{text}' {out} && break; sleep 0.1; done; "
+                              f"cat {out}")
+        check(text in found, f"guest {g}: no '{text}' in {out} after {secs} s:\n{found}")
+        return found
+
+    def leak_check_start(self, g):
+        self.sh(g, "test -w /sys/kernel/debug/kmemleak")  # the check below must be able to fail
+        self.sh(g, "echo scan > /sys/kernel/debug/kmemleak; echo clear > /sys/kernel/debug/kmemleak")
+
+    def no_leaks(self, g):
+        # Two scans, so that young objects are judged too.
+        self.sh(g, "echo scan > /sys/kernel/debug/kmemleak; sleep 1; echo scan > /sys/kernel/debug/kmemleak")
+        _, out = self.sh(g, "cat /sys/kernel/debug/kmemleak")
+        check(out.strip() == "", f"guest {g}: kmemleak reports leaks:\n" + out[:3000])
+
+    def pid(self, name):
+        """The pid in $run/NAME.pid (guestN, server)."""
+        with open(os.path.join(self.run_dir, f"{name}.pid")) as f:
+            return int(f.read())
+
+    def console_tail(self, g, lines=60):
+        """The last lines of guest g's console log ("" if there is none)."""
+        try:
+            with open(self.guests[g - 1].console, errors="replace") as f:
+                return "\n".join(f.read().splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def remove_backing(shm):
+    """Removes backing file `shm` and its numbered siblings (shm.1, shm.2, ...)."""
+    d, base = os.path.split(shm)
+    if not os.path.isdir(d or "."):
+        return
+    for name in os.listdir(d or "."):
+        if name == base or name.startswith(base + ".") and name[len(base) + 1:].isdigit():
+            os.unlink(os.path.join(d, name))
+
+
+def host_read(path, offset, length):
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(length)
+
+
+def host_write(path, offset, data):
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(data)
 
 
 # The reproducible pattern of userspace/src/pattern.rs, byte for byte.

@@ -61,6 +61,26 @@ rust_tools() {
 	fi
 }
 
+# The VM suite's pytest and the Python linter, from PyPI into a virtual environment in the
+# cache (ivshmem_venv): test-only, so the tools' runtime stays std alone. Older environments of
+# other requirements are removed.
+python_venv() {
+	local venv log=$IVSHMEM_CACHE/venv-install.log
+	venv=$(ivshmem_venv)
+	[ -f "$venv/.ivshmem-complete" ] && return 0
+	step "installing pytest and ruff (scripts/vmtests/requirements.txt) into $venv"
+	rm -rf "$venv"
+	python3 -m venv "$venv" >"$log" 2>&1 ||
+		die "python3 -m venv failed (Debian's python3: apt-get install python3-venv); see $log"
+	"$venv/bin/pip" install -q --disable-pip-version-check -r "$IVSHMEM_ROOT/scripts/vmtests/requirements.txt" \
+		>>"$log" 2>&1 || die "pip install -r scripts/vmtests/requirements.txt failed; see $log"
+	touch "$venv/.ivshmem-complete"
+	local old
+	for old in "$IVSHMEM_CACHE"/venv-*/; do
+		[ "${old%/}" = "$venv" ] || rm -rf "$old"
+	done
+}
+
 # The Debian archive the host's apt uses, as "URI KEYRING" (KEYRING may be empty): the entry
 # whose suite is the host's release codename (not -updates, not -security). Reads one-line
 # (*.list) and deb822 (*.sources) files. IVSHMEM_APT_MIRROR overrides it.
@@ -254,6 +274,7 @@ export PATH="$IVSHMEM_CACHE/tools/bin:$PATH"
 
 host_packages
 rust_tools
+python_venv
 [ "$IVSHMEM_ARCH" = x86_64 ] || arm64_busybox
 [ "${1:-}" = host ] && exit 0
 kernel_source
