@@ -2,7 +2,7 @@
 # Builds the guest image: busybox, the module, the static userspace tools, the agent.
 #   scripts/initramfs.sh OUTPUT MODULE.ko TOOLS_DIR [RACE-MODULE.ko]
 # The optional fault-injection build (make module-race) lands as /ivshmem-race.ko.
-# IVSHMEM_IMAGE_OVERLAY=DIR: DIR's tree is copied over the image last (vmtest.py's install_lab:
+# IVSHMEM_IMAGE_OVERLAY=DIR: DIR's tree is copied over the image last (the VM suite's test_install.py:
 # a root made by make install DESTDIR=, and its /etc/init.d/rcS, which init then runs).
 set -euo pipefail
 source "$(dirname "$0")/config.sh"

@@ -28,7 +28,7 @@ kargs=""
 [ -f "$initrd" ] || die "no guest image at $initrd: build it with scripts/initramfs.sh (README, Manual use)"
 # arm64 (IVSHMEM_ARCH=arm64): -M virt with GICv3 (its ITS takes the MSI-X vectors), always
 # TCG. The console is virt's PL011 (ttyAMA0); the agent's line a PCI 16550 (ttyS0 in the guest)
-# in slot 1, so that the ivshmem devices sit in slots 2, 3, ... as on x86 (vmtest.py's BDFs).
+# in slot 1, so that the ivshmem devices sit in slots 2, 3, ... as on x86 (the VM suite's BDFs).
 # pauth-impdef: QEMU's own pointer-authentication algorithm instead of emulating QARMA.
 if [ "$IVSHMEM_ARCH" = arm64 ]; then
 	qemu=qemu-system-aarch64

@@ -8,12 +8,14 @@ run in file order on that lab. Options:
                                   small volumes, no figures (make check); full: everything
                                   (make test; default)
     --build                       build each kind's module, race build and tools first (make)
+    --module PATH                 the ivshmem.ko to test instead of the kind's (one kind)
 
 Markers: `figure` (a check whose point is a time or memory figure: skipped on the debug
 kernel, left out of the check tier), `x86` (x86 behaviour, skipped on arm64 guests), `full`
 (volume or repetition that the check tier leaves out), and one per kind for -m.
 """
 
+import fcntl
 import os
 import subprocess
 import sys
@@ -26,11 +28,18 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import lab  # noqa: E402
 from kinds import ALL_KINDS, CHECK_SCENARIOS, KINDS, ROOT, SCENARIOS  # noqa: E402
 
-# Overridable so that two suites (two checkouts) can run side by side.
+# Overridable so that two suites (two checkouts) can run side by side; each pytest-xdist worker
+# (make test runs two) has its own.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
 RUN = os.environ.get("IVSHMEM_VMTEST_RUN", os.path.join(tempfile.gettempdir(), "ivshmem-rs-vmtest"))
 SHM = os.environ.get("IVSHMEM_VMTEST_SHM", "/dev/shm/ivshmem-rs-vmtest")
+if _WORKER:
+    RUN, SHM = f"{RUN}-{_WORKER}", f"{SHM}-{_WORKER}"
+# `make all` (host tools, server, module) for every kind, one worker at a time.
+BUILD_LOCK = os.path.join(tempfile.gettempdir(), "ivshmem-rs-vmtest-build.lock")
 
-# Figures the tests print (helpers.measured): (test id, text), shown at the end of the run.
+# Figures measured since the last report (helpers.measured, scenario times): each report takes
+# them as JUnit properties ("measured"); the run's summary lists them.
 FIGURES = []
 # The lab of the scenario running now: its guests' consoles go into a failure's report.
 CURRENT = {}
@@ -43,6 +52,7 @@ def pytest_addoption(parser):
                      help="check: each path once, small volumes, no figures; full: everything")
     parser.addoption("--build", action="store_true",
                      help="build each kind's module, fault-injection build and tools before its tests")
+    parser.addoption("--module", help="test this ivshmem.ko instead of the kind's (e.g. a build of another tree)")
 
 
 def selected_kinds(config):
@@ -58,6 +68,7 @@ def pytest_configure(config):
     for line in ("figure: a figure of time or memory (skipped on the debug kernel, not in the check tier)",
                  "x86: x86 behaviour (skipped on arm64 guests)",
                  "full: volume or repetition of the full tier only (make test)",
+                 "xdist_group(name): pytest-xdist's --dist loadgroup runs a group on one worker",
                  *(f"{k}: runs on the {k} kind" for k in KINDS)):
         config.addinivalue_line("markers", line)
     config.ivshmem_kinds = selected_kinds(config)
@@ -92,6 +103,8 @@ def pytest_collection_modifyitems(session, config, items):
             drop.append(item)
             continue
         item.add_marker(kind.name)
+        # With pytest-xdist (--dist loadgroup), each kind runs on one worker, in this order.
+        item.add_marker(pytest.mark.xdist_group(kind.name))
         if item.get_closest_marker("figure") and kind.flavour == "debug":
             item.add_marker(pytest.mark.skip(reason="a figure: the debug kernel's timings and memory mean nothing"))
         if item.get_closest_marker("x86") and kind.arch != "x86_64":
@@ -120,14 +133,19 @@ def kind(request):
     os.makedirs(RUN, exist_ok=True)
     if request.config.getoption("--build"):
         started = time.monotonic()
+        with open(BUILD_LOCK, "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            make(["all"], os.path.join(RUN, "build-all.log"))
+        # The kind's own builds have directories of their own (cargo locks its target itself).
         make(k.make, os.path.join(RUN, f"build-{k.name}.log"))
-        FIGURES.append((f"kind {k.name}", f"make {' '.join(k.make)}: {time.monotonic() - started:.0f} s"))
-    missing = [m for m in (k.module, k.race) if not os.path.exists(m)]
+        FIGURES.append(f"{k.name}: make all {' '.join(k.make)}: {time.monotonic() - started:.0f} s")
+    module = request.config.getoption("--module") or k.module
+    missing = [m for m in (module, k.race) if not os.path.exists(m)]
     if missing:
         pytest.fail(f"no {' '.join(missing)}: run make {' '.join(k.make)} (or pass --build)", pytrace=False)
     k.image = os.path.join(RUN, f"initramfs-{k.name}.cpio.gz")
     env = dict(os.environ, **k.selecting_env())
-    r = subprocess.run(["bash", os.path.join(ROOT, "scripts/initramfs.sh"), k.image, k.module, k.tools, k.race],
+    r = subprocess.run(["bash", os.path.join(ROOT, "scripts/initramfs.sh"), k.image, module, k.tools, k.race],
                        env=env, capture_output=True, text=True)
     if r.returncode != 0:
         pytest.fail(f"{k.name} guest image: {r.stderr.strip()}", pytrace=False)
@@ -156,27 +174,27 @@ def vm(kind, request):
             lab.remove_backing(SHM)
         except OSError:
             pass
-        FIGURES.append((f"{request.module.__name__}[{kind.name}]", f"took {time.monotonic() - started:.0f} s"))
+        FIGURES.append(f"{request.module.__name__}[{kind.name}] took {time.monotonic() - started:.0f} s")
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item, call):
-    """A failure's report gets the last lines of each guest's console; the figures a test
-    printed become properties of its JUnit record."""
+    """A failure's report gets the last lines of each guest's console; the figures measured
+    since the last report become its properties (JUnit; with pytest-xdist they travel with it)."""
     rep = yield
     s = CURRENT.get("lab")
     if rep.failed and s is not None:
         for i in range(1, len(s.guests) + 1):
             rep.sections.append((f"guest {i} console (last 60 lines)", s.console_tail(i)))
-    if call.when == "call":
-        for nodeid, text in FIGURES:
-            if nodeid == item.nodeid:
-                item.user_properties.append(("measured", text))
+    rep.user_properties.extend(("measured", text) for text in FIGURES)
+    FIGURES.clear()
     return rep
 
 
 def pytest_terminal_summary(terminalreporter):
-    if FIGURES:
+    lines = [f"{rep.nodeid}: {value}" for reports in terminalreporter.stats.values() for rep in reports
+             for name, value in getattr(rep, "user_properties", ()) if name == "measured"]
+    if lines:
         terminalreporter.section("figures")
-        for nodeid, text in FIGURES:
-            terminalreporter.write_line(f"{nodeid}: {text}")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -1,5 +1,5 @@
 //! The error of a tool, as a type: exit statuses and errno checks follow the variant, never the
-//! text of a message. The messages are what users and `scripts/vmtest.py` read.
+//! text of a message. The messages are what users and the VM suite (`scripts/vmtests/`) read.
 
 use std::fmt;
 use std::io;
