@@ -35,7 +35,7 @@ RUN = os.environ.get("IVSHMEM_VMTEST_RUN", os.path.join(tempfile.gettempdir(), "
 SHM = os.environ.get("IVSHMEM_VMTEST_SHM", "/dev/shm/ivshmem-rs-vmtest")
 if _WORKER:
     RUN, SHM = f"{RUN}-{_WORKER}", f"{SHM}-{_WORKER}"
-# `make all` (host tools, server, module) for every kind, one worker at a time.
+# Builds (--build) take this lock: one worker at a time.
 BUILD_LOCK = os.path.join(tempfile.gettempdir(), "ivshmem-rs-vmtest-build.lock")
 
 # Figures measured since the last report (helpers.measured, scenario times): each report takes
@@ -133,11 +133,12 @@ def kind(request):
     os.makedirs(RUN, exist_ok=True)
     if request.config.getoption("--build"):
         started = time.monotonic()
+        # One worker at a time: the kinds' module builds copy the top-level tree (Makefile,
+        # copy_build) that `make all` writes. A build that waits for its kernel (still building
+        # in the background) holds the others up only until that kernel, which comes first.
         with open(BUILD_LOCK, "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            make(["all"], os.path.join(RUN, "build-all.log"))
-        # The kind's own builds have directories of their own (cargo locks its target itself).
-        make(k.make, os.path.join(RUN, f"build-{k.name}.log"))
+            make(["all", *k.make], os.path.join(RUN, f"build-{k.name}.log"))
         FIGURES.append(f"{k.name}: make all {' '.join(k.make)}: {time.monotonic() - started:.0f} s")
     module = request.config.getoption("--module") or k.module
     missing = [m for m in (module, k.race) if not os.path.exists(m)]

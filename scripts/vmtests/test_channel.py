@@ -1,0 +1,277 @@
+"""Two guests in doorbell mode (our ivshmem-server), each with the server's 64 MiB doorbell device
+(/dev/ivshmem0) and a 16 MiB plain one (/dev/ivshmem1), the module loaded and kmemleak tracking:
+channels between the guests through ivshmem-pipe, on the doorbell device (sleeping in
+IVSHMEM_WAIT) and on the plain one (spinning). The data is pattern N (`ivshmem pattern`), checked
+byte by byte and by sha256 on both sides and against the host's. Also: two channels at once, a
+sender killed (its process, its whole guest), a corrupt layout and the host scribbling over a
+control block, the C API's example against ivshmem-pipe, and no leaks."""
+
+import os
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+
+import kinds
+from helpers import full, measured
+from lab import check, host_read, host_write
+
+
+@pytest.fixture(scope="module")
+def s(vm):
+    """Both guests booted in doorbell mode with a 16 MiB plain device beside, kmemleak tracking
+    started and the module loaded."""
+    vm.boot(2, "16M", mode="doorbell")
+    for g in (1, 2):
+        vm.leak_check_start(g)
+        vm.sh(g, "insmod /ivshmem.ko")
+    vm.plain = vm.shm + ".1"
+    return vm
+
+
+def channel_layout(path):
+    """The channel table of a region (userspace/src/channel/mod.rs, read independently):
+    {name: block offset} of the ready slots."""
+    head = host_read(path, 0, 0x40 + 64 * 128)
+    out = {}
+    if head[:4] != b"IVCH":
+        return out
+    for i in range(64):
+        slot = head[0x40 + i * 128:0x40 + (i + 1) * 128]
+        if int.from_bytes(slot[0:4], "little") != 2:
+            continue
+        n = int.from_bytes(slot[8:12], "little")
+        out[slot[0x10:0x10 + n].decode(errors="replace")] = int.from_bytes(slot[0x38:0x40], "little")
+    return out
+
+
+def big_size(s):
+    """The volume of the four big transfers. Full tier: 64 MiB on the release kind (64 trips round
+    ivshmem-pipe's 1 MiB rings; the old 256 MiB cost the suite six minutes more); the other
+    release-flavour kinds (another series or architecture, same paths) 32 MiB; the debug kernel
+    16 MiB (it checks the kernel's side of the same paths, and with KASAN and lockdep the guests'
+    pipes and FIFOs move about 1 MB/s). Check tier: 8 MiB everywhere."""
+    if not full(s):
+        return 8 << 20
+    return (64 if s.kind.name == "release" else 32 if s.kind.flavour == "release" else 16) << 20
+
+
+def hashed_pipeline(s, g, tag, head, tail):
+    """Runs `head | tail` in the background in guest g, hashing what passes between them into
+    /tmp/TAG.sha on the way (tee into a FIFO); the pipeline's status ends the log."""
+    s.bg(g, f"(set -o pipefail; rm -f /tmp/{tag}.fifo; mkfifo /tmp/{tag}.fifo; "
+            f"sha256sum < /tmp/{tag}.fifo > /tmp/{tag}.sha & "
+            f"{head} | tee /tmp/{tag}.fifo | {tail}; r=$?; wait; exit $r)", f"/tmp/{tag}.out")
+
+
+def start_recv(s, g, dev, ch, seed, tag, extra="", check_pattern=True):
+    recv = f"ivshmem-pipe recv -d {dev} --channel {ch} {extra}"
+    if not check_pattern:  # sha256 only: busybox's runs at about 10 MB/s under TCG
+        s.bg(g, f"(set -o pipefail; {recv} | sha256sum > /tmp/{tag}.sha)", f"/tmp/{tag}.out")
+        return
+    hashed_pipeline(s, g, tag, recv, f"ivshmem pattern --seed {seed} --check")
+
+
+def start_send(s, g, dev, ch, seed, size, tag, extra=""):
+    hashed_pipeline(s, g, tag, f"ivshmem pattern --seed {seed} --len {size}",
+                    f"ivshmem-pipe send -d {dev} --channel {ch} {extra}")
+
+
+def finished(s, g, tag, secs):
+    return s.wait_line(g, f"/tmp/{tag}.out", "exit=", secs)
+
+
+def sha(s, g, tag):
+    _, out = s.sh(g, f"cat /tmp/{tag}.sha")
+    return out.split()[0] if out.split() else ""
+
+
+def transfer(s, dev, receiver_first, size, ch="pipe", seed=11, pair=(1, 2)):
+    """`size` bytes of pattern `seed` from guest pair[0] to guest pair[1] over channel `ch` of
+    `dev`: both ends exit 0 and the sha256 of what was sent and of what arrived are the host's."""
+    tx, rx = pair
+    # What the sender must send, computed on the host by the same tool.
+    want = subprocess.run(f"{os.path.join(kinds.HOST_TOOLS, 'ivshmem')} pattern --seed {seed} --len {size} "
+                          "| sha256sum", shell=True, check=True, capture_output=True, text=True).stdout.split()[0]
+    started = time.monotonic()
+    if receiver_first:
+        start_recv(s, rx, dev, ch, seed, "rx", check_pattern=False)
+        s.sh(rx, "sleep 1")
+        start_send(s, tx, dev, ch, seed, size, "tx")
+    else:
+        start_send(s, tx, dev, ch, seed, size, "tx")
+        s.sh(tx, "sleep 1")
+        start_recv(s, rx, dev, ch, seed, "rx", check_pattern=False)
+    sent = finished(s, tx, "tx", 900)
+    got = finished(s, rx, "rx", 120)
+    secs = time.monotonic() - started
+    check("exit=0" in sent, f"sender:\n{sent}")
+    check("exit=0" in got, f"receiver:\n{got}")
+    a, b = sha(s, tx, "tx"), sha(s, rx, "rx")
+    check(a == want and b == want, f"sha256 sender {a!r}, receiver {b!r}, host {want!r}")
+    measured(f"{size >> 20} MiB through /dev/ivshmem{dev[-1]} in {secs:.1f} s "
+             "(generation, tee and sha256 on one vCPU each)")
+
+
+def test_module_loaded_in_both_guests_with_a_doorbell_and_a_plain_device(s):
+    for g in (1, 2):
+        _, out = s.sh(g, "ivshmem info -d 0; ivshmem info -d 1")
+        check("mode doorbell" in out and "mode plain" in out, out)
+
+
+@pytest.mark.parametrize("receiver_first", [True, False], ids=["receiver-first", "sender-first"])
+@pytest.mark.parametrize("dev", ["/dev/ivshmem0", "/dev/ivshmem1"], ids=["doorbell", "plain"])
+def test_big_transfer_through_ivshmem_pipe_has_the_hosts_sha256_on_both_sides(s, dev, receiver_first):
+    transfer(s, dev, receiver_first, big_size(s))
+
+
+def test_two_channels_at_once_one_each_way_arrive_intact(s):
+    # 32 MiB each on the release-flavour kinds in the full tier, 8 MiB on debug and in the check tier.
+    size = (32 if full(s) and s.kind.flavour == "release" else 8) << 20
+    start_recv(s, 2, "/dev/ivshmem0", "a2b", 21, "rxa")
+    start_recv(s, 1, "/dev/ivshmem0", "b2a", 22, "rxb")
+    start_send(s, 1, "/dev/ivshmem0", "a2b", 21, size, "txa")
+    start_send(s, 2, "/dev/ivshmem0", "b2a", 22, size, "txb")
+    for g, tag, seed in ((1, "txa", 0), (2, "txb", 0), (2, "rxa", 21), (1, "rxb", 22)):
+        out = finished(s, g, tag, 300)
+        check("exit=0" in out and (not seed or f"{size} bytes match pattern {seed}" in out), f"{tag}:\n{out}")
+    check(sha(s, 1, "txa") == sha(s, 2, "rxa") and sha(s, 2, "txb") == sha(s, 1, "rxb"), "sha256 differ")
+
+
+def restart_guest_1(s):
+    """Boots guest 1 again (after its QEMU was killed) and loads the module, as the fixture did
+    (kmemleak is not tracked there again: the leak check looks at guest 2)."""
+    s.guests[0].close()
+    s.start(guests=2, extra="16M", only="1")
+    s.guests[0].wait_ready(240)
+    s.sh(1, "insmod /ivshmem.ko")
+
+
+def sender_killed(s, how):
+    """A 4 GiB transfer from guest 1 to guest 2 on the doorbell device whose sender (its
+    process, or guest 1's QEMU) is killed mid-stream: the receiver exits 1 within the 10 s
+    liveness bound with a non-empty prefix of the data; then a new sender (from the restarted
+    guest) works on the same channel."""
+    ch = f"kill-{how}"
+    start_recv(s, 2, "/dev/ivshmem0", ch, 31, "rxk")
+    start_send(s, 1, "/dev/ivshmem0", ch, 31, 4 << 30, "txk")
+    s.sh(2, "sleep 4")  # mid-stream: 4 GiB take minutes
+    if how == "process":
+        s.sh(1, "kill -9 $(pidof ivshmem-pipe)")
+    else:
+        os.kill(s.pid("guest1"), signal.SIGKILL)
+    try:
+        t0 = time.monotonic()
+        out = finished(s, 2, "rxk", 60)
+        secs = time.monotonic() - t0
+        measured(f"receiver exited {secs:.1f} s after the sender's {how} was killed")
+        check("exit=1" in out and "ivshmem-pipe: recv: peer gone" in out, out)
+        m = re.search(r"^(\d+) bytes match pattern 31$", out, re.M)
+        check(m and int(m.group(1)) > 0, f"what arrived is not a non-empty prefix of what was sent:\n{out}")
+        # The bound is the default liveness timeout, 10 s; the rest is the host seeing it.
+        check(secs < 10 + 4, f"took {secs:.1f} s: the bound is the 10 s liveness timeout")
+    finally:
+        if how == "guest":
+            restart_guest_1(s)
+    # A new sender on the same channel.
+    start_recv(s, 2, "/dev/ivshmem0", ch, 32, "rx")
+    start_send(s, 1, "/dev/ivshmem0", ch, 32, 8 << 20, "tx")
+    check("exit=0" in finished(s, 1, "tx", 120), "new sender failed")
+    got = finished(s, 2, "rx", 60)
+    check(f"{8 << 20} bytes match pattern 32" in got and "exit=0" in got, got)
+
+
+def test_sender_process_killed_receiver_exits_1_within_the_bound_with_a_prefix_and_a_new_sender_works(s):
+    sender_killed(s, "process")
+
+
+def test_sender_guest_killed_receiver_exits_1_within_the_bound_with_a_prefix_and_the_restarted_guest_sends(s):
+    sender_killed(s, "guest")
+
+
+def test_corrupt_layout_written_by_the_host_is_a_clear_error_and_a_cleared_one_works_again(s):
+    # The wild-offset case rewrites a ready slot of the plain device's table: run alone, this
+    # test makes one first (in file order, the big transfers on the plain device left 'pipe').
+    if not channel_layout(s.plain):
+        transfer(s, "/dev/ivshmem1", True, size=1 << 20, seed=42)
+    header = host_read(s.plain, 0, 0x3000)
+    try:
+        for what, data, expect in (
+                ("version 99", b"IVCH" + (99).to_bytes(4, "little") + header[8:64], "version 99"),
+                ("random header and table", os.urandom(0x2040), "layout|corrupt"),
+                ("wild channel offset", None, "do not fit")):
+            if data is None:  # a slot pointing its rings outside the region
+                data = bytearray(header[:0x2040])
+                i = next(i for i in range(64) if data[0x40 + i * 128] == 2)
+                data[0x40 + i * 128 + 0x38:0x40 + i * 128 + 0x40] = (1 << 40).to_bytes(8, "little")
+            host_write(s.plain, 0, bytes(data))
+            t0 = time.monotonic()
+            st, out = s.sh(1, "ivshmem-pipe send -d /dev/ivshmem1 < /dev/null", ok=False)
+            check(st == 1 and "ivshmem-pipe: channel 'pipe':" in out and re.search(expect, out),
+                  f"{what}: exit {st}:\n{out}")
+            check(time.monotonic() - t0 < 20, f"{what}: took {time.monotonic() - t0:.0f} s")
+            check(not re.search(r"panick|SIG", out), out)
+    finally:
+        host_write(s.plain, 0, bytes(0x3000))
+    transfer(s, "/dev/ivshmem1", True, size=8 << 20, seed=41)
+
+
+def test_host_scribbling_over_the_control_block_ends_the_transfer_with_an_error_no_crash_no_hang(s):
+    # The host writes random words over the channel's control block (control word, side lines,
+    # ring indices and wake-up words) during a transfer on the plain device.
+    ch = "scribble"
+    start_recv(s, 2, "/dev/ivshmem1", ch, 51, "rxs", "--liveness 3")
+    start_send(s, 1, "/dev/ivshmem1", ch, 51, 1 << 30, "txs", "--liveness 3")
+    deadline = time.monotonic() + 30
+    while ch not in channel_layout(s.plain) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    block = channel_layout(s.plain).get(ch)
+    check(block is not None, "the channel never appeared in the table")
+    s.sh(2, "sleep 2")
+    outs = {}
+    end = time.monotonic() + 90
+    writes = 0
+    with open(s.plain, "r+b") as f:
+        while time.monotonic() < end and len(outs) < 2:
+            f.seek(block + 8 * int.from_bytes(os.urandom(1), "little") % 0x200)
+            f.write(os.urandom(8))
+            f.flush()
+            writes += 1
+            time.sleep(0.02)
+            if writes % 50 == 0:
+                for g, tag in ((1, "txs"), (2, "rxs")):
+                    _, o = s.sh(g, f"cat /tmp/{tag}.out")
+                    if "exit=" in o:
+                        outs[tag] = o
+    measured(f"{writes} random words written by the host before both ends stopped")
+    check(len(outs) == 2, f"a side still runs 90 s into the scribbling: {outs}")
+    both = outs["txs"] + outs["rxs"]
+    check("exit=1" in both and "ivshmem-pipe:" in both, both)
+    check(not re.search(r"panick|Segmentation|SIGSEGV|SIGBUS", both), both)
+    for g in (1, 2):
+        s.sh(g, "true")
+
+
+def test_c_api_example_and_ivshmem_pipe_exchange_8_mib_each_way_with_equal_sha256(s):
+    # The static C example (the C API) against the Rust tool on the doorbell device, each way,
+    # on channels of their own next to those of the tests above.
+    for rx_tool, tx_tool, ch in (("ivshmem-pipe-c", "ivshmem-pipe", "c-recv"),
+                                 ("ivshmem-pipe", "ivshmem-pipe-c", "c-send")):
+        _, out = s.sh(2, "head -c 8388608 /dev/urandom > /tmp/capi.in && sha256sum /tmp/capi.in")
+        sent = out.split()[0]
+        s.bg(1, f"{{ {rx_tool} recv --channel {ch} > /tmp/capi.out; }}", "/tmp/capi.log")
+        status, out = s.sh(2, f"{tx_tool} send --channel {ch} < /tmp/capi.in", timeout=600, ok=False)
+        check(status == 0, f"guest 2: {tx_tool} send exited {status}:\n{out}")
+        log = s.wait_line(1, "/tmp/capi.log", "exit=", 120)
+        check("exit=0" in log, f"guest 1: {rx_tool} recv:\n{log}")
+        _, out = s.sh(1, "sha256sum /tmp/capi.out; rm -f /tmp/capi.out")
+        check(out.split()[0] == sent, f"{tx_tool} -> {rx_tool}: sha256 {out.split()[0]}, sent {sent}")
+        s.sh(2, "rm -f /tmp/capi.in")
+
+
+def test_dmesg_clean_and_no_leaks(s):
+    for g in (1, 2):
+        s.dmesg_clean(g)
+    s.no_leaks(2)
