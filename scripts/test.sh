@@ -61,14 +61,11 @@ if [ $tier = check ]; then
 	phase "VM suite, check tier: release guest kernel (builds the module, its race build and the tools)"
 	kinds=release
 else
-	phase "VM suite: release then the 7.2 series on one worker, debug then arm64 on the other (each kind builds its modules and tools first)"
+	phase "VM suite: release, debug, 7.2 series, arm64 (each kind builds its modules and tools first)"
 	kinds=all
 fi
-# Two workers, each with its own guests, take one kind at a time (scripts/vmtests/conftest.py).
-workers=()
-[ $tier = check ] || workers=(-n 2 --dist loadgroup)
 status=0
-bash scripts/vmtest.sh --kind "$kinds" --tier "$tier" --build "${workers[@]}" || status=$?
+bash scripts/vmtest.sh --kind "$kinds" --tier "$tier" --build || status=$?
 # Every kind's kernel is built by now (each kind's tests waited for theirs), unless the suite
 # stopped early: then the background builds are stopped (on exit).
 exit $status

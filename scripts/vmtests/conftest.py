@@ -29,7 +29,7 @@ import lab  # noqa: E402
 from kinds import ALL_KINDS, CHECK_SCENARIOS, KINDS, ROOT, SCENARIOS  # noqa: E402
 
 # Overridable so that two suites (two checkouts) can run side by side; each pytest-xdist worker
-# (make test runs two) has its own.
+# (-n) has its own.
 _WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
 RUN = os.environ.get("IVSHMEM_VMTEST_RUN", os.path.join(tempfile.gettempdir(), "ivshmem-rs-vmtest"))
 SHM = os.environ.get("IVSHMEM_VMTEST_SHM", "/dev/shm/ivshmem-rs-vmtest")
@@ -68,7 +68,6 @@ def pytest_configure(config):
     for line in ("figure: a figure of time or memory (skipped on the debug kernel, not in the check tier)",
                  "x86: x86 behaviour (skipped on arm64 guests)",
                  "full: volume or repetition of the full tier only (make test)",
-                 "xdist_group(name): pytest-xdist's --dist loadgroup runs a group on one worker",
                  *(f"{k}: runs on the {k} kind" for k in KINDS)):
         config.addinivalue_line("markers", line)
     config.ivshmem_kinds = selected_kinds(config)
@@ -103,8 +102,6 @@ def pytest_collection_modifyitems(session, config, items):
             drop.append(item)
             continue
         item.add_marker(kind.name)
-        # With pytest-xdist (--dist loadgroup), each kind runs on one worker, in this order.
-        item.add_marker(pytest.mark.xdist_group(kind.name))
         if item.get_closest_marker("figure") and kind.flavour == "debug":
             item.add_marker(pytest.mark.skip(reason="a figure: the debug kernel's timings and memory mean nothing"))
         if item.get_closest_marker("x86") and kind.arch != "x86_64":
@@ -133,9 +130,8 @@ def kind(request):
     os.makedirs(RUN, exist_ok=True)
     if request.config.getoption("--build"):
         started = time.monotonic()
-        # One worker at a time: the kinds' module builds copy the top-level tree (Makefile,
-        # copy_build) that `make all` writes. A build that waits for its kernel (still building
-        # in the background) holds the others up only until that kernel, which comes first.
+        # One build at a time (two checkouts' suites, xdist workers): the kinds' module builds
+        # copy the top-level tree (Makefile, copy_build) that `make all` writes.
         with open(BUILD_LOCK, "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             make(["all", *k.make], os.path.join(RUN, f"build-{k.name}.log"))
