@@ -11,7 +11,7 @@ import time
 import pytest
 
 import lab
-from helpers import measured
+from helpers import full, measured
 from lab import check, host_write
 
 
@@ -123,10 +123,9 @@ def pingpong_rounds(s, mode):
     """Doorbell: 10,000 rounds on release kernels in the full tier, 1,000 on the debug kernel
     (several times slower) and in the check tier; spin: 2,000 in the full tier, 500 in the check
     tier."""
-    full = s.tier == "full"
     if mode == "doorbell":
-        return 10000 if full and s.kind.flavour == "release" else 1000
-    return 2000 if full else 500
+        return 10000 if full(s) and s.kind.flavour == "release" else 1000
+    return 2000 if full(s) else 500
 
 
 @pytest.mark.parametrize("mode", ["doorbell", "spin"])

@@ -7,7 +7,7 @@ import re
 import pytest
 
 import lab
-from helpers import MAIN_SIZE, MESSAGE, SMALL_SIZE, hold_and_read_pat, measured, message_bytes
+from helpers import MAIN_SIZE, MESSAGE, SMALL_SIZE, full, hold_and_read_pat, measured, message_bytes
 from lab import check, host_read, host_write
 
 
@@ -208,7 +208,7 @@ def test_pci_remove_with_the_device_mapped_revokes_it_and_rescan_brings_it_back(
 
 def test_unbind_remove_and_rmmod_insmod_cycles_with_the_device_open_and_mapped_leak_nothing(s):
     # 20 cycles in the full tier, 4 in the check tier; each alternates unbind and PCI remove.
-    cycles = 20 if s.tier == "full" else 4
+    cycles = 20 if full(s) else 4
     s.leak_check_start(1)
     script = (
         f"set -e; for i in $(seq {cycles}); do "
