@@ -28,13 +28,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import lab  # noqa: E402
 from kinds import ALL_KINDS, CHECK_SCENARIOS, KINDS, ROOT, SCENARIOS  # noqa: E402
 
-# Overridable so that two suites (two checkouts) can run side by side; each pytest-xdist worker
-# (-n) has its own.
-_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+# Overridable so that two suites (two checkouts) can run side by side.
 RUN = os.environ.get("IVSHMEM_VMTEST_RUN", os.path.join(tempfile.gettempdir(), "ivshmem-rs-vmtest"))
 SHM = os.environ.get("IVSHMEM_VMTEST_SHM", "/dev/shm/ivshmem-rs-vmtest")
-if _WORKER:
-    RUN, SHM = f"{RUN}-{_WORKER}", f"{SHM}-{_WORKER}"
 # Builds (--build) take this lock: one worker at a time.
 BUILD_LOCK = os.path.join(tempfile.gettempdir(), "ivshmem-rs-vmtest-build.lock")
 
@@ -130,7 +126,7 @@ def kind(request):
     os.makedirs(RUN, exist_ok=True)
     if request.config.getoption("--build"):
         started = time.monotonic()
-        # One build at a time (two checkouts' suites, xdist workers): the kinds' module builds
+        # One build at a time (two checkouts' suites): the kinds' module builds
         # copy the top-level tree (Makefile, copy_build) that `make all` writes.
         with open(BUILD_LOCK, "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
@@ -177,7 +173,7 @@ def vm(kind, request):
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item, call):
     """A failure's report gets the last lines of each guest's console; the figures measured
-    since the last report become its properties (JUnit; with pytest-xdist they travel with it)."""
+    since the last report become its properties (JUnit)."""
     rep = yield
     s = CURRENT.get("lab")
     if rep.failed and s is not None:
