@@ -18,8 +18,9 @@ def measured(text):
 
 
 def full(s):
-    """Whether the lab runs the full tier (make test) rather than the check tier (make check)."""
-    return s.tier == "full"
+    """Whether the lab moves the full tier's volumes: the full tier (make test) on a kind that
+    has them (kinds.py, full_volumes: the release kind); elsewhere the check tier's."""
+    return s.tier == "full" and s.kind.full_volumes
 
 
 def message_bytes(text):

@@ -48,14 +48,10 @@ def channel_layout(path):
 
 
 def big_size(s):
-    """The volume of the four big transfers. Full tier: 64 MiB on the release kind (64 trips round
-    ivshmem-pipe's 1 MiB rings; the old 256 MiB cost the suite six minutes more); the other
-    release-flavour kinds (another series or architecture, same paths) 32 MiB; the debug kernel
-    16 MiB (it checks the kernel's side of the same paths, and with KASAN and lockdep the guests'
-    pipes and FIFOs move about 1 MB/s). Check tier: 8 MiB everywhere."""
-    if not full(s):
-        return 8 << 20
-    return (64 if s.kind.name == "release" else 32 if s.kind.flavour == "release" else 16) << 20
+    """The volume of the four big transfers: 64 MiB with the full tier's volumes (64 trips round
+    ivshmem-pipe's 1 MiB rings; the old 256 MiB cost the suite six minutes more), else 8 MiB (8
+    trips: wrap-around and the full-ring sleeps all the same)."""
+    return (64 if full(s) else 8) << 20
 
 
 def hashed_pipeline(s, g, tag, head, tail):
@@ -128,8 +124,8 @@ def test_big_transfer_through_ivshmem_pipe_has_the_hosts_sha256_on_both_sides(s,
 
 
 def test_two_channels_at_once_one_each_way_arrive_intact(s):
-    # 32 MiB each on the release-flavour kinds in the full tier, 8 MiB on debug and in the check tier.
-    size = (32 if full(s) and s.kind.flavour == "release" else 8) << 20
+    # 32 MiB each with the full tier's volumes, else 8 MiB.
+    size = (32 if full(s) else 8) << 20
     start_recv(s, 2, "/dev/ivshmem0", "a2b", 21, "rxa")
     start_recv(s, 1, "/dev/ivshmem0", "b2a", 22, "rxb")
     start_send(s, 1, "/dev/ivshmem0", "a2b", 21, size, "txa")

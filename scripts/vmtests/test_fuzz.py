@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from helpers import full, measured
+from helpers import measured
 from lab import check
 
 SEEDS = {1: 1001, 2: 2002}
@@ -19,7 +19,7 @@ SEEDS = {1: 1001, 2: 2002}
 def fuzz_seconds(s):
     if os.environ.get("IVSHMEM_FUZZ_SECONDS"):
         return int(os.environ["IVSHMEM_FUZZ_SECONDS"])
-    return s.kind.fuzz_seconds if full(s) else 10
+    return s.kind.fuzz_seconds if s.tier == "full" else 10
 
 
 @pytest.fixture(scope="module")

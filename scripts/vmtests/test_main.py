@@ -207,7 +207,7 @@ def test_pci_remove_with_the_device_mapped_revokes_it_and_rescan_brings_it_back(
 
 
 def test_unbind_remove_and_rmmod_insmod_cycles_with_the_device_open_and_mapped_leak_nothing(s):
-    # 20 cycles in the full tier, 4 in the check tier; each alternates unbind and PCI remove.
+    # 20 cycles with the full tier's volumes, else 4; each alternates unbind and PCI remove.
     # c.out goes before the holder starts: the shell forks it and goes on, and a grep that ran
     # before the child truncated the file read the last cycle's "mapped" (seen once on arm64).
     cycles = 20 if full(s) else 4
