@@ -31,7 +31,7 @@ from kinds import ALL_KINDS, CHECK_SCENARIOS, KINDS, ROOT, SCENARIOS  # noqa: E4
 # Overridable so that two suites (two checkouts) can run side by side.
 RUN = os.environ.get("IVSHMEM_VMTEST_RUN", os.path.join(tempfile.gettempdir(), "ivshmem-rs-vmtest"))
 SHM = os.environ.get("IVSHMEM_VMTEST_SHM", "/dev/shm/ivshmem-rs-vmtest")
-# Builds (--build) take this lock: one worker at a time.
+# Builds (--build) take this lock: one suite at a time.
 BUILD_LOCK = os.path.join(tempfile.gettempdir(), "ivshmem-rs-vmtest-build.lock")
 
 # Figures measured since the last report (helpers.measured, scenario times): each report takes
