@@ -65,8 +65,8 @@ struct ivshmem_channel_options {
 	                                 channel: a power of two, 64 B to 1 GiB; 0: 256 KiB */
 	uint32_t wait;                /* IVSHMEM_CHANNEL_WAIT_*; 0: auto */
 	uint32_t spin_rounds;         /* spin rounds before waiting; 0: 10000 */
-	uint32_t liveness_timeout_ms; /* a peer without heartbeat this long is gone (both ends
-	                                 must agree); 0: 10000 */
+	uint32_t liveness_timeout_ms; /* a peer without heartbeat this long is gone (the longer
+	                                 of both ends' applies; 100 to 3600000); 0: 10000 */
 	uint32_t open_timeout_ms;     /* how long open waits for a busy layout or channel;
 	                                 0: 30000 */
 };

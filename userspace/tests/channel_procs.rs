@@ -729,3 +729,82 @@ fn scribbled_control_words_end_the_transfer() {
         assert!(start.elapsed() < BOUND);
     }
 }
+
+/// Linux's stop and continue signals (the same numbers on x86-64 and arm64).
+const SIGSTOP: i32 = 19;
+const SIGCONT: i32 = 18;
+
+fn signal(peer: &Peer, sig: i32) {
+    // SAFETY: plain syscall on our own child, which is alive (it is reaped only in `wait`).
+    let rc = unsafe { ivshmem::sys::kill(peer.0.id() as i32, sig) };
+    assert_eq!(rc, 0, "kill: {}", io::Error::last_os_error());
+}
+
+/// The stale end of issue 18: a receiver with a full ring is stopped (as a paused VM) past the
+/// liveness bound, its sender declares it dead and leaves, a new sender and receiver stream
+/// through the channel, and the old receiver is resumed in the middle of that. It must take
+/// none of the new session's bytes (what it got is a prefix of its own sender's stream, which
+/// `recv_all` checks chunk by chunk) and fail with "detached"; the new session arrives exact.
+#[test]
+fn a_resumed_stale_receiver_leaves_the_new_session_alone() {
+    for round in 0..3u64 {
+        let setup = Setup::new(1 << 20, WakerKind::Spin);
+        let common = [("CAP", 65536), ("LIVENESS_MS", 200), ("SEED", 40 + round)];
+        let mut old = env(&common, "s", "stream");
+        old.extend([("SEED_IN", "11".into()), ("TOTAL", u64::MAX.to_string())]);
+        let end = setup.end();
+        let opts = end.opts(Kind::Stream, 65536, Duration::from_millis(200));
+        let mut ch = Channel::open(&end.region, "s", &opts).unwrap();
+        ch.set_write_timeout(Some(BOUND));
+        let stale = setup.spawn("recv", &old);
+        ch.wait_peer().unwrap();
+        let mut sent = 0u64;
+        let mut stopped = false;
+        let err = loop {
+            match ch.write(&stream(11, sent, 5000)) {
+                Ok(n) => sent += n as u64,
+                Err(e) => break e,
+            }
+            if !stopped && sent > 1 << 20 {
+                signal(&stale, SIGSTOP);
+                stopped = true;
+            }
+        };
+        assert_eq!(err.kind(), io::ErrorKind::BrokenPipe, "{err}");
+        drop(ch);
+
+        let mut new = env(&common, "s", "stream");
+        new.extend([
+            ("SEED_OUT", "12".into()),
+            ("SEED_IN", "12".into()),
+            ("TOTAL", (64u64 << 20).to_string()),
+        ]);
+        let sender = setup.spawn("send", &new);
+        let receiver = setup.spawn("recv", &new);
+        // Resume the stale end once the new session is under way (its ring is refilled at
+        // the old end's read position many times over within a second).
+        let block = channel::list(&end.region).unwrap()[0].offset;
+        // SAFETY: the control word is inside the region and 8-aligned; every access to it is
+        // atomic.
+        let ctl = unsafe { AtomicU64::from_ptr(end.region.as_ptr().add(block as usize).cast()) };
+        let t = Instant::now();
+        while ctl.load(Ordering::Acquire) >> 32 < 2 {
+            assert!(t.elapsed() < BOUND, "no new session");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        signal(&stale, SIGCONT);
+        let (status, msg) = stale.wait(BOUND);
+        assert_eq!(
+            status.code(),
+            Some(2),
+            "round {round}: the stale end fails cleanly: {msg}"
+        );
+        assert!(
+            msg.contains("detached from session"),
+            "round {round}: {msg}"
+        );
+        sender.expect_success(BOUND);
+        receiver.expect_success(BOUND);
+    }
+}

@@ -195,8 +195,8 @@ int main(int argc, char **argv)
 			char *end;
 			double s = strtod(v, &end);
 
-			if (*end || end == v || !(s >= 0.01 && s <= 86400))
-				usage("--liveness %s: 0.01 to 86400 seconds", v);
+			if (*end || end == v || !(s >= 0.1 && s <= 3600))
+				usage("--liveness %s: 0.1 to 3600 seconds", v);
 			opts.liveness_timeout_ms = (uint32_t)(s * 1000 + 0.5);
 		} else if (a[0] == '-' && a[1]) {
 			usage("unknown option %s", a);

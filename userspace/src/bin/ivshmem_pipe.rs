@@ -28,7 +28,8 @@ standard input is passed on. Several pipes with different names share one device
                         spin; doorbell
       --capacity BYTES  ring size per direction when this end creates the channel
                         (a power of two; default 1M)
-      --liveness SECS   a peer whose heartbeat stands still this long is gone (default 10)
+      --liveness SECS   a peer whose heartbeat stands still this long is gone (default 10,
+                        0.1 to 3600; the longer of both ends' applies)
       --spin ROUNDS     look at the ring this often before sleeping or backing off
                         (default 10000)
   -h, --help            this help
@@ -76,9 +77,9 @@ fn parse(mut args: Args) -> Result<Option<Opts>, ToolError> {
         )));
     }
     let liveness = args.parsed::<f64>(&["--liveness"])?.unwrap_or(10.0);
-    if !(0.01..=86_400.0).contains(&liveness) {
+    if !(0.1..=3600.0).contains(&liveness) {
         return Err(ToolError::usage(format!(
-            "--liveness {liveness}: 0.01 to 86400 seconds"
+            "--liveness {liveness}: 0.1 to 3600 seconds"
         )));
     }
     let spin = args.parsed::<u32>(&["--spin"])?.unwrap_or(10_000);

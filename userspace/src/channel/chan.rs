@@ -11,6 +11,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::layout::{self, Kind, CHAN_CTL};
+use super::liveness::{self, Watch};
 use super::protocol::{Consumer, Producer, Std};
 use super::region::Mem;
 use super::wait::{SpinWaker, Waker};
@@ -26,6 +27,8 @@ const SIDE_HEARTBEAT: u64 = 8;
 const SIDE_ADDRESS: u64 = 0x10;
 /// u32: 1 if this side notifies its peer (its waker sleeps), so the peer may sleep too.
 const SIDE_NOTIFIES: u64 = 0x14;
+/// u32: this side's liveness timeout in milliseconds (0 from ends that predate it).
+const SIDE_LIVENESS: u64 = 0x18;
 /// The largest address a side may publish (a 16-bit doorbell peer id).
 const MAX_ADDRESS: u32 = 0xffff;
 /// How long a sleeping side sleeps at most while its peer has not attached yet: a peer that
@@ -44,13 +47,6 @@ const MSG_HDR: u64 = 8;
 
 /// Spin iterations between two looks at the clock (deadline, peer heartbeat).
 const CHECK_EVERY: u32 = 4096;
-
-/// How long a peer's heartbeat may stand still before it counts as dead, for liveness timeout
-/// `t`: the peer beats every `t / 10` and is looked at every `t / 10` at the latest, so death
-/// is noticed within `t / 10` (the first look at its last beat) + `7t / 10` + `t / 10` < `t`.
-fn dead_after(t: Duration) -> Duration {
-    t * 7 / 10
-}
 
 fn side_state(w: u64, side: usize) -> u8 {
     (w >> (8 * side)) as u8
@@ -203,8 +199,11 @@ impl Options {
     /// The bound on noticing a dead peer: an operation blocked on a peer that died fails within
     /// this time. Each end beats ten times per period and looks at its peer at least as often;
     /// a heartbeat that stands still for seven tenths of it counts as death.
+    ///
+    /// Clamped to 100 ms..=1 h. Each end publishes its own; an end applies the longer of both
+    /// to its peer, so two ends configured differently agree.
     pub fn liveness_timeout(mut self, t: Duration) -> Self {
-        self.liveness = t.max(Duration::from_millis(5));
+        self.liveness = liveness::clamp(t);
         self
     }
 
@@ -298,16 +297,35 @@ struct Heartbeat {
 }
 
 impl Heartbeat {
-    fn start(mem: Arc<Mem>, off: u64, every: Duration) -> io::Result<Self> {
+    /// Beats the heartbeat word of side line `line` every `every` while the control word at
+    /// `ctl` shows side `side` attached to `session`: an end that was declared dead, or whose
+    /// session ended, must not keep a newer holder of its side looking alive.
+    fn start(
+        mem: Arc<Mem>,
+        ctl: usize,
+        session: u32,
+        side: usize,
+        line: usize,
+        every: Duration,
+    ) -> io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
             .name("channel-heartbeat".into())
             .spawn(move || {
+                let (Ok(ctl), Ok(beat)) = (
+                    mem.u64_at(ctl as u64),
+                    mem.u64_at((line as u64) + SIDE_HEARTBEAT),
+                ) else {
+                    return;
+                };
                 while !flag.load(Acquire) {
-                    if let Ok(w) = mem.u64_at(off) {
-                        w.fetch_add(1, Relaxed);
+                    let mine = decode(ctl.load(Relaxed))
+                        .is_ok_and(|(s, sess)| sess == session && s[side] == ATTACHED);
+                    if !mine {
+                        return;
                     }
+                    beat.fetch_add(1, Relaxed);
                     std::thread::park_timeout(every);
                 }
             })?;
@@ -376,7 +394,7 @@ pub struct Channel {
     nonblocking: bool,
     read_timeout: Option<Duration>,
     write_timeout: Option<Duration>,
-    peer_hb: Option<(u32, u64, Instant)>,
+    peer_hb: Option<Watch>,
     write_closed: bool,
     broken: Option<String>,
     heartbeat: Option<Heartbeat>,
@@ -449,20 +467,33 @@ impl Channel {
         chan.inp = Ring::new(block, 1 - side, slot.caps);
         chan.tx = Producer::new(chan.out.cap);
         chan.rx = Consumer::new(chan.inp.cap);
-        chan.w64(chan.sides[side] + SIDE_EPOCH as usize)
-            .store(u64::from(session), Relaxed);
+        let line = chan.sides[side];
         let address = chan.waker.address().filter(|&a| a <= MAX_ADDRESS);
-        chan.w32(chan.sides[side] + SIDE_ADDRESS as usize)
+        chan.w32(line + SIDE_ADDRESS as usize)
             .store(address.map_or(0, |a| a + 1), Relaxed);
-        chan.w32(chan.sides[side] + SIDE_NOTIFIES as usize)
+        chan.w32(line + SIDE_NOTIFIES as usize)
             .store(u32::from(chan.sleeps), Relaxed);
+        chan.w32(line + SIDE_LIVENESS as usize)
+            .store(liveness::to_word(chan.liveness), Relaxed);
+        // Release: a peer that reads this session in our epoch word (acquire, see
+        // `peer_line_current`) sees the words above, not a previous holder's.
+        chan.w64(line + SIDE_EPOCH as usize)
+            .store(u64::from(session), Release);
         // Release half of the address handshake: every wake-at announcement this side makes
         // later follows this fence, so a peer that sees one (and then fences, see
-        // `peer_address`) sees the address too.
+        // `peer_address`) sees the address too. It also orders the attach before every
+        // payload store of this end, for a stale end's check after its copies (see
+        // `check_session`).
         fence(SeqCst);
-        let every = (opts.liveness / 10).max(Duration::from_millis(1));
-        let hb = (chan.sides[side] as u64) + SIDE_HEARTBEAT;
-        chan.heartbeat = Some(Heartbeat::start(chan.mem.0.clone(), hb, every)?);
+        let every = chan.liveness / 10;
+        chan.heartbeat = Some(Heartbeat::start(
+            chan.mem.0.clone(),
+            chan.ctl,
+            session,
+            side,
+            line,
+            every,
+        )?);
         Ok(chan)
     }
 
@@ -480,7 +511,7 @@ impl Channel {
     /// still for the liveness timeout.
     fn attach(&mut self, deadline: Instant) -> Result<(usize, u32), ChannelError> {
         let ctl = self.ctl;
-        let mut watch: [Option<(u32, u64, Instant)>; 2] = [None, None];
+        let mut watch: [Option<Watch>; 2] = [None, None];
         let mut round = 0u32;
         loop {
             let w = self.w64(ctl).load(Acquire);
@@ -527,15 +558,10 @@ impl Channel {
                 let hb = self
                     .w64(self.sides[x] + SIDE_HEARTBEAT as usize)
                     .load(Relaxed);
-                match watch[x] {
-                    Some((ws, v, since)) if ws == sess && v == hb => {
-                        if now.duration_since(since) > dead_after(self.liveness) {
-                            let dead = with_state(w, x, DEAD);
-                            let _ = self.w64(ctl).compare_exchange(w, dead, Relaxed, Relaxed);
-                            watch[x] = None;
-                        }
-                    }
-                    _ => watch[x] = Some((sess, hb, now)),
+                if Watch::dead(&mut watch[x], sess, hb, now, self.bound_for(x)) {
+                    let dead = with_state(w, x, DEAD);
+                    let _ = self.w64(ctl).compare_exchange(w, dead, Relaxed, Relaxed);
+                    watch[x] = None;
                 }
             }
             if now > deadline {
@@ -668,14 +694,49 @@ impl Channel {
         e.into()
     }
 
+    /// Whether this end still belongs to the session in the control word: an error
+    /// (`PeerGone`) once it was declared dead or a newer session took the channel, whose rings
+    /// it must not touch. Checked after every load of the peer's index and before every store
+    /// into the rings; after a copy out of the ring, the acquire fence before the check makes it
+    /// a validation (as a seqlock reader's): if the copy read a newer session's bytes, whose
+    /// writer attached (changing the control word) and fenced before writing them, the check
+    /// sees that session.
+    ///
+    /// What no check can exclude is an end stopped between its check and the store after it,
+    /// for longer than the liveness bound, and resumed while a later session runs: it can
+    /// store one index or one copy into that session's ring.
+    fn check_session(&self) -> Result<(), ChannelError> {
+        fence(Acquire);
+        let (s, sess) = decode(self.w64(self.ctl).load(Relaxed))?;
+        if sess != self.session || s[self.side] != ATTACHED {
+            return Err(ChannelError::PeerGone(format!(
+                "this end was detached from session {} of channel '{}' (now session {sess}): \
+                 the peer declared it dead (stalled longer than the liveness bound) or the \
+                 channel was reset",
+                self.session, self.name
+            )));
+        }
+        Ok(())
+    }
+
+    /// A protocol violation seen in the ring, unless this end is no longer in the session: a
+    /// stale end reading a newer session's words gets `PeerGone`, not `Corrupt`.
+    fn violation(&self, what: String) -> ChannelError {
+        match self.check_session() {
+            Ok(()) => ChannelError::Corrupt(what),
+            Err(e) => e,
+        }
+    }
+
     /// Bytes (at least `want`) readable now; `Some(0)` at the end of the stream.
     fn readable(&mut self, want: u64) -> Result<Option<u64>, ChannelError> {
         let prod = self.mem.w64(self.inp.prod);
         let n = self
             .rx
             .avail::<Std>(prod, want)
-            .map_err(ChannelError::Corrupt)?;
+            .map_err(|e| self.violation(e))?;
         if n >= want {
+            self.check_session()?;
             return Ok(Some(n));
         }
         // Acquire: pairs with the release store of the flag, which follows the peer's last
@@ -686,7 +747,8 @@ impl Channel {
         let n = self
             .rx
             .avail::<Std>(prod, want)
-            .map_err(ChannelError::Corrupt)?;
+            .map_err(|e| self.violation(e))?;
+        self.check_session()?;
         match n {
             n if n >= want => Ok(Some(n)),
             0 => Ok(Some(0)),
@@ -701,8 +763,12 @@ impl Channel {
         let n = self
             .tx
             .space::<Std>(self.mem.w64(self.out.cons), want)
-            .map_err(ChannelError::Corrupt)?;
-        Ok((n >= want).then_some(n))
+            .map_err(|e| self.violation(e))?;
+        if n < want {
+            return Ok(None);
+        }
+        self.check_session()?;
+        Ok(Some(n))
     }
 
     /// Waits until `ready` gives a value: spin, then sleep (or back off) in slices, looking at
@@ -785,19 +851,23 @@ impl Channel {
         }
     }
 
+    /// The liveness bound for side `x`'s heartbeat: the longer of this end's timeout and the
+    /// one side `x` published.
+    fn bound_for(&self, x: usize) -> Duration {
+        let word = self
+            .w32(self.sides[x] + SIDE_LIVENESS as usize)
+            .load(Relaxed);
+        liveness::agreed(self.liveness, word)
+    }
+
     /// Looks at the control word and the peer's heartbeat: an error when this side or the peer
     /// left the session, or the peer's heartbeat stood still for the liveness timeout (it is
     /// then declared dead, so that a new end can take its place).
     fn check_peer(&mut self, dir: Dir, now: Instant) -> Result<(), ChannelError> {
-        let ctl = self.w64(self.ctl);
-        let w = ctl.load(Acquire);
+        let w = self.w64(self.ctl).load(Acquire);
         let (s, sess) = decode(w)?;
         if sess != self.session || s[self.side] != ATTACHED {
-            return Err(ChannelError::PeerGone(
-                "this end was detached: the peer declared it dead (stalled longer than the \
-                 liveness timeout) or the channel was reset"
-                    .into(),
-            ));
+            return self.check_session();
         }
         let peer = 1 - self.side;
         match s[peer] {
@@ -806,22 +876,17 @@ impl Channel {
                 let hb = self
                     .w64(self.sides[peer] + SIDE_HEARTBEAT as usize)
                     .load(Relaxed);
-                match self.peer_hb {
-                    Some((ps, v, since)) if ps == sess && v == hb => {
-                        if now.duration_since(since) > dead_after(self.liveness) {
-                            let _ = ctl.compare_exchange(
-                                w,
-                                with_state(w, peer, DEAD),
-                                Relaxed,
-                                Relaxed,
-                            );
-                            return Err(ChannelError::PeerGone(format!(
-                                "the peer's heartbeat stood still for {:?}: it died or hangs",
-                                dead_after(self.liveness)
-                            )));
-                        }
-                    }
-                    _ => self.peer_hb = Some((sess, hb, now)),
+                let bound = self.bound_for(peer);
+                if Watch::dead(&mut self.peer_hb, sess, hb, now, bound) {
+                    let dead = with_state(w, peer, DEAD);
+                    let _ = self
+                        .w64(self.ctl)
+                        .compare_exchange(w, dead, Relaxed, Relaxed);
+                    return Err(ChannelError::PeerGone(format!(
+                        "the peer's heartbeat stood still for {:?} (liveness bound {bound:?}, \
+                         the longer of both ends'): it died or hangs",
+                        liveness::dead_after(bound)
+                    )));
                 }
                 Ok(())
             }
@@ -868,7 +933,10 @@ impl Channel {
         }
     }
 
+    /// Publishes `n` bytes written at the producer position, if this end is still in its
+    /// session.
     fn publish(&mut self, n: u64) -> io::Result<()> {
+        self.check_session()?;
         let prod = self.mem.w64(self.out.prod);
         let wake = self.mem.w64(self.out.cons_wake);
         if self.tx.publish::<Std>(n, prod, wake, self.sleeps) {
@@ -877,7 +945,10 @@ impl Channel {
         Ok(())
     }
 
+    /// Gives `n` read bytes back, if this end is still in its session; an error means the
+    /// bytes read since the last check may be a newer session's, so the caller delivers none.
     fn release(&mut self, n: u64) -> io::Result<()> {
+        self.check_session()?;
         let cons = self.mem.w64(self.inp.cons);
         let wake = self.mem.w64(self.inp.prod_wake);
         if self.rx.release::<Std>(n, cons, wake, self.sleeps) {
@@ -893,10 +964,23 @@ impl Channel {
     /// address: a scribbling peer only loses its own wake-ups.
     fn peer_address(&self) -> Option<u32> {
         fence(Acquire);
+        if !self.peer_line_current() {
+            return None;
+        }
         let v = self
             .w32(self.sides[1 - self.side] + SIDE_ADDRESS as usize)
             .load(Relaxed);
         v.checked_sub(1).filter(|&a| a <= MAX_ADDRESS)
+    }
+
+    /// Whether the peer's side line (address, notifies, liveness) is its own for this
+    /// session: its epoch word, stored last with release, names our session. Before that the
+    /// words may be a previous holder's, which must not decide whom to ring or how to sleep.
+    fn peer_line_current(&self) -> bool {
+        let epoch = self
+            .w64(self.sides[1 - self.side] + SIDE_EPOCH as usize)
+            .load(Acquire);
+        epoch == u64::from(self.session)
     }
 
     fn notify_peer(&self) -> io::Result<()> {
@@ -910,7 +994,7 @@ impl Channel {
             return None;
         };
         let peer = 1 - self.side;
-        if sess != self.session || s[peer] != ATTACHED {
+        if sess != self.session || s[peer] != ATTACHED || !self.peer_line_current() {
             return Some(ALONE_SLICE);
         }
         let notifies = self
@@ -1038,10 +1122,11 @@ impl Channel {
         let check = u32::from_le_bytes([c0, c1, c2, c3]);
         let need = MSG_HDR + u64::from(len).next_multiple_of(8);
         if check != !len || u64::from(len) > self.inp.cap - MSG_HDR || need > avail {
-            return Err(self.fail(ChannelError::Corrupt(format!(
+            let e = self.violation(format!(
                 "message header {len:#x}/{check:#x} at {} with {avail} bytes published",
                 self.rx.pos
-            ))));
+            ));
+            return Err(self.fail(e));
         }
         let len = len as usize;
         buf.clear();
@@ -1567,7 +1652,7 @@ mod tests {
 
     #[test]
     fn a_stale_end_leaves_a_new_session_alone() {
-        let opts = Options::new().liveness_timeout(Duration::from_millis(50));
+        let opts = Options::new().liveness_timeout(Duration::from_millis(100));
         let (r, mut a, mut b) = pair(&opts);
         a.heartbeat = None; // `a` stalls: alive, but silent
         let mut buf = [0u8; 4];
@@ -1592,9 +1677,115 @@ mod tests {
         );
     }
 
+    /// The stale end of issue 18: a receiver that stalls past the liveness bound with a full
+    /// ring, then resumes while a newer session has put its own bytes where it would read.
+    #[test]
+    fn a_stale_reader_takes_nothing_from_the_next_session() {
+        for kind in [Kind::Stream, Kind::Messages] {
+            let opts = Options::new()
+                .kind(kind)
+                .capacity(64)
+                .liveness_timeout(Duration::from_millis(100));
+            let (r, mut a, mut b) = pair(&opts);
+            b.heartbeat = None; // stalls: alive, but silent
+            let fill = |c: &mut Channel, byte: u8| match kind {
+                Kind::Stream => c.write_all(&[byte; 64]),
+                Kind::Messages => c.send(&[byte; 56]),
+            };
+            fill(&mut a, 1).unwrap();
+            a.set_write_timeout(Some(Duration::from_secs(5)));
+            let e = fill(&mut a, 1).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::BrokenPipe, "{e}");
+            drop(a);
+            let mut c = Channel::open(&r, "t", &opts).unwrap();
+            let mut d = Channel::open(&r, "t", &opts).unwrap();
+            fill(&mut c, 2).unwrap();
+            // `b` would find 64 published bytes where its own were: it must take none.
+            let mut buf = [0u8; 64];
+            let mut msg = Vec::new();
+            let e = match kind {
+                Kind::Stream => b.read(&mut buf).map(|_| ()).unwrap_err(),
+                Kind::Messages => b.recv(&mut msg).map(|_| ()).unwrap_err(),
+            };
+            assert_eq!(e.kind(), io::ErrorKind::BrokenPipe, "{e}");
+            assert!(e.to_string().contains("detached from session"), "{e}");
+            drop(b);
+            // The new session is whole: its bytes, its index, its open write side.
+            match kind {
+                Kind::Stream => {
+                    d.read_exact(&mut buf).unwrap();
+                    assert_eq!(buf, [2u8; 64]);
+                }
+                Kind::Messages => {
+                    assert_eq!(d.recv(&mut msg).unwrap(), Some(56));
+                    assert_eq!(msg, [2u8; 56]);
+                }
+            }
+            fill(&mut c, 3).unwrap();
+            drop(c);
+            match kind {
+                Kind::Stream => {
+                    let mut rest = Vec::new();
+                    d.read_to_end(&mut rest).unwrap();
+                    assert_eq!(rest, [3u8; 64]);
+                }
+                Kind::Messages => {
+                    assert_eq!(d.recv(&mut msg).unwrap(), Some(56));
+                    assert_eq!(msg, [3u8; 56]);
+                    assert_eq!(d.recv(&mut msg).unwrap(), None);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_detached_end_stops_beating() {
+        let (_r, a, b) = pair(&Options::new().liveness_timeout(Duration::from_millis(100)));
+        let ctl = a.w64(a.ctl);
+        let w = ctl.load(Relaxed);
+        ctl.store(with_state(w, b.side, DEAD), Relaxed); // as `a` declaring `b` dead
+        let hb = b.w64(b.sides[b.side] + SIDE_HEARTBEAT as usize);
+        let t = Instant::now();
+        while !b
+            .heartbeat
+            .as_ref()
+            .unwrap()
+            .thread
+            .as_ref()
+            .unwrap()
+            .is_finished()
+        {
+            assert!(t.elapsed() < Duration::from_secs(5), "still beating");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let last = hb.load(Relaxed);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(hb.load(Relaxed), last);
+    }
+
+    #[test]
+    fn the_longer_liveness_bound_applies_to_both() {
+        let r = Region::anonymous(1 << 20).unwrap();
+        let slow = Options::new().liveness_timeout(Duration::from_secs(2));
+        let fast = Options::new().liveness_timeout(Duration::from_millis(100));
+        let mut a = Channel::open(&r, "t", &slow).unwrap();
+        let mut b = Channel::open(&r, "t", &fast).unwrap();
+        assert_eq!(b.bound_for(a.side), Duration::from_secs(2));
+        assert_eq!(a.bound_for(b.side), Duration::from_secs(2));
+        // `a` beats every 200 ms: `b`, blocked for 600 ms, must not declare it dead.
+        b.set_read_timeout(Some(Duration::from_millis(600)));
+        let mut buf = [0u8; 1];
+        assert_eq!(
+            b.read(&mut buf).unwrap_err().kind(),
+            io::ErrorKind::TimedOut
+        );
+        a.write_all(b"x").unwrap();
+        b.read_exact(&mut buf).unwrap();
+    }
+
     #[test]
     fn a_dead_holder_is_replaced_on_open() {
-        let opts = Options::new().liveness_timeout(Duration::from_millis(50));
+        let opts = Options::new().liveness_timeout(Duration::from_millis(100));
         let (r, a, b) = pair(&opts);
         crash(a);
         crash(b);

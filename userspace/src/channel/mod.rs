@@ -58,7 +58,7 @@
 //! | offset | field | written by |
 //! |---|---|---|
 //! | 0x000 | control: side A state (bits 0-7), side B state (8-15), session (32-63); states 0 free, 1 resetting, 2 attached, 3 closed, 4 dead | both, compare-and-swap |
-//! | 0x040 | side A: epoch (the session it attached to) u64, heartbeat u64 at 0x048, address u32 at 0x050 (0, or 1 + the doorbell peer id to ring), notifies u32 at 0x054 (1: it rings its peer, so the peer may sleep) | side A |
+//! | 0x040 | side A: epoch (the session it attached to, stored last: the other words are this holder's once it names the session) u64, heartbeat u64 at 0x048, address u32 at 0x050 (0, or 1 + the doorbell peer id to ring), notifies u32 at 0x054 (1: it rings its peer, so the peer may sleep), liveness timeout u32 at 0x058 (milliseconds; 0 from older ends) | side A |
 //! | 0x080 | side B: the same | side B |
 //! | 0x0c0 | ring 0 producer line: index u64; wake-at u64 at 0x0c8 (the consumer index the sleeping producer waits for); closed u32 at 0x0d0 | side A |
 //! | 0x100 | ring 0 consumer line: index u64; wake-at u64 at 0x108 (the producer index the sleeping consumer waits for) | side B |
@@ -79,12 +79,24 @@
 //! holds the state "resetting"); the next end joins as side B. An end that leaves cleanly
 //! sets the closed flag of its ring and its state to "closed": the peer reads what is left,
 //! then end-of-file. Each end advances its heartbeat from a thread ten times per liveness
-//! timeout (default 10 s), also while it blocks, and looks at its peer at least as often; an
-//! attached peer whose heartbeat stands still for seven tenths of the timeout is declared
-//! "dead", so the survivor gets `BrokenPipe` (after reading what was published) within the
-//! timeout. A session with a closed or dead side is over: once the survivor leaves
-//! (drops its end), the next end starts a fresh session with empty rings and the survivor, if
-//! it reopens, joins it.
+//! timeout (default 10 s, at least 100 ms), also while it blocks, publishes the timeout, and
+//! looks at its peer at least as often. The bound applied to a peer is the longer of both
+//! ends' timeouts; an attached peer whose heartbeat stands still for seven tenths of it, over
+//! at least three looks (a gap between two looks counts for at most two beat periods, so an
+//! observer's own pause is not the peer's silence), is declared "dead", so the survivor gets
+//! `BrokenPipe` (after reading what was published) within the bound. A session with a closed
+//! or dead side is over: once the survivor leaves (drops its end), the next end starts a
+//! fresh session with empty rings and the survivor, if it reopens, joins it.
+//!
+//! An end belongs to its session and touches no other: it checks the control word after
+//! every load of its peer's index and before every store into the rings, and an acquire
+//! fence makes the check after a copy out of the ring a validation of that copy (as in a
+//! seqlock), so an end that was stopped past the bound and resumed in a newer session gets
+//! `BrokenPipe` ("detached") and delivers none of that session's bytes. Its heartbeat stops
+//! once it is detached. The one window no check closes is an end stopped between its check and
+//! the store right after it for longer than the bound: resumed in a newer session, it can
+//! store one index there (which that session reports as corruption) or one copy of payload
+//! (which it cannot see); per-connection rings (layout version 2) are to remove it.
 //!
 //! # Ordering
 //!
@@ -131,6 +143,7 @@ mod chan;
 mod doorbell;
 mod error;
 mod layout;
+mod liveness;
 mod open_path;
 pub mod protocol;
 mod region;
