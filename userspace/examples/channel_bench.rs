@@ -132,7 +132,7 @@ fn throughput(ctx: &Ctx, mode: Mode, size: usize, peer: bool) -> io::Result<f64>
         }
     }
     ch.close_write()?;
-    ch.flush()?;
+    ch.drain()?;
     buf.truncate(0);
     Ok(sent as f64 / start.elapsed().as_secs_f64())
 }

@@ -448,7 +448,7 @@ pub unsafe extern "C" fn ivshmem_channel_flush(ch: *mut IvshmemChannel) -> c_int
     guard(-1, || {
         // SAFETY: forwarded from this function's contract.
         let h = unsafe { handle(ch) }?;
-        h.chan.flush()?;
+        h.chan.drain()?;
         Ok(0)
     })
 }

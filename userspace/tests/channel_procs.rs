@@ -248,7 +248,7 @@ fn send_all(ch: &mut Channel, seed: u64, total: u64, rng: &mut Rng) -> io::Resul
         rng.jitter();
     }
     ch.close_write()?;
-    ch.flush()
+    ch.drain()
 }
 
 /// Receives and checks stream `seed` (or messages) until end-of-file; returns how many bytes

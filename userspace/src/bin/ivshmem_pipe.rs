@@ -134,7 +134,7 @@ fn run(o: Opts) -> Result<(), ToolError> {
             chan.close_write().map_err(|e| failed("send", e))?;
             // Exit 0 only once a receiver came (even for no bytes) and read every byte.
             chan.wait_peer().map_err(|e| failed("send", e))?;
-            chan.flush().map_err(|e| failed("send", e))?;
+            chan.drain().map_err(|e| failed("send", e))?;
         }
         Dir::Recv => {
             let mut stdout = io::stdout().lock();

@@ -419,7 +419,7 @@ impl Channel {
     /// empty rings, the second joins it.
     pub fn open(region: &Region, name: &str, opts: &Options) -> Result<Self, ChannelError> {
         let mem = region.mem.clone();
-        let deadline = Instant::now() + opts.open_timeout;
+        let deadline = Instant::now().checked_add(opts.open_timeout);
         let hdr = layout::attach(&mem, opts.open_timeout)?;
         let create = opts.create.then_some((opts.kind, opts.capacity));
         let slot = layout::find_or_create(&mem, hdr, name, create, opts.open_timeout)?;
@@ -509,7 +509,7 @@ impl Channel {
     /// or left cleanly with data to drain), or starts a new one when nobody is attached.
     /// Waits while a live side holds the channel, declaring it dead when its heartbeat stands
     /// still for the liveness timeout.
-    fn attach(&mut self, deadline: Instant) -> Result<(usize, u32), ChannelError> {
+    fn attach(&mut self, deadline: Option<Instant>) -> Result<(usize, u32), ChannelError> {
         let ctl = self.ctl;
         let mut watch: [Option<Watch>; 2] = [None, None];
         let mut round = 0u32;
@@ -564,7 +564,7 @@ impl Channel {
                     watch[x] = None;
                 }
             }
-            if now > deadline {
+            if deadline.is_some_and(|d| now > d) {
                 return Err(ChannelError::Busy(format!(
                     "channel '{}' is held by live sides (states {:?}, session {sess}): two \
                      ends are attached, or one whose peer left has not reopened",
@@ -663,9 +663,23 @@ impl Channel {
     }
 
     /// The waker's descriptor, readable when the peer rings (doorbell or eventfd wakers):
-    /// for poll/epoll users, who then retry in non-blocking mode.
+    /// for poll/epoll users in non-blocking mode. An operation that returns `WouldBlock` has
+    /// armed the end: it drained the descriptor and asked the peer to ring once it gets to
+    /// what the operation waits for, so polling cannot miss that. Poll for at most
+    /// [`poll_interval`](Self::poll_interval), then retry the operation: the retry is also
+    /// where a dead peer is noticed.
     pub fn as_raw_fd(&self) -> Option<RawFd> {
         self.waker.as_raw_fd()
+    }
+
+    /// How long a poller may wait on [`as_raw_fd`](Self::as_raw_fd) before retrying: a tenth
+    /// of the liveness timeout while the peer rings (so its heartbeat is looked at often
+    /// enough), 20 ms while it has not attached or does not ring (a spinning peer).
+    pub fn poll_interval(&self) -> Duration {
+        match self.sleep_limit() {
+            Some(l) if l > ALONE_SLICE => self.liveness / 10,
+            _ => ALONE_SLICE,
+        }
     }
 
     fn usable(&self, kind: Kind) -> Result<(), ChannelError> {
@@ -786,13 +800,23 @@ impl Channel {
             if let Err(e) = self.check_peer(dir, Instant::now()) {
                 return ready(self)?.ok_or(e);
             }
+            if self.sleeps {
+                // Armed: a poller on `as_raw_fd` is woken when the peer gets to what we wait
+                // for. Drain first, so a ring that follows the announcement stays pending.
+                self.waker.clear();
+                self.announce(dir, want);
+                if let Some(v) = ready(self)? {
+                    return Ok(v);
+                }
+            }
             return Err(ChannelError::WouldBlock);
         }
         let timeout = match dir {
             Dir::In => self.read_timeout,
             Dir::Out => self.write_timeout,
         };
-        let deadline = timeout.map(|t| Instant::now() + t);
+        // A timeout too long to be an instant (`Duration::MAX`) is no timeout.
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let mut i = 0u32;
         let mut backoff = Duration::from_micros(1);
         loop {
@@ -830,16 +854,7 @@ impl Channel {
             };
             if let Some(limit) = limit {
                 slice = slice.min(limit);
-                // Ask the peer to ring when it gets to what we wait for, then look again:
-                // see `protocol::crossed` for why this cannot miss a wake-up.
-                match dir {
-                    Dir::In => self
-                        .rx
-                        .announce_wait::<Std>(self.mem.w64(self.inp.cons_wake), want),
-                    Dir::Out => self
-                        .tx
-                        .announce_wait::<Std>(self.mem.w64(self.out.prod_wake), want),
-                }
+                self.announce(dir, want);
                 if let Some(v) = ready(self)? {
                     return Ok(v);
                 }
@@ -858,6 +873,20 @@ impl Channel {
             .w32(self.sides[x] + SIDE_LIVENESS as usize)
             .load(Relaxed);
         liveness::agreed(self.liveness, word)
+    }
+
+    /// Asks the peer to ring when it gets to what we wait for (`want` bytes readable or
+    /// free), after which the caller looks again: see `protocol::crossed` for why this cannot
+    /// miss a wake-up.
+    fn announce(&self, dir: Dir, want: u64) {
+        match dir {
+            Dir::In => self
+                .rx
+                .announce_wait::<Std>(self.mem.w64(self.inp.cons_wake), want),
+            Dir::Out => self
+                .tx
+                .announce_wait::<Std>(self.mem.w64(self.out.prod_wake), want),
+        }
     }
 
     /// Looks at the control word and the peer's heartbeat: an error when this side or the peer
@@ -940,7 +969,7 @@ impl Channel {
         let prod = self.mem.w64(self.out.prod);
         let wake = self.mem.w64(self.out.cons_wake);
         if self.tx.publish::<Std>(n, prod, wake, self.sleeps) {
-            self.notify_peer()?;
+            self.notify_peer();
         }
         Ok(())
     }
@@ -952,7 +981,7 @@ impl Channel {
         let cons = self.mem.w64(self.inp.cons);
         let wake = self.mem.w64(self.inp.prod_wake);
         if self.rx.release::<Std>(n, cons, wake, self.sleeps) {
-            self.notify_peer()?;
+            self.notify_peer();
         }
         Ok(())
     }
@@ -983,8 +1012,11 @@ impl Channel {
         epoch == u64::from(self.session)
     }
 
-    fn notify_peer(&self) -> io::Result<()> {
-        self.waker.notify(self.peer_address())
+    /// Rings the peer after this end moved an index or closed. A failed ring is not an error
+    /// of the operation, which has taken effect (the bytes are published or consumed): a
+    /// sleeping peer looks at the ring again after at most a tenth of its liveness timeout.
+    fn notify_peer(&self) {
+        let _ = self.waker.notify(self.peer_address());
     }
 
     /// Whether sleeping is worth it, and for how long at most: only when the peer notifies
@@ -1029,9 +1061,11 @@ impl Channel {
         }
     }
 
-    /// Waits (as configured) until the peer has read everything this end wrote or sent: the
-    /// end of a transfer that must have arrived. `BrokenPipe` if the peer left first.
-    pub fn flush(&mut self) -> io::Result<()> {
+    /// Waits (as configured, with the write timeout) until the peer has read everything this
+    /// end wrote or sent: the end of a transfer that must have arrived. `BrokenPipe` if the
+    /// peer left first. (`io::Write::flush` does not wait: written bytes are already the
+    /// peer's to read.)
+    pub fn drain(&mut self) -> io::Result<()> {
         self.usable(self.kind)?;
         let cap = self.out.cap;
         self.wait(Dir::Out, cap, |c| c.writable(cap))
@@ -1070,7 +1104,7 @@ impl Channel {
                 .tx
                 .consumer_waits::<Std>(self.mem.w64(self.out.cons_wake))
         {
-            self.notify_peer()?;
+            self.notify_peer();
         }
         Ok(())
     }
@@ -1207,9 +1241,11 @@ impl io::Write for Channel {
         Ok(n)
     }
 
-    /// [`Channel::flush`].
+    /// Nothing to do: a written byte is in the peer's ring at once. (It does not wait for the
+    /// peer to read, so a `BufWriter` that drops, or two ends that flush before they read,
+    /// never block; [`Channel::drain`] waits.)
     fn flush(&mut self) -> io::Result<()> {
-        Channel::flush(self)
+        Ok(())
     }
 }
 
@@ -1261,7 +1297,7 @@ impl Drop for Channel {
             }
         }
         if self.sleeps {
-            let _ = self.notify_peer();
+            self.notify_peer();
         }
     }
 }
@@ -1596,14 +1632,38 @@ mod tests {
     }
 
     #[test]
-    fn flush_waits_until_the_peer_read_everything() {
+    fn drain_waits_until_the_peer_read_everything_flush_does_not() {
         let (_r, mut a, mut b) = pair(&Options::new());
         a.write_all(b"12345").unwrap();
         a.set_write_timeout(Some(Duration::from_millis(20)));
-        assert_eq!(a.flush().unwrap_err().kind(), io::ErrorKind::TimedOut);
-        let mut buf = [0u8; 5];
+        assert_eq!(a.drain().unwrap_err().kind(), io::ErrorKind::TimedOut);
+        // Both ends flush before either reads: no deadlock, and a BufWriter drops at once.
+        a.set_write_timeout(None);
+        b.write_all(b"67890").unwrap();
+        io::Write::flush(&mut a).unwrap();
+        io::Write::flush(&mut b).unwrap();
+        let mut w = io::BufWriter::new(&mut a);
+        w.write_all(b"!").unwrap();
+        drop(w);
+        let mut buf = [0u8; 6];
         b.read_exact(&mut buf).unwrap();
-        a.flush().unwrap();
+        assert_eq!(&buf, b"12345!");
+        a.read_exact(&mut buf[..5]).unwrap();
+        a.drain().unwrap();
+    }
+
+    #[test]
+    fn duration_max_means_no_timeout() {
+        let opts = Options::new()
+            .open_timeout(Duration::MAX)
+            .liveness_timeout(Duration::MAX);
+        let (_r, mut a, mut b) = pair(&opts);
+        a.set_read_timeout(Some(Duration::MAX));
+        b.set_write_timeout(Some(Duration::MAX));
+        b.write_all(b"x").unwrap();
+        let mut buf = [0u8; 1];
+        a.read_exact(&mut buf).unwrap();
+        b.drain().unwrap();
     }
 
     /// Stops the heartbeat and leaks the end, as a crash would.
@@ -1636,7 +1696,7 @@ mod tests {
         let newcomer = std::thread::spawn(move || {
             let mut c = Channel::open(&r2, "t", &o2).unwrap();
             c.write_all(b"fresh").unwrap();
-            c.flush().unwrap();
+            c.drain().unwrap();
             c
         });
         std::thread::sleep(Duration::from_millis(20));

@@ -100,4 +100,10 @@ impl Waker for DoorbellWaker {
             .as_ref()
             .map(|f| f.as_raw_fd())
     }
+
+    fn clear(&self) {
+        if let Some(Some(f)) = self.eventfd.get() {
+            super::wait::drain(f);
+        }
+    }
 }

@@ -40,6 +40,11 @@ pub trait Waker: Send + Sync {
     fn as_raw_fd(&self) -> Option<RawFd> {
         None
     }
+
+    /// Consumes a notification that is pending on [`as_raw_fd`](Self::as_raw_fd) without
+    /// waiting: done before the channel arms itself for a poller, so the descriptor becomes
+    /// readable again only for a later notification.
+    fn clear(&self) {}
 }
 
 /// Waiting without a doorbell (ivshmem-plain): the channel spins its budget, then sleeps here
@@ -174,6 +179,16 @@ impl Waker for FdWaker {
     fn as_raw_fd(&self) -> Option<RawFd> {
         Some(self.fd.as_raw_fd())
     }
+
+    fn clear(&self) {
+        drain(&self.fd);
+    }
+}
+
+/// Reads a non-blocking eventfd until it is empty (one read resets its counter).
+pub(super) fn drain(fd: &File) {
+    let mut buf = [0u8; 8];
+    let _ = (&*fd).read(&mut buf);
 }
 
 #[cfg(test)]
