@@ -514,6 +514,15 @@ impl Channel {
         let mut watch: [Option<Watch>; 2] = [None, None];
         let mut round = 0u32;
         loop {
+            if deadline.is_some_and(|d| Instant::now() > d) {
+                let (s, sess) = decode(self.w64(ctl).load(Acquire))?;
+                return Err(ChannelError::Busy(format!(
+                    "channel '{}' is held by live sides (states {s:?}, session {sess}), or its \
+                     control word kept changing: two ends are attached, or one whose peer left \
+                     has not reopened",
+                    self.name
+                )));
+            }
             let w = self.w64(ctl).load(Acquire);
             let (s, sess) = decode(w)?;
             let mut raced = false;
@@ -563,13 +572,6 @@ impl Channel {
                     let _ = self.w64(ctl).compare_exchange(w, dead, Relaxed, Relaxed);
                     watch[x] = None;
                 }
-            }
-            if deadline.is_some_and(|d| now > d) {
-                return Err(ChannelError::Busy(format!(
-                    "channel '{}' is held by live sides (states {:?}, session {sess}): two \
-                     ends are attached, or one whose peer left has not reopened",
-                    self.name, s
-                )));
             }
             layout_pause(&mut round);
         }

@@ -131,6 +131,7 @@ pub(crate) fn attach(mem: &Mem, timeout: Duration) -> Result<Header, ChannelErro
     let start = Instant::now();
     let mut round = 0;
     loop {
+        keeps_changing(start, timeout, "the layout header's magic word")?;
         match magic.load(Acquire) {
             MAGIC => return check_header(mem),
             0 => {
@@ -242,6 +243,7 @@ pub(crate) fn find_or_create(
         let state = mem.u64_at(base + S_STATE)?;
         let mut round = 0;
         loop {
+            keeps_changing(start, timeout, "a channel slot's state word")?;
             let w = state.load(Acquire);
             let (st, h) = (w as u32, (w >> 32) as u32);
             match st {
@@ -254,7 +256,7 @@ pub(crate) fn find_or_create(
                     };
                     let claimed = u64::from(SLOT_CLAIMED) | u64::from(hash) << 32;
                     if state.compare_exchange(0, claimed, Acquire, Relaxed).is_ok() {
-                        return create_in(mem, hdr, index, name, hash, kind, cap);
+                        return create_in(mem, hdr, index, name, hash, (kind, cap), start, timeout);
                     }
                     // Lost the race: look at what the winner put there.
                 }
@@ -292,6 +294,17 @@ pub(crate) fn find_or_create(
     Err(ChannelError::TableFull)
 }
 
+/// Bounds a compare-and-swap retry loop: a word that another side keeps changing (a
+/// hostile or broken peer) fails the open after `timeout` instead of spinning for ever.
+fn keeps_changing(start: Instant, timeout: Duration, what: &str) -> Result<(), ChannelError> {
+    if start.elapsed() > timeout {
+        return Err(ChannelError::Busy(format!(
+            "{what} kept changing for {timeout:?}: another side is busy with it or broken"
+        )));
+    }
+    Ok(())
+}
+
 fn slot_name(mem: &Mem, base: u64) -> Result<Vec<u8>, ChannelError> {
     let len = mem.u32_at(base + S_NAME_LEN)?.load(Relaxed) as usize;
     if len == 0 || len > MAX_NAME {
@@ -306,14 +319,16 @@ fn slot_name(mem: &Mem, base: u64) -> Result<Vec<u8>, ChannelError> {
 
 /// Fills a slot we claimed: ring space first (a compare-and-swap on the bump pointer), then the
 /// fields, then READY with release.
+#[allow(clippy::too_many_arguments)]
 fn create_in(
     mem: &Mem,
     hdr: Header,
     index: u32,
     name: &[u8],
     hash: u32,
-    kind: Kind,
-    cap: u64,
+    (kind, cap): (Kind, u64),
+    start: Instant,
+    timeout: Duration,
 ) -> Result<SlotInfo, ChannelError> {
     let base = TABLE + u64::from(index) * SLOT_SIZE;
     let state = mem.u64_at(base + S_STATE)?;
@@ -323,6 +338,10 @@ fn create_in(
     let need = CHAN_CTL + 2 * cap;
     let alloc = mem.u64_at(H_ALLOC)?;
     let offset = loop {
+        if let Err(e) = keeps_changing(start, timeout, "the allocation pointer") {
+            state.store(u64::from(SLOT_FAILED) | u64::from(hash) << 32, Release);
+            return Err(e);
+        }
         let next = alloc.load(Relaxed);
         if next < DATA_START || next > hdr.size || !next.is_multiple_of(64) {
             return Err(ChannelError::Corrupt(format!(
