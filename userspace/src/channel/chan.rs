@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::gate::SleepGate;
 use super::layout::{self, Kind, CHAN_CTL};
 use super::liveness::{self, Watch};
 use super::protocol::{Consumer, Producer, Std};
@@ -267,6 +268,7 @@ enum Dir {
 ///
 /// Callers pass only offsets derived from a channel block that `layout::read_slot` checked
 /// against the region's size: inside the region and aligned for the word.
+#[derive(Clone)]
 struct Shm(Arc<Mem>);
 
 impl Shm {
@@ -397,8 +399,76 @@ pub struct Channel {
     peer_hb: Option<Watch>,
     write_closed: bool,
     broken: Option<String>,
-    heartbeat: Option<Heartbeat>,
-    attached: bool,
+    /// The attachment, shared by the halves of a split end; `None` until attached.
+    leave: Option<Arc<Leave>>,
+    /// Which operations this end does: both, or one after [`Channel::split`].
+    half: Half,
+    gate: Arc<SleepGate>,
+}
+
+/// Which operations an end does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Half {
+    Both,
+    Reads,
+    Writes,
+}
+
+/// An end's hold on its side of the session, shared by the halves of a split end: it beats the
+/// heartbeat while any half lives, and when the last one goes it marks the side closed (or
+/// dead, after a protocol violation or an abort) and rings the peer to see it.
+struct Leave {
+    mem: Shm,
+    ctl: usize,
+    side: usize,
+    session: u32,
+    peer_line: usize,
+    waker: Arc<dyn Waker>,
+    heartbeat: std::sync::Mutex<Option<Heartbeat>>,
+    dead: AtomicBool,
+}
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        let hb = self.heartbeat.get_mut().map(Option::take);
+        drop(hb);
+        let state = if self.dead.load(Relaxed) {
+            DEAD
+        } else {
+            CLOSED
+        };
+        let ctl = self.mem.w64(self.ctl);
+        let mut w = ctl.load(Acquire);
+        for _ in 0..1000 {
+            if session(w) != self.session || side_state(w, self.side) != ATTACHED {
+                return;
+            }
+            match ctl.compare_exchange(w, with_state(w, self.side, state), Release, Acquire) {
+                Ok(_) => break,
+                Err(now) => w = now,
+            }
+        }
+        if self.waker.sleeps() {
+            let _ = self
+                .waker
+                .notify(peer_address(&self.mem, self.peer_line, self.session));
+        }
+    }
+}
+
+/// The doorbell address side line `peer_line` published, if the line is that side's own for
+/// `session` (see `Channel::peer_line_current`), read after the protocol decided to wake it.
+///
+/// Acquire half of the address handshake (see `open`): the fence follows the load of the
+/// peer's wake-at word that made the decision. A value no honest side writes reads as no
+/// address: a scribbling peer only loses its own wake-ups.
+fn peer_address(mem: &Shm, peer_line: usize, session: u32) -> Option<u32> {
+    fence(Acquire);
+    if mem.w64(peer_line + SIDE_EPOCH as usize).load(Acquire) != u64::from(session) {
+        return None;
+    }
+    let v = mem.w32(peer_line + SIDE_ADDRESS as usize).load(Relaxed);
+    v.checked_sub(1).filter(|&a| a <= MAX_ADDRESS)
 }
 
 impl std::fmt::Debug for Channel {
@@ -456,13 +526,13 @@ impl Channel {
             peer_hb: None,
             write_closed: false,
             broken: None,
-            heartbeat: None,
-            attached: false,
+            leave: None,
+            half: Half::Both,
+            gate: Arc::new(SleepGate::default()),
         };
         let (side, session) = chan.attach(deadline)?;
         chan.side = side;
         chan.session = session;
-        chan.attached = true;
         chan.out = Ring::new(block, side, slot.caps);
         chan.inp = Ring::new(block, 1 - side, slot.caps);
         chan.tx = Producer::new(chan.out.cap);
@@ -486,14 +556,17 @@ impl Channel {
         // `check_session`).
         fence(SeqCst);
         let every = chan.liveness / 10;
-        chan.heartbeat = Some(Heartbeat::start(
-            chan.mem.0.clone(),
-            chan.ctl,
-            session,
+        let heartbeat = Heartbeat::start(chan.mem.0.clone(), chan.ctl, session, side, line, every)?;
+        chan.leave = Some(Arc::new(Leave {
+            mem: chan.mem.clone(),
+            ctl: chan.ctl,
             side,
-            line,
-            every,
-        )?);
+            session,
+            peer_line: chan.sides[1 - side],
+            waker: chan.waker.clone(),
+            heartbeat: std::sync::Mutex::new(Some(heartbeat)),
+            dead: AtomicBool::new(false),
+        }));
         Ok(chan)
     }
 
@@ -856,11 +929,17 @@ impl Channel {
             };
             if let Some(limit) = limit {
                 slice = slice.min(limit);
+                let seen = self.gate.generation();
                 self.announce(dir, want);
                 if let Some(v) = ready(self)? {
                     return Ok(v);
                 }
-                self.waker.wait(slice)?;
+                if self.half == Half::Both {
+                    self.waker.wait(slice)?;
+                } else {
+                    // The halves share the waker: one sleeps on it, the other on the gate.
+                    self.gate.wait(&*self.waker, seen, slice)?;
+                }
             } else {
                 self.waker.wait(backoff.min(slice))?;
                 backoff = (backoff * 2).min(slice);
@@ -994,14 +1073,7 @@ impl Channel {
     /// peer's wake-at word that made the decision. A value no honest side writes reads as no
     /// address: a scribbling peer only loses its own wake-ups.
     fn peer_address(&self) -> Option<u32> {
-        fence(Acquire);
-        if !self.peer_line_current() {
-            return None;
-        }
-        let v = self
-            .w32(self.sides[1 - self.side] + SIDE_ADDRESS as usize)
-            .load(Relaxed);
-        v.checked_sub(1).filter(|&a| a <= MAX_ADDRESS)
+        peer_address(&self.mem, self.sides[1 - self.side], self.session)
     }
 
     /// Whether the peer's side line (address, notifies, liveness) is its own for this
@@ -1061,6 +1133,41 @@ impl Channel {
             )),
             _ => Ok(()),
         }
+    }
+
+    /// Splits the end into a writing and a reading half, each usable from its own thread.
+    /// The write side closes when the writing half is dropped (or `close_write`); the end
+    /// leaves the session when both halves are gone.
+    pub fn split(mut self) -> (super::WriteHalf, super::ReadHalf) {
+        let reader = Self {
+            mem: self.mem.clone(),
+            name: self.name.clone(),
+            kind: self.kind,
+            side: self.side,
+            session: self.session,
+            ctl: self.ctl,
+            sides: self.sides,
+            out: self.out,
+            inp: self.inp,
+            tx: self.tx.clone(),
+            rx: self.rx.clone(),
+            waker: self.waker.clone(),
+            sleeps: self.sleeps,
+            spin: self.spin,
+            spin_hint: self.spin_hint,
+            liveness: self.liveness,
+            nonblocking: self.nonblocking,
+            read_timeout: self.read_timeout,
+            write_timeout: self.write_timeout,
+            peer_hb: self.peer_hb.clone(),
+            write_closed: true,
+            broken: self.broken.clone(),
+            leave: self.leave.clone(),
+            half: Half::Reads,
+            gate: self.gate.clone(),
+        };
+        self.half = Half::Writes;
+        (super::WriteHalf(self), super::ReadHalf(reader))
     }
 
     /// Waits (as configured, with the write timeout) until the peer has read everything this
@@ -1271,36 +1378,19 @@ impl io::Read for Channel {
 
 impl Drop for Channel {
     /// Leaves cleanly: the write side is closed (the peer reads the rest, then end-of-file)
-    /// and this end marked closed, so the peer's timeout is only for crashes. A channel that
-    /// met a protocol violation leaves as [`Channel::abort`] does.
+    /// and, once the last half of a split end is gone, this end marked closed, so the peer's
+    /// timeout is only for crashes. A channel that met a protocol violation leaves as
+    /// [`Channel::abort`] does.
     fn drop(&mut self) {
-        if !self.attached {
+        let Some(leave) = &self.leave else {
             return;
-        }
-        self.heartbeat = None;
-        if !self.still_attached() {
-            return;
-        }
-        let state = if self.broken.is_some() {
-            DEAD
-        } else {
-            let _ = self.close_write();
-            CLOSED
         };
-        let ctl = self.w64(self.ctl);
-        let mut w = ctl.load(Acquire);
-        for _ in 0..1000 {
-            if session(w) != self.session || side_state(w, self.side) != ATTACHED {
-                break;
-            }
-            match ctl.compare_exchange(w, with_state(w, self.side, state), Release, Acquire) {
-                Ok(_) => break,
-                Err(now) => w = now,
-            }
+        if self.broken.is_some() {
+            leave.dead.store(true, Relaxed);
+        } else if self.half != Half::Reads && !leave.dead.load(Relaxed) {
+            let _ = self.close_write();
         }
-        if self.sleeps {
-            self.notify_peer();
-        }
+        // Dropping `leave` next: the last half marks the side closed or dead.
     }
 }
 
@@ -1668,9 +1758,14 @@ mod tests {
         b.drain().unwrap();
     }
 
+    /// Stops the heartbeat of `c`, which stays attached: a stalled end.
+    fn stall(c: &Channel) {
+        *c.leave.as_ref().unwrap().heartbeat.lock().unwrap() = None;
+    }
+
     /// Stops the heartbeat and leaks the end, as a crash would.
-    fn crash(mut c: Channel) {
-        c.heartbeat = None;
+    fn crash(c: Channel) {
+        stall(&c);
         std::mem::forget(c);
     }
 
@@ -1716,7 +1811,7 @@ mod tests {
     fn a_stale_end_leaves_a_new_session_alone() {
         let opts = Options::new().liveness_timeout(Duration::from_millis(100));
         let (r, mut a, mut b) = pair(&opts);
-        a.heartbeat = None; // `a` stalls: alive, but silent
+        stall(&a); // alive, but silent
         let mut buf = [0u8; 4];
         assert_eq!(
             b.read(&mut buf).unwrap_err().kind(),
@@ -1749,7 +1844,7 @@ mod tests {
                 .capacity(64)
                 .liveness_timeout(Duration::from_millis(100));
             let (r, mut a, mut b) = pair(&opts);
-            b.heartbeat = None; // stalls: alive, but silent
+            stall(&b); // alive, but silent
             let fill = |c: &mut Channel, byte: u8| match kind {
                 Kind::Stream => c.write_all(&[byte; 64]),
                 Kind::Messages => c.send(&[byte; 56]),
@@ -1808,15 +1903,11 @@ mod tests {
         ctl.store(with_state(w, b.side, DEAD), Relaxed); // as `a` declaring `b` dead
         let hb = b.w64(b.sides[b.side] + SIDE_HEARTBEAT as usize);
         let t = Instant::now();
-        while !b
-            .heartbeat
-            .as_ref()
-            .unwrap()
-            .thread
-            .as_ref()
-            .unwrap()
-            .is_finished()
-        {
+        let finished = |c: &Channel| {
+            let hb = c.leave.as_ref().unwrap().heartbeat.lock().unwrap();
+            hb.as_ref().unwrap().thread.as_ref().unwrap().is_finished()
+        };
+        while !finished(&b) {
             assert!(t.elapsed() < Duration::from_secs(5), "still beating");
             std::thread::sleep(Duration::from_millis(5));
         }

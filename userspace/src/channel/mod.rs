@@ -142,11 +142,13 @@
 mod chan;
 mod doorbell;
 mod error;
+mod gate;
 mod layout;
 mod liveness;
 mod open_path;
 pub mod protocol;
 mod region;
+mod split;
 mod wait;
 
 pub use chan::{Channel, Options, ReadSlice, Wait, WriteSlice};
@@ -154,4 +156,5 @@ pub use doorbell::DoorbellWaker;
 pub use error::ChannelError;
 pub use layout::{list, ChannelInfo, Kind, MAX_NAME, MIN_REGION, SLOTS, VERSION};
 pub use region::Region;
+pub use split::{ReadHalf, WriteHalf};
 pub use wait::{FdWaker, SpinWaker, Waker};
