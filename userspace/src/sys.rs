@@ -362,7 +362,15 @@ extern "C" {
     pub fn sigaction(sig: c_int, act: *const SigAction, old: *mut SigAction) -> c_int;
     pub fn pthread_kill(thread: c_ulong, sig: c_int) -> c_int;
     pub fn pthread_self() -> c_ulong;
+    pub fn pthread_sigmask(how: c_int, set: *const SigSet, old: *mut SigSet) -> c_int;
 }
+
+/// glibc's `sigset_t`: 1024 bits.
+#[repr(C)]
+pub struct SigSet(pub [u64; 16]);
+
+/// `pthread_sigmask` how: add the set to the mask.
+pub const SIG_BLOCK: c_int = 0;
 
 /// `struct iovec`.
 #[repr(C)]

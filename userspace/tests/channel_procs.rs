@@ -429,6 +429,24 @@ fn peer(role: &str, end: &End) -> i32 {
                 2
             }
         },
+        "fork" => {
+            // This process has a heartbeat thread now (for `ch`); a forked child has none.
+            // SAFETY: plain syscall; the child below only opens a channel, sleeps and writes.
+            let pid = unsafe { ivshmem::sys::fork() };
+            if pid == 0 {
+                let name2 = std::env::var("NAME2").unwrap();
+                let mut c = Channel::open(&end.region, &name2, &opts).unwrap();
+                std::thread::sleep(liveness * 4);
+                c.write_all(b"alive").unwrap();
+                c.close_write().unwrap();
+                c.drain().unwrap();
+                std::process::exit(0);
+            }
+            assert!(pid > 0, "fork: {}", io::Error::last_os_error());
+            std::thread::sleep(liveness * 8);
+            drop(ch);
+            0
+        }
         r => panic!("unknown role {r}"),
     }
 }
@@ -807,4 +825,27 @@ fn a_resumed_stale_receiver_leaves_the_new_session_alone() {
         sender.expect_success(BOUND);
         receiver.expect_success(BOUND);
     }
+}
+
+/// An end opened in a forked child beats (the child starts its own heartbeat thread; the
+/// parent's did not survive the fork): its peer, blocked on it for four liveness timeouts,
+/// reads what it sends instead of declaring it dead.
+#[test]
+fn an_end_opened_after_fork_has_a_heartbeat() {
+    let setup = Setup::new(1 << 20, WakerKind::Spin);
+    let mut e = env(
+        &[("CAP", 4096), ("LIVENESS_MS", 200), ("SEED", 9)],
+        "first",
+        "stream",
+    );
+    e.push(("NAME2", "forked".into()));
+    let peer = setup.spawn("fork", &e);
+    let end = setup.end();
+    let opts = end.opts(Kind::Stream, 4096, Duration::from_millis(200));
+    let mut ch = Channel::open(&end.region, "forked", &opts).unwrap();
+    ch.set_read_timeout(Some(BOUND));
+    let mut got = Vec::new();
+    ch.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"alive");
+    peer.expect_success(BOUND);
 }

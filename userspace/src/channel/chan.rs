@@ -7,10 +7,10 @@ use std::os::fd::RawFd;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::gate::SleepGate;
+use super::heartbeat::Beat;
 use super::layout::{self, Kind, CHAN_CTL};
 use super::liveness::{self, Watch};
 use super::protocol::{Consumer, Producer, Std};
@@ -59,6 +59,11 @@ fn with_state(w: u64, side: usize, s: u8) -> u64 {
 
 fn session(w: u64) -> u32 {
     (w >> 32) as u32
+}
+
+/// Whether control word `w` shows `side` attached to `session`.
+pub(super) fn holds(w: u64, session: u32, side: usize) -> bool {
+    decode(w).is_ok_and(|(s, sess)| sess == session && s[side] == ATTACHED)
 }
 
 /// Splits a control word, refusing values no honest side writes.
@@ -292,62 +297,6 @@ impl Shm {
     }
 }
 
-/// Advances this side's heartbeat while the channel is open, whatever the application does.
-struct Heartbeat {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Heartbeat {
-    /// Beats the heartbeat word of side line `line` every `every` while the control word at
-    /// `ctl` shows side `side` attached to `session`: an end that was declared dead, or whose
-    /// session ended, must not keep a newer holder of its side looking alive.
-    fn start(
-        mem: Arc<Mem>,
-        ctl: usize,
-        session: u32,
-        side: usize,
-        line: usize,
-        every: Duration,
-    ) -> io::Result<Self> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("channel-heartbeat".into())
-            .spawn(move || {
-                let (Ok(ctl), Ok(beat)) = (
-                    mem.u64_at(ctl as u64),
-                    mem.u64_at((line as u64) + SIDE_HEARTBEAT),
-                ) else {
-                    return;
-                };
-                while !flag.load(Acquire) {
-                    let mine = decode(ctl.load(Relaxed))
-                        .is_ok_and(|(s, sess)| sess == session && s[side] == ATTACHED);
-                    if !mine {
-                        return;
-                    }
-                    beat.fetch_add(1, Relaxed);
-                    std::thread::park_timeout(every);
-                }
-            })?;
-        Ok(Self {
-            stop,
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for Heartbeat {
-    fn drop(&mut self) {
-        self.stop.store(true, Release);
-        if let Some(t) = self.thread.take() {
-            t.thread().unpark();
-            let _ = t.join();
-        }
-    }
-}
-
 /// One end of a named channel in a shared region.
 ///
 /// A byte stream ([`Kind::Stream`]: `Read`, `Write`, [`write_slice`](Self::write_slice),
@@ -424,7 +373,7 @@ struct Leave {
     session: u32,
     peer_line: usize,
     waker: Arc<dyn Waker>,
-    heartbeat: std::sync::Mutex<Option<Heartbeat>>,
+    heartbeat: std::sync::Mutex<Option<Arc<Beat>>>,
     dead: AtomicBool,
 }
 
@@ -556,7 +505,14 @@ impl Channel {
         // `check_session`).
         fence(SeqCst);
         let every = chan.liveness / 10;
-        let heartbeat = Heartbeat::start(chan.mem.0.clone(), chan.ctl, session, side, line, every)?;
+        let heartbeat = Beat::start(
+            chan.mem.0.clone(),
+            chan.ctl as u64,
+            session,
+            side,
+            (line as u64) + SIDE_HEARTBEAT,
+            every,
+        )?;
         chan.leave = Some(Arc::new(Leave {
             mem: chan.mem.clone(),
             ctl: chan.ctl,
@@ -1903,17 +1859,56 @@ mod tests {
         ctl.store(with_state(w, b.side, DEAD), Relaxed); // as `a` declaring `b` dead
         let hb = b.w64(b.sides[b.side] + SIDE_HEARTBEAT as usize);
         let t = Instant::now();
-        let finished = |c: &Channel| {
-            let hb = c.leave.as_ref().unwrap().heartbeat.lock().unwrap();
-            hb.as_ref().unwrap().thread.as_ref().unwrap().is_finished()
-        };
-        while !finished(&b) {
+        loop {
+            let v = hb.load(Relaxed);
+            std::thread::sleep(Duration::from_millis(50)); // five beat periods
+            if hb.load(Relaxed) == v {
+                break;
+            }
             assert!(t.elapsed() < Duration::from_secs(5), "still beating");
-            std::thread::sleep(Duration::from_millis(5));
         }
         let last = hb.load(Relaxed);
         std::thread::sleep(Duration::from_millis(50));
         assert_eq!(hb.load(Relaxed), last);
+        // `a` is still attached and beats.
+        let ha = a.w64(a.sides[a.side] + SIDE_HEARTBEAT as usize);
+        let v = ha.load(Relaxed);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_ne!(ha.load(Relaxed), v);
+    }
+
+    #[test]
+    fn one_heartbeat_thread_for_many_ends() {
+        let r = Region::anonymous(4 << 20).unwrap();
+        let opts = Options::new()
+            .capacity(4096)
+            .liveness_timeout(Duration::from_millis(100));
+        let ends: Vec<Channel> = (0..60)
+            .map(|i| Channel::open(&r, &format!("c{}", i / 2), &opts).unwrap())
+            .collect();
+        // Every end beats: each heartbeat word moves within a few periods.
+        let words: Vec<u64> = ends
+            .iter()
+            .map(|c| {
+                c.w64(c.sides[c.side] + SIDE_HEARTBEAT as usize)
+                    .load(Relaxed)
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(60));
+        for (c, w) in ends.iter().zip(words) {
+            let now = c
+                .w64(c.sides[c.side] + SIDE_HEARTBEAT as usize)
+                .load(Relaxed);
+            assert!(now > w, "{} side {} did not beat", c.name, c.side);
+        }
+        // It runs (they beat), so it has its name and its mask.
+        let masks = crate::channel::heartbeat::beat_threads();
+        assert_eq!(masks.len(), 1, "one thread");
+        let blocked = |sig: u32| masks[0] & 1 << (sig - 1) != 0;
+        assert!(
+            blocked(2) && blocked(15) && blocked(10),
+            "SIGINT, SIGTERM, SIGUSR1 blocked"
+        );
     }
 
     #[test]

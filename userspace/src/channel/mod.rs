@@ -78,7 +78,7 @@
 //! holds the channel starts a new session (session + 1, itself side A, rings emptied while it
 //! holds the state "resetting"); the next end joins as side B. An end that leaves cleanly
 //! sets the closed flag of its ring and its state to "closed": the peer reads what is left,
-//! then end-of-file. Each end advances its heartbeat from a thread ten times per liveness
+//! then end-of-file. Each end advances its heartbeat (one thread per process beats them all) ten times per liveness
 //! timeout (default 10 s, at least 100 ms), also while it blocks, publishes the timeout, and
 //! looks at its peer at least as often. The bound applied to a peer is the longer of both
 //! ends' timeouts; an attached peer whose heartbeat stands still for seven tenths of it, over
@@ -143,6 +143,7 @@ mod chan;
 mod doorbell;
 mod error;
 mod gate;
+mod heartbeat;
 mod layout;
 mod liveness;
 mod open_path;
