@@ -1182,31 +1182,62 @@ impl Channel {
 
     /// Sends one message (blocking as configured). It arrives whole or not at all.
     pub fn send(&mut self, msg: &[u8]) -> io::Result<()> {
+        self.reserve_message(msg.len())?;
+        self.copy_to_ring(self.tx.pos + MSG_HDR, msg);
+        self.commit_message(msg.len() as u32)
+    }
+
+    /// Waits (as configured) until a message of `len` bytes fits in the outgoing ring.
+    fn reserve_message(&mut self, len: usize) -> io::Result<()> {
         self.usable(Kind::Messages)?;
         self.check_write().map_err(|e| self.fail(e))?;
         let max = self.max_message();
-        if msg.len() > max {
-            return Err(ChannelError::MessageTooLarge {
-                len: msg.len(),
-                max,
-            }
-            .into());
+        if len > max {
+            return Err(ChannelError::MessageTooLarge { len, max }.into());
         }
-        let need = MSG_HDR + (msg.len() as u64).next_multiple_of(8);
+        let need = MSG_HDR + (len as u64).next_multiple_of(8);
         self.wait(Dir::Out, need, |c| c.writable(need))
             .map_err(|e| self.fail(e))?;
-        let len = msg.len() as u32;
-        let mut hdr = [0u8; MSG_HDR as usize];
-        hdr[..4].copy_from_slice(&len.to_le_bytes());
-        hdr[4..].copy_from_slice(&(!len).to_le_bytes());
-        self.copy_to_ring(self.tx.pos, &hdr);
-        self.copy_to_ring(self.tx.pos + MSG_HDR, msg);
-        self.publish(need)
+        Ok(())
     }
 
     /// Receives the next message into `buf` (replacing its contents): `Some(len)`, or `None`
     /// once the peer closed and every message was read.
     pub fn recv(&mut self, buf: &mut Vec<u8>) -> io::Result<Option<usize>> {
+        let Some((len, need)) = self.next_message()? else {
+            return Ok(None);
+        };
+        buf.clear();
+        buf.reserve(len);
+        let spare: &mut [MaybeUninit<u8>] = &mut buf.spare_capacity_mut()[..len];
+        self.copy_from_ring(self.rx.pos + MSG_HDR, spare.as_mut_ptr().cast(), len);
+        // SAFETY: the copy above initialised the first `len` bytes of the spare capacity.
+        unsafe { buf.set_len(len) };
+        self.release(need)?;
+        Ok(Some(len))
+    }
+
+    /// [`recv`](Self::recv) without waiting: `WouldBlock` when no message is there (the end is
+    /// armed, as in non-blocking mode).
+    pub fn try_recv(&mut self, buf: &mut Vec<u8>) -> io::Result<Option<usize>> {
+        let was = std::mem::replace(&mut self.nonblocking, true);
+        let r = self.recv(buf);
+        self.nonblocking = was;
+        r
+    }
+
+    /// [`recv`](Self::recv) waiting at most `t` (`TimedOut` after), whatever the read timeout.
+    pub fn recv_timeout(&mut self, buf: &mut Vec<u8>, t: Duration) -> io::Result<Option<usize>> {
+        let was = self.read_timeout.replace(t);
+        let nb = std::mem::replace(&mut self.nonblocking, false);
+        let r = self.recv(buf);
+        (self.read_timeout, self.nonblocking) = (was, nb);
+        r
+    }
+
+    /// Waits for the next message's header and checks it: its payload length and the bytes
+    /// its record takes in the ring, or `None` at the end of the sequence.
+    fn next_message(&mut self) -> io::Result<Option<(usize, u64)>> {
         self.usable(Kind::Messages)?;
         let avail = self
             .wait(Dir::In, MSG_HDR, |c| c.readable(MSG_HDR))
@@ -1227,51 +1258,22 @@ impl Channel {
             ));
             return Err(self.fail(e));
         }
-        let len = len as usize;
-        buf.clear();
-        buf.reserve(len);
-        let spare: &mut [MaybeUninit<u8>] = &mut buf.spare_capacity_mut()[..len];
-        self.copy_from_ring(self.rx.pos + MSG_HDR, spare.as_mut_ptr().cast(), len);
-        // SAFETY: the copy above initialised the first `len` bytes of the spare capacity.
-        unsafe { buf.set_len(len) };
-        self.release(need)?;
-        Ok(Some(len))
+        Ok(Some((len as usize, need)))
     }
 
-    /// Borrows the free part of the outgoing ring up to where it wraps (at least one byte;
-    /// waits as configured): write into it, then [`WriteSlice::commit`] what was written.
-    pub fn write_slice(&mut self) -> io::Result<WriteSlice<'_>> {
-        self.usable(Kind::Stream)?;
-        self.check_write().map_err(|e| self.fail(e))?;
-        let free = self
-            .wait(Dir::Out, 1, |c| c.writable(1))
-            .map_err(|e| self.fail(e))?;
-        let off = (self.tx.pos & (self.out.cap - 1)) as usize;
-        let len = (free as usize).min(self.out.cap as usize - off);
-        Ok(WriteSlice {
-            off: self.out.data + off,
-            len,
-            chan: self,
-        })
-    }
-
-    /// Borrows the published part of the incoming ring up to where it wraps (waits as
-    /// configured; empty at the end of the stream): read it, then [`ReadSlice::release`] what
-    /// was used.
-    pub fn read_slice(&mut self) -> io::Result<ReadSlice<'_>> {
-        self.usable(Kind::Stream)?;
-        let avail = self
-            .wait(Dir::In, 1, |c| c.readable(1))
-            .map_err(|e| self.fail(e))?;
-        let off = (self.rx.pos & (self.inp.cap - 1)) as usize;
-        let len = (avail as usize).min(self.inp.cap as usize - off);
-        Ok(ReadSlice {
-            off: self.inp.data + off,
-            len,
-            chan: self,
-        })
+    /// Writes the header of a message of `len` bytes at the producer position and publishes
+    /// its record (header, payload written by the caller, padding).
+    fn commit_message(&mut self, len: u32) -> io::Result<()> {
+        let mut hdr = [0u8; MSG_HDR as usize];
+        hdr[..4].copy_from_slice(&len.to_le_bytes());
+        hdr[4..].copy_from_slice(&(!len).to_le_bytes());
+        self.copy_to_ring(self.tx.pos, &hdr);
+        self.publish(MSG_HDR + u64::from(len).next_multiple_of(8))
     }
 }
+
+mod zero_copy;
+pub use zero_copy::{MessageSlot, MessageView, ReadSlice, WriteSlice};
 
 fn kind_name(k: Kind) -> &'static str {
     match k {
@@ -1347,162 +1349,6 @@ impl Drop for Channel {
             let _ = self.close_write();
         }
         // Dropping `leave` next: the last half marks the side closed or dead.
-    }
-}
-
-/// The writable part of the outgoing ring, from [`Channel::write_slice`].
-///
-/// The protocol gives these bytes to this side alone until it commits them, but a hostile peer
-/// can still write into them; so the safe interface copies ([`copy_from`](Self::copy_from))
-/// and only [`as_mut_slice`](Self::as_mut_slice) (unsafe) makes a Rust slice.
-pub struct WriteSlice<'a> {
-    chan: &'a mut Channel,
-    off: usize,
-    len: usize,
-}
-
-impl std::fmt::Debug for WriteSlice<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WriteSlice")
-            .field("len", &self.len)
-            .finish()
-    }
-}
-
-impl WriteSlice<'_> {
-    /// Bytes available.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether no byte is available (never: the slice waits for one).
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// The first byte, for raw writes of at most [`len`](Self::len) bytes (e.g. `read(2)`).
-    pub fn as_mut_ptr(&mut self) -> *mut u8 {
-        // SAFETY: `off` is inside the region (checked when the slice was made).
-        unsafe { self.chan.mem.base().add(self.off) }
-    }
-
-    /// Copies `src` to offset `at` of the slice.
-    ///
-    /// # Panics
-    ///
-    /// If `at + src.len()` exceeds [`len`](Self::len).
-    pub fn copy_from(&mut self, at: usize, src: &[u8]) {
-        assert!(
-            at.checked_add(src.len()).is_some_and(|e| e <= self.len),
-            "{} bytes at {at} exceed the {}-byte slice",
-            src.len(),
-            self.len
-        );
-        // SAFETY: the range is inside the slice (asserted), which the protocol gives to us;
-        // `src` is private memory.
-        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.as_mut_ptr().add(at), src.len()) }
-    }
-
-    /// The slice as Rust memory.
-    ///
-    /// # Safety
-    ///
-    /// The peer must be trusted not to write into its free ring space while the slice lives.
-    /// A hostile peer writing concurrently makes this a data race (undefined behaviour: the
-    /// compiler may assume the bytes do not change under the reference).
-    pub unsafe fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: in bounds (see `as_mut_ptr`), exclusive by the protocol and by `&mut self`
-        // while the caller upholds the trust above.
-        unsafe { std::slice::from_raw_parts_mut(self.as_mut_ptr(), self.len) }
-    }
-
-    /// Publishes the first `n` bytes to the peer.
-    pub fn commit(self, n: usize) -> io::Result<()> {
-        if n > self.len {
-            return Err(ChannelError::Invalid(format!(
-                "commit of {n} bytes from a {}-byte slice",
-                self.len
-            ))
-            .into());
-        }
-        self.chan.publish(n as u64)
-    }
-}
-
-/// The readable part of the incoming ring, from [`Channel::read_slice`]; empty at the end of
-/// the stream.
-///
-/// The protocol gives these bytes to this side until it releases them, and the peer has
-/// finished writing them; a hostile peer may still change them, so the safe interface copies
-/// ([`copy_to`](Self::copy_to)) and only [`as_slice`](Self::as_slice) (unsafe) makes a Rust
-/// slice.
-pub struct ReadSlice<'a> {
-    chan: &'a mut Channel,
-    off: usize,
-    len: usize,
-}
-
-impl std::fmt::Debug for ReadSlice<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReadSlice").field("len", &self.len).finish()
-    }
-}
-
-impl ReadSlice<'_> {
-    /// Bytes available.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether the stream ended.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// The first byte, for raw reads of at most [`len`](Self::len) bytes (e.g. `write(2)`).
-    pub fn as_ptr(&self) -> *const u8 {
-        // SAFETY: `off` is inside the region (checked when the slice was made).
-        unsafe { self.chan.mem.base().add(self.off) }
-    }
-
-    /// Copies bytes from offset `at` of the slice into `dst`.
-    ///
-    /// # Panics
-    ///
-    /// If `at + dst.len()` exceeds [`len`](Self::len).
-    pub fn copy_to(&self, at: usize, dst: &mut [u8]) {
-        assert!(
-            at.checked_add(dst.len()).is_some_and(|e| e <= self.len),
-            "{} bytes at {at} exceed the {}-byte slice",
-            dst.len(),
-            self.len
-        );
-        // SAFETY: the range is inside the slice (asserted); `dst` is private memory.
-        unsafe { std::ptr::copy_nonoverlapping(self.as_ptr().add(at), dst.as_mut_ptr(), dst.len()) }
-    }
-
-    /// The slice as Rust memory.
-    ///
-    /// # Safety
-    ///
-    /// The peer must be trusted not to write into published bytes while the slice lives; a
-    /// hostile peer writing concurrently makes this a data race, and code that checks a byte
-    /// and then uses it may see two different values.
-    pub unsafe fn as_slice(&self) -> &[u8] {
-        // SAFETY: in bounds (see `as_ptr`); unchanged while the caller upholds the trust above.
-        unsafe { std::slice::from_raw_parts(self.as_ptr(), self.len) }
-    }
-
-    /// Gives the first `n` bytes back to the peer.
-    pub fn release(self, n: usize) -> io::Result<()> {
-        if n > self.len {
-            return Err(ChannelError::Invalid(format!(
-                "release of {n} bytes from a {}-byte slice",
-                self.len
-            ))
-            .into());
-        }
-        self.chan.release(n as u64)
     }
 }
 
@@ -1654,6 +1500,79 @@ mod tests {
         assert!(w.commit(1000).is_err());
         a.close_write().unwrap();
         assert!(b.read_slice().unwrap().is_empty());
+    }
+
+    #[test]
+    fn zero_copy_messages_across_the_wrap() {
+        let opts = Options::new().kind(Kind::Messages).capacity(64);
+        let (_r, mut a, mut b) = pair(&opts);
+        let mut buf = Vec::new();
+        let mut wrapped = 0;
+        for round in 0..40usize {
+            // Records of 24 to 40 bytes: their starts walk around the 64-byte ring, and now
+            // and then a payload wraps over its end.
+            let len = 9 + round * 5 % 20;
+            let msg: Vec<u8> = (0..len).map(|i| (i * 7 + round) as u8).collect();
+            let mut slot = a.reserve(len).unwrap();
+            assert_eq!(slot.len(), len);
+            if round % 2 == 0 {
+                slot.copy_from(0, &msg[..5]);
+                slot.copy_from(5, &msg[5..]);
+            } else {
+                // SAFETY: both ends are in this test; the peer does not write our free space.
+                let (p, q) = unsafe { slot.as_mut_slices() };
+                assert_eq!(p.len() + q.len(), len);
+                let n = p.len();
+                p.copy_from_slice(&msg[..n]);
+                q.copy_from_slice(&msg[n..]);
+            }
+            slot.commit(len).unwrap();
+            let view = b.peek().unwrap().unwrap();
+            assert_eq!(view.len(), len);
+            let mut got = vec![0u8; len];
+            view.copy_to(0, &mut got);
+            assert_eq!(got, msg, "round {round}");
+            // SAFETY: as above.
+            let (p, q) = unsafe { view.as_slices() };
+            assert_eq!([p, q].concat(), msg);
+            wrapped += usize::from(!q.is_empty());
+            if round % 3 == 0 {
+                let _ = view; // not released: still next
+                assert_eq!(b.recv(&mut buf).unwrap(), Some(len));
+                assert_eq!(buf, msg);
+            } else {
+                view.release().unwrap();
+            }
+        }
+        assert!(wrapped >= 5, "{wrapped} of 40 payloads wrapped");
+        // A shorter commit, a dropped slot (nothing sent), an oversized commit.
+        let mut slot = a.reserve(30).unwrap();
+        slot.copy_from(0, b"short");
+        slot.commit(5).unwrap();
+        let _ = a.reserve(30).unwrap();
+        assert!(a.reserve(10).unwrap().commit(11).is_err());
+        assert_eq!(b.recv(&mut buf).unwrap(), Some(5));
+        assert_eq!(buf, b"short");
+        // try_recv and recv_timeout leave the modes as they were.
+        assert_eq!(
+            b.try_recv(&mut buf).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
+        let t = Instant::now();
+        let e = b
+            .recv_timeout(&mut buf, Duration::from_millis(30))
+            .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert!(t.elapsed() >= Duration::from_millis(30));
+        a.send(b"late").unwrap();
+        assert_eq!(b.try_recv(&mut buf).unwrap(), Some(4));
+        b.set_read_timeout(Some(Duration::from_millis(10)));
+        assert_eq!(
+            b.recv(&mut buf).unwrap_err().kind(),
+            io::ErrorKind::TimedOut
+        );
+        drop(a);
+        assert!(b.peek().unwrap().is_none(), "end of the sequence");
     }
 
     #[test]

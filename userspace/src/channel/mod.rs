@@ -152,7 +152,7 @@ mod region;
 mod split;
 mod wait;
 
-pub use chan::{Channel, Options, ReadSlice, Wait, WriteSlice};
+pub use chan::{Channel, MessageSlot, MessageView, Options, ReadSlice, Wait, WriteSlice};
 pub use doorbell::DoorbellWaker;
 pub use error::ChannelError;
 pub use layout::{list, ChannelInfo, Kind, MAX_NAME, MIN_REGION, SLOTS, VERSION};
