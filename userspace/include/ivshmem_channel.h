@@ -139,9 +139,21 @@ int ivshmem_channel_set_nonblocking(struct ivshmem_channel *ch, int on);
  * exceeded); negative: no limit (the default). Returns 0 or -1. */
 int ivshmem_channel_set_timeouts(struct ivshmem_channel *ch, int read_ms, int write_ms);
 
-/* A descriptor that becomes readable when the peer rings (doorbell waiting), for poll/epoll:
- * then retry in non-blocking mode. -1 with EOPNOTSUPP when the channel spins. Owned by `ch`. */
+/* A descriptor that becomes readable when the peer rings (doorbell or eventfd waiting), for
+ * poll/epoll in non-blocking mode: a call that failed with EAGAIN armed the handle (the peer
+ * rings once it gets to what the call waits for), so poll at most
+ * ivshmem_channel_poll_interval_ms, then retry. -1 with EOPNOTSUPP when the channel spins.
+ * Owned by `ch`. */
 int ivshmem_channel_fd(struct ivshmem_channel *ch);
+
+/* How long to poll the descriptor before retrying, in milliseconds (a tenth of the liveness
+ * timeout while the peer rings, 20 while it does not), or -1. */
+int ivshmem_channel_poll_interval_ms(struct ivshmem_channel *ch);
+
+/* Splits `ch` for two threads: `ch` becomes the writing half (write, send, close_write, flush,
+ * wait_peer), `*reader` a new handle for the reading half (read, recv); the other calls fail
+ * with EBADF. Close both; the end leaves when both are closed. Returns 0 or -1. */
+int ivshmem_channel_split(struct ivshmem_channel *ch, struct ivshmem_channel **reader);
 
 /* The message of the last failure on the calling thread, "" if none; never NULL. Valid until
  * the next failing call on this thread. */

@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use crate::channel::{Channel, ChannelError, Kind, Options, Wait, MAX_NAME};
 use crate::sys::errno::{
-    E2BIG, EACCES, EAGAIN, EBADMSG, EBUSY, EINVAL, EIO, EMSGSIZE, ENAMETOOLONG, ENOENT, ENOMEM,
-    ENOSPC, EOPNOTSUPP, EPIPE, EPROTO, ETIMEDOUT,
+    E2BIG, EACCES, EAGAIN, EBADF, EBADMSG, EBUSY, EINVAL, EIO, EMSGSIZE, ENAMETOOLONG, ENOENT,
+    ENOMEM, ENOSPC, EOPNOTSUPP, EPIPE, EPROTO, ETIMEDOUT,
 };
 
 /// `kind`: a byte stream (the default, also for 0).
@@ -65,6 +65,43 @@ pub struct IvshmemChannel {
     msg: Vec<u8>,
     /// Whether `msg` is still to be delivered (it did not fit the caller's buffer).
     pending: bool,
+    /// Which calls this handle takes: both, or one direction after `ivshmem_channel_split`.
+    reads: bool,
+    writes: bool,
+}
+
+impl IvshmemChannel {
+    fn new(chan: Channel, reads: bool, writes: bool) -> Self {
+        Self {
+            chan,
+            msg: Vec::new(),
+            pending: false,
+            reads,
+            writes,
+        }
+    }
+
+    /// The channel, for a call that writes.
+    fn writer(&mut self) -> Res<&mut Channel> {
+        if !self.writes {
+            return Err(Failure::new(
+                EBADF,
+                "this handle is the reading half of a split channel",
+            ));
+        }
+        Ok(&mut self.chan)
+    }
+
+    /// The channel, for a call that reads.
+    fn reader(&mut self) -> Res<&mut Channel> {
+        if !self.reads {
+            return Err(Failure::new(
+                EBADF,
+                "this handle is the writing half of a split channel",
+            ));
+        }
+        Ok(&mut self.chan)
+    }
 }
 
 /// Why a call failed: the errno and the message `last_error` returns.
@@ -325,11 +362,9 @@ pub unsafe extern "C" fn ivshmem_channel_open(
             let f = Failure::from(e);
             Failure::new(f.errno, format!("channel '{name}': {}", f.msg))
         })?;
-        Ok(Box::into_raw(Box::new(IvshmemChannel {
-            chan,
-            msg: Vec::new(),
-            pending: false,
-        })))
+        Ok(Box::into_raw(Box::new(IvshmemChannel::new(
+            chan, true, true,
+        ))))
     })
 }
 
@@ -385,7 +420,7 @@ pub unsafe extern "C" fn ivshmem_channel_write(
         // A write may be partial: never more than SSIZE_MAX, so the count fits the return.
         // SAFETY: forwarded; `len.min(..)` only shortens the range.
         let data = unsafe { bytes(buf, len.min(isize::MAX as usize)) }?;
-        Ok(h.chan.write(data)? as isize)
+        Ok(h.writer()?.write(data)? as isize)
     })
 }
 
@@ -412,7 +447,7 @@ pub unsafe extern "C" fn ivshmem_channel_read(
         }
         // Through the zero-copy view, so no Rust slice is made over the caller's buffer, which
         // may be uninitialised.
-        let slice = h.chan.read_slice()?;
+        let slice = h.reader()?.read_slice()?;
         let n = slice.len().min(len).min(isize::MAX as usize);
         // SAFETY: `slice.as_ptr()` is valid for `slice.len() >= n` bytes the protocol gives to
         // this end; `buf` is valid for `len >= n` writable bytes (contract); ring and caller
@@ -433,7 +468,7 @@ pub unsafe extern "C" fn ivshmem_channel_close_write(ch: *mut IvshmemChannel) ->
     guard(-1, || {
         // SAFETY: forwarded from this function's contract.
         let h = unsafe { handle(ch) }?;
-        h.chan.close_write()?;
+        h.writer()?.close_write()?;
         Ok(0)
     })
 }
@@ -448,7 +483,7 @@ pub unsafe extern "C" fn ivshmem_channel_flush(ch: *mut IvshmemChannel) -> c_int
     guard(-1, || {
         // SAFETY: forwarded from this function's contract.
         let h = unsafe { handle(ch) }?;
-        h.chan.drain()?;
+        h.writer()?.drain()?;
         Ok(0)
     })
 }
@@ -463,7 +498,7 @@ pub unsafe extern "C" fn ivshmem_channel_wait_peer(ch: *mut IvshmemChannel) -> c
     guard(-1, || {
         // SAFETY: forwarded from this function's contract.
         let h = unsafe { handle(ch) }?;
-        h.chan.wait_peer()?;
+        h.writer()?.wait_peer()?;
         Ok(0)
     })
 }
@@ -482,13 +517,13 @@ pub unsafe extern "C" fn ivshmem_channel_send(
     guard(-1, || {
         // SAFETY: forwarded from this function's contract.
         let h = unsafe { handle(ch) }?;
-        let max = h.chan.max_message();
+        let max = h.writer()?.max_message();
         if len > max {
             return Err(ChannelError::MessageTooLarge { len, max }.into());
         }
         // SAFETY: forwarded from this function's contract.
         let data = unsafe { bytes(msg, len) }?;
-        h.chan.send(data)?;
+        h.writer()?.send(data)?;
         Ok(0)
     })
 }
@@ -520,6 +555,7 @@ pub unsafe extern "C" fn ivshmem_channel_recv(
             }
         };
         if !h.pending {
+            h.reader()?;
             if h.chan.recv(&mut h.msg)?.is_none() {
                 set_len(0);
                 return Ok(0);
@@ -614,6 +650,55 @@ pub unsafe extern "C" fn ivshmem_channel_fd(ch: *mut IvshmemChannel) -> c_int {
                 "this channel spins: it has no descriptor to poll",
             )
         })
+    })
+}
+
+/// Splits `ch` for two threads: `ch` becomes the writing half and `*reader` a new handle for
+/// the reading half (closed with `ivshmem_channel_close`; the end leaves when both are).
+/// Returns 0 or -1.
+///
+/// # Safety
+///
+/// `ch` is NULL or an open handle that is not a half already; `reader` is NULL or points to
+/// writable storage for a pointer.
+#[no_mangle]
+pub unsafe extern "C" fn ivshmem_channel_split(
+    ch: *mut IvshmemChannel,
+    reader: *mut *mut IvshmemChannel,
+) -> c_int {
+    guard(-1, || {
+        // SAFETY: forwarded from this function's contract.
+        let h = unsafe { handle(ch) }?;
+        if reader.is_null() {
+            return Err(einval("reader is NULL"));
+        }
+        if !(h.reads && h.writes) {
+            return Err(Failure::new(EBADF, "this handle is a half already"));
+        }
+        if h.pending {
+            return Err(einval("a received message is still pending on this handle"));
+        }
+        let half = h.chan.split_reader();
+        h.reads = false;
+        let r = Box::into_raw(Box::new(IvshmemChannel::new(half, true, false)));
+        // SAFETY: non-NULL (checked) and writable by the caller's contract.
+        unsafe { reader.write(r) };
+        Ok(0)
+    })
+}
+
+/// How long to poll the descriptor of `ivshmem_channel_fd` before retrying, in milliseconds,
+/// or -1.
+///
+/// # Safety
+///
+/// `ch` is NULL or an open handle.
+#[no_mangle]
+pub unsafe extern "C" fn ivshmem_channel_poll_interval_ms(ch: *mut IvshmemChannel) -> c_int {
+    guard(-1, || {
+        // SAFETY: forwarded from this function's contract.
+        let h = unsafe { handle(ch) }?;
+        Ok(h.chan.poll_interval().as_millis().min(i32::MAX as u128) as c_int)
     })
 }
 

@@ -368,7 +368,7 @@ fn errno_contract() {
     assert!(st.success(), "status {st}: {out}{err}");
     let failed: Vec<&str> = out.lines().filter(|l| !l.ends_with(": ok")).collect();
     assert!(failed.is_empty(), "failed checks:\n{}", failed.join("\n"));
-    assert_eq!(out.lines().count(), 33, "checks run:\n{out}");
+    assert_eq!(out.lines().count(), 45, "checks run:\n{out}");
 }
 
 fn set_len(p: &Path, len: u64) {
@@ -468,6 +468,31 @@ int main(int argc, char **argv)
 	ivshmem_channel_close(a);
 	ivshmem_channel_close(b);
 	ivshmem_channel_close(NULL);
+
+	/* A split end: the writing half and the reading half take only their own calls. */
+	struct ivshmem_channel *c = ivshmem_channel_open(shm, "split", &big.o);
+	struct ivshmem_channel *d = ivshmem_channel_open(shm, "split", &big.o);
+	struct ivshmem_channel *cr = NULL;
+	if (!c || !d) {
+		printf("open: %s\n", ivshmem_channel_last_error());
+		return 1;
+	}
+	CHECK("split NULL reader", ivshmem_channel_split(c, NULL), -1, EINVAL);
+	CHECK("split", ivshmem_channel_split(c, &cr) == 0 && cr != NULL, 1, 0);
+	CHECK("split a half", ivshmem_channel_split(c, &cr), -1, EBADF);
+	CHECK("recv on the writing half", ivshmem_channel_recv(c, buf, sizeof(buf), &len), -1, EBADF);
+	CHECK("send on the reading half", ivshmem_channel_send(cr, "x", 1), -1, EBADF);
+	CHECK("send on the writing half", ivshmem_channel_send(c, "ab", 2), 0, 0);
+	CHECK("peer gets it", ivshmem_channel_recv(d, buf, sizeof(buf), &len) == 1 && len == 2, 1, 0);
+	CHECK("peer answers", ivshmem_channel_send(d, "xyz", 3), 0, 0);
+	CHECK("reading half gets it", ivshmem_channel_recv(cr, buf, sizeof(buf), &len) == 1 &&
+	      len == 3 && !memcmp(buf, "xyz", 3), 1, 0);
+	CHECK("poll interval of a spinning peer", ivshmem_channel_poll_interval_ms(cr), 20, 0);
+	CHECK("poll interval of NULL", ivshmem_channel_poll_interval_ms(NULL), -1, EINVAL);
+	ivshmem_channel_close(c);
+	CHECK("EOF after the writing half closed", ivshmem_channel_recv(d, buf, sizeof(buf), &len), 0, 0);
+	ivshmem_channel_close(cr);
+	ivshmem_channel_close(d);
 	return 0;
 }
 "#;

@@ -1095,6 +1095,14 @@ impl Channel {
     /// The write side closes when the writing half is dropped (or `close_write`); the end
     /// leaves the session when both halves are gone.
     pub fn split(mut self) -> (super::WriteHalf, super::ReadHalf) {
+        let reader = self.split_reader();
+        (super::WriteHalf(self), super::ReadHalf(reader))
+    }
+
+    /// Makes this end its writing half and returns the reading half (see [`split`]).
+    ///
+    /// [`split`]: Self::split
+    pub(crate) fn split_reader(&mut self) -> Self {
         let reader = Self {
             mem: self.mem.clone(),
             name: self.name.clone(),
@@ -1123,7 +1131,7 @@ impl Channel {
             gate: self.gate.clone(),
         };
         self.half = Half::Writes;
-        (super::WriteHalf(self), super::ReadHalf(reader))
+        reader
     }
 
     /// Waits (as configured, with the write timeout) until the peer has read everything this
