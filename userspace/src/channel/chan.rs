@@ -750,9 +750,21 @@ impl Channel {
     /// What no check can exclude is an end stopped between its check and the store after it,
     /// for longer than the liveness bound, and resumed while a later session runs: it can
     /// store one index or one copy into that session's ring.
+    #[inline]
     fn check_session(&self) -> Result<(), ChannelError> {
         fence(Acquire);
-        let (s, sess) = decode(self.w64(self.ctl).load(Relaxed))?;
+        let w = self.w64(self.ctl).load(Relaxed);
+        // The hot path: two compares on the word, no decoding.
+        if session(w) == self.session && side_state(w, self.side) == ATTACHED {
+            return Ok(());
+        }
+        self.detached(w)
+    }
+
+    /// Why `check_session` failed on control word `w`.
+    #[cold]
+    fn detached(&self, w: u64) -> Result<(), ChannelError> {
+        let (s, sess) = decode(w)?;
         if sess != self.session || s[self.side] != ATTACHED {
             return Err(ChannelError::PeerGone(format!(
                 "this end was detached from session {} of channel '{}' (now session {sess}): \
@@ -774,6 +786,7 @@ impl Channel {
     }
 
     /// Bytes (at least `want`) readable now; `Some(0)` at the end of the stream.
+    #[inline]
     fn readable(&mut self, want: u64) -> Result<Option<u64>, ChannelError> {
         let prod = self.mem.w64(self.inp.prod);
         let n = self
@@ -781,7 +794,6 @@ impl Channel {
             .avail::<Std>(prod, want)
             .map_err(|e| self.violation(e))?;
         if n >= want {
-            self.check_session()?;
             return Ok(Some(n));
         }
         // Acquire: pairs with the release store of the flag, which follows the peer's last
@@ -804,16 +816,13 @@ impl Channel {
     }
 
     /// Free bytes (at least `want`) in the outgoing ring.
+    #[inline]
     fn writable(&mut self, want: u64) -> Result<Option<u64>, ChannelError> {
         let n = self
             .tx
             .space::<Std>(self.mem.w64(self.out.cons), want)
             .map_err(|e| self.violation(e))?;
-        if n < want {
-            return Ok(None);
-        }
-        self.check_session()?;
-        Ok(Some(n))
+        Ok((n >= want).then_some(n))
     }
 
     /// Waits until `ready` gives a value: spin, then sleep (or back off) in slices, looking at
@@ -829,6 +838,9 @@ impl Channel {
         }
         if self.nonblocking {
             if let Err(e) = self.check_peer(dir, Instant::now()) {
+                // A peer that left may have published before it went: deliver that first,
+                // unless this end is the one that left its session.
+                self.check_session()?;
                 return ready(self)?.ok_or(e);
             }
             if self.sleeps {
@@ -837,6 +849,8 @@ impl Channel {
                 self.waker.clear();
                 self.announce(dir, want);
                 if let Some(v) = ready(self)? {
+                    // It waited: it may have been stopped past the bound meanwhile.
+                    self.check_session()?;
                     return Ok(v);
                 }
             }
@@ -852,6 +866,8 @@ impl Channel {
         let mut backoff = Duration::from_micros(1);
         loop {
             if let Some(v) = ready(self)? {
+                // It waited: it may have been stopped past the bound meanwhile.
+                self.check_session()?;
                 return Ok(v);
             }
             i = i.saturating_add(1);
@@ -865,7 +881,8 @@ impl Channel {
             }
             let now = Instant::now();
             if let Err(e) = self.check_peer(dir, now) {
-                // A peer that left may have published before it went: deliver that first.
+                // As above.
+                self.check_session()?;
                 return ready(self)?.ok_or(e);
             }
             let mut slice = self.liveness / 10;
@@ -888,6 +905,8 @@ impl Channel {
                 let seen = self.gate.generation();
                 self.announce(dir, want);
                 if let Some(v) = ready(self)? {
+                    // It waited: it may have been stopped past the bound meanwhile.
+                    self.check_session()?;
                     return Ok(v);
                 }
                 if self.half == Half::Both {
@@ -1001,6 +1020,7 @@ impl Channel {
 
     /// Publishes `n` bytes written at the producer position, if this end is still in its
     /// session.
+    #[inline]
     fn publish(&mut self, n: u64) -> io::Result<()> {
         self.check_session()?;
         let prod = self.mem.w64(self.out.prod);
@@ -1013,6 +1033,7 @@ impl Channel {
 
     /// Gives `n` read bytes back, if this end is still in its session; an error means the
     /// bytes read since the last check may be a newer session's, so the caller delivers none.
+    #[inline]
     fn release(&mut self, n: u64) -> io::Result<()> {
         self.check_session()?;
         let cons = self.mem.w64(self.inp.cons);
@@ -1073,13 +1094,29 @@ impl Channel {
 
     /// Before writing: this end may write, and someone may still read (one load of the
     /// control word, which changes only when an end comes or goes).
+    #[inline]
     fn check_write(&self) -> Result<(), ChannelError> {
+        let w = self.w64(self.ctl).load(Acquire);
+        let peer = side_state(w, 1 - self.side);
+        if !self.write_closed
+            && session(w) == self.session
+            && side_state(w, self.side) == ATTACHED
+            && (peer == ATTACHED || peer == FREE)
+        {
+            return Ok(());
+        }
+        self.cannot_write(w)
+    }
+
+    /// Why `check_write` failed on control word `w`.
+    #[cold]
+    fn cannot_write(&self, w: u64) -> Result<(), ChannelError> {
         if self.write_closed {
             return Err(ChannelError::PeerGone(
                 "this end closed its write side".into(),
             ));
         }
-        let (s, sess) = decode(self.w64(self.ctl).load(Acquire))?;
+        let (s, sess) = decode(w)?;
         if sess != self.session || s[self.side] != ATTACHED {
             return Err(ChannelError::PeerGone("this end was detached".into()));
         }
@@ -1196,6 +1233,7 @@ impl Channel {
     }
 
     /// Waits (as configured) until a message of `len` bytes fits in the outgoing ring.
+    #[inline]
     fn reserve_message(&mut self, len: usize) -> io::Result<()> {
         self.usable(Kind::Messages)?;
         self.check_write().map_err(|e| self.fail(e))?;
@@ -1245,6 +1283,7 @@ impl Channel {
 
     /// Waits for the next message's header and checks it: its payload length and the bytes
     /// its record takes in the ring, or `None` at the end of the sequence.
+    #[inline]
     fn next_message(&mut self) -> io::Result<Option<(usize, u64)>> {
         self.usable(Kind::Messages)?;
         let avail = self
@@ -1271,6 +1310,7 @@ impl Channel {
 
     /// Writes the header of a message of `len` bytes at the producer position and publishes
     /// its record (header, payload written by the caller, padding).
+    #[inline]
     fn commit_message(&mut self, len: u32) -> io::Result<()> {
         let mut hdr = [0u8; MSG_HDR as usize];
         hdr[..4].copy_from_slice(&len.to_le_bytes());

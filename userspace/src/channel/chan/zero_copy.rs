@@ -35,6 +35,8 @@ impl Channel {
         let avail = self
             .wait(Dir::In, 1, |c| c.readable(1))
             .map_err(|e| self.fail(e))?;
+        // The caller reads these bytes in place, before `release` can validate them.
+        self.check_session()?;
         let off = (self.rx.pos & (self.inp.cap - 1)) as usize;
         let len = (avail as usize).min(self.inp.cap as usize - off);
         Ok(ReadSlice {
@@ -62,6 +64,8 @@ impl Channel {
         let Some((len, need)) = self.next_message()? else {
             return Ok(None);
         };
+        // As in `read_slice`.
+        self.check_session()?;
         Ok(Some(MessageView {
             pos: self.rx.pos.wrapping_add(MSG_HDR),
             len,
