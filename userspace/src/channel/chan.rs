@@ -648,6 +648,13 @@ impl Channel {
         )))
     }
 
+    /// The region the channel lives in (for tools: listing, diagnostics).
+    pub fn region(&self) -> Region {
+        Region {
+            mem: self.mem.0.clone(),
+        }
+    }
+
     /// The channel's name.
     pub fn name(&self) -> &str {
         &self.name

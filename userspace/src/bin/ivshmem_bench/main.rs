@@ -12,12 +12,14 @@ use ivshmem::args::{device_path, parse_size, run_tool, Args};
 use ivshmem::channel::{Channel, Kind, Options, Wait};
 use ivshmem::{Device, ToolError};
 
+mod bare;
+
 const PROG: &str = "ivshmem-bench";
 
 const HELP: &str = "\
 usage: ivshmem-bench stream [--listen] [COMMON] [--sizes LIST] [--seconds S]
-                            [--modes copy,zero]
-       ivshmem-bench rtt    [--listen] [COMMON] [--rounds N] [--size BYTES]
+                            [--modes copy,zero,bare]
+       ivshmem-bench rtt    [--listen] [COMMON] [--rounds N] [--size BYTES] [--bare]
        ivshmem-bench memcpy [--sizes LIST] [--seconds S]
        ivshmem-bench pause  [--rounds N]
        ivshmem-bench map    [-d PATH] [--sizes LIST] [--rounds N]
@@ -28,8 +30,13 @@ stream: the driving side streams messages of each size for S seconds (default 1)
   into the ring, as an application building its data there; read_slice, one
   load per 64-byte line in place, release). The listener counts and acknowledges
   every byte; the figure runs from the first byte sent to that acknowledgement.
+  Mode bare (not by default) is the reference: the same copies through a bare
+  single-producer single-consumer ring (two indices, nothing else) of the same
+  size on the same device, printed as transport=bare.
 rtt: the driving side sends N (default 10000) messages of BYTES (default 64)
   over a message channel and waits for each echo: percentiles of the round trip.
+  --bare (on both sides) adds the reference: a spin ping-pong of one 8-byte word
+  each way on the same device, printed as transport=bare.
 memcpy: this machine's copy bandwidth for the same sizes (a hot source copied to
   successive places of a 2 MiB buffer, as into a ring).
 pause: the cost of the CPU pause hint (std::hint::spin_loop) here: N (default
@@ -81,6 +88,7 @@ const MAGIC: u32 = u32::from_le_bytes(*b"IVBS");
 const OP_COPY: u32 = 1;
 const OP_ZERO: u32 = 2;
 const OP_QUIT: u32 = 3;
+const OP_BARE: u32 = 4;
 /// How long the driving side retries connecting to a listener that is not up yet.
 const CONNECT_PATIENCE: Duration = Duration::from_secs(60);
 
@@ -88,6 +96,8 @@ const CONNECT_PATIENCE: Duration = Duration::from_secs(60);
 enum Mode {
     Copy,
     Zero,
+    /// The bare ring reference (copying).
+    Bare,
 }
 
 #[derive(Debug)]
@@ -115,6 +125,7 @@ enum Cmd {
         c: Common,
         rounds: usize,
         size: usize,
+        bare: bool,
     },
     Memcpy {
         sizes: Vec<usize>,
@@ -208,7 +219,10 @@ fn parse(mut a: Args) -> Result<Option<Cmd>, ToolError> {
                     .map(|m| match m {
                         "copy" => Ok(Mode::Copy),
                         "zero" => Ok(Mode::Zero),
-                        _ => Err(ToolError::Usage(format!("bad mode '{m}' (copy, zero)"))),
+                        "bare" => Ok(Mode::Bare),
+                        _ => Err(ToolError::Usage(format!(
+                            "bad mode '{m}' (copy, zero, bare)"
+                        ))),
                     })
                     .collect::<Result<_, _>>()?,
             };
@@ -225,6 +239,7 @@ fn parse(mut a: Args) -> Result<Option<Cmd>, ToolError> {
             if !(1..=10_000_000).contains(&rounds) {
                 return Err(ToolError::usage("--rounds out of range (1 to 10000000)"));
             }
+            let bare = a.flag(&["--bare"]);
             let size = a.size(&["--size"])?.unwrap_or(64);
             if !(1..=16 << 10).contains(&size) {
                 return Err(ToolError::usage("--size out of range (1 to 16K)"));
@@ -233,6 +248,7 @@ fn parse(mut a: Args) -> Result<Option<Cmd>, ToolError> {
                 c,
                 rounds,
                 size: size as usize,
+                bare,
             }
         }
         Some("memcpy") => Cmd::Memcpy {
@@ -332,6 +348,11 @@ impl Common {
         Channel::open_path(&self.device, &name, &opts).map_err(|e| chan_err(&name, e))
     }
 
+    /// The memory of the bare references: the payload of channel `NAME.bare`.
+    fn bare_area(&self) -> Result<bare::Area, ToolError> {
+        bare::Area::new(self.open("bare", Kind::Stream, false)?)
+    }
+
     fn tcp_addr(&self) -> &str {
         self.tcp.as_deref().unwrap_or_default()
     }
@@ -391,9 +412,14 @@ fn stream_send(
     size: usize,
     secs: f64,
     src: &[u8],
+    bare: Option<&bare::Area>,
 ) -> Result<(u64, f64), ToolError> {
     let e = io_err("stream");
-    let op = if mode == Mode::Zero { OP_ZERO } else { OP_COPY };
+    let op = match mode {
+        Mode::Copy => OP_COPY,
+        Mode::Zero => OP_ZERO,
+        Mode::Bare => OP_BARE,
+    };
     let mut hdr = [0u8; 16];
     hdr[..4].copy_from_slice(&MAGIC.to_le_bytes());
     hdr[4..8].copy_from_slice(&op.to_le_bytes());
@@ -408,6 +434,12 @@ fn stream_send(
     let start = Instant::now();
     let msg = &src[..size];
     match mode {
+        Mode::Bare => {
+            let area = bare.ok_or_else(|| ToolError::Check("bare phase over TCP".into()))?;
+            let (bytes, _) = area.stream_send(msg, secs)?;
+            sent = bytes;
+            // Timed as the channel phases are: to the listener's acknowledgement.
+        }
         Mode::Copy => loop {
             for _ in 0..batch {
                 l.write_all(msg).map_err(&e)?;
@@ -458,7 +490,7 @@ fn read_header(l: &mut dyn Link) -> Result<Option<(u32, usize)>, ToolError> {
     let op = u32::from_le_bytes([o0, o1, o2, o3]);
     let size = u64::from_le_bytes(s);
     if u32::from_le_bytes([m0, m1, m2, m3]) != MAGIC
-        || !(OP_COPY..=OP_QUIT).contains(&op)
+        || !(OP_COPY..=OP_BARE).contains(&op)
         || !(1..=1 << 30).contains(&size)
     {
         return Err(ToolError::Check(format!(
@@ -470,11 +502,21 @@ fn read_header(l: &mut dyn Link) -> Result<Option<(u32, usize)>, ToolError> {
 
 /// The listening side of one phase: counts every byte until end-of-file and acknowledges.
 /// Returns false at the end.
-fn stream_recv(l: &mut dyn Link) -> Result<bool, ToolError> {
+fn stream_recv(l: &mut dyn Link, bare: Option<&bare::Area>) -> Result<bool, ToolError> {
     let e = io_err("stream");
     let Some((op, size)) = read_header(l)? else {
         return Ok(false);
     };
+    if op == OP_BARE {
+        let area = bare.ok_or_else(|| ToolError::Check("bare phase over TCP".into()))?;
+        area.reset();
+        l.write_all(&[1]).map_err(&e)?;
+        let got = area.stream_recv(size)?;
+        // The driver closes its side of the channel after the bare ring's last byte.
+        while l.read(&mut [0u8; 1]).map_err(&e)? > 0 {}
+        l.write_all(&got.to_le_bytes()).map_err(&e)?;
+        return Ok(true);
+    }
     l.write_all(&[1]).map_err(&e)?;
     let mut got = 0u64;
     match (op, l.channel()) {
@@ -537,9 +579,10 @@ fn stream(c: &Common, sizes: &[usize], secs: f64, modes: &[Mode]) -> Result<(), 
     if !c.tcp_only {
         if c.listen {
             // One session per phase: the channel's end-of-file ends a phase.
+            let area = c.bare_area()?;
             loop {
                 let mut ch = c.open("s", Kind::Stream, false)?;
-                if !stream_recv(&mut ch)? {
+                if !stream_recv(&mut ch, Some(&area))? {
                     break;
                 }
             }
@@ -547,18 +590,18 @@ fn stream(c: &Common, sizes: &[usize], secs: f64, modes: &[Mode]) -> Result<(), 
             let src: Vec<u8> = (0..*sizes.iter().max().unwrap_or(&64))
                 .map(|i| i as u8)
                 .collect();
+            let area = c.bare_area()?;
             for &mode in modes {
                 for &size in sizes {
                     let mut ch = c.open("s", Kind::Stream, false)?;
-                    let (bytes, t) = stream_send(&mut ch, mode, size, secs, &src)?;
+                    let (bytes, t) = stream_send(&mut ch, mode, size, secs, &src, Some(&area))?;
                     drop(ch);
-                    print_stream(
-                        "channel",
-                        if mode == Mode::Copy { "copy" } else { "zero" },
-                        size,
-                        bytes,
-                        t,
-                    );
+                    let (transport, name) = match mode {
+                        Mode::Copy => ("channel", "copy"),
+                        Mode::Zero => ("channel", "zero"),
+                        Mode::Bare => ("bare", "copy"),
+                    };
+                    print_stream(transport, name, size, bytes, t);
                 }
             }
             let mut ch = c.open("s", Kind::Stream, false)?;
@@ -571,7 +614,7 @@ fn stream(c: &Common, sizes: &[usize], secs: f64, modes: &[Mode]) -> Result<(), 
     if let Some(l) = &listener {
         loop {
             let mut s = accept(l)?;
-            if !stream_recv(&mut s)? {
+            if !stream_recv(&mut s, None)? {
                 break;
             }
         }
@@ -581,7 +624,7 @@ fn stream(c: &Common, sizes: &[usize], secs: f64, modes: &[Mode]) -> Result<(), 
             .collect();
         for &size in sizes {
             let mut s = connect(c.tcp_addr())?;
-            let (bytes, t) = stream_send(&mut s, Mode::Copy, size, secs, &src)?;
+            let (bytes, t) = stream_send(&mut s, Mode::Copy, size, secs, &src, None)?;
             print_stream("tcp", "copy", size, bytes, t);
         }
         let mut s = connect(c.tcp_addr())?;
@@ -681,14 +724,19 @@ fn print_rtt(transport: &str, wait: &str, pause: &str, size: usize, ns: &[u64]) 
     );
 }
 
-fn rtt(c: &Common, rounds: usize, size: usize) -> Result<(), ToolError> {
+fn rtt(c: &Common, rounds: usize, size: usize, bare: bool) -> Result<(), ToolError> {
     let listener = listen_tcp(c)?;
     let err = io_err("rtt");
     if !c.tcp_only {
         let mut ch = c.open("m", Kind::Messages, true)?;
+        let area = bare.then(|| c.bare_area()).transpose()?;
         if c.listen {
             let mut buf = Vec::new();
             while ch.serve(&mut buf).map_err(&err)? {}
+            // The driver reset the area before it closed the channel.
+            if let Some(a) = &area {
+                a.pong()?;
+            }
         } else {
             let ns = ping(&mut ch, rounds, size)?;
             let pause = match c.pause {
@@ -697,6 +745,12 @@ fn rtt(c: &Common, rounds: usize, size: usize) -> Result<(), ToolError> {
                 Some(false) => "off",
             };
             print_rtt("channel", c.wait_name(), pause, size, &ns);
+            if let Some(a) = &area {
+                a.reset();
+                drop(ch);
+                let ns = a.ping(WARMUP, rounds)?;
+                print_rtt("bare", "spin", "off", 8, &ns);
+            }
         }
     }
     if let Some(l) = &listener {
@@ -918,7 +972,12 @@ fn run(cmd: Cmd) -> Result<(), ToolError> {
             secs,
             modes,
         } => stream(&c, &sizes, secs, &modes),
-        Cmd::Rtt { c, rounds, size } => rtt(&c, rounds, size),
+        Cmd::Rtt {
+            c,
+            rounds,
+            size,
+            bare,
+        } => rtt(&c, rounds, size, bare),
         Cmd::Memcpy { sizes, secs } => {
             memcpy(&sizes, secs);
             Ok(())
@@ -968,7 +1027,9 @@ mod tests {
             other => panic!("{other:?}"),
         }
         match p(&["rtt", "--wait", "doorbell", "--rounds", "5"]) {
-            Ok(Some(Cmd::Rtt { c, rounds, size })) => {
+            Ok(Some(Cmd::Rtt {
+                c, rounds, size, ..
+            })) => {
                 assert_eq!((c.wait, rounds, size), (Wait::Doorbell, 5, 64));
                 assert_eq!(c.spin_rounds(true), Some(0));
                 assert_eq!(c.spin_rounds(false), None);
@@ -1053,7 +1114,7 @@ mod tests {
     #[test]
     fn stream_and_rtt_on_the_host() {
         let path = std::env::temp_dir().join(format!("ivshmem-bench-test-{}", std::process::id()));
-        File::create(&path).unwrap().set_len(8 << 20).unwrap();
+        File::create(&path).unwrap().set_len(16 << 20).unwrap();
         let dev = path.to_str().unwrap().to_string();
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap().to_string();
@@ -1068,13 +1129,25 @@ mod tests {
         let server = {
             let c = common(true);
             std::thread::spawn(move || {
-                stream(&c, &[64, 100_000], 0.05, &[Mode::Copy, Mode::Zero]).unwrap();
-                rtt(&c, 50, 64).unwrap();
+                stream(
+                    &c,
+                    &[64, 100_000],
+                    0.05,
+                    &[Mode::Copy, Mode::Zero, Mode::Bare],
+                )
+                .unwrap();
+                rtt(&c, 50, 64, true).unwrap();
             })
         };
         let c = common(false);
-        stream(&c, &[64, 100_000], 0.05, &[Mode::Copy, Mode::Zero]).unwrap();
-        rtt(&c, 50, 64).unwrap();
+        stream(
+            &c,
+            &[64, 100_000],
+            0.05,
+            &[Mode::Copy, Mode::Zero, Mode::Bare],
+        )
+        .unwrap();
+        rtt(&c, 50, 64, true).unwrap();
         server.join().unwrap();
         std::fs::remove_file(&path).unwrap();
     }
