@@ -18,6 +18,7 @@
 
 use std::sync::atomic::Ordering;
 
+use ivshmem::channel::pagemap;
 use ivshmem::channel::protocol::{Atomics, Consumer, Producer};
 use loom::cell::UnsafeCell;
 use loom::sync::atomic::AtomicU64;
@@ -39,6 +40,9 @@ impl Atomics for Loom {
     fn store(w: &AtomicU64, v: u64, o: Ordering) {
         w.store(v, o)
     }
+    fn cas(w: &AtomicU64, c: u64, n: u64, s: Ordering, f: Ordering) -> Result<u64, u64> {
+        w.compare_exchange(c, n, s, f)
+    }
     fn fence(o: Ordering) {
         loom::sync::atomic::fence(o)
     }
@@ -54,6 +58,9 @@ impl Atomics for NoSeqCst {
     }
     fn store(w: &AtomicU64, v: u64, o: Ordering) {
         w.store(v, o)
+    }
+    fn cas(w: &AtomicU64, c: u64, n: u64, s: Ordering, f: Ordering) -> Result<u64, u64> {
+        w.compare_exchange(c, n, s, f)
     }
     fn fence(o: Ordering) {
         let o = if o == Ordering::SeqCst {
@@ -379,4 +386,101 @@ fn draining_after_the_second_look_loses_a_wakeup() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "the broken model passed");
     assert!(err.contains("deadlock"), "not a lost wake-up: {err}");
+}
+
+/// The page map with a compare-and-swap that always succeeds (a plain store): what makes two
+/// allocators take the same page.
+enum BlindCas {}
+
+impl Atomics for BlindCas {
+    type U64 = AtomicU64;
+    fn load(w: &AtomicU64, o: Ordering) -> u64 {
+        w.load(o)
+    }
+    fn store(w: &AtomicU64, v: u64, o: Ordering) {
+        w.store(v, o)
+    }
+    fn cas(w: &AtomicU64, c: u64, n: u64, _s: Ordering, _f: Ordering) -> Result<u64, u64> {
+        w.store(n, Ordering::Release);
+        Ok(c)
+    }
+    fn fence(o: Ordering) {
+        loom::sync::atomic::fence(o)
+    }
+}
+
+/// A page map of two pages on loom's atomics, with a payload cell per page.
+struct Pages {
+    map: [AtomicU64; 2],
+    data: [UnsafeCell<u32>; 2],
+}
+
+impl<A: Atomics<U64 = AtomicU64>> pagemap::Words<A> for Pages {
+    fn pages(&self) -> u32 {
+        2
+    }
+    fn word(&self, i: u32) -> &AtomicU64 {
+        &self.map[i as usize]
+    }
+}
+
+/// Allocates `n` pages (a few tries), writes and reads back its id in each, frees the block.
+fn allocator<A: Atomics<U64 = AtomicU64>>(p: &Pages, id: u32, n: u32) {
+    for _ in 0..2 {
+        let Some(r) = pagemap::reserve::<A, _>(p, 1, n, id) else {
+            loom::thread::yield_now();
+            continue;
+        };
+        let Some(b) = pagemap::publish::<A, _>(p, r) else {
+            continue;
+        };
+        for i in b.head..b.head + b.pages {
+            p.data[i as usize].with_mut(|d| {
+                // SAFETY: the block's pages are this allocator's alone; loom reports a race
+                // if another thread's access is not ordered with this one.
+                unsafe { *d = id }
+            });
+        }
+        for i in b.head..b.head + b.pages {
+            let v = p.data[i as usize].with(|d| {
+                // SAFETY: as above.
+                unsafe { *d }
+            });
+            assert_eq!(v, id, "page {i} changed under its owner");
+        }
+        assert!(pagemap::free::<A, _>(p, &b));
+        return;
+    }
+}
+
+fn check_pagemap<A: Atomics<U64 = AtomicU64> + 'static>() {
+    loom::model(|| {
+        let p = Arc::new(Pages {
+            map: [AtomicU64::new(0), AtomicU64::new(0)],
+            data: [UnsafeCell::new(0), UnsafeCell::new(0)],
+        });
+        let q = p.clone();
+        let t = loom::thread::spawn(move || allocator::<A>(&q, 1, 2));
+        allocator::<A>(&p, 2, 1);
+        t.join().unwrap();
+        for w in &p.map {
+            let e = pagemap::Entry(w.load(Ordering::Relaxed));
+            assert_eq!(e.state(), pagemap::FREE, "a page left taken");
+        }
+    });
+}
+
+/// Two allocators racing for two pages: a page is never in two blocks, and reuse after a free
+/// is ordered (no race on the payload).
+#[test]
+fn racing_allocators_never_share_a_page() {
+    check_pagemap::<Loom>();
+}
+
+/// The model can fail: with a compare-and-swap that always wins, loom finds two owners of one
+/// page.
+#[test]
+fn a_blind_compare_and_swap_shares_a_page() {
+    let res = std::panic::catch_unwind(check_pagemap::<BlindCas>);
+    assert!(res.is_err(), "the broken page map passed");
 }

@@ -139,6 +139,7 @@
 //! [`WriteSlice`] hand out raw views with copying methods; Rust slices over ring memory only
 //! through `unsafe` methods whose contract is a trusted peer.
 
+mod arena;
 mod chan;
 mod doorbell;
 mod error;
@@ -147,6 +148,7 @@ mod heartbeat;
 mod layout;
 mod liveness;
 mod open_path;
+pub mod pagemap;
 pub mod protocol;
 mod region;
 mod split;

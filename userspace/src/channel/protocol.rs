@@ -10,8 +10,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// The atomic operations the protocol uses: loads and stores of 64-bit words, and fences. No
-/// read-modify-write: every shared word has one writer.
+/// The atomic operations the protocol uses: loads and stores of 64-bit words, and fences (the
+/// ring protocol: every shared word has one writer); compare-and-swap for the page map.
 pub trait Atomics {
     /// A 64-bit word.
     type U64: ?Sized;
@@ -19,6 +19,16 @@ pub trait Atomics {
     fn load(w: &Self::U64, o: Ordering) -> u64;
     /// Stores a word.
     fn store(w: &Self::U64, v: u64, o: Ordering);
+    /// Compare-and-swap: `Ok(current)` if the word held `current` and now holds `new`, else
+    /// `Err` with what it held. (Only the page map uses it: the ring protocol has one writer
+    /// per word.)
+    fn cas(
+        w: &Self::U64,
+        current: u64,
+        new: u64,
+        success: Ordering,
+        failure: Ordering,
+    ) -> Result<u64, u64>;
     /// A memory fence.
     fn fence(o: Ordering);
 }
@@ -33,6 +43,9 @@ impl Atomics for Std {
     }
     fn store(w: &AtomicU64, v: u64, o: Ordering) {
         w.store(v, o)
+    }
+    fn cas(w: &AtomicU64, c: u64, n: u64, s: Ordering, f: Ordering) -> Result<u64, u64> {
+        w.compare_exchange(c, n, s, f)
     }
     fn fence(o: Ordering) {
         std::sync::atomic::fence(o)
