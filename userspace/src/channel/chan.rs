@@ -710,6 +710,15 @@ impl Channel {
         self.waker.as_raw_fd()
     }
 
+    /// Consumes the wake-ups pending on [`as_raw_fd`](Self::as_raw_fd). The ends of one
+    /// doorbell device in one process share one descriptor (the driver registers one eventfd
+    /// per device and vector): when it becomes readable, a poller calls this on any of them,
+    /// then retries every end on that descriptor until `WouldBlock`. An end alone on its
+    /// descriptor needs no call: `WouldBlock` drains it.
+    pub fn drain_events(&self) {
+        self.waker.drain();
+    }
+
     /// How long a poller may wait on [`as_raw_fd`](Self::as_raw_fd) before retrying: a tenth
     /// of the liveness timeout while the peer rings (so its heartbeat is looked at often
     /// enough), 20 ms while it has not attached or does not ring (a spinning peer).

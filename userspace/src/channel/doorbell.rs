@@ -5,10 +5,12 @@
 //! attaches ([`Waker::address`]) and the ringing end reads the peer's before every ring, so a
 //! new session with a peer in another guest rings the right one.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::OnceLock;
+use std::os::unix::fs::MetadataExt;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
 use super::wait::{FdWaker, Waker};
@@ -26,9 +28,57 @@ pub struct DoorbellWaker {
     dev: Device,
     vector: u32,
     id: u32,
-    /// The eventfd of `IVSHMEM_SET_EVENTFD`, set up on the first [`Waker::as_raw_fd`]: the
-    /// driver takes one per vector and device, so only ends that poll claim one.
-    eventfd: OnceLock<Option<File>>,
+    /// The device's eventfd for this vector, from the first [`Waker::as_raw_fd`]: the driver
+    /// takes one per vector and device, so every end of this process on the device shares it
+    /// ([`DeviceEvents`]).
+    events: OnceLock<Option<Arc<DeviceEvents>>>,
+}
+
+/// The eventfd of one vector of one device, shared by every end of this process on it.
+///
+/// It stays registered (`IVSHMEM_SET_EVENTFD`) while any end holds it: the registration
+/// belongs to `_claim`, a file of the device opened for it alone, so that no end's own file
+/// takes it away when that end closes.
+#[derive(Debug)]
+struct DeviceEvents {
+    fd: File,
+    _claim: Device,
+}
+
+/// The eventfds of this process by device number and vector.
+///
+/// # Locking
+///
+/// Held to look one up or register one, and by [`DoorbellWaker::clear`] while it decides
+/// whether it may drain (no other end holds the eventfd), so that an end that starts sharing
+/// it cannot lose a ring to that drain.
+static EVENTS: Mutex<Option<Registry>> = Mutex::new(None);
+
+/// Device number and vector to the shared eventfd.
+type Registry = HashMap<(u64, u32), Weak<DeviceEvents>>;
+
+impl DeviceEvents {
+    /// The shared eventfd of `vector` of the device at `path`, registered on first use.
+    fn get(path: &str, vector: u32) -> io::Result<Arc<Self>> {
+        let rdev = std::fs::metadata(path)?.rdev();
+        let mut reg = EVENTS.lock().unwrap_or_else(PoisonError::into_inner);
+        let map = reg.get_or_insert_with(HashMap::new);
+        if let Some(e) = map.get(&(rdev, vector)).and_then(Weak::upgrade) {
+            return Ok(e);
+        }
+        let claim = Device::open(path).map_err(io::Error::other)?;
+        let fd = FdWaker::eventfd()?;
+        claim
+            .set_eventfd(vector, Some(fd.as_raw_fd()))
+            .map_err(io::Error::other)?;
+        let e = Arc::new(Self {
+            fd: File::from(fd),
+            _claim: claim,
+        });
+        map.retain(|_, w| w.strong_count() > 0);
+        map.insert((rdev, vector), Arc::downgrade(&e));
+        Ok(e)
+    }
 }
 
 impl DoorbellWaker {
@@ -57,7 +107,7 @@ impl DoorbellWaker {
             id: info.peer_id,
             dev,
             vector,
-            eventfd: OnceLock::new(),
+            events: OnceLock::new(),
         })
     }
 }
@@ -89,21 +139,26 @@ impl Waker for DoorbellWaker {
     }
 
     fn as_raw_fd(&self) -> Option<RawFd> {
-        self.eventfd
-            .get_or_init(|| {
-                let fd = FdWaker::eventfd().ok()?;
-                self.dev
-                    .set_eventfd(self.vector, Some(fd.as_raw_fd()))
-                    .ok()?;
-                Some(File::from(fd))
-            })
+        self.events
+            .get_or_init(|| DeviceEvents::get(self.dev.path(), self.vector).ok())
             .as_ref()
-            .map(|f| f.as_raw_fd())
+            .map(|e| e.fd.as_raw_fd())
     }
 
+    /// Drains the eventfd only while this end alone holds it; a shared one is drained by the
+    /// poller ([`Waker::drain`]) before it retries every end on it.
     fn clear(&self) {
-        if let Some(Some(f)) = self.eventfd.get() {
-            super::wait::drain(f);
+        if let Some(Some(e)) = self.events.get() {
+            let _reg = EVENTS.lock().unwrap_or_else(PoisonError::into_inner);
+            if Arc::strong_count(e) == 1 {
+                super::wait::drain(&e.fd);
+            }
+        }
+    }
+
+    fn drain(&self) {
+        if let Some(Some(e)) = self.events.get() {
+            super::wait::drain(&e.fd);
         }
     }
 }

@@ -43,8 +43,15 @@ pub trait Waker: Send + Sync {
 
     /// Consumes a notification that is pending on [`as_raw_fd`](Self::as_raw_fd) without
     /// waiting: done before the channel arms itself for a poller, so the descriptor becomes
-    /// readable again only for a later notification.
+    /// readable again only for a later notification. A waker whose descriptor other ends share
+    /// leaves it alone (a drain here could take a ring meant for one of them).
     fn clear(&self) {}
+
+    /// Consumes whatever is pending on the descriptor: the poller's step after the descriptor
+    /// became readable and before it retries every end that shares it.
+    fn drain(&self) {
+        self.clear()
+    }
 }
 
 /// Waiting without a doorbell (ivshmem-plain): the channel spins its budget, then sleeps here

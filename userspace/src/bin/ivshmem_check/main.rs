@@ -18,10 +18,12 @@ use ivshmem::sys::errno::{
 };
 use ivshmem::{pattern, sys, uapi, CacheType, Device, ToolError};
 
-#[path = "common/aligned.rs"]
+#[path = "../common/aligned.rs"]
 #[allow(dead_code)]
 mod aligned;
 use aligned::Aligned;
+
+mod poll;
 
 const PAGE: usize = 4096;
 
@@ -47,7 +49,9 @@ usage: ivshmem-check errors DEVICE            every bad input gets its errno
        ivshmem-check race DEVICE GO-FILE   mmap in a loop while the device is removed;
                                            after GO-FILE every mapping must raise SIGBUS
        ivshmem-check churn DEVICE N   hold DEVICE open while N children map it and exit;
-                                      print the drop of MemAvailable";
+                                      print the drop of MemAvailable
+       ivshmem-check poll DEVICE N MESSAGES send|recv   N message channels on one doorbell
+                                      device; recv polls them all on their shared eventfd";
 
 /// Opens `path`, or prints `FAIL open: ...` and returns `None`.
 fn open_or_report(path: &str) -> Option<Device> {
@@ -931,6 +935,10 @@ fn main() {
                 }
             }
         }
+        ["poll", dev, n, m, side] => match (n.parse(), m.parse()) {
+            (Ok(n @ 1..), Ok(m)) => poll::run(dev, n, m, side),
+            _ => 2,
+        },
         ["churn", dev, n] => match n.parse() {
             Ok(n) => churn(dev, n),
             Err(_) => 2,
