@@ -1308,11 +1308,9 @@ impl Channel {
         if avail == 0 {
             return Ok(None);
         }
-        let mut hdr = [0u8; MSG_HDR as usize];
-        self.copy_from_ring(self.rx.pos, hdr.as_mut_ptr(), hdr.len());
-        let [l0, l1, l2, l3, c0, c1, c2, c3] = hdr;
-        let len = u32::from_le_bytes([l0, l1, l2, l3]);
-        let check = u32::from_le_bytes([c0, c1, c2, c3]);
+        let hdr = u64::from_le(self.ring_word(self.inp, self.rx.pos).load(Relaxed));
+        let len = hdr as u32;
+        let check = (hdr >> 32) as u32;
         let need = MSG_HDR + u64::from(len).next_multiple_of(8);
         if check != !len || u64::from(len) > self.inp.cap - MSG_HDR || need > avail {
             let e = self.violation(format!(
@@ -1328,11 +1326,21 @@ impl Channel {
     /// its record (header, payload written by the caller, padding).
     #[inline]
     fn commit_message(&mut self, len: u32) -> io::Result<()> {
-        let mut hdr = [0u8; MSG_HDR as usize];
-        hdr[..4].copy_from_slice(&len.to_le_bytes());
-        hdr[4..].copy_from_slice(&(!len).to_le_bytes());
-        self.copy_to_ring(self.tx.pos, &hdr);
+        // One store: the length in the low half, its complement in the high half (both
+        // little-endian, as the layout says).
+        let hdr = u64::from(len) | u64::from(!len) << 32;
+        self.ring_word(self.out, self.tx.pos)
+            .store(hdr.to_le(), Relaxed);
         self.publish(MSG_HDR + u64::from(len).next_multiple_of(8))
+    }
+
+    /// The 8-byte word at free-running position `pos` of ring `r`: a message header, which is
+    /// 8-aligned and never straddles the wrap (records are 8-aligned in a ring of 2^n >= 64
+    /// bytes). An atomic (relaxed) access: the peer may write it at any time; what orders it
+    /// is the index protocol, as for the payload.
+    fn ring_word(&self, r: Ring, pos: u64) -> &AtomicU64 {
+        debug_assert!(pos.is_multiple_of(8));
+        self.mem.w64(r.data + (pos & (r.cap - 1)) as usize)
     }
 }
 
