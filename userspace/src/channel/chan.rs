@@ -339,6 +339,9 @@ pub struct Channel {
     rx: Consumer,
     waker: Arc<dyn Waker>,
     sleeps: bool,
+    /// Whether the peer of this session may sleep (it notifies), once its side line is its own:
+    /// an end that never sleeps never announces, so moving an index needs no fence for it.
+    peer_sleeps: Option<bool>,
     spin: u32,
     spin_hint: bool,
     liveness: Duration,
@@ -466,6 +469,7 @@ impl Channel {
             rx: Consumer::new(slot.caps[1]),
             waker: opts.waker.clone(),
             sleeps: opts.waker.sleeps(),
+            peer_sleeps: None,
             spin: opts.spin,
             spin_hint: opts.spin_hint,
             liveness: opts.liveness,
@@ -1039,9 +1043,10 @@ impl Channel {
     #[inline]
     fn publish(&mut self, n: u64) -> io::Result<()> {
         self.check_session()?;
+        let wakeups = self.wakeups();
         let prod = self.mem.w64(self.out.prod);
         let wake = self.mem.w64(self.out.cons_wake);
-        if self.tx.publish::<Std>(n, prod, wake, self.sleeps) {
+        if self.tx.publish::<Std>(n, prod, wake, wakeups) {
             self.notify_peer();
         }
         Ok(())
@@ -1052,9 +1057,10 @@ impl Channel {
     #[inline]
     fn release(&mut self, n: u64) -> io::Result<()> {
         self.check_session()?;
+        let wakeups = self.wakeups();
         let cons = self.mem.w64(self.inp.cons);
         let wake = self.mem.w64(self.inp.prod_wake);
-        if self.rx.release::<Std>(n, cons, wake, self.sleeps) {
+        if self.rx.release::<Std>(n, cons, wake, wakeups) {
             self.notify_peer();
         }
         Ok(())
@@ -1077,6 +1083,27 @@ impl Channel {
             .w64(self.sides[1 - self.side] + SIDE_EPOCH as usize)
             .load(Acquire);
         epoch == u64::from(self.session)
+    }
+
+    /// Whether moving an index must look for the peer's announcement (the fence and the load
+    /// of `protocol::crossed`): only when both ends sleep. Until the peer's side line is its own
+    /// (its epoch names this session) it counts as sleeping.
+    #[inline]
+    fn wakeups(&mut self) -> bool {
+        if !self.sleeps {
+            return false;
+        }
+        if let Some(p) = self.peer_sleeps {
+            return p;
+        }
+        if !self.peer_line_current() {
+            return true;
+        }
+        let notifies = self
+            .w32(self.sides[1 - self.side] + SIDE_NOTIFIES as usize)
+            .load(Relaxed);
+        self.peer_sleeps = Some(notifies == 1);
+        notifies == 1
     }
 
     /// Rings the peer after this end moved an index or closed. A failed ring is not an error
@@ -1170,6 +1197,7 @@ impl Channel {
             rx: self.rx.clone(),
             waker: self.waker.clone(),
             sleeps: self.sleeps,
+            peer_sleeps: self.peer_sleeps,
             spin: self.spin,
             spin_hint: self.spin_hint,
             liveness: self.liveness,
@@ -1980,6 +2008,37 @@ mod tests {
         a.mem.w32(data + 4).store(0, Relaxed);
         let e = b.recv(&mut Vec::new()).unwrap_err();
         assert!(e.to_string().contains("message header"), "{e}");
+    }
+
+    /// A sleeping end and a spinning one: the sleeper stops looking for announcements once it
+    /// sees its peer does not notify, and backs off instead of sleeping; both directions flow.
+    #[test]
+    fn a_sleeping_end_and_a_spinning_one() {
+        let (wa, _wb) = FdWaker::pair().unwrap();
+        let r = Region::anonymous(1 << 20).unwrap();
+        let o = Options::new().capacity(64).spin(100);
+        let mut a = Channel::open(&r, "t", &o.clone().waker(Arc::new(wa))).unwrap();
+        let mut b = Channel::open(&r, "t", &o).unwrap();
+        assert_eq!(a.peer_sleeps, None);
+        let data: Vec<u8> = (0..50_000u32).map(|i| (i % 253) as u8).collect();
+        let want = data.clone();
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            b.read_to_end(&mut got).unwrap();
+            b.write_all(&got[..1000]).unwrap();
+            got
+        });
+        a.write_all(&data).unwrap();
+        assert_eq!(
+            a.peer_sleeps,
+            Some(false),
+            "the spinning peer's side line says so"
+        );
+        a.close_write().unwrap();
+        let mut back = vec![0u8; 1000];
+        a.read_exact(&mut back).unwrap();
+        assert_eq!(back, want[..1000]);
+        assert_eq!(reader.join().unwrap(), want);
     }
 
     #[test]
