@@ -84,6 +84,15 @@ fn parts(data: usize, cap: u64, pos: u64, len: usize) -> [(usize, usize); 2] {
     [(data + off, first), (data, len - first)]
 }
 
+/// Panics unless `n` bytes at `at` lie within the `len` bytes of a slice or message (`what`):
+/// the bounds check of every copy in and out of the zero-copy types.
+fn assert_within(at: usize, n: usize, len: usize, what: &str) {
+    assert!(
+        at.checked_add(n).is_some_and(|e| e <= len),
+        "{n} bytes at {at} exceed the {len}-byte {what}"
+    );
+}
+
 /// Room for one message in the outgoing ring, from [`Channel::reserve`].
 pub struct MessageSlot<'a> {
     chan: &'a mut Channel,
@@ -121,12 +130,7 @@ impl MessageSlot<'_> {
     ///
     /// If `at + src.len()` exceeds [`len`](Self::len).
     pub fn copy_from(&mut self, at: usize, src: &[u8]) {
-        assert!(
-            at.checked_add(src.len()).is_some_and(|e| e <= self.len),
-            "{} bytes at {at} exceed the {}-byte message",
-            src.len(),
-            self.len
-        );
+        assert_within(at, src.len(), self.len, "message");
         // Wraps as the ring does: the payload is `len` bytes from `pos`, in at most two parts.
         self.chan
             .copy_to_ring(self.pos.wrapping_add(at as u64), src);
@@ -199,12 +203,7 @@ impl MessageView<'_> {
     ///
     /// If `at + dst.len()` exceeds [`len`](Self::len).
     pub fn copy_to(&self, at: usize, dst: &mut [u8]) {
-        assert!(
-            at.checked_add(dst.len()).is_some_and(|e| e <= self.len),
-            "{} bytes at {at} exceed the {}-byte message",
-            dst.len(),
-            self.len
-        );
+        assert_within(at, dst.len(), self.len, "message");
         let pos = self.pos.wrapping_add(at as u64);
         self.chan.copy_from_ring(pos, dst.as_mut_ptr(), dst.len());
     }
@@ -280,12 +279,7 @@ impl WriteSlice<'_> {
     ///
     /// If `at + src.len()` exceeds [`len`](Self::len).
     pub fn copy_from(&mut self, at: usize, src: &[u8]) {
-        assert!(
-            at.checked_add(src.len()).is_some_and(|e| e <= self.len),
-            "{} bytes at {at} exceed the {}-byte slice",
-            src.len(),
-            self.len
-        );
+        assert_within(at, src.len(), self.len, "slice");
         // SAFETY: the range is inside the slice (asserted), which the protocol gives to us;
         // `src` is private memory.
         unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.as_mut_ptr().add(at), src.len()) }
@@ -359,12 +353,7 @@ impl ReadSlice<'_> {
     ///
     /// If `at + dst.len()` exceeds [`len`](Self::len).
     pub fn copy_to(&self, at: usize, dst: &mut [u8]) {
-        assert!(
-            at.checked_add(dst.len()).is_some_and(|e| e <= self.len),
-            "{} bytes at {at} exceed the {}-byte slice",
-            dst.len(),
-            self.len
-        );
+        assert_within(at, dst.len(), self.len, "slice");
         // SAFETY: the range is inside the slice (asserted); `dst` is private memory.
         unsafe { std::ptr::copy_nonoverlapping(self.as_ptr().add(at), dst.as_mut_ptr(), dst.len()) }
     }
