@@ -3,15 +3,12 @@
 //! [`super::pagemap`]'s; this file puts them on a region's memory, zeroes a block before it is
 //! published, and takes back reservations that stand still (their allocator died half-way).
 //!
-//! Step 1 of the version-2 work: the connections built on it are the next step, so nothing but
-//! the tests uses it yet.
-
-#![allow(dead_code)]
+//! Connections (`conn_layout.rs`) allocate their listener and connection blocks here.
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
-use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::Ordering::{Acquire, Relaxed};
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::pagemap::{self, Block, Entry, Words, RESERVED};
@@ -24,18 +21,19 @@ pub const PAGE: u64 = 4096;
 
 /// One arena: `pages` map words at `map`, then the pages at `data`.
 ///
+/// What this process saw of the arena over time (reservations that stand still) is kept with
+/// the region's memory ([`Mem::sightings`]), so every `Arena` on one mapping shares it.
+///
 /// # Invariants
 ///
 /// `map + 8 * pages` and `data + PAGE * pages` are inside `mem`; `map` is 8-byte aligned and
 /// `data` a multiple of `PAGE` from the region's start.
+#[derive(Clone)]
 pub struct Arena {
     mem: Arc<Mem>,
     map: usize,
     data: usize,
     pages: u32,
-    /// Reserved entries seen, with when: one that stays the same longer than an allocation
-    /// can take belongs to a dead allocator.
-    seen: Mutex<HashMap<u32, (u64, Instant)>>,
 }
 
 impl Words<Std> for Arena {
@@ -81,7 +79,6 @@ impl Arena {
             map: off as usize,
             data: (off + map_len) as usize,
             pages,
-            seen: Mutex::new(HashMap::new()),
         })
     }
 
@@ -134,6 +131,27 @@ impl Arena {
         pagemap::blocks::<Std, _>(self)
     }
 
+    /// The block published at page `head`, if one is (acquire: what its owner wrote before
+    /// publishing is visible).
+    pub fn block_at(&self, head: u32) -> Option<Block> {
+        if head >= self.pages {
+            return None;
+        }
+        let e = Entry(self.word(head).load(Acquire));
+        let fits = e.field() >= 1 && e.field() <= self.pages - head;
+        (e.state() == pagemap::HEAD && fits).then_some(Block {
+            head,
+            pages: e.field(),
+            kind: e.kind(),
+            gen: e.gen(),
+        })
+    }
+
+    /// The memory the arena lies in.
+    pub(super) fn mem(&self) -> &Arc<Mem> {
+        &self.mem
+    }
+
     /// Offset in the region of block `b`'s first byte.
     pub fn offset(&self, b: &Block) -> u64 {
         self.data as u64 + u64::from(b.head) * PAGE
@@ -148,7 +166,12 @@ impl Arena {
     /// Takes back the reserved pages seen unchanged for at least `stale`; how many.
     fn revoke_stale(&self, stale: Duration) -> u32 {
         let now = Instant::now();
-        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut sightings = self
+            .mem
+            .sightings
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let seen = &mut sightings.reserved;
         let mut now_reserved = HashMap::new();
         pagemap::scan::<Std, _>(self, |i, e| {
             if e.state() == RESERVED {

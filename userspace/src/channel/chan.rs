@@ -14,34 +14,42 @@ use super::heartbeat::Beat;
 use super::layout::{self, Kind, CHAN_CTL};
 use super::liveness::{self, Watch};
 use super::protocol::{Consumer, Producer, Std};
+use super::reclaim::Retire;
 use super::region::Mem;
 use super::wait::{SpinWaker, Waker};
 use super::{ChannelError, Region};
 
 /// Offsets inside a channel block.
-const C_CTL: u64 = 0x00;
-const C_SIDE: [u64; 2] = [0x40, 0x80];
+pub(super) const C_CTL: u64 = 0x00;
+pub(super) const C_SIDE: [u64; 2] = [0x40, 0x80];
 const C_RING: [u64; 2] = [0xc0, 0x140];
-const SIDE_EPOCH: u64 = 0;
-const SIDE_HEARTBEAT: u64 = 8;
+pub(super) const SIDE_EPOCH: u64 = 0;
+pub(super) const SIDE_HEARTBEAT: u64 = 8;
 /// u32: 0, or 1 + the address the peer passes to [`Waker::notify`] (a doorbell peer id).
-const SIDE_ADDRESS: u64 = 0x10;
+pub(super) const SIDE_ADDRESS: u64 = 0x10;
 /// u32: 1 if this side notifies its peer (its waker sleeps), so the peer may sleep too.
-const SIDE_NOTIFIES: u64 = 0x14;
+pub(super) const SIDE_NOTIFIES: u64 = 0x14;
 /// u32: this side's liveness timeout in milliseconds (0 from ends that predate it).
-const SIDE_LIVENESS: u64 = 0x18;
+pub(super) const SIDE_LIVENESS: u64 = 0x18;
 /// The largest address a side may publish (a 16-bit doorbell peer id).
-const MAX_ADDRESS: u32 = 0xffff;
+pub(super) const MAX_ADDRESS: u32 = 0xffff;
 /// How long a sleeping side sleeps at most while its peer has not attached yet: a peer that
 /// turns out not to notify must not leave it asleep for a whole slice.
-const ALONE_SLICE: Duration = Duration::from_millis(20);
+pub(super) const ALONE_SLICE: Duration = Duration::from_millis(20);
 
 /// Side states in the control word.
-const FREE: u8 = 0;
+pub(super) const FREE: u8 = 0;
 const RESETTING: u8 = 1;
-const ATTACHED: u8 = 2;
-const CLOSED: u8 = 3;
-const DEAD: u8 = 4;
+pub(super) const ATTACHED: u8 = 2;
+pub(super) const CLOSED: u8 = 3;
+pub(super) const DEAD: u8 = 4;
+/// Both sides of a connection block being freed (`Retire`): nobody may use it any more.
+pub(super) const GONE: u8 = 5;
+
+/// Whether a side in state `s` may still use the channel.
+pub(super) fn live(s: u8) -> bool {
+    s == ATTACHED || s == RESETTING
+}
 
 /// Message header: u32 length, u32 its complement (a cheap check against scribbles).
 const MSG_HDR: u64 = 8;
@@ -49,15 +57,15 @@ const MSG_HDR: u64 = 8;
 /// Spin iterations between two looks at the clock (deadline, peer heartbeat).
 const CHECK_EVERY: u32 = 4096;
 
-fn side_state(w: u64, side: usize) -> u8 {
+pub(super) fn side_state(w: u64, side: usize) -> u8 {
     (w >> (8 * side)) as u8
 }
 
-fn with_state(w: u64, side: usize, s: u8) -> u64 {
+pub(super) fn with_state(w: u64, side: usize, s: u8) -> u64 {
     (w & !(0xff << (8 * side))) | u64::from(s) << (8 * side)
 }
 
-fn session(w: u64) -> u32 {
+pub(super) fn session(w: u64) -> u32 {
     (w >> 32) as u32
 }
 
@@ -67,9 +75,9 @@ pub(super) fn holds(w: u64, session: u32, side: usize) -> bool {
 }
 
 /// Splits a control word, refusing values no honest side writes.
-fn decode(w: u64) -> Result<([u8; 2], u32), ChannelError> {
+pub(super) fn decode(w: u64) -> Result<([u8; 2], u32), ChannelError> {
     let s = [side_state(w, 0), side_state(w, 1)];
-    if s[0] > DEAD || s[1] > DEAD || (w >> 16) & 0xffff != 0 {
+    if s[0] > GONE || s[1] > GONE || (w >> 16) & 0xffff != 0 {
         return Err(ChannelError::Corrupt(format!(
             "channel control word {w:#018x}"
         )));
@@ -231,6 +239,26 @@ impl Options {
         self.wait = wait;
         self
     }
+
+    pub(super) fn kind_value(&self) -> Kind {
+        self.kind
+    }
+
+    pub(super) fn capacity_value(&self) -> u64 {
+        self.capacity
+    }
+
+    pub(super) fn liveness_bound(&self) -> Duration {
+        self.liveness
+    }
+
+    pub(super) fn open_timeout_value(&self) -> Duration {
+        self.open_timeout
+    }
+
+    pub(super) fn waker_ref(&self) -> &Arc<dyn Waker> {
+        &self.waker
+    }
 }
 
 /// Absolute offsets of one ring's words and payload in the region.
@@ -378,6 +406,8 @@ struct Leave {
     waker: Arc<dyn Waker>,
     heartbeat: std::sync::Mutex<Option<Arc<Beat>>>,
     dead: AtomicBool,
+    /// The arena block of a connection: the last end to leave frees it.
+    block: Option<Retire>,
 }
 
 impl Drop for Leave {
@@ -395,8 +425,17 @@ impl Drop for Leave {
             if session(w) != self.session || side_state(w, self.side) != ATTACHED {
                 return;
             }
-            match ctl.compare_exchange(w, with_state(w, self.side, state), Release, Acquire) {
-                Ok(_) => break,
+            let left = with_state(w, self.side, state);
+            match ctl.compare_exchange(w, left, Release, Acquire) {
+                Ok(_) => {
+                    if let Some(block) = &self.block {
+                        if !live(side_state(left, 1 - self.side)) {
+                            // The peer is gone too (or never came): nobody uses the block.
+                            block.retire(ctl, left);
+                        }
+                    }
+                    break;
+                }
                 Err(now) => w = now,
             }
         }
@@ -452,21 +491,35 @@ impl Channel {
                 kind_name(opts.kind)
             )));
         }
-        let block = slot.offset;
-        let ctl = (block + C_CTL) as usize;
-        let sides = C_SIDE.map(|s| (block + s) as usize);
-        let mut chan = Self {
+        let mut chan = Self::on_block(mem, name, slot.kind, slot.offset, slot.caps, opts);
+        let (side, session) = chan.attach(deadline)?;
+        chan.start(side, session, None)?;
+        Ok(chan)
+    }
+
+    /// An end on the channel block at `block`, not attached yet: the caller checked that the
+    /// block (0x200 bytes of lines, then rings of `caps`, ring 0 first) lies inside the region
+    /// and is 64-byte aligned.
+    pub(super) fn on_block(
+        mem: Arc<Mem>,
+        name: &str,
+        kind: Kind,
+        block: u64,
+        caps: [u64; 2],
+        opts: &Options,
+    ) -> Self {
+        Self {
             mem: Shm(mem),
             name: name.to_string(),
-            kind: slot.kind,
+            kind,
             side: 0,
             session: 0,
-            ctl,
-            sides,
-            out: Ring::new(block, 0, slot.caps),
-            inp: Ring::new(block, 1, slot.caps),
-            tx: Producer::new(slot.caps[0]),
-            rx: Consumer::new(slot.caps[1]),
+            ctl: (block + C_CTL) as usize,
+            sides: C_SIDE.map(|s| (block + s) as usize),
+            out: Ring::new(block, 0, caps),
+            inp: Ring::new(block, 1, caps),
+            tx: Producer::new(caps[0]),
+            rx: Consumer::new(caps[1]),
             waker: opts.waker.clone(),
             sleeps: opts.waker.sleeps(),
             peer_sleeps: None,
@@ -482,25 +535,39 @@ impl Channel {
             leave: None,
             half: Half::Both,
             gate: Arc::new(SleepGate::default()),
-        };
-        let (side, session) = chan.attach(deadline)?;
-        chan.side = side;
-        chan.session = session;
-        chan.out = Ring::new(block, side, slot.caps);
-        chan.inp = Ring::new(block, 1 - side, slot.caps);
-        chan.tx = Producer::new(chan.out.cap);
-        chan.rx = Consumer::new(chan.inp.cap);
-        let line = chan.sides[side];
-        let address = chan.waker.address().filter(|&a| a <= MAX_ADDRESS);
-        chan.w32(line + SIDE_ADDRESS as usize)
+        }
+    }
+
+    /// Takes up `side` of `session`, which the control word already shows this end attached
+    /// to: publishes this side's line (address, notifies, liveness, then the epoch) and starts
+    /// the heartbeat. `block` is the arena block a connection lives in, freed by the last end
+    /// to leave.
+    pub(super) fn start(
+        &mut self,
+        side: usize,
+        session: u32,
+        block: Option<Retire>,
+    ) -> Result<(), ChannelError> {
+        let base = (self.ctl as u64) - C_CTL;
+        // `on_block` set ring 0 as `out`.
+        let caps = [self.out.cap, self.inp.cap];
+        self.side = side;
+        self.session = session;
+        self.out = Ring::new(base, side, caps);
+        self.inp = Ring::new(base, 1 - side, caps);
+        self.tx = Producer::new(self.out.cap);
+        self.rx = Consumer::new(self.inp.cap);
+        let line = self.sides[side];
+        let address = self.waker.address().filter(|&a| a <= MAX_ADDRESS);
+        self.w32(line + SIDE_ADDRESS as usize)
             .store(address.map_or(0, |a| a + 1), Relaxed);
-        chan.w32(line + SIDE_NOTIFIES as usize)
-            .store(u32::from(chan.sleeps), Relaxed);
-        chan.w32(line + SIDE_LIVENESS as usize)
-            .store(liveness::to_word(chan.liveness), Relaxed);
+        self.w32(line + SIDE_NOTIFIES as usize)
+            .store(u32::from(self.sleeps), Relaxed);
+        self.w32(line + SIDE_LIVENESS as usize)
+            .store(liveness::to_word(self.liveness), Relaxed);
         // Release: a peer that reads this session in our epoch word (acquire, see
         // `peer_line_current`) sees the words above, not a previous holder's.
-        chan.w64(line + SIDE_EPOCH as usize)
+        self.w64(line + SIDE_EPOCH as usize)
             .store(u64::from(session), Release);
         // Release half of the address handshake: every wake-at announcement this side makes
         // later follows this fence, so a peer that sees one (and then fences, see
@@ -508,26 +575,27 @@ impl Channel {
         // payload store of this end, for a stale end's check after its copies (see
         // `check_session`).
         fence(SeqCst);
-        let every = chan.liveness / 10;
+        let every = self.liveness / 10;
         let heartbeat = Beat::start(
-            chan.mem.0.clone(),
-            chan.ctl as u64,
+            self.mem.0.clone(),
+            self.ctl as u64,
             session,
             side,
             (line as u64) + SIDE_HEARTBEAT,
             every,
         )?;
-        chan.leave = Some(Arc::new(Leave {
-            mem: chan.mem.clone(),
-            ctl: chan.ctl,
+        self.leave = Some(Arc::new(Leave {
+            mem: self.mem.clone(),
+            ctl: self.ctl,
             side,
             session,
-            peer_line: chan.sides[1 - side],
-            waker: chan.waker.clone(),
+            peer_line: self.sides[1 - side],
+            waker: self.waker.clone(),
             heartbeat: std::sync::Mutex::new(Some(heartbeat)),
             dead: AtomicBool::new(false),
+            block,
         }));
-        Ok(chan)
+        Ok(())
     }
 
     fn w64(&self, off: usize) -> &AtomicU64 {
@@ -578,7 +646,6 @@ impl Channel {
             if raced {
                 continue;
             }
-            let live = |x: u8| x == ATTACHED || x == RESETTING;
             if !live(s[0]) && !live(s[1]) {
                 let next = sess.wrapping_add(1);
                 let new = u64::from(next) << 32 | u64::from(RESETTING);
@@ -650,6 +717,11 @@ impl Channel {
             "channel '{}' control word keeps changing",
             self.name
         )))
+    }
+
+    /// This end's waker.
+    pub(super) fn waker(&self) -> &Arc<dyn Waker> {
+        &self.waker
     }
 
     /// The region the channel lives in (for tools: listing, diagnostics).
@@ -1000,6 +1072,7 @@ impl Channel {
                 Dir::Out => "the peer closed the channel; nobody reads any more".into(),
             })),
             DEAD => Err(ChannelError::PeerGone("the peer was declared dead".into())),
+            GONE => Err(ChannelError::PeerGone("the connection was closed".into())),
             x => Err(ChannelError::Corrupt(format!(
                 "peer state {x} in a running session"
             ))),
@@ -1109,7 +1182,7 @@ impl Channel {
     /// Rings the peer after this end moved an index or closed. A failed ring is not an error
     /// of the operation, which has taken effect (the bytes are published or consumed): a
     /// sleeping peer looks at the ring again after at most a tenth of its liveness timeout.
-    fn notify_peer(&self) {
+    pub(super) fn notify_peer(&self) {
         let _ = self.waker.notify(self.peer_address());
     }
 

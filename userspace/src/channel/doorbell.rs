@@ -138,6 +138,11 @@ impl Waker for DoorbellWaker {
         Some(self.id)
     }
 
+    fn another(&self) -> io::Result<Option<Arc<dyn Waker>>> {
+        let dev = Device::open(self.dev.path()).map_err(io::Error::other)?;
+        Ok(Some(Arc::new(Self::new(dev, self.vector)?)))
+    }
+
     fn as_raw_fd(&self) -> Option<RawFd> {
         self.events
             .get_or_init(|| DeviceEvents::get(self.dev.path(), self.vector).ok())

@@ -55,6 +55,10 @@ pub enum ChannelError {
     /// The peer closed the channel, or stopped (its heartbeat did not advance for the liveness
     /// timeout), or this side was declared dead by the peer.
     PeerGone(String),
+    /// No listener has the service, or it closed or died before accepting.
+    Refused(String),
+    /// A live listener already has the service.
+    InUse(String),
     /// The timeout set on the channel expired first.
     TimedOut,
     /// Non-blocking mode, and the operation would have to wait.
@@ -83,6 +87,8 @@ impl ChannelError {
             Self::TableFull | Self::NoSpace { .. } => io::ErrorKind::StorageFull,
             Self::Busy(_) => io::ErrorKind::ResourceBusy,
             Self::PeerGone(_) => io::ErrorKind::BrokenPipe,
+            Self::Refused(_) => io::ErrorKind::ConnectionRefused,
+            Self::InUse(_) => io::ErrorKind::AddrInUse,
             Self::TimedOut => io::ErrorKind::TimedOut,
             Self::WouldBlock => io::ErrorKind::WouldBlock,
             Self::Io(e) | Self::Open { source: e, .. } => e.kind(),
@@ -128,6 +134,8 @@ impl fmt::Display for ChannelError {
                 "message of {len} bytes is larger than the ring takes ({max} bytes at most)"
             ),
             Self::PeerGone(m) => write!(f, "peer gone: {m}"),
+            Self::Refused(m) => write!(f, "connection refused: {m}"),
+            Self::InUse(m) => write!(f, "in use: {m}"),
             Self::TimedOut => write!(f, "timed out"),
             Self::WouldBlock => write!(f, "operation would block"),
             Self::Io(e) => write!(f, "waker: {e}"),

@@ -153,6 +153,13 @@ pub(crate) fn attach(mem: &Mem, timeout: Duration) -> Result<Header, ChannelErro
                 }
                 pause(&mut round);
             }
+            m if m == u32::from_le_bytes(*b"IVC2") => {
+                return Err(ChannelError::BadLayout(
+                    "the region holds connections (layout version 2, Listener/connect): named \
+                     channels need a region of their own (layout version 1); zero it to reuse it"
+                        .into(),
+                ))
+            }
             m => {
                 return Err(ChannelError::BadLayout(format!(
                     "magic {m:#010x} at offset 0 is not a channel layout (want {MAGIC:#010x}, \

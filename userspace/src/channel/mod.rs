@@ -141,23 +141,29 @@
 
 mod arena;
 mod chan;
+mod conn_layout;
+mod connect;
 mod doorbell;
 mod error;
 mod gate;
 mod heartbeat;
 mod layout;
+mod listener;
 mod liveness;
 mod open_path;
 pub mod pagemap;
 pub mod protocol;
+mod reclaim;
 mod region;
 mod split;
 mod wait;
 
 pub use chan::{Channel, MessageSlot, MessageView, Options, ReadSlice, Wait, WriteSlice};
+pub use conn_layout::{is_connections, usage, Usage, VERSION as CONNECTIONS_VERSION};
 pub use doorbell::DoorbellWaker;
 pub use error::ChannelError;
 pub use layout::{list, ChannelInfo, Kind, MAX_NAME, MIN_REGION, SLOTS, VERSION};
+pub use listener::Listener;
 pub use region::Region;
 pub use split::{ReadHalf, WriteHalf};
 pub use wait::{FdWaker, SpinWaker, Waker};

@@ -7,7 +7,7 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use super::{Channel, ChannelError, DoorbellWaker, Options, Region, SpinWaker, Wait};
+use super::{Channel, ChannelError, DoorbellWaker, Listener, Options, Region, SpinWaker, Wait};
 use crate::Device;
 
 /// The vector channels sleep on and ring: one is enough, a spurious wake-up only costs a look
@@ -27,7 +27,38 @@ impl Channel {
         name: &str,
         opts: &Options,
     ) -> Result<Channel, ChannelError> {
-        let path = path.as_ref();
+        let (region, opts) = region_at(path.as_ref(), opts)?;
+        Channel::open(&region, name, &opts)
+    }
+
+    /// [`Channel::connect`] on a device node or regular file, with the waker chosen as in
+    /// [`Channel::open_path`].
+    pub fn connect_path(
+        path: impl AsRef<Path>,
+        service: &str,
+        opts: &Options,
+    ) -> Result<Channel, ChannelError> {
+        let (region, opts) = region_at(path.as_ref(), opts)?;
+        Channel::connect(&region, service, &opts)
+    }
+}
+
+impl Listener {
+    /// [`Listener::bind`] on a device node or regular file, with the waker chosen as in
+    /// [`Channel::open_path`] (each accepted connection gets a doorbell waker of its own).
+    pub fn bind_path(
+        path: impl AsRef<Path>,
+        service: &str,
+        opts: &Options,
+    ) -> Result<Listener, ChannelError> {
+        let (region, opts) = region_at(path.as_ref(), opts)?;
+        Listener::bind(&region, service, &opts)
+    }
+}
+
+/// The region at `path` and the options with the waker [`Options::wait`] chooses there.
+fn region_at(path: &Path, opts: &Options) -> Result<(Region, Options), ChannelError> {
+    {
         let shown = path.display();
         let kind = std::fs::metadata(path)
             .map_err(|e| open_error(format!("{shown}: {e}"), e))?
@@ -72,7 +103,7 @@ impl Channel {
                 "{shown}: neither an ivshmem device nor a regular file"
             )));
         };
-        Channel::open(&region, name, &opts)
+        Ok((region, opts))
     }
 }
 

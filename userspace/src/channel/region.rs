@@ -7,8 +7,9 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use super::reclaim::Sightings;
 use super::ChannelError;
 use crate::sys;
 
@@ -53,6 +54,8 @@ pub(crate) struct Mem {
     base: NonNull<u8>,
     len: usize,
     owner: Owner,
+    /// What this process saw of the region's arena over time (layout version 2).
+    pub(crate) sightings: Mutex<Sightings>,
 }
 
 // SAFETY: `Mem` is a pointer to shared memory that every user accesses through atomics and raw
@@ -134,7 +137,12 @@ impl Region {
 
     fn with(base: NonNull<u8>, len: usize, owner: Owner) -> Self {
         Self {
-            mem: Arc::new(Mem { base, len, owner }),
+            mem: Arc::new(Mem {
+                base,
+                len,
+                owner,
+                sightings: Mutex::new(Sightings::default()),
+            }),
         }
     }
 

@@ -52,6 +52,14 @@ pub trait Waker: Send + Sync {
     fn drain(&self) {
         self.clear()
     }
+
+    /// A waker of the same kind for another end of this process ([`super::Listener`] gives
+    /// one to each connection it accepts), when ends must not share this one: a doorbell
+    /// waker counts interrupts per open file, so two ends sleeping on one file would take each
+    /// other's wake-ups. `None` (the default): this one can be shared.
+    fn another(&self) -> io::Result<Option<std::sync::Arc<dyn Waker>>> {
+        Ok(None)
+    }
 }
 
 /// Waiting without a doorbell (ivshmem-plain): the channel spins its budget, then sleeps here

@@ -1,0 +1,434 @@
+//! The serving side of connections: a [`Listener`] names a service in a region of layout
+//! version 2 (`conn_layout.rs`) and accepts the connections that [`Channel::connect`] makes to
+//! it, each with rings of its own.
+
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use super::arena::Arena;
+use super::chan::{
+    holds, with_state, ATTACHED, C_CTL, FREE, MAX_ADDRESS, SIDE_ADDRESS, SIDE_EPOCH,
+    SIDE_HEARTBEAT, SIDE_LIVENESS, SIDE_NOTIFIES,
+};
+use super::conn_layout::{
+    self as cl, BlockView, BACKLOG, CONNECTION, LISTENER, L_BACKLOG, L_CTL, L_KIND, L_NAME,
+    L_NAME_LEN, L_SIDE, N_CHAN, N_KIND, N_LISTENER,
+};
+use super::heartbeat::Beat;
+use super::layout::Kind;
+use super::liveness::{self, Watch};
+use super::pagemap::Block;
+use super::reclaim::{self, Retire};
+use super::{Channel, ChannelError, Options, Region};
+
+/// A service that accepts connections: the server side of [`Channel::connect`].
+///
+/// ```
+/// use ivshmem::channel::{Channel, Listener, Options, Region};
+/// use std::io::{Read, Write};
+///
+/// let region = Region::anonymous(1 << 20)?;
+/// let opts = Options::new().capacity(4096);
+/// let listener = Listener::bind(&region, "echo", &opts)?;
+/// let client = std::thread::spawn({
+///     let (region, opts) = (region.clone(), opts.clone());
+///     move || -> std::io::Result<Vec<u8>> {
+///         let mut c = Channel::connect(&region, "echo", &opts)?;
+///         c.write_all(b"hi")?;
+///         c.close_write()?;
+///         let mut back = Vec::new();
+///         c.read_to_end(&mut back)?;
+///         Ok(back)
+///     }
+/// });
+/// let mut server = listener.accept()?;
+/// let mut got = Vec::new();
+/// server.read_to_end(&mut got)?;
+/// server.write_all(&got)?;
+/// drop(server);
+/// assert_eq!(client.join().unwrap()?, b"hi");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// Each accepted connection has its own rings, so connections come and go independently;
+/// the memory of a connection is freed when both of its ends are gone (or dead: see
+/// `reclaim.rs`), and the listener's when it is dropped. A listener that died is noticed by
+/// the next [`bind`](Self::bind) of its name, which then takes its place, and by pending
+/// connects, which fail with `ConnectionRefused`.
+///
+/// # Invariants
+///
+/// `block` is a listener block this end allocated in `arena` and published with its
+/// generation as the session of its control word.
+pub struct Listener {
+    arena: Arena,
+    block: Block,
+    service: String,
+    kind: Kind,
+    opts: Options,
+    beat: Option<Arc<Beat>>,
+    nonblocking: bool,
+    timeout: Option<Duration>,
+    last_sweep: Mutex<Instant>,
+}
+
+impl std::fmt::Debug for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listener")
+            .field("service", &self.service)
+            .field("kind", &self.kind)
+            .field("block", &self.block)
+            .finish()
+    }
+}
+
+/// A live listener found in the arena.
+pub(super) struct Found {
+    pub block: Block,
+    pub kind: Kind,
+}
+
+/// The live listener of `service` (its control word shows it listening), the one at the
+/// lowest page if a race left two.
+pub(super) fn find(arena: &Arena, service: &str) -> Option<Found> {
+    let mem = arena.mem();
+    arena
+        .blocks()
+        .into_iter()
+        .filter(|b| b.kind == LISTENER)
+        .find_map(|b| {
+            let v = BlockView::new(arena, mem, &b);
+            let w = v.w64(L_CTL).ok()?.load(Acquire);
+            if !holds(w, b.gen, 0) || v.name()? != service {
+                return None;
+            }
+            let kind = cl::kind_of(v.w32(L_KIND).ok()?.load(Relaxed))?;
+            Some(Found { block: b, kind })
+        })
+}
+
+/// Allocates a block, sweeping what dead ends left when there is no room.
+pub(super) fn alloc(
+    arena: &Arena,
+    kind: u8,
+    pages: u32,
+    opts: &Options,
+) -> Result<Block, ChannelError> {
+    let stale = opts.liveness_bound();
+    match arena.alloc(kind, pages, stale) {
+        Err(ChannelError::NoSpace { .. }) if reclaim::sweep(arena, stale, stale) > 0 => {
+            arena.alloc(kind, pages, stale)
+        }
+        r => r,
+    }
+}
+
+/// Publishes side line `line` of an end with `opts`'s waker: address, notifies, liveness,
+/// then the epoch (release), as a channel end does.
+pub(super) fn publish_line(
+    v: &BlockView<'_>,
+    line: u64,
+    gen: u32,
+    opts: &Options,
+) -> Result<(), ChannelError> {
+    let address = opts.waker_ref().address().filter(|&a| a <= MAX_ADDRESS);
+    v.w32(line + SIDE_ADDRESS)?
+        .store(address.map_or(0, |a| a + 1), Relaxed);
+    v.w32(line + SIDE_NOTIFIES)?
+        .store(u32::from(opts.waker_ref().sleeps()), Relaxed);
+    v.w32(line + SIDE_LIVENESS)?
+        .store(liveness::to_word(opts.liveness_bound()), Relaxed);
+    v.w64(line + SIDE_EPOCH)?.store(u64::from(gen), Release);
+    Ok(())
+}
+
+/// The doorbell address side line `line` published for generation `gen`, if any.
+pub(super) fn line_address(v: &BlockView<'_>, line: u64, gen: u32) -> Option<u32> {
+    if v.w64(line + SIDE_EPOCH).ok()?.load(Acquire) != u64::from(gen) {
+        return None;
+    }
+    let a = v.w32(line + SIDE_ADDRESS).ok()?.load(Relaxed);
+    a.checked_sub(1).filter(|&a| a <= MAX_ADDRESS)
+}
+
+impl Listener {
+    /// Listens for connections to `service` (1 to 32 bytes) in `region`, laying out a zeroed
+    /// region as version 2 first. Connections carry `opts`'s kind; accepted ends get `opts`'s
+    /// waiting and liveness settings.
+    ///
+    /// A live listener of the same name makes this fail with `AddrInUse`; one whose heartbeat
+    /// stood still for its liveness bound (its process died) is taken over, which takes up to
+    /// seven tenths of that bound. A region of layout version 1 is an error.
+    pub fn bind(region: &Region, service: &str, opts: &Options) -> Result<Self, ChannelError> {
+        cl::check_name(service)?;
+        let arena = cl::attach(region, opts.open_timeout_value())?;
+        let deadline = Instant::now().checked_add(opts.open_timeout_value());
+        Self::take_over(&arena, service, opts, deadline)?;
+        let block = alloc(&arena, LISTENER, 1, opts)?;
+        let mem = arena.mem().clone();
+        let v = BlockView::new(&arena, &mem, &block);
+        v.w32(L_NAME_LEN)?.store(service.len() as u32, Relaxed);
+        v.w32(L_KIND)?
+            .store(cl::kind_code(opts.kind_value()), Relaxed);
+        mem.copy_in(v.off + L_NAME, service.as_bytes())?;
+        publish_line(&v, L_SIDE, block.gen, opts)?;
+        let listening = u64::from(block.gen) << 32 | u64::from(ATTACHED);
+        // Release: a connector that sees it listening (acquire, `find`) sees its fields.
+        v.w64(L_CTL)?.store(listening, Release);
+        let mut me = Self {
+            arena,
+            block,
+            service: service.to_string(),
+            kind: opts.kind_value(),
+            opts: opts.clone(),
+            beat: None,
+            nonblocking: false,
+            timeout: None,
+            last_sweep: Mutex::new(Instant::now()),
+        };
+        // Two binds that raced both published: the one at the lower page keeps the name.
+        if find(&me.arena, service).is_some_and(|f| f.block != me.block) {
+            return Err(in_use(service));
+        }
+        me.beat = Some(Beat::start(
+            mem.clone(),
+            v.off + L_CTL,
+            block.gen,
+            0,
+            v.off + L_SIDE + SIDE_HEARTBEAT,
+            opts.liveness_bound() / 10,
+        )?);
+        Ok(me)
+    }
+
+    /// Waits until no live listener holds `service`: a live one (its heartbeat advances) is an
+    /// error, a dead one is marked dead and freed.
+    fn take_over(
+        arena: &Arena,
+        service: &str,
+        opts: &Options,
+        deadline: Option<Instant>,
+    ) -> Result<(), ChannelError> {
+        let mut seen: Option<(Block, u64)> = None;
+        let mut watch = None;
+        let mem = arena.mem();
+        while let Some(f) = find(arena, service) {
+            let v = BlockView::new(arena, mem, &f.block);
+            let hb = v.w64(L_SIDE + SIDE_HEARTBEAT)?.load(Relaxed);
+            let bound = liveness::agreed(
+                opts.liveness_bound(),
+                v.w32(L_SIDE + SIDE_LIVENESS)?.load(Relaxed),
+            );
+            match seen {
+                Some((b, first)) if b == f.block && first != hb => return Err(in_use(service)),
+                Some((b, _)) if b == f.block => {}
+                _ => {
+                    seen = Some((f.block, hb));
+                    watch = None;
+                }
+            }
+            if Watch::dead(&mut watch, f.block.gen, hb, Instant::now(), bound) {
+                let ctl = v.w64(L_CTL)?;
+                let w = u64::from(f.block.gen) << 32 | u64::from(ATTACHED);
+                let dead = with_state(w, 0, super::chan::DEAD);
+                if ctl.compare_exchange(w, dead, AcqRel, Relaxed).is_ok() {
+                    Retire {
+                        arena: arena.clone(),
+                        block: f.block,
+                    }
+                    .retire(ctl, dead);
+                }
+                continue;
+            }
+            if deadline.is_some_and(|d| Instant::now() > d) {
+                return Err(ChannelError::Busy(format!(
+                    "service '{service}' is held by a listener that neither beats nor died \
+                     within the open timeout"
+                )));
+            }
+            std::thread::sleep(bound / 10);
+        }
+        Ok(())
+    }
+
+    /// The service's name.
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+
+    /// Whether [`accept`](Self::accept) returns `WouldBlock` instead of waiting.
+    pub fn set_nonblocking(&mut self, on: bool) {
+        self.nonblocking = on;
+    }
+
+    /// How long [`accept`](Self::accept) waits before `TimedOut`; `None` waits for ever.
+    pub fn set_accept_timeout(&mut self, t: Option<Duration>) {
+        self.timeout = t;
+    }
+
+    /// The waker's descriptor (doorbell or eventfd wakers), readable when a connector rings:
+    /// for poll loops in non-blocking mode; poll at most a tenth of the liveness timeout.
+    pub fn as_raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.opts.waker_ref().as_raw_fd()
+    }
+
+    /// Waits for the next connection and returns its accepting end. Each call also looks for
+    /// connections and listeners whose processes died, at most ten times per liveness timeout,
+    /// and frees their memory.
+    pub fn accept(&self) -> Result<Channel, ChannelError> {
+        let deadline = self.timeout.and_then(|t| Instant::now().checked_add(t));
+        let mut backoff = Duration::from_micros(1);
+        let slice = self.opts.liveness_bound() / 10;
+        loop {
+            if let Some(c) = self.take_pending()? {
+                return Ok(c);
+            }
+            self.check_held()?;
+            self.sweep_now_and_then(slice);
+            if self.nonblocking {
+                self.opts.waker_ref().clear();
+                if let Some(c) = self.take_pending()? {
+                    return Ok(c);
+                }
+                return Err(ChannelError::WouldBlock);
+            }
+            let now = Instant::now();
+            let mut wait = slice;
+            if let Some(d) = deadline {
+                if now >= d {
+                    return Err(ChannelError::TimedOut);
+                }
+                wait = wait.min(d - now);
+            }
+            let waker = self.opts.waker_ref();
+            if waker.sleeps() {
+                waker.wait(wait)?;
+            } else {
+                waker.wait(backoff.min(wait))?;
+                backoff = (backoff * 2).min(Duration::from_millis(1));
+            }
+        }
+    }
+
+    /// An error once this listener was declared dead (it stalled longer than its bound) and
+    /// its block taken back: it must be bound again.
+    fn check_held(&self) -> Result<(), ChannelError> {
+        let v = self.view();
+        if holds(v.w64(L_CTL)?.load(Acquire), self.block.gen, 0) {
+            return Ok(());
+        }
+        Err(ChannelError::PeerGone(format!(
+            "the listener of '{}' was declared dead (it stalled longer than its liveness \
+             bound): bind again",
+            self.service
+        )))
+    }
+
+    fn sweep_now_and_then(&self, every: Duration) {
+        let mut last = self
+            .last_sweep
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if last.elapsed() >= every {
+            *last = Instant::now();
+            drop(last);
+            let bound = self.opts.liveness_bound();
+            reclaim::sweep(&self.arena, bound, bound);
+        }
+    }
+
+    fn view(&self) -> BlockView<'_> {
+        BlockView::new(&self.arena, self.arena.mem(), &self.block)
+    }
+
+    /// Takes the next pending connection from the backlog that is still waiting, and joins it.
+    fn take_pending(&self) -> Result<Option<Channel>, ChannelError> {
+        let v = self.view();
+        for i in 0..BACKLOG {
+            let slot = v.w64(L_BACKLOG + 8 * u64::from(i))?;
+            let w = slot.load(Acquire);
+            if w == 0 || slot.compare_exchange(w, 0, AcqRel, Relaxed).is_err() {
+                continue;
+            }
+            if let Some(c) = self.join(w)? {
+                return Ok(Some(c));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Joins the connection a backlog word names as side B, if it is one to this listener
+    /// and its connector still waits; `None` for anything else (a connector that gave up, a
+    /// word no connector writes).
+    fn join(&self, word: u64) -> Result<Option<Channel>, ChannelError> {
+        let Some((head, gen)) = cl::backlog_entry(word) else {
+            return Ok(None);
+        };
+        let Some(b) = self
+            .arena
+            .block_at(head)
+            .filter(|b| b.gen == gen && b.kind == CONNECTION)
+        else {
+            return Ok(None);
+        };
+        let mem = self.arena.mem().clone();
+        let v = BlockView::new(&self.arena, &mem, &b);
+        let names_me = v.w32(N_LISTENER)?.load(Relaxed) == self.block.head
+            && v.w32(N_LISTENER + 4)?.load(Relaxed) == self.block.gen;
+        let kind = cl::kind_of(v.w32(N_KIND)?.load(Relaxed));
+        let (true, Some(kind), Some(caps)) = (names_me, kind, cl::connection_caps(&v)) else {
+            return Ok(None);
+        };
+        if kind != self.kind {
+            return Ok(None);
+        }
+        let ctl = v.w64(N_CHAN + C_CTL)?;
+        let waiting = u64::from(gen) << 32 | u64::from(ATTACHED) | u64::from(FREE) << 8;
+        let joined = with_state(waiting, 1, ATTACHED);
+        // Acquire: the connector's release of its control word published the header.
+        if ctl
+            .compare_exchange(waiting, joined, Acquire, Relaxed)
+            .is_err()
+        {
+            return Ok(None);
+        }
+        let mut opts = self.opts.clone();
+        if let Some(w) = self.opts.waker_ref().another()? {
+            opts = opts.waker(w);
+        }
+        let off = v.off + N_CHAN;
+        let mut chan = Channel::on_block(mem.clone(), &self.service, kind, off, caps, &opts);
+        chan.start(
+            1,
+            gen,
+            Some(Retire {
+                arena: self.arena.clone(),
+                block: b,
+            }),
+        )?;
+        chan.notify_peer();
+        Ok(Some(chan))
+    }
+}
+
+impl Drop for Listener {
+    /// Stops listening: pending connects fail with `ConnectionRefused`, the block is freed.
+    fn drop(&mut self) {
+        self.beat = None;
+        let Ok(ctl) = self.view().w64(L_CTL) else {
+            return;
+        };
+        let listening = u64::from(self.block.gen) << 32 | u64::from(ATTACHED);
+        Retire {
+            arena: self.arena.clone(),
+            block: self.block,
+        }
+        .retire(ctl, listening);
+        // Connectors that wait on our doorbell look at the listener once per slice anyway.
+    }
+}
+
+fn in_use(service: &str) -> ChannelError {
+    ChannelError::InUse(format!("service '{service}' has a live listener"))
+}
