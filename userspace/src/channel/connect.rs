@@ -39,6 +39,15 @@ impl Channel {
                 opts.kind_value()
             )));
         }
+        // Each end its own waker where ends must not share one (a doorbell's file).
+        let own;
+        let opts = match opts.waker_ref().another()? {
+            Some(w) => {
+                own = opts.clone().waker(w);
+                &own
+            }
+            None => opts,
+        };
         let cap = opts.capacity_value();
         let pages = cl::connection_pages(cap)?;
         let b = alloc(&arena, CONNECTION, pages, opts)?;

@@ -164,6 +164,7 @@ pub use doorbell::DoorbellWaker;
 pub use error::ChannelError;
 pub use layout::{list, ChannelInfo, Kind, MAX_NAME, MIN_REGION, SLOTS, VERSION};
 pub use listener::Listener;
+pub use open_path::open_region;
 pub use region::Region;
 pub use split::{ReadHalf, WriteHalf};
 pub use wait::{FdWaker, SpinWaker, Waker};

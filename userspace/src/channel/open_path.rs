@@ -32,7 +32,8 @@ impl Channel {
     }
 
     /// [`Channel::connect`] on a device node or regular file, with the waker chosen as in
-    /// [`Channel::open_path`].
+    /// [`Channel::open_path`]. Each call maps the device: [`open_region`] maps it once for
+    /// many connections.
     pub fn connect_path(
         path: impl AsRef<Path>,
         service: &str,
@@ -56,7 +57,16 @@ impl Listener {
     }
 }
 
-/// The region at `path` and the options with the waker [`Options::wait`] chooses there.
+/// The region at `path` and the options with the waker [`Options::wait`] chooses there: for a
+/// process that makes many connections on one device ([`Channel::connect`] gives each end a
+/// doorbell waker of its own), mapping the device once.
+pub fn open_region(
+    path: impl AsRef<Path>,
+    opts: &Options,
+) -> Result<(Region, Options), ChannelError> {
+    region_at(path.as_ref(), opts)
+}
+
 fn region_at(path: &Path, opts: &Options) -> Result<(Region, Options), ChannelError> {
     {
         let shown = path.display();

@@ -1,0 +1,411 @@
+//! Unmodified programs' sockets between VMs, over connections in shared memory (as `ssh -L`
+//! forwards a port): `client` listens on a local TCP or UNIX socket and carries each
+//! connection made to it through a channel connection to SERVICE; `server` accepts those
+//! in the other VM and connects each to the real server's socket there.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ivshmem::args::{device_path, run_tool, Args};
+use ivshmem::channel::{
+    open_region, Channel, ChannelError, Kind, Listener, Options, ReadHalf, Wait, WriteHalf,
+};
+use ivshmem::ToolError;
+
+const PROG: &str = "ivshmem-socket";
+/// Bytes moved per read of a socket or a channel.
+const CHUNK: usize = 64 << 10;
+
+const HELP: &str = "\
+usage: ivshmem-socket server SERVICE TARGET [options]
+       ivshmem-socket client SERVICE LOCAL [options]
+
+Carries sockets of unmodified programs between VMs, through connections in the shared
+memory of an ivshmem device (as ssh -L forwards a port). In the VM that runs the real
+server, `server` listens for connections to SERVICE on the device and connects each to
+TARGET; in the VM whose programs connect, `client` listens on LOCAL and carries each
+connection made to it to SERVICE. Both directions and half-closes pass through; many
+connections and many services share one device. The device holds connections (layout
+version 2): a device used by ivshmem-pipe (named channels) cannot be shared with it.
+
+  TARGET, LOCAL         HOST:PORT (TCP) or unix:PATH (a UNIX stream socket)
+  -d, --device DEVICE   /dev/ivshmemN path or index N (default /dev/ivshmem0), or a regular
+                        file holding the shared memory (the host's backing file)
+      --wait MODE       auto: sleep on the doorbell if the device has one, else spin (default);
+                        spin; doorbell
+      --capacity BYTES  ring size per direction of each connection (client; a power of two;
+                        default 256K)
+      --liveness SECS   a peer whose heartbeat stands still this long is gone (default 10)
+      --once            serve one connection, then exit with its status
+  -v, --verbose         a line on standard error per connection
+  -h, --help            this help
+
+Exit status (--once): 0 when the connection ended cleanly both ways, 1 when its peer died or
+an error cut it; without --once it runs until killed; 2 on a usage error.";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Server,
+    Client,
+}
+
+/// A local socket address.
+#[derive(Debug, Clone)]
+enum Addr {
+    Tcp(String),
+    Unix(String),
+}
+
+impl std::str::FromStr for Addr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(p) = s.strip_prefix("unix:") {
+            return if p.is_empty() {
+                Err("unix: needs a path".into())
+            } else {
+                Ok(Self::Unix(p.into()))
+            };
+        }
+        match s.rsplit_once(':') {
+            Some((_, port)) if port.parse::<u16>().is_ok() => Ok(Self::Tcp(s.into())),
+            _ => Err(format!("'{s}' is neither HOST:PORT nor unix:PATH")),
+        }
+    }
+}
+
+impl std::fmt::Display for Addr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tcp(a) => write!(f, "{a}"),
+            Self::Unix(p) => write!(f, "unix:{p}"),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Opts {
+    role: Role,
+    service: String,
+    addr: Addr,
+    device: String,
+    wait: Wait,
+    capacity: u64,
+    liveness: Duration,
+    once: bool,
+    verbose: bool,
+}
+
+fn parse(mut args: Args) -> Result<Option<Opts>, ToolError> {
+    if args.flag(&["-h", "--help"]) {
+        return Ok(None);
+    }
+    let role = match args.subcommand().as_deref() {
+        Some("server") => Role::Server,
+        Some("client") => Role::Client,
+        Some(other) => return Err(ToolError::usage(format!("unknown command '{other}'"))),
+        None => return Err(ToolError::usage("server or client?")),
+    };
+    let device = device_path(args.value(&["-d", "--device"])?);
+    let wait = args.parsed::<Wait>(&["--wait"])?.unwrap_or_default();
+    let capacity = args.size(&["--capacity"])?.unwrap_or(256 << 10);
+    if !capacity.is_power_of_two() {
+        return Err(ToolError::usage(format!(
+            "--capacity {capacity} is not a power of two"
+        )));
+    }
+    let liveness = args.parsed::<f64>(&["--liveness"])?.unwrap_or(10.0);
+    if !(0.1..=3600.0).contains(&liveness) {
+        return Err(ToolError::usage(format!(
+            "--liveness {liveness}: 0.1 to 3600 seconds"
+        )));
+    }
+    let once = args.flag(&["--once"]);
+    let verbose = args.flag(&["-v", "--verbose"]);
+    let rest = args.finish()?;
+    let [service, addr] = rest.as_slice() else {
+        return Err(ToolError::usage(match rest.len() {
+            0 | 1 => "SERVICE and a socket address, please".to_string(),
+            _ => format!("unexpected argument '{}'", rest[2]),
+        }));
+    };
+    if service.is_empty() || service.len() > ivshmem::channel::MAX_NAME {
+        return Err(ToolError::usage(format!(
+            "service '{service}': 1 to {} bytes",
+            ivshmem::channel::MAX_NAME
+        )));
+    }
+    let addr = addr.parse::<Addr>().map_err(ToolError::usage)?;
+    Ok(Some(Opts {
+        role,
+        service: service.clone(),
+        addr,
+        device,
+        wait,
+        capacity,
+        liveness: Duration::from_secs_f64(liveness),
+        once,
+        verbose,
+    }))
+}
+
+/// A connected local socket.
+enum Sock {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Sock {
+    fn connect(a: &Addr) -> io::Result<Self> {
+        Ok(match a {
+            Addr::Tcp(s) => {
+                let t = TcpStream::connect(s)?;
+                t.set_nodelay(true)?;
+                Self::Tcp(t)
+            }
+            Addr::Unix(p) => Self::Unix(UnixStream::connect(p)?),
+        })
+    }
+
+    fn try_clone(&self) -> io::Result<Self> {
+        Ok(match self {
+            Self::Tcp(t) => Self::Tcp(t.try_clone()?),
+            Self::Unix(u) => Self::Unix(u.try_clone()?),
+        })
+    }
+
+    fn shutdown(&self, how: Shutdown) {
+        let _ = match self {
+            Self::Tcp(t) => t.shutdown(how),
+            Self::Unix(u) => u.shutdown(how),
+        };
+    }
+}
+
+impl Read for Sock {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Self::Tcp(t) => t.read(buf),
+            Self::Unix(u) => u.read(buf),
+        }
+    }
+}
+
+impl Write for Sock {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Self::Tcp(t) => t.write(buf),
+            Self::Unix(u) => u.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A local listening socket.
+enum Local {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+impl Local {
+    fn bind(a: &Addr) -> io::Result<Self> {
+        Ok(match a {
+            Addr::Tcp(s) => Self::Tcp(TcpListener::bind(s)?),
+            Addr::Unix(p) => Self::Unix(UnixListener::bind(p)?),
+        })
+    }
+
+    fn accept(&self) -> io::Result<Sock> {
+        Ok(match self {
+            Self::Tcp(l) => {
+                let (t, _) = l.accept()?;
+                t.set_nodelay(true)?;
+                Sock::Tcp(t)
+            }
+            Self::Unix(l) => Sock::Unix(l.accept()?.0),
+        })
+    }
+}
+
+/// Socket to channel: the socket's end of stream closes the channel's write side; an error
+/// aborts it, so the peer sees the connection cut, not a clean end.
+fn upstream(mut sock: Sock, mut w: WriteHalf) -> io::Result<u64> {
+    let mut buf = vec![0u8; CHUNK];
+    let mut total = 0u64;
+    loop {
+        let n = match sock.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                w.abort();
+                return Err(e);
+            }
+        };
+        w.write_all(&buf[..n])?;
+        total += n as u64;
+    }
+    w.close_write()?;
+    Ok(total)
+}
+
+/// Channel to socket: the channel's end of stream shuts the socket's write side; a dead or
+/// aborted peer resets the socket both ways, so the local program sees the cut.
+fn downstream(mut r: ReadHalf, mut sock: Sock) -> io::Result<u64> {
+    let mut buf = vec![0u8; CHUNK];
+    let mut total = 0u64;
+    loop {
+        let n = match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                sock.shutdown(Shutdown::Both);
+                return Err(e);
+            }
+        };
+        if let Err(e) = sock.write_all(&buf[..n]) {
+            sock.shutdown(Shutdown::Both);
+            return Err(e);
+        }
+        total += n as u64;
+    }
+    sock.shutdown(Shutdown::Write);
+    Ok(total)
+}
+
+/// Carries one connection both ways until both directions ended.
+fn forward(id: u64, chan: Channel, sock: Sock, verbose: bool) -> Result<(), String> {
+    let reader = sock.try_clone().map_err(|e| format!("socket: {e}"))?;
+    let (w, r) = chan.split();
+    let up = std::thread::spawn(move || upstream(reader, w));
+    let down = downstream(r, sock);
+    let up = up
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("panicked")));
+    let show = |e: &io::Error| match ChannelError::of(e) {
+        Some(c) => c.to_string(),
+        None => e.to_string(),
+    };
+    let result = match (&up, &down) {
+        (Ok(_), Ok(_)) => Ok(()),
+        (Err(e), _) => Err(format!("connection {id}: to the peer: {}", show(e))),
+        (_, Err(e)) => Err(format!("connection {id}: from the peer: {}", show(e))),
+    };
+    if verbose {
+        eprintln!(
+            "{PROG}: connection {id} closed: {} bytes out, {} in{}",
+            up.as_ref().map_or(0, |n| *n),
+            down.as_ref().map_or(0, |n| *n),
+            result
+                .as_ref()
+                .err()
+                .map_or(String::new(), |e| format!(" ({e})"))
+        );
+    }
+    result
+}
+
+fn options(o: &Opts) -> Options {
+    Options::new()
+        .kind(Kind::Stream)
+        .capacity(o.capacity)
+        .wait(o.wait)
+        .liveness_timeout(o.liveness)
+}
+
+fn run(o: Opts) -> Result<(), ToolError> {
+    let opts = options(&o);
+    let next = Arc::new(AtomicU64::new(0));
+    match o.role {
+        Role::Server => {
+            let listener = Listener::bind_path(&o.device, &o.service, &opts)
+                .map_err(|e| ToolError::Failed(format!("service '{}': {e}", o.service)))?;
+            if o.verbose {
+                eprintln!("{PROG}: serving '{}' to {}", o.service, o.addr);
+            }
+            loop {
+                let chan = listener
+                    .accept()
+                    .map_err(|e| ToolError::Failed(format!("accept: {e}")))?;
+                let id = next.fetch_add(1, Relaxed);
+                let sock = match Sock::connect(&o.addr) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        // The peer sees the connection cut; the server keeps serving.
+                        chan.abort();
+                        let msg = format!("connection {id}: {}: {e}", o.addr);
+                        if o.once {
+                            return Err(ToolError::Failed(msg));
+                        }
+                        eprintln!("{PROG}: {msg}");
+                        continue;
+                    }
+                };
+                if o.verbose {
+                    eprintln!("{PROG}: connection {id} to {}", o.addr);
+                }
+                if o.once {
+                    return forward(id, chan, sock, o.verbose).map_err(ToolError::Failed);
+                }
+                let verbose = o.verbose;
+                std::thread::spawn(move || {
+                    if let Err(e) = forward(id, chan, sock, verbose) {
+                        eprintln!("{PROG}: {e}");
+                    }
+                });
+            }
+        }
+        Role::Client => {
+            let (region, opts) = open_region(&o.device, &opts)
+                .map_err(|e| ToolError::Failed(format!("{}: {e}", o.device)))?;
+            let local = Local::bind(&o.addr)
+                .map_err(|e| ToolError::Failed(format!("listen on {}: {e}", o.addr)))?;
+            if o.verbose {
+                eprintln!("{PROG}: {} carried to '{}'", o.addr, o.service);
+            }
+            loop {
+                let sock = local
+                    .accept()
+                    .map_err(|e| ToolError::Failed(format!("accept on {}: {e}", o.addr)))?;
+                let id = next.fetch_add(1, Relaxed);
+                let chan = match Channel::connect(&region, &o.service, &opts) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // The local program sees the connection refused (closed at once).
+                        sock.shutdown(Shutdown::Both);
+                        let msg = format!("connection {id}: service '{}': {e}", o.service);
+                        if o.once {
+                            return Err(ToolError::Failed(msg));
+                        }
+                        eprintln!("{PROG}: {msg}");
+                        continue;
+                    }
+                };
+                if o.verbose {
+                    eprintln!("{PROG}: connection {id} to '{}'", o.service);
+                }
+                if o.once {
+                    return forward(id, chan, sock, o.verbose).map_err(ToolError::Failed);
+                }
+                let verbose = o.verbose;
+                std::thread::spawn(move || {
+                    if let Err(e) = forward(id, chan, sock, verbose) {
+                        eprintln!("{PROG}: {e}");
+                    }
+                });
+            }
+        }
+    }
+}
+
+fn main() {
+    run_tool(PROG, HELP, parse, run);
+}
