@@ -30,7 +30,7 @@ install -m 755 "$IVSHMEM_ROOT/scripts/guest/init" "$tmp/init"
 install -m 755 "$IVSHMEM_ROOT/scripts/guest/agent" "$tmp/bin/agent"
 cp "$module" "$tmp/ivshmem.ko"
 [ -z "${4:-}" ] || cp "$4" "$tmp/ivshmem-race.ko"
-for t in read_write bandwidth ivshmem ivshmem-check pingpong ivshmem-fuzz ivshmem-pipe ivshmem-bench; do
+for t in read_write bandwidth ivshmem ivshmem-check pingpong ivshmem-fuzz ivshmem-pipe ivshmem-socket ivshmem-bench; do
 	[ -x "$tools/$t" ] || die "missing tool $tools/$t (make tools)"
 	cp "$tools/$t" "$tmp/bin/$t"
 done

@@ -42,7 +42,7 @@ files=("644 $root/ivshmem.ko $moddir/updates/ivshmem.ko"
 	"644 $root/userspace/include/ivshmem_channel.h $prefix/include/ivshmem_channel.h"
 	"644 $capi_dir/libivshmem.a $prefix/lib/libivshmem.a"
 	"755 $capi_dir/libivshmem.so $prefix/lib/libivshmem.so")
-for t in read_write bandwidth pingpong ivshmem ivshmem-check ivshmem-server ivshmem-pipe ivshmem-bench; do
+for t in read_write bandwidth pingpong ivshmem ivshmem-check ivshmem-server ivshmem-pipe ivshmem-socket ivshmem-bench; do
 	files+=("755 $tools_dir/$t $prefix/bin/$t")
 done
 

@@ -4,7 +4,8 @@ channels between the guests through ivshmem-pipe, on the doorbell device (sleepi
 IVSHMEM_WAIT) and on the plain one (spinning). The data is pattern N (`ivshmem pattern`), checked
 byte by byte and by sha256 on both sides and against the host's. Also: two channels at once, a
 sender killed (its process, its whole guest), a corrupt layout and the host scribbling over a
-control block, the C API's example against ivshmem-pipe, and no leaks."""
+control block, the C API's example against ivshmem-pipe; connections: ivshmem-socket carrying
+busybox httpd to wget in the other guest, and its server side killed; and no leaks."""
 
 import os
 import re
@@ -279,6 +280,110 @@ def test_c_api_example_and_ivshmem_pipe_exchange_8_mib_each_way_with_equal_sha25
         _, out = s.sh(1, "sha256sum /tmp/capi.out; rm -f /tmp/capi.out")
         check(out.split()[0] == sent, f"{tx_tool} -> {rx_tool}: sha256 {out.split()[0]}, sent {sent}")
         s.sh(2, "rm -f /tmp/capi.in")
+
+
+def arena_blocks(path):
+    """The blocks of a region of connections (layout version 2, userspace/src/channel/
+    conn_layout.rs and pagemap.rs, read independently): {"listeners": n, "connections": n}."""
+    size = os.path.getsize(path)
+    head = host_read(path, 0, 8)
+    out = {"listeners": 0, "connections": 0}
+    if head[:4] != b"IVC2":
+        return None
+    length = size - 0x1000
+    pages = length // (4096 + 8)
+    while pages and -(-8 * pages // 4096) * 4096 + pages * 4096 > length:
+        pages -= 1
+    words = host_read(path, 0x1000, 8 * pages)
+    i = 0
+    while i < pages:
+        w = int.from_bytes(words[8 * i:8 * i + 8], "little")
+        state, kind, field = w & 0xf, (w >> 4) & 0xf, (w >> 8) & 0xffffffff
+        if state == 1 and 1 <= field <= pages - i:
+            out["listeners" if kind == 1 else "connections"] += kind in (1, 2)
+            i += field
+        else:
+            i += 1
+    return out
+
+
+def socket_pair(s, dev, service, port, extra=""):
+    """ivshmem-socket carrying guest 1's 127.0.0.1:PORT+1000 to guest 2's 127.0.0.1:PORT over
+    `dev`: the server side in guest 2, the client side in guest 1, both in the background."""
+    s.bg(2, f"ivshmem-socket server {service} 127.0.0.1:{port} -d {dev} -v {extra}", f"/tmp/sock-{service}.out")
+    s.bg(1, f"ivshmem-socket client {service} 127.0.0.1:{port + 1000} -d {dev} -v {extra}",
+         f"/tmp/sock-{service}.out")
+    # Each says so once it listens (-v).
+    s.wait_line(2, f"/tmp/sock-{service}.out", "serving", 60)
+    s.wait_line(1, f"/tmp/sock-{service}.out", "carried to", 60)
+
+
+@pytest.mark.parametrize("dev", ["/dev/ivshmem0", "/dev/ivshmem1"], ids=["doorbell", "plain"])
+def test_ivshmem_socket_carries_busybox_httpd_to_wget_in_the_other_guest_and_frees_every_connection(s, dev):
+    # Unmodified programs: busybox httpd in guest 2 serves a file that busybox wget in guest 1
+    # fetches through 127.0.0.1, once big, then in 4 parallel and 40 sequential connections
+    # (more than the region holds at once: 16 MiB with 256 KiB rings per direction fits 31).
+    path = s.shm if dev.endswith("0") else s.plain
+    host_write(path, 0, bytes(1 << 20))  # the pipes' layout (version 1) makes way
+    size = big_size(s)
+    port = 8080 + int(dev[-1])
+    want = subprocess.run(f"{os.path.join(kinds.HOST_TOOLS, 'ivshmem')} pattern --seed 61 --len {size} "
+                          "| sha256sum", shell=True, check=True, capture_output=True, text=True).stdout.split()[0]
+    s.sh(2, f"mkdir -p /tmp/www && ivshmem pattern --seed 61 --len {size} > /tmp/www/blob && "
+            "echo small > /tmp/www/small && "
+            f"httpd -p 127.0.0.1:{port} -h /tmp/www")
+    service = f"web{dev[-1]}"
+    socket_pair(s, dev, service, port)
+    url = f"http://127.0.0.1:{port + 1000}"
+    try:
+        t0 = time.monotonic()
+        _, out = s.sh(1, f"wget -q -O - {url}/blob | sha256sum", timeout=900)
+        secs = time.monotonic() - t0
+        check(out.split()[0] == want, f"sha256 {out.split()[0]}, host {want}")
+        measured(f"{size >> 20} MiB from httpd to wget through ivshmem-socket on {dev} in {secs:.1f} s")
+        _, out = s.sh(1, "for i in 1 2 3 4; do (wget -q -O - " + url + "/blob | sha256sum > /tmp/par$i) & done; "
+                         "wait; cat /tmp/par1 /tmp/par2 /tmp/par3 /tmp/par4", timeout=900)
+        sums = [line.split()[0] for line in out.splitlines() if line.strip()]
+        check(sums == [want] * 4, f"parallel fetches: {sums}")
+        _, out = s.sh(1, f"for i in $(seq 40); do wget -q -O - {url}/small; done | grep -c small", timeout=600)
+        check(out.strip() == "40", f"{out.strip()} of 40 sequential fetches arrived")
+        blocks = arena_blocks(path)
+        check(blocks == {"listeners": 1, "connections": 0}, f"blocks left in the region: {blocks}")
+    finally:
+        s.sh(1, "kill $(pidof ivshmem-socket) 2>/dev/null; true")
+        s.sh(2, "kill $(pidof ivshmem-socket) $(pidof httpd) 2>/dev/null; true")
+
+
+def test_ivshmem_socket_server_side_killed_mid_fetch_cuts_the_fetch_and_a_restarted_one_serves(s):
+    dev, path = "/dev/ivshmem1", s.plain
+    host_write(path, 0, bytes(1 << 20))
+    port = 8090
+    s.sh(2, f"mkdir -p /tmp/www && "
+            f"dd if=/dev/zero of=/tmp/www/zero bs=1M count=64 2>/dev/null && httpd -p 127.0.0.1:{port} -h /tmp/www")
+    socket_pair(s, dev, "cut", port, "--liveness 3")
+    url = f"http://127.0.0.1:{port + 1000}"
+    try:
+        s.bg(1, f"wget -q -O /dev/null {url}/zero", "/tmp/cut.out")
+        s.sh(1, "sleep 2")
+        t0 = time.monotonic()
+        s.sh(2, "kill -9 $(pidof ivshmem-socket)")
+        out = s.wait_line(1, "/tmp/cut.out", "exit=", 60)
+        secs = time.monotonic() - t0
+        check("exit=0" not in out, f"the fetch ended cleanly although its server side was killed:\n{out}")
+        check(secs < 3 + 5, f"the cut reached wget after {secs:.1f} s (liveness bound 3 s)")
+        measured(f"wget saw the killed server side {secs:.1f} s later")
+        # A new server side takes the service over (the dead listener's name is free once it
+        # is seen dead) and the client side, still running, carries new fetches.
+        s.bg(2, f"ivshmem-socket server cut 127.0.0.1:{port} -d {dev} -v --liveness 3", "/tmp/sock-cut2.out")
+        s.wait_line(2, "/tmp/sock-cut2.out", "serving", 60)
+        _, out = s.sh(1, f"for i in $(seq 100); do wget -q -O - {url}/zero 2>/dev/null | wc -c | grep -q 67108864 "
+                         "&& echo fetched && break; sleep 0.5; done", timeout=600)
+        check("fetched" in out, f"no fetch through the restarted server side: {out}")
+        _, log = s.sh(1, "cat /tmp/sock-cut.out")
+        check(not re.search(r"panick|SIG", log), log)
+    finally:
+        s.sh(1, "kill $(pidof ivshmem-socket) 2>/dev/null; true")
+        s.sh(2, "kill $(pidof ivshmem-socket) $(pidof httpd) 2>/dev/null; true")
 
 
 def test_dmesg_clean_and_no_leaks(s):

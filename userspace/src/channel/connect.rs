@@ -50,7 +50,13 @@ impl Channel {
         };
         let cap = opts.capacity_value();
         let pages = cl::connection_pages(cap)?;
-        let b = alloc(&arena, CONNECTION, pages, opts)?;
+        let b = alloc(
+            &arena,
+            CONNECTION,
+            pages,
+            opts,
+            &format!("connection to '{service}'"),
+        )?;
         let mem = arena.mem().clone();
         let v = BlockView::new(&arena, &mem, &b);
         v.w32(N_LISTENER)?.store(l.block.head, Relaxed);

@@ -34,11 +34,11 @@ pub enum ChannelError {
     Invalid(String),
     /// All slots of the channel table are taken.
     TableFull,
-    /// The region has no room left for the rings of a new channel.
+    /// The region has no room left for the rings of a new channel or connection.
     NoSpace {
-        /// The channel's name.
+        /// What needed the room: `channel 'NAME'`, `connection to 'SERVICE'`, ...
         name: String,
-        /// Bytes its rings need.
+        /// Bytes it needs.
         need: u64,
         /// Bytes left in the region.
         free: u64,
@@ -126,7 +126,7 @@ impl fmt::Display for ChannelError {
             Self::TableFull => write!(f, "the channel table is full"),
             Self::NoSpace { name, need, free } => write!(
                 f,
-                "no room for channel '{name}': its rings need {need} bytes, {free} are left"
+                "no room for {name}: it needs {need} bytes, {free} are left"
             ),
             Self::Busy(m) => write!(f, "busy: {m}"),
             Self::MessageTooLarge { len, max } => write!(

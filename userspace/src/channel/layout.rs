@@ -359,7 +359,7 @@ fn create_in(
         if hdr.size - next < need {
             state.store(u64::from(SLOT_FAILED) | u64::from(hash) << 32, Release);
             return Err(ChannelError::NoSpace {
-                name: String::from_utf8_lossy(name).into_owned(),
+                name: format!("channel '{}'", String::from_utf8_lossy(name)),
                 need,
                 free: hdr.size - next,
             });

@@ -114,14 +114,23 @@ pub(super) fn alloc(
     kind: u8,
     pages: u32,
     opts: &Options,
+    what: &str,
 ) -> Result<Block, ChannelError> {
     let stale = opts.liveness_bound();
-    match arena.alloc(kind, pages, stale) {
+    let r = match arena.alloc(kind, pages, stale) {
         Err(ChannelError::NoSpace { .. }) if reclaim::sweep(arena, stale, stale) > 0 => {
             arena.alloc(kind, pages, stale)
         }
         r => r,
-    }
+    };
+    r.map_err(|e| match e {
+        ChannelError::NoSpace { need, free, .. } => ChannelError::NoSpace {
+            name: what.to_string(),
+            need,
+            free,
+        },
+        e => e,
+    })
 }
 
 /// Publishes side line `line` of an end with `opts`'s waker: address, notifies, liveness,
@@ -165,7 +174,7 @@ impl Listener {
         let arena = cl::attach(region, opts.open_timeout_value())?;
         let deadline = Instant::now().checked_add(opts.open_timeout_value());
         Self::take_over(&arena, service, opts, deadline)?;
-        let block = alloc(&arena, LISTENER, 1, opts)?;
+        let block = alloc(&arena, LISTENER, 1, opts, &format!("listener '{service}'"))?;
         let mem = arena.mem().clone();
         let v = BlockView::new(&arena, &mem, &block);
         v.w32(L_NAME_LEN)?.store(service.len() as u32, Relaxed);

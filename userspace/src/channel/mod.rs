@@ -22,6 +22,12 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! Connections ([`Listener::bind`], [`Listener::accept`], [`Channel::connect`]) live in a
+//! region of their own, layout version 2 (`conn_layout.rs`): each has rings of its own, and its
+//! memory is freed when both of its ends are gone or dead (`reclaim.rs`), so a region serves
+//! connections without end; each connection is a [`Channel`] as below, with the control block
+//! of version 1 inside its block.
+//!
 //! # Layout (version 1)
 //!
 //! All words are little-endian (both ends run on the same architecture); offsets are from the
