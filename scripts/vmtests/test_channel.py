@@ -359,12 +359,14 @@ def test_ivshmem_socket_server_side_killed_mid_fetch_cuts_the_fetch_and_a_restar
     host_write(path, 0, bytes(1 << 20))
     port = 8090
     s.sh(2, f"mkdir -p /tmp/www && "
-            f"dd if=/dev/zero of=/tmp/www/zero bs=1M count=64 2>/dev/null && httpd -p 127.0.0.1:{port} -h /tmp/www")
+            f"dd if=/dev/zero of=/tmp/www/zero bs=1M count=96 2>/dev/null && httpd -p 127.0.0.1:{port} -h /tmp/www")
     socket_pair(s, dev, "cut", port, "--liveness 3")
     url = f"http://127.0.0.1:{port + 1000}"
     try:
-        s.bg(1, f"wget -q -O /dev/null {url}/zero", "/tmp/cut.out")
-        s.sh(1, "sleep 2")
+        # busybox sha256sum (about 10 MB/s under TCG) keeps the fetch going for seconds.
+        s.bg(1, f"set -o pipefail; wget -q -O - {url}/zero | sha256sum", "/tmp/cut.out")
+        s.wait_line(2, "/tmp/sock-cut.out", "connection 0 to", 60)
+        s.sh(1, "sleep 1")
         t0 = time.monotonic()
         s.sh(2, "kill -9 $(pidof ivshmem-socket)")
         out = s.wait_line(1, "/tmp/cut.out", "exit=", 60)
@@ -376,7 +378,7 @@ def test_ivshmem_socket_server_side_killed_mid_fetch_cuts_the_fetch_and_a_restar
         # is seen dead) and the client side, still running, carries new fetches.
         s.bg(2, f"ivshmem-socket server cut 127.0.0.1:{port} -d {dev} -v --liveness 3", "/tmp/sock-cut2.out")
         s.wait_line(2, "/tmp/sock-cut2.out", "serving", 60)
-        _, out = s.sh(1, f"for i in $(seq 100); do wget -q -O - {url}/zero 2>/dev/null | wc -c | grep -q 67108864 "
+        _, out = s.sh(1, f"for i in $(seq 100); do wget -q -O - {url}/zero 2>/dev/null | wc -c | grep -q {96 << 20} "
                          "&& echo fetched && break; sleep 0.5; done", timeout=600)
         check("fetched" in out, f"no fetch through the restarted server side: {out}")
         _, log = s.sh(1, "cat /tmp/sock-cut.out")
