@@ -307,64 +307,103 @@ def arena_blocks(path):
     return out
 
 
-def socket_pair(s, dev, service, port, extra=""):
-    """ivshmem-socket carrying guest 1's 127.0.0.1:PORT+1000 to guest 2's 127.0.0.1:PORT over
-    `dev`: the server side in guest 2, the client side in guest 1, both in the background."""
-    s.bg(2, f"ivshmem-socket server {service} 127.0.0.1:{port} -d {dev} -v {extra}", f"/tmp/sock-{service}.out")
-    s.bg(1, f"ivshmem-socket client {service} 127.0.0.1:{port + 1000} -d {dev} -v {extra}",
+def socket_pair(s, dev, service, target, local, extra="", serve_in=2):
+    """ivshmem-socket carrying 127.0.0.1:LOCAL of one guest to 127.0.0.1:TARGET of the other
+    (guest `serve_in`) over `dev`, both in the background, each waited for until it listens."""
+    fwd_in = 3 - serve_in
+    s.bg(serve_in, f"ivshmem-socket serve --service {service} --connect tcp:127.0.0.1:{target} -d {dev} -v {extra}",
          f"/tmp/sock-{service}.out")
-    # Each says so once it listens (-v).
-    s.wait_line(2, f"/tmp/sock-{service}.out", "serving", 60)
-    s.wait_line(1, f"/tmp/sock-{service}.out", "carried to", 60)
+    s.bg(fwd_in, f"ivshmem-socket forward --listen tcp:127.0.0.1:{local} --service {service} -d {dev} -v {extra}",
+         f"/tmp/sock-{service}.out")
+    s.wait_line(serve_in, f"/tmp/sock-{service}.out", "serving", 60)
+    s.wait_line(fwd_in, f"/tmp/sock-{service}.out", "carried to", 60)
+
+
+def stop_sockets(s):
+    for g in (1, 2):
+        s.sh(g, "kill $(pidof ivshmem-socket) $(pidof ivshmem-check) $(pidof httpd) 2>/dev/null; true")
+
+
+def fresh_connections(s, dev):
+    """The device's shared memory zeroed by the host, for connections (layout version 2): the
+    pipes' layout (version 1) makes way. Its backing file."""
+    path = s.shm if dev.endswith("0") else s.plain
+    host_write(path, 0, bytes(1 << 20))
+    return path
+
+
+def freed(path):
+    """Waits until only the listener's block is left in the region (the last connections may
+    still be closing) and says what is left."""
+    deadline = time.monotonic() + 10
+    while (blocks := arena_blocks(path)) != {"listeners": 1, "connections": 0} and time.monotonic() < deadline:
+        time.sleep(0.1)
+    check(blocks == {"listeners": 1, "connections": 0}, f"blocks left in the region 10 s later: {blocks}")
 
 
 @pytest.mark.parametrize("dev", ["/dev/ivshmem0", "/dev/ivshmem1"], ids=["doorbell", "plain"])
-def test_ivshmem_socket_carries_busybox_httpd_to_wget_in_the_other_guest_and_frees_every_connection(s, dev):
-    # Unmodified programs: busybox httpd in guest 2 serves a file that busybox wget in guest 1
-    # fetches through 127.0.0.1, once big, then in 4 parallel and 40 sequential connections
-    # (more than the region holds at once: 16 MiB with 256 KiB rings per direction fits 31).
-    path = s.shm if dev.endswith("0") else s.plain
-    host_write(path, 0, bytes(1 << 20))  # the pipes' layout (version 1) makes way
+def test_ivshmem_socket_carries_busybox_httpd_to_wget_in_the_other_guest(s, dev):
+    # An HTTP session between two guests without a network: busybox httpd in guest 2, busybox
+    # wget in guest 1, both on 127.0.0.1.
+    path = fresh_connections(s, dev)
     size = big_size(s)
-    port = 8080 + int(dev[-1])
     want = subprocess.run(f"{os.path.join(kinds.HOST_TOOLS, 'ivshmem')} pattern --seed 61 --len {size} "
                           "| sha256sum", shell=True, check=True, capture_output=True, text=True).stdout.split()[0]
     s.sh(2, f"mkdir -p /tmp/www && ivshmem pattern --seed 61 --len {size} > /tmp/www/blob && "
-            "echo small > /tmp/www/small && "
-            f"httpd -p 127.0.0.1:{port} -h /tmp/www")
-    service = f"web{dev[-1]}"
-    socket_pair(s, dev, service, port)
-    url = f"http://127.0.0.1:{port + 1000}"
+            "httpd -p 127.0.0.1:8080 -h /tmp/www")
+    socket_pair(s, dev, "web", 8080, 9080)
     try:
         t0 = time.monotonic()
-        _, out = s.sh(1, f"wget -q -O - {url}/blob | sha256sum", timeout=900)
+        _, out = s.sh(1, "wget -q -O - http://127.0.0.1:9080/blob | sha256sum", timeout=900)
         secs = time.monotonic() - t0
         check(out.split()[0] == want, f"sha256 {out.split()[0]}, host {want}")
-        measured(f"{size >> 20} MiB from httpd to wget through ivshmem-socket on {dev} in {secs:.1f} s")
-        _, out = s.sh(1, "for i in 1 2 3 4; do (wget -q -O - " + url + "/blob | sha256sum > /tmp/par$i) & done; "
-                         "wait; cat /tmp/par1 /tmp/par2 /tmp/par3 /tmp/par4", timeout=900)
-        sums = [line.split()[0] for line in out.splitlines() if line.strip()]
-        check(sums == [want] * 4, f"parallel fetches: {sums}")
-        _, out = s.sh(1, f"for i in $(seq 40); do wget -q -O - {url}/small; done | grep -c small", timeout=600)
-        check(out.strip() == "40", f"{out.strip()} of 40 sequential fetches arrived")
-        # Both sides let go of every connection's block (the last ones may still be closing).
-        deadline = time.monotonic() + 10
-        while (blocks := arena_blocks(path)) != {"listeners": 1, "connections": 0} and time.monotonic() < deadline:
-            time.sleep(0.1)
-        check(blocks == {"listeners": 1, "connections": 0}, f"blocks left in the region 10 s later: {blocks}")
+        measured(f"{size >> 20} MiB from httpd to wget through ivshmem-socket on {dev} in {secs:.1f} s "
+                 "(busybox sha256sum included)")
+        freed(path)
     finally:
-        s.sh(1, "kill $(pidof ivshmem-socket) 2>/dev/null; true")
-        s.sh(2, "kill $(pidof ivshmem-socket) $(pidof httpd) 2>/dev/null; true")
+        stop_sockets(s)
+        s.sh(2, "rm -rf /tmp/www")
 
 
-def test_ivshmem_socket_server_side_killed_mid_fetch_cuts_the_fetch_and_a_restarted_one_serves(s):
-    dev, path = "/dev/ivshmem1", s.plain
-    host_write(path, 0, bytes(1 << 20))
-    port = 8090
-    s.sh(2, f"mkdir -p /tmp/www && "
-            f"dd if=/dev/zero of=/tmp/www/zero bs=1M count=96 2>/dev/null && httpd -p 127.0.0.1:{port} -h /tmp/www")
-    socket_pair(s, dev, "cut", port, "--liveness 3")
-    url = f"http://127.0.0.1:{port + 1000}"
+@pytest.mark.parametrize("dev", ["/dev/ivshmem0", "/dev/ivshmem1"], ids=["doorbell", "plain"])
+def test_ivshmem_socket_echoes_32_concurrent_connections_exact_and_many_short_ones_in_a_row(s, dev):
+    # busybox nc in guest 1 to an echo server in guest 2: 32 connections at once, 1 MiB of
+    # pattern i each way on connection i, checked as it comes back; then short connections one
+    # after another, more than the region holds at once (16 MiB with 256 KiB rings per
+    # direction fits 31): every one's memory comes back.
+    path = fresh_connections(s, dev)
+    s.bg(2, "ivshmem-check echo 7000", "/tmp/echo.out")
+    s.wait_line(2, "/tmp/echo.out", "echoing", 30)
+    socket_pair(s, dev, "echo", 7000, 8000)
+    try:
+        t0 = time.monotonic()
+        _, out = s.sh(1, "rm -f /tmp/e.*; for i in $(seq 32); do "
+                         "(ivshmem pattern --seed $i --len 1048576 | nc 127.0.0.1 8000 | "
+                         "ivshmem pattern --seed $i --check > /tmp/e.$i 2>&1) & done; wait; "
+                         "for i in $(seq 32); do echo \"$i: $(cat /tmp/e.$i)\"; done", timeout=900)
+        secs = time.monotonic() - t0
+        bad = [line for line in out.splitlines()
+               if not re.fullmatch(r"(\d+): 1048576 bytes match pattern \1", line.strip())]
+        check(len(out.splitlines()) == 32 and not bad, f"connections not echoed exact:\n{out}")
+        measured(f"32 concurrent connections echoed 1 MiB each through ivshmem-socket on {dev} in {secs:.1f} s")
+        n = 1000 if full(s) else 100
+        t0 = time.monotonic()
+        _, out = s.sh(1, f"for i in $(seq {n}); do echo hi$i | nc 127.0.0.1 8000; done | grep -c '^hi'", timeout=900)
+        secs = time.monotonic() - t0
+        check(out.strip() == str(n), f"{out.strip()} of {n} short connections in a row echoed")
+        measured(f"{n} short connections in a row on {dev} in {secs:.1f} s ({secs / n * 1000:.0f} ms each with nc)")
+        freed(path)
+    finally:
+        stop_sockets(s)
+
+
+def test_ivshmem_socket_serving_process_killed_mid_traffic_cuts_its_sockets_and_a_restarted_one_serves(s):
+    dev = "/dev/ivshmem1"
+    fresh_connections(s, dev)
+    s.sh(2, "mkdir -p /tmp/www && dd if=/dev/zero of=/tmp/www/zero bs=1M count=96 2>/dev/null && "
+            "httpd -p 127.0.0.1:8090 -h /tmp/www")
+    socket_pair(s, dev, "cut", 8090, 9090, "--liveness 3")
+    url = "http://127.0.0.1:9090"
     try:
         # busybox sha256sum (about 10 MB/s under TCG) keeps the fetch going for seconds.
         s.bg(1, f"set -o pipefail; wget -q -O - {url}/zero | sha256sum", "/tmp/cut.out")
@@ -376,19 +415,53 @@ def test_ivshmem_socket_server_side_killed_mid_fetch_cuts_the_fetch_and_a_restar
         secs = time.monotonic() - t0
         check("exit=0" not in out, f"the fetch ended cleanly although its server side was killed:\n{out}")
         check(secs < 3 + 5, f"the cut reached wget after {secs:.1f} s (liveness bound 3 s)")
-        measured(f"wget saw the killed server side {secs:.1f} s later")
-        # A new server side takes the service over (the dead listener's name is free once it
-        # is seen dead) and the client side, still running, carries new fetches.
-        s.bg(2, f"ivshmem-socket server cut 127.0.0.1:{port} -d {dev} -v --liveness 3", "/tmp/sock-cut2.out")
+        measured(f"wget saw the killed serving process {secs:.1f} s later")
+        # A new serving process takes the service over (the dead listener's name is free once
+        # it is seen dead); the forwarding side, still running, carries new fetches.
+        s.bg(2, f"ivshmem-socket serve --service cut --connect tcp:127.0.0.1:8090 -d {dev} -v --liveness 3",
+             "/tmp/sock-cut2.out")
         s.wait_line(2, "/tmp/sock-cut2.out", "serving", 60)
-        _, out = s.sh(1, f"for i in $(seq 100); do wget -q -O - {url}/zero 2>/dev/null | wc -c | grep -q {96 << 20} "
-                         "&& echo fetched && break; sleep 0.5; done", timeout=600)
-        check("fetched" in out, f"no fetch through the restarted server side: {out}")
+        _, out = s.sh(1, f"wget -q -O - {url}/zero | wc -c", timeout=600)
+        check(out.strip() == str(96 << 20), f"fetch through the restarted serving process: {out.strip()} bytes")
         _, log = s.sh(1, "cat /tmp/sock-cut.out")
         check(not re.search(r"panick|SIG", log), log)
     finally:
-        s.sh(1, "kill $(pidof ivshmem-socket) 2>/dev/null; true")
-        s.sh(2, "kill $(pidof ivshmem-socket) $(pidof httpd) 2>/dev/null; true")
+        stop_sockets(s)
+        s.sh(2, "rm -rf /tmp/www")
+
+
+def test_ivshmem_socket_serving_guest_killed_cuts_its_sockets_and_the_restarted_guest_serves(s):
+    # The serving side in guest 1 this time (the lab restarts guest 1), on the doorbell device.
+    dev = "/dev/ivshmem0"
+    fresh_connections(s, dev)
+    s.bg(1, "ivshmem-check echo 7010", "/tmp/echo.out")
+    s.wait_line(1, "/tmp/echo.out", "echoing", 30)
+    socket_pair(s, dev, "guest", 7010, 8010, "--liveness 3", serve_in=1)
+    try:
+        s.bg(2, "set -o pipefail; ivshmem pattern --seed 71 --len 1G | nc 127.0.0.1 8010 | "
+                "ivshmem pattern --seed 71 --check", "/tmp/gk.out")
+        s.sh(2, "sleep 3")
+        os.kill(s.pid("guest1"), signal.SIGKILL)
+        t0 = time.monotonic()
+        out = s.wait_line(2, "/tmp/gk.out", "exit=", 60)
+        secs = time.monotonic() - t0
+        m = re.search(r"^(\d+) bytes match pattern 71$", out, re.M)
+        check(m and 0 < int(m.group(1)) < 1 << 30, f"what came back is not a proper prefix:\n{out}")
+        check(secs < 3 + 5, f"the cut reached nc after {secs:.1f} s (liveness bound 3 s)")
+        measured(f"nc saw the serving guest killed {secs:.1f} s later, after {int(m.group(1)) >> 20} MiB echoed")
+    finally:
+        restart_guest_1(s)
+    try:
+        s.bg(1, "ivshmem-check echo 7010", "/tmp/echo.out")
+        s.wait_line(1, "/tmp/echo.out", "echoing", 30)
+        s.bg(1, f"ivshmem-socket serve --service guest --connect tcp:127.0.0.1:7010 -d {dev} -v --liveness 3",
+             "/tmp/sock-guest.out")
+        s.wait_line(1, "/tmp/sock-guest.out", "serving", 60)
+        _, out = s.sh(2, "ivshmem pattern --seed 72 --len 4194304 | nc 127.0.0.1 8010 | "
+                         "ivshmem pattern --seed 72 --check", timeout=600)
+        check("4194304 bytes match pattern 72" in out, f"through the restarted guest: {out}")
+    finally:
+        stop_sockets(s)
 
 
 def test_dmesg_clean_and_no_leaks(s):

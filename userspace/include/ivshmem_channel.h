@@ -23,7 +23,10 @@
  *   ETIMEDOUT    a timeout set with ivshmem_channel_set_timeouts expired
  *   EBUSY        the channel is held by other ends that did not leave within the open timeout
  *   ENOSPC       the channel table or the region is full
- *   EOPNOTSUPP   ivshmem_channel_fd on a channel that spins
+ *   EOPNOTSUPP   ivshmem_channel_fd on a channel that spins (ivshmem_listener_fd likewise)
+ *   ECONNREFUSED ivshmem_channel_connect: no listener has the service, or it closed or died
+ *                before accepting
+ *   EADDRINUSE   ivshmem_listener_bind: a live listener has the service
  *   and the errno of a failed system call (ENOENT, EACCES...).
  *
  * A handle may move between threads but must not be used by two threads at once. Pointers
@@ -154,6 +157,41 @@ int ivshmem_channel_poll_interval_ms(struct ivshmem_channel *ch);
  * wait_peer), `*reader` a new handle for the reading half (read, recv); the other calls fail
  * with EBADF. Close both; the end leaves when both are closed. Returns 0 or -1. */
 int ivshmem_channel_split(struct ivshmem_channel *ch, struct ivshmem_channel **reader);
+
+/*
+ * Connections (layout version 2: a region of its own, not one that ivshmem_channel_open
+ * laid out, EBADMSG otherwise). A listener names a service; each connection to it has rings
+ * of its own and is an ordinary channel handle; its memory is freed when both of its ends
+ * are closed or dead, so a region serves connections without end.
+ */
+struct ivshmem_listener;
+
+/* Listens for connections to `service` (1 to IVSHMEM_CHANNEL_MAX_NAME bytes) on `path`,
+ * laying out a zeroed region first. `opts->kind` is the kind of its connections; accepted
+ * ends wait and watch their peers as `opts` says. A listener whose process died holds the name
+ * until it is seen dead (seven tenths of its liveness timeout): bind waits that long, then
+ * takes it over. Returns a handle, or NULL with errno set (EADDRINUSE for a live one). */
+struct ivshmem_listener *ivshmem_listener_bind(const char *path, const char *service,
+					       const struct ivshmem_channel_options *opts);
+
+/* The next connection to the listener, as a channel handle: waits up to `timeout_ms` (-1: for
+ * ever; 0: not at all, EAGAIN when none is pending; else ETIMEDOUT when it expires). */
+struct ivshmem_channel *ivshmem_listener_accept(struct ivshmem_listener *l, int timeout_ms);
+
+/* A descriptor that becomes readable when a connector rings (doorbell devices), for poll;
+ * then accept with timeout 0. -1 with EOPNOTSUPP when the listener spins. Owned by `l`. */
+int ivshmem_listener_fd(struct ivshmem_listener *l);
+
+/* Stops listening (pending connects fail with ECONNREFUSED) and frees `l`; NULL is ignored.
+ * Accepted connections go on. */
+void ivshmem_listener_close(struct ivshmem_listener *l);
+
+/* Connects to the listener of `service` on `path` with rings of `opts->capacity` each way
+ * (0: 256 KiB) and returns the channel once it accepted, or NULL: ECONNREFUSED, ETIMEDOUT
+ * (not accepted within the open timeout), EINVAL (the service carries the other kind). Each
+ * call maps the device. */
+struct ivshmem_channel *ivshmem_channel_connect(const char *path, const char *service,
+						const struct ivshmem_channel_options *opts);
 
 /* The message of the last failure on the calling thread, "" if none; never NULL. Valid until
  * the next failing call on this thread. */

@@ -16,10 +16,10 @@ use std::io::{self, Write};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
-use crate::channel::{Channel, ChannelError, Kind, Options, Wait, MAX_NAME};
+use crate::channel::{Channel, ChannelError, Kind, Listener, Options, Wait, MAX_NAME};
 use crate::sys::errno::{
-    E2BIG, EACCES, EAGAIN, EBADF, EBADMSG, EBUSY, EINVAL, EIO, EMSGSIZE, ENAMETOOLONG, ENOENT,
-    ENOMEM, ENOSPC, EOPNOTSUPP, EPIPE, EPROTO, ETIMEDOUT,
+    E2BIG, EACCES, EADDRINUSE, EAGAIN, EBADF, EBADMSG, EBUSY, ECONNREFUSED, EINVAL, EIO, EMSGSIZE,
+    ENAMETOOLONG, ENOENT, ENOMEM, ENOSPC, EOPNOTSUPP, EPIPE, EPROTO, ETIMEDOUT,
 };
 
 /// `kind`: a byte stream (the default, also for 0).
@@ -165,6 +165,8 @@ fn errno_of_kind(kind: io::ErrorKind) -> c_int {
         K::ResourceBusy => EBUSY,
         K::StorageFull => ENOSPC,
         K::OutOfMemory => ENOMEM,
+        K::ConnectionRefused => ECONNREFUSED,
+        K::AddrInUse => EADDRINUSE,
         _ => EIO,
     }
 }
@@ -266,6 +268,26 @@ unsafe fn bytes<'a>(buf: *const c_void, len: usize) -> Res<&'a [u8]> {
     Ok(unsafe { std::slice::from_raw_parts(buf.cast::<u8>(), len) })
 }
 
+/// A channel or service name argument: 1 to 32 bytes of UTF-8.
+///
+/// # Safety
+///
+/// `s` is NULL or points to a NUL-terminated string.
+unsafe fn name_arg<'a>(s: *const c_char, what: &str) -> Res<&'a str> {
+    // SAFETY: forwarded from this function's contract.
+    let name = unsafe { c_str(s, what) }?;
+    if name.is_empty() {
+        return Err(einval(format!("{what} is empty")));
+    }
+    if name.len() > MAX_NAME {
+        return Err(Failure::new(
+            ENAMETOOLONG,
+            format!("{what} has {} bytes, at most {MAX_NAME} fit", name.len()),
+        ));
+    }
+    Ok(name)
+}
+
 /// Reads the caller's options: `size` first, then as many fields as this version knows; bytes
 /// beyond those (a newer caller) must be zero.
 ///
@@ -343,19 +365,7 @@ pub unsafe extern "C" fn ivshmem_channel_open(
         // SAFETY: forwarded from this function's contract.
         let path = unsafe { c_str(path, "path") }?;
         // SAFETY: as above.
-        let name = unsafe { c_str(name, "channel name") }?;
-        if name.is_empty() {
-            return Err(einval("channel name is empty"));
-        }
-        if name.len() > MAX_NAME {
-            return Err(Failure::new(
-                ENAMETOOLONG,
-                format!(
-                    "channel name has {} bytes, at most {MAX_NAME} fit",
-                    name.len()
-                ),
-            ));
-        }
+        let name = unsafe { name_arg(name, "channel name") }?;
         // SAFETY: forwarded from this function's contract.
         let o = unsafe { read_options(opts) }?;
         let chan = Channel::open_path(path, name, &options(&o)?).map_err(|e| {
@@ -710,4 +720,129 @@ pub extern "C" fn ivshmem_channel_last_error() -> *const c_char {
     LAST_ERROR
         .try_with(|slot| slot.borrow().as_ptr())
         .unwrap_or(NONE.as_ptr())
+}
+
+/// `struct ivshmem_listener`: what C holds a pointer to.
+pub struct IvshmemListener {
+    listener: Listener,
+}
+
+/// Listens for connections to `service` on `path`. See the header.
+///
+/// # Safety
+///
+/// `path` and `service` are NULL or NUL-terminated strings; a non-NULL `opts` points to
+/// `opts->size` readable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn ivshmem_listener_bind(
+    path: *const c_char,
+    service: *const c_char,
+    opts: *const IvshmemChannelOptions,
+) -> *mut IvshmemListener {
+    guard(std::ptr::null_mut(), || {
+        // SAFETY: forwarded from this function's contract.
+        let path = unsafe { c_str(path, "path") }?;
+        // SAFETY: as above.
+        let service = unsafe { name_arg(service, "service name") }?;
+        // SAFETY: as above.
+        let o = unsafe { read_options(opts) }?;
+        let listener = Listener::bind_path(path, service, &options(&o)?).map_err(|e| {
+            let f = Failure::from(e);
+            Failure::new(f.errno, format!("service '{service}': {}", f.msg))
+        })?;
+        Ok(Box::into_raw(Box::new(IvshmemListener { listener })))
+    })
+}
+
+/// The next connection: waits up to `timeout_ms` (-1: for ever, 0: not at all).
+///
+/// # Safety
+///
+/// `l` is NULL or an open listener handle, used by no other thread during the call.
+#[no_mangle]
+pub unsafe extern "C" fn ivshmem_listener_accept(
+    l: *mut IvshmemListener,
+    timeout_ms: c_int,
+) -> *mut IvshmemChannel {
+    guard(std::ptr::null_mut(), || {
+        // SAFETY: by the contract a non-NULL `l` is a live `Box` allocation nobody else uses.
+        let h = unsafe { l.as_mut() }.ok_or_else(|| einval("listener handle is NULL"))?;
+        if timeout_ms < -1 {
+            return Err(einval(format!("timeout {timeout_ms} ms: -1, 0 or more")));
+        }
+        h.listener.set_nonblocking(timeout_ms == 0);
+        h.listener
+            .set_accept_timeout((timeout_ms > 0).then(|| Duration::from_millis(timeout_ms as u64)));
+        let chan = h.listener.accept()?;
+        Ok(Box::into_raw(Box::new(IvshmemChannel::new(
+            chan, true, true,
+        ))))
+    })
+}
+
+/// A descriptor that becomes readable when a connector rings, or -1 (EOPNOTSUPP when the
+/// listener spins).
+///
+/// # Safety
+///
+/// `l` is NULL or an open listener handle.
+#[no_mangle]
+pub unsafe extern "C" fn ivshmem_listener_fd(l: *mut IvshmemListener) -> c_int {
+    guard(-1, || {
+        // SAFETY: as in `ivshmem_listener_accept`.
+        let h = unsafe { l.as_mut() }.ok_or_else(|| einval("listener handle is NULL"))?;
+        h.listener.as_raw_fd().ok_or_else(|| {
+            Failure::new(
+                EOPNOTSUPP,
+                "this listener spins: it has no descriptor to poll",
+            )
+        })
+    })
+}
+
+/// Stops listening and frees the handle; NULL is ignored. Connections it accepted go on.
+///
+/// # Safety
+///
+/// `l` is NULL or an open listener handle, not used again afterwards.
+#[no_mangle]
+pub unsafe extern "C" fn ivshmem_listener_close(l: *mut IvshmemListener) {
+    guard((), || {
+        if !l.is_null() {
+            // SAFETY: a non-NULL `l` came from `Box::into_raw` in `ivshmem_listener_bind` and
+            // is given back exactly once (the caller's contract).
+            drop(unsafe { Box::from_raw(l) });
+        }
+        Ok(())
+    })
+}
+
+/// Connects to the listener of `service` on `path`; the channel once it accepted. See the
+/// header.
+///
+/// # Safety
+///
+/// `path` and `service` are NULL or NUL-terminated strings; a non-NULL `opts` points to
+/// `opts->size` readable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn ivshmem_channel_connect(
+    path: *const c_char,
+    service: *const c_char,
+    opts: *const IvshmemChannelOptions,
+) -> *mut IvshmemChannel {
+    guard(std::ptr::null_mut(), || {
+        // SAFETY: forwarded from this function's contract.
+        let path = unsafe { c_str(path, "path") }?;
+        // SAFETY: as above.
+        let service = unsafe { name_arg(service, "service name") }?;
+        // SAFETY: as above.
+        let o = unsafe { read_options(opts) }?;
+        let chan = Channel::connect_path(path, service, &options(&o)?).map_err(|e| {
+            let f = Failure::from(e);
+            Failure::new(f.errno, format!("service '{service}': {}", f.msg))
+        })?;
+        Ok(Box::into_raw(Box::new(IvshmemChannel::new(
+            chan, true, true,
+        ))))
+    })
 }

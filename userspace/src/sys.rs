@@ -57,6 +57,8 @@ pub mod errno {
     pub const EBADMSG: i32 = 74;
     pub const EMSGSIZE: i32 = 90;
     pub const EOPNOTSUPP: i32 = 95;
+    pub const EADDRINUSE: i32 = 98;
+    pub const ECONNREFUSED: i32 = 111;
     pub const ETIMEDOUT: i32 = 110;
 
     /// The symbolic name of `errno`, e.g. `"EAGAIN"`, if it is one of the above.

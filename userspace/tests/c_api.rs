@@ -350,13 +350,14 @@ fn errno_contract() {
     let shm = ShmFile::new("errno", 1 << 20);
     let small = ShmFile::new("small", 4096);
     let bad = ShmFile::new("badver", 1 << 20);
+    let conn = ShmFile::new("conn", 1 << 20);
     // A ready header ("IVCH") of layout version 99.
     let mut hdr = b"IVCH".to_vec();
     hdr.extend_from_slice(&99u32.to_le_bytes());
     std::fs::write(&bad.0, &hdr).unwrap();
     set_len(&bad.0, 1 << 20);
     let mut child = Command::new(&exe)
-        .args([shm.path(), small.path(), bad.path()])
+        .args([shm.path(), small.path(), bad.path(), conn.path()])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -368,7 +369,7 @@ fn errno_contract() {
     assert!(st.success(), "status {st}: {out}{err}");
     let failed: Vec<&str> = out.lines().filter(|l| !l.ends_with(": ok")).collect();
     assert!(failed.is_empty(), "failed checks:\n{}", failed.join("\n"));
-    assert_eq!(out.lines().count(), 45, "checks run:\n{out}");
+    assert_eq!(out.lines().count(), 63, "checks run:\n{out}");
 }
 
 fn set_len(p: &Path, len: u64) {
@@ -382,9 +383,17 @@ fn set_len(p: &Path, len: u64) {
 
 const ERRNO_C: &str = r#"
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include "ivshmem_channel.h"
+
+static const char *conn;
+
+static void *connector(void *opts)
+{
+	return ivshmem_channel_connect(conn, "svc", opts);
+}
 
 /* One line per check: "label: ok", or what happened instead. */
 #define CHECK(label, call, want_rc, want_errno) do { \
@@ -403,12 +412,13 @@ const ERRNO_C: &str = r#"
 int main(int argc, char **argv)
 {
 	const char *shm = argv[1], *small = argv[2], *badver = argv[3];
+	conn = argv[4];
 	struct ivshmem_channel_options o = IVSHMEM_CHANNEL_OPTIONS_INIT;
 	struct { struct ivshmem_channel_options o; unsigned char more[8]; } big;
 	char buf[256];
 	size_t len = 12345;
 
-	if (argc != 4)
+	if (argc != 5)
 		return 2;
 	FAILS_OPEN("NULL path", NULL, "c", NULL, EINVAL);
 	FAILS_OPEN("NULL name", shm, NULL, NULL, EINVAL);
@@ -493,6 +503,47 @@ int main(int argc, char **argv)
 	CHECK("EOF after the writing half closed", ivshmem_channel_recv(d, buf, sizeof(buf), &len), 0, 0);
 	ivshmem_channel_close(cr);
 	ivshmem_channel_close(d);
+
+	/* Connections, on a region of their own (big.o: messages, 1 KiB rings, spinning). */
+	CHECK("connect without a listener", ivshmem_channel_connect(conn, "svc", &big.o) != NULL, 0,
+	      ECONNREFUSED);
+	CHECK("bind NULL service", ivshmem_listener_bind(conn, NULL, &big.o) != NULL, 0, EINVAL);
+	CHECK("bind long service", ivshmem_listener_bind(conn, "0123456789abcdef0123456789abcdefX",
+	      &big.o) != NULL, 0, ENAMETOOLONG);
+	CHECK("bind on named channels", ivshmem_listener_bind(shm, "svc", &big.o) != NULL, 0, EBADMSG);
+	struct ivshmem_listener *l = ivshmem_listener_bind(conn, "svc", &big.o);
+	if (!l) {
+		printf("bind: %s\n", ivshmem_channel_last_error());
+		return 1;
+	}
+	CHECK("bind a live name", ivshmem_listener_bind(conn, "svc", &big.o) != NULL, 0, EADDRINUSE);
+	CHECK("open on connections", ivshmem_channel_open(conn, "c", &big.o) != NULL, 0, EBADMSG);
+	CHECK("accept with none pending", ivshmem_listener_accept(l, 0) != NULL, 0, EAGAIN);
+	CHECK("accept times out", ivshmem_listener_accept(l, 30) != NULL, 0, ETIMEDOUT);
+	CHECK("accept timeout -2", ivshmem_listener_accept(l, -2) != NULL, 0, EINVAL);
+	CHECK("accept on NULL", ivshmem_listener_accept(NULL, 0) != NULL, 0, EINVAL);
+	CHECK("fd of a spinning listener", ivshmem_listener_fd(l), -1, EOPNOTSUPP);
+	o.kind = IVSHMEM_CHANNEL_STREAM;
+	o.capacity = 0;
+	CHECK("connect of the other kind", ivshmem_channel_connect(conn, "svc", &o) != NULL, 0, EINVAL);
+	pthread_t t;
+	void *cc = NULL;
+	CHECK("connector thread", pthread_create(&t, NULL, connector, &big.o), 0, 0);
+	struct ivshmem_channel *sv = ivshmem_listener_accept(l, -1);
+	pthread_join(t, &cc);
+	CHECK("accept and connect", sv != NULL && cc != NULL, 1, 0);
+	if (!sv || !cc)
+		return 1;
+	CHECK("send on the connection", ivshmem_channel_send(cc, "hey", 3), 0, 0);
+	CHECK("the accepted end gets it", ivshmem_channel_recv(sv, buf, sizeof(buf), &len) == 1 &&
+	      len == 3 && !memcmp(buf, "hey", 3), 1, 0);
+	ivshmem_channel_close(cc);
+	CHECK("EOF once the connector closed", ivshmem_channel_recv(sv, buf, sizeof(buf), &len), 0, 0);
+	ivshmem_channel_close(sv);
+	ivshmem_listener_close(l);
+	ivshmem_listener_close(NULL);
+	CHECK("connect once the listener closed", ivshmem_channel_connect(conn, "svc", &big.o) != NULL,
+	      0, ECONNREFUSED);
 	return 0;
 }
 "#;

@@ -124,6 +124,46 @@ fn a_small_region_serves_thousands_of_connections() {
 }
 
 #[test]
+fn ten_thousand_connections_open_and_close_on_one_4_mib_region() {
+    // Four clients at a time, each connection carrying one small message each way.
+    let region = Region::anonymous(4 << 20).unwrap();
+    let o = opts().kind(Kind::Messages);
+    let l = Listener::bind(&region, "svc", &o).unwrap();
+    let n = 10_000;
+    let server = std::thread::spawn(move || -> io::Result<()> {
+        for _ in 0..n {
+            let mut c = l.accept()?;
+            let mut m = Vec::new();
+            c.recv(&mut m)?;
+            c.send(&m)?;
+        }
+        Ok(())
+    });
+    let clients: Vec<_> = (0..4u64)
+        .map(|t| {
+            let region = region.clone();
+            let o = o.clone();
+            std::thread::spawn(move || -> io::Result<()> {
+                for i in 0..n as u64 / 4 {
+                    let mut c = Channel::connect(&region, "svc", &o)?;
+                    let msg = (t << 32 | i).to_le_bytes();
+                    c.send(&msg)?;
+                    let mut back = Vec::new();
+                    assert_eq!(c.recv(&mut back)?, Some(8));
+                    assert_eq!(back, msg, "client {t}, connection {i}");
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap().unwrap();
+    }
+    server.join().unwrap().unwrap();
+    assert_eq!(channel::usage(&region).unwrap().pages_used, 0);
+}
+
+#[test]
 fn messages_services_keep_boundaries() {
     let region = Region::anonymous(1 << 20).unwrap();
     let o = opts().kind(Kind::Messages);

@@ -148,8 +148,14 @@ fn tcp_connections_are_carried_exact_both_ways() {
     let shm = Shm::new("tcp");
     let target = echo_server();
     let local = free_port();
-    let _server = tool(&shm.0, &["server", "echo", &target]);
-    let _client = tool(&shm.0, &["client", "echo", &local]);
+    let _server = tool(
+        &shm.0,
+        &["serve", "--service", "echo", "--connect", &target],
+    );
+    let _client = tool(
+        &shm.0,
+        &["forward", "--listen", &local, "--service", "echo"],
+    );
     let first = dial(&local);
     round_trip(first, |s| s.shutdown(Shutdown::Write).unwrap(), 0, 3 << 20);
     let many: Vec<_> = (1..=8u64)
@@ -211,8 +217,8 @@ fn unix_sockets_on_either_side() {
     });
     let t = format!("unix:{}", target.display());
     let c = format!("unix:{}", local.display());
-    let _server = tool(&shm.0, &["server", "rev", &t]);
-    let _client = tool(&shm.0, &["client", "rev", &c]);
+    let _server = tool(&shm.0, &["serve", "--service", "rev", "--connect", &t]);
+    let _client = tool(&shm.0, &["forward", "--listen", &c, "--service", "rev"]);
     let start = Instant::now();
     let mut s = loop {
         match UnixStream::connect(&local) {
@@ -238,13 +244,19 @@ fn unix_sockets_on_either_side() {
 fn no_server_side_is_a_closed_connection_and_a_killed_one_cuts_it() {
     let shm = Shm::new("refused");
     let local = free_port();
-    let _client = tool(&shm.0, &["client", "echo", &local]);
+    let _client = tool(
+        &shm.0,
+        &["forward", "--listen", &local, "--service", "echo"],
+    );
     // Nobody serves 'echo' yet: the local connection is closed at once.
     let mut s = dial(&local);
     let mut b = [0u8; 1];
     assert_eq!(s.read(&mut b).unwrap_or(0), 0);
     let target = echo_server();
-    let mut server = tool(&shm.0, &["server", "echo", &target]);
+    let mut server = tool(
+        &shm.0,
+        &["serve", "--service", "echo", "--connect", &target],
+    );
     let t = Instant::now();
     let mut s = loop {
         let mut s = dial(&local);
@@ -277,10 +289,29 @@ fn no_server_side_is_a_closed_connection_and_a_killed_one_cuts_it() {
 fn usage_errors_exit_2() {
     for args in [
         &["bogus"][..],
-        &["server", "svc"],
-        &["client", "svc", "nowhere"],
-        &["client", "", "127.0.0.1:1"],
-        &["server", "svc", "127.0.0.1:1", "--capacity", "1000"],
+        &["serve", "--service", "svc"],
+        &["serve", "--connect", "tcp:127.0.0.1:1"],
+        &["serve", "--service", "svc", "--listen", "tcp:127.0.0.1:1"],
+        &["forward", "--service", "svc", "--listen", "nowhere"],
+        &["forward", "--service", "", "--listen", "tcp:127.0.0.1:1"],
+        &["forward", "--service", "svc", "--listen", "unix:"],
+        &[
+            "serve",
+            "--service",
+            "svc",
+            "--connect",
+            "127.0.0.1:1",
+            "--capacity",
+            "1000",
+        ],
+        &[
+            "serve",
+            "--service",
+            "svc",
+            "--connect",
+            "127.0.0.1:1",
+            "extra",
+        ],
     ] {
         let out = Command::new(SOCKET).args(args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");
@@ -289,7 +320,14 @@ fn usage_errors_exit_2() {
     let shm = Shm::new("v1");
     drop(ivshmem::channel::Channel::open(&region(&shm.0), "pipe", &Default::default()).unwrap());
     let out = Command::new(SOCKET)
-        .args(["server", "svc", "127.0.0.1:1", "-d"])
+        .args([
+            "serve",
+            "--service",
+            "svc",
+            "--connect",
+            "tcp:127.0.0.1:1",
+            "-d",
+        ])
         .arg(&shm.0)
         .output()
         .unwrap();

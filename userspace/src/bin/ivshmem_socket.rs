@@ -1,6 +1,6 @@
 //! Unmodified programs' sockets between VMs, over connections in shared memory (as `ssh -L`
-//! forwards a port): `client` listens on a local TCP or UNIX socket and carries each
-//! connection made to it through a channel connection to SERVICE; `server` accepts those
+//! forwards a port): `forward` listens on a local TCP or UNIX socket and carries each
+//! connection made to it through a channel connection to a service; `serve` accepts those
 //! in the other VM and connects each to the real server's socket there.
 
 use std::io::{self, Read, Write};
@@ -21,31 +21,36 @@ const PROG: &str = "ivshmem-socket";
 const CHUNK: usize = 64 << 10;
 
 const HELP: &str = "\
-usage: ivshmem-socket server SERVICE TARGET [options]
-       ivshmem-socket client SERVICE LOCAL [options]
+usage: ivshmem-socket serve --service NAME --connect ADDR [options]
+       ivshmem-socket forward --listen ADDR --service NAME [options]
 
 Carries sockets of unmodified programs between VMs, through connections in the shared
 memory of an ivshmem device (as ssh -L forwards a port). In the VM that runs the real
-server, `server` listens for connections to SERVICE on the device and connects each to
-TARGET; in the VM whose programs connect, `client` listens on LOCAL and carries each
-connection made to it to SERVICE. Both directions and half-closes pass through; many
-connections and many services share one device. The device holds connections (layout
-version 2): a device used by ivshmem-pipe (named channels) cannot be shared with it.
+server, `serve` accepts connections to the service NAME on the device and connects each to
+the server's socket ADDR; in the VM whose programs connect, `forward` listens on ADDR and
+carries each connection made there to NAME. Both directions and half-closes pass through;
+when the other side dies, its connections' sockets close within the liveness bound. Many
+connections and services share one device, which holds connections (layout version 2): a
+device used by ivshmem-pipe (named channels) cannot be shared with it.
 
-  TARGET, LOCAL         HOST:PORT (TCP) or unix:PATH (a UNIX stream socket)
+  --service NAME        the service, 1 to 32 bytes
+  --connect ADDR        serve: the real server's socket
+  --listen ADDR         forward: where local programs connect
+                        ADDR: tcp:HOST:PORT (or HOST:PORT) or unix:PATH (a stream socket)
   -d, --device DEVICE   /dev/ivshmemN path or index N (default /dev/ivshmem0), or a regular
                         file holding the shared memory (the host's backing file)
       --wait MODE       auto: sleep on the doorbell if the device has one, else spin (default);
                         spin; doorbell
-      --capacity BYTES  ring size per direction of each connection (client; a power of two;
+      --capacity BYTES  ring size per direction of each connection (forward; a power of two;
                         default 256K)
       --liveness SECS   a peer whose heartbeat stands still this long is gone (default 10)
-      --once            serve one connection, then exit with its status
+      --once            carry one connection, then exit with its status
   -v, --verbose         a line on standard error per connection
   -h, --help            this help
 
-Exit status (--once): 0 when the connection ended cleanly both ways, 1 when its peer died or
-an error cut it; without --once it runs until killed; 2 on a usage error.";
+Exit status: with --once, 0 when the connection ended cleanly both ways and 1 when its peer
+died or an error cut it; without, it runs until killed (1 on an error that stops it, such as
+a service name in use); 2 on a usage error.";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
@@ -71,9 +76,12 @@ impl std::str::FromStr for Addr {
                 Ok(Self::Unix(p.into()))
             };
         }
-        match s.rsplit_once(':') {
-            Some((_, port)) if port.parse::<u16>().is_ok() => Ok(Self::Tcp(s.into())),
-            _ => Err(format!("'{s}' is neither HOST:PORT nor unix:PATH")),
+        let a = s.strip_prefix("tcp:").unwrap_or(s);
+        match a.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+                Ok(Self::Tcp(a.into()))
+            }
+            _ => Err(format!("'{s}' is neither tcp:HOST:PORT nor unix:PATH")),
         }
     }
 }
@@ -81,7 +89,7 @@ impl std::str::FromStr for Addr {
 impl std::fmt::Display for Addr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Tcp(a) => write!(f, "{a}"),
+            Self::Tcp(a) => write!(f, "tcp:{a}"),
             Self::Unix(p) => write!(f, "unix:{p}"),
         }
     }
@@ -105,11 +113,34 @@ fn parse(mut args: Args) -> Result<Option<Opts>, ToolError> {
         return Ok(None);
     }
     let role = match args.subcommand().as_deref() {
-        Some("server") => Role::Server,
-        Some("client") => Role::Client,
+        Some("serve") => Role::Server,
+        Some("forward") => Role::Client,
         Some(other) => return Err(ToolError::usage(format!("unknown command '{other}'"))),
-        None => return Err(ToolError::usage("server or client?")),
+        None => return Err(ToolError::usage("serve or forward?")),
     };
+    let service = args
+        .value(&["--service"])?
+        .ok_or_else(|| ToolError::usage("--service NAME, please"))?;
+    if service.is_empty() || service.len() > ivshmem::channel::MAX_NAME {
+        return Err(ToolError::usage(format!(
+            "--service '{service}': 1 to {} bytes",
+            ivshmem::channel::MAX_NAME
+        )));
+    }
+    let (want, other) = match role {
+        Role::Server => ("--connect", "--listen"),
+        Role::Client => ("--listen", "--connect"),
+    };
+    if args.value(&[other])?.is_some() {
+        return Err(ToolError::usage(format!(
+            "{other} is for the other command: {want} ADDR here"
+        )));
+    }
+    let addr = args
+        .value(&[want])?
+        .ok_or_else(|| ToolError::usage(format!("{want} ADDR, please")))?
+        .parse::<Addr>()
+        .map_err(|e| ToolError::usage(format!("{want}: {e}")))?;
     let device = device_path(args.value(&["-d", "--device"])?);
     let wait = args.parsed::<Wait>(&["--wait"])?.unwrap_or_default();
     let capacity = args.size(&["--capacity"])?.unwrap_or(256 << 10);
@@ -127,22 +158,12 @@ fn parse(mut args: Args) -> Result<Option<Opts>, ToolError> {
     let once = args.flag(&["--once"]);
     let verbose = args.flag(&["-v", "--verbose"]);
     let rest = args.finish()?;
-    let [service, addr] = rest.as_slice() else {
-        return Err(ToolError::usage(match rest.len() {
-            0 | 1 => "SERVICE and a socket address, please".to_string(),
-            _ => format!("unexpected argument '{}'", rest[2]),
-        }));
-    };
-    if service.is_empty() || service.len() > ivshmem::channel::MAX_NAME {
-        return Err(ToolError::usage(format!(
-            "service '{service}': 1 to {} bytes",
-            ivshmem::channel::MAX_NAME
-        )));
+    if let Some(extra) = rest.first() {
+        return Err(ToolError::usage(format!("unexpected argument '{extra}'")));
     }
-    let addr = addr.parse::<Addr>().map_err(ToolError::usage)?;
     Ok(Some(Opts {
         role,
-        service: service.clone(),
+        service,
         addr,
         device,
         wait,

@@ -23,6 +23,7 @@ use ivshmem::{pattern, sys, uapi, CacheType, Device, ToolError};
 mod aligned;
 use aligned::Aligned;
 
+mod echo;
 mod poll;
 
 const PAGE: usize = 4096;
@@ -51,7 +52,8 @@ usage: ivshmem-check errors DEVICE            every bad input gets its errno
        ivshmem-check churn DEVICE N   hold DEVICE open while N children map it and exit;
                                       print the drop of MemAvailable
        ivshmem-check poll DEVICE N MESSAGES send|recv   N message channels on one doorbell
-                                      device; recv polls them all on their shared eventfd";
+                                      device; recv polls them all on their shared eventfd
+       ivshmem-check echo PORT        a TCP echo server on 127.0.0.1:PORT (until killed)";
 
 /// Opens `path`, or prints `FAIL open: ...` and returns `None`.
 fn open_or_report(path: &str) -> Option<Device> {
@@ -935,6 +937,10 @@ fn main() {
                 }
             }
         }
+        ["echo", port] => match port.parse() {
+            Ok(p) => echo::run(p),
+            Err(_) => 2,
+        },
         ["poll", dev, n, m, side] => match (n.parse(), m.parse()) {
             (Ok(n @ 1..), Ok(m)) => poll::run(dev, n, m, side),
             _ => 2,
