@@ -394,6 +394,34 @@ fn child_entry() {
             std::thread::sleep(Duration::from_secs(60));
             drop(held);
         }
+        "stale-reader" => {
+            // Reads pattern 11 until the channel fails: exit 2 for `BrokenPipe`, 3 for bytes
+            // that are not its own stream's.
+            let mut c = Channel::connect(&region, "svc", &opts().capacity(65536)).unwrap();
+            println!("ready");
+            let mut pos = 0u64;
+            let mut buf = vec![0u8; 4096];
+            loop {
+                match c.read(&mut buf) {
+                    Ok(0) => std::process::exit(4),
+                    Ok(n) => {
+                        if buf[..n] != pattern(11, pos, n)[..] {
+                            eprintln!("foreign bytes at {pos}");
+                            std::process::exit(3);
+                        }
+                        pos += n as u64;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                        eprintln!("{e}");
+                        std::process::exit(2);
+                    }
+                    Err(e) => {
+                        eprintln!("{e}");
+                        std::process::exit(5);
+                    }
+                }
+            }
+        }
         w => panic!("unknown child {w}"),
     }
 }
@@ -493,4 +521,86 @@ fn blocks_of_dead_ends_nobody_holds_are_swept_by_the_listener() {
         assert_eq!(kind_of(&l.accept().unwrap_err()), io::ErrorKind::TimedOut);
     }
     std::fs::remove_file(&path).unwrap();
+}
+
+/// The stale end, on connections whose memory is reused: a reader stopped (as a paused
+/// VM) past the bound is declared dead, its connection's block freed and taken by the next
+/// connection (the region has room for one); resumed, it fails with "detached" and reads
+/// nothing of the new connection, which arrives exact.
+#[test]
+fn a_resumed_stale_reader_leaves_the_connection_that_reuses_its_memory_alone() {
+    use std::os::unix::process::ExitStatusExt;
+    for round in 0..3 {
+        let (path, region) = shm_file(0x1000 + 35 * 4096);
+        let o = opts().capacity(65536);
+        let l = Listener::bind(&region, "svc", &o).unwrap();
+        let mut c = child(&path, "stale-reader");
+        let mut s = l.accept().unwrap();
+        wait_ready(&mut c);
+        s.set_write_timeout(Some(Duration::from_secs(20)));
+        let pid = c.id() as i32;
+        let mut sent = 0u64;
+        let mut stopped = false;
+        let err = loop {
+            match s.write(&pattern(11, sent, 5000)) {
+                Ok(n) => sent += n as u64,
+                Err(e) => break e,
+            }
+            if !stopped && sent > 1 << 20 {
+                // SAFETY: a plain syscall on our own child.
+                assert_eq!(unsafe { libc_kill(pid, 19) }, 0, "SIGSTOP");
+                stopped = true;
+            }
+        };
+        assert_eq!(err.kind(), io::ErrorKind::BrokenPipe, "{err}");
+        drop(s);
+        assert_eq!(channel::usage(&region).unwrap().connections, 0, "freed");
+        // The next connection takes the same pages.
+        let reader = std::thread::spawn({
+            let region = region.clone();
+            let o = o.clone();
+            move || -> io::Result<u64> {
+                let mut c = Channel::connect(&region, "svc", &o)?;
+                let mut pos = 0u64;
+                let mut buf = vec![0u8; 65536];
+                loop {
+                    let n = c.read(&mut buf)?;
+                    if n == 0 {
+                        return Ok(pos);
+                    }
+                    assert!(
+                        buf[..n] == pattern(12, pos, n)[..],
+                        "new stream differs at {pos}"
+                    );
+                    pos += n as u64;
+                }
+            }
+        });
+        let mut s = l.accept().unwrap();
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc_kill(pid, 18) }, 0, "SIGCONT");
+        let total = 16u64 << 20;
+        let mut pos = 0u64;
+        while pos < total {
+            let k = 60_000.min(total - pos) as usize;
+            s.write_all(&pattern(12, pos, k)).unwrap();
+            pos += k as u64;
+        }
+        s.close_write().unwrap();
+        assert_eq!(reader.join().unwrap().unwrap(), total);
+        let st = c.wait().unwrap();
+        assert_eq!(
+            st.code(),
+            Some(2),
+            "round {round}: the stale end fails cleanly (status {st:?}, signal {:?})",
+            st.signal()
+        );
+        drop(s);
+        std::fs::remove_file(&path).unwrap();
+    }
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
 }
