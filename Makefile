@@ -46,7 +46,7 @@ DEPMOD ?= depmod
 export DESTDIR PREFIX UDEVRULESDIR DEPMOD
 DKMS_SRC := $(DESTDIR)/usr/src/ivshmem-$(VERSION)
 
-.PHONY: check ruff arm64 module-arm64 tools-arm64 module-7.2 install uninstall dkms-add dkms-remove bench capi module-race module-debug vm-test-release all module tools setup demo test vm-test unit-test lint clean rustfmt rustfmt-check clippy
+.PHONY: tokio-example check ruff arm64 module-arm64 tools-arm64 module-7.2 install uninstall dkms-add dkms-remove bench capi module-race module-debug vm-test-release all module tools setup demo test vm-test unit-test lint clean rustfmt rustfmt-check clippy
 
 all: module tools capi
 
@@ -179,6 +179,7 @@ rustfmt:
 
 lint: clippy rustfmt-check ruff
 	cd userspace && $(CARGO) fmt --check && $(CARGO) clippy --locked --all-targets -- -D warnings
+	cd userspace/examples/tokio-async-fd && $(CARGO) fmt --check
 
 # The lab's and the VM suite's Python (settings: scripts/ruff.toml), with the ruff that
 # scripts/setup.sh installs into the cache's virtual environment.
@@ -199,6 +200,12 @@ unit-test:
 	cd userspace && $(CARGO) test --locked $(if $(AARCH64_CC),,$(if $(IVSHMEM_UNIT_TEST_ALL),,-- --skip c_header_matches_rust_abi_on_aarch64))
 	cd userspace && RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
 		$(CARGO) test --locked --release --test channel_loom
+
+# Channels in a tokio event loop (userspace/examples/tokio-async-fd: a crate of its own, so
+# that tokio is not a dependency of the ivshmem crate); make test runs it.
+tokio-example:
+	cd userspace/examples/tokio-async-fd && $(CARGO) run --locked --release --quiet \
+		--target-dir $(ROOT)/userspace/target/tokio-example
 
 demo: all
 	IVSHMEM_FLAVOUR=release bash scripts/demo.sh

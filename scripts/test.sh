@@ -3,7 +3,8 @@
 #   scripts/test.sh check   make check: host unit tests, lints, module builds, and the VM suite's
 #                           check tier on the release guest kernel (each driver and channel path
 #                           once, small volumes, no figures): the command to run after a change
-#   scripts/test.sh         make test (CI): the same, then the whole VM suite on every kind of
+#   scripts/test.sh         make test (CI): the same with the tokio example (make tokio-example),
+#                           then the whole VM suite on every kind of
 #                           guest kernel: release, debug (KASAN, lockdep), Debian's 7.2 series,
 #                           arm64. The kernels after the release one build in the background,
 #                           niced, while the earlier kinds' suites run; each kind's tests wait for
@@ -53,6 +54,11 @@ phase "userspace unit tests"
 # make test installs every optional tool (the aarch64 cross compiler above): nothing is skipped.
 [ $tier = check ] || export IVSHMEM_UNIT_TEST_ALL=1
 make --no-print-directory unit-test
+
+if [ $tier != check ]; then
+	phase "channels in a tokio event loop (make tokio-example)"
+	make --no-print-directory tokio-example
+fi
 
 phase "lints: kernel clippy, rustfmt, cargo clippy/fmt, ruff"
 make --no-print-directory lint
