@@ -76,6 +76,29 @@ impl Args {
         }
     }
 
+    /// The options of the channel tools (`ivshmem-pipe`, `ivshmem-socket`): `--wait MODE`
+    /// (default auto), `--capacity BYTES` (a power of two, default `capacity`) and
+    /// `--liveness SECONDS` (0.1 to 3600, default 10).
+    pub fn channel_options(
+        &mut self,
+        capacity: u64,
+    ) -> Result<(crate::channel::Wait, u64, std::time::Duration), ToolError> {
+        let wait = self.parsed(&["--wait"])?.unwrap_or_default();
+        let capacity = self.size(&["--capacity"])?.unwrap_or(capacity);
+        if !capacity.is_power_of_two() {
+            return Err(ToolError::usage(format!(
+                "--capacity {capacity} is not a power of two"
+            )));
+        }
+        let liveness = self.parsed::<f64>(&["--liveness"])?.unwrap_or(10.0);
+        if !(0.1..=3600.0).contains(&liveness) {
+            return Err(ToolError::usage(format!(
+                "--liveness {liveness}: 0.1 to 3600 seconds"
+            )));
+        }
+        Ok((wait, capacity, std::time::Duration::from_secs_f64(liveness)))
+    }
+
     /// Takes the first argument if it is a word (a subcommand), not an option.
     pub fn subcommand(&mut self) -> Option<String> {
         match self.items.first() {

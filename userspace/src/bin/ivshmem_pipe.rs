@@ -69,19 +69,7 @@ fn parse(mut args: Args) -> Result<Option<Opts>, ToolError> {
     let channel = args
         .value(&["--channel"])?
         .unwrap_or(DEFAULT_CHANNEL.into());
-    let wait = args.parsed::<Wait>(&["--wait"])?.unwrap_or_default();
-    let capacity = args.size(&["--capacity"])?.unwrap_or(1 << 20);
-    if !capacity.is_power_of_two() {
-        return Err(ToolError::usage(format!(
-            "--capacity {capacity} is not a power of two"
-        )));
-    }
-    let liveness = args.parsed::<f64>(&["--liveness"])?.unwrap_or(10.0);
-    if !(0.1..=3600.0).contains(&liveness) {
-        return Err(ToolError::usage(format!(
-            "--liveness {liveness}: 0.1 to 3600 seconds"
-        )));
-    }
+    let (wait, capacity, liveness) = args.channel_options(1 << 20)?;
     let spin = args.parsed::<u32>(&["--spin"])?.unwrap_or(10_000);
     let rest = args.finish()?;
     if let Some(extra) = rest.first() {
@@ -93,7 +81,7 @@ fn parse(mut args: Args) -> Result<Option<Opts>, ToolError> {
         channel,
         wait,
         capacity,
-        liveness: Duration::from_secs_f64(liveness),
+        liveness,
         spin,
     }))
 }

@@ -6,8 +6,6 @@
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
 use std::time::Duration;
 
 use ivshmem::args::{device_path, run_tool, Args};
@@ -142,19 +140,7 @@ fn parse(mut args: Args) -> Result<Option<Opts>, ToolError> {
         .parse::<Addr>()
         .map_err(|e| ToolError::usage(format!("{want}: {e}")))?;
     let device = device_path(args.value(&["-d", "--device"])?);
-    let wait = args.parsed::<Wait>(&["--wait"])?.unwrap_or_default();
-    let capacity = args.size(&["--capacity"])?.unwrap_or(256 << 10);
-    if !capacity.is_power_of_two() {
-        return Err(ToolError::usage(format!(
-            "--capacity {capacity} is not a power of two"
-        )));
-    }
-    let liveness = args.parsed::<f64>(&["--liveness"])?.unwrap_or(10.0);
-    if !(0.1..=3600.0).contains(&liveness) {
-        return Err(ToolError::usage(format!(
-            "--liveness {liveness}: 0.1 to 3600 seconds"
-        )));
-    }
+    let (wait, capacity, liveness) = args.channel_options(256 << 10)?;
     let once = args.flag(&["--once"]);
     let verbose = args.flag(&["-v", "--verbose"]);
     let rest = args.finish()?;
@@ -168,7 +154,7 @@ fn parse(mut args: Args) -> Result<Option<Opts>, ToolError> {
         device,
         wait,
         capacity,
-        liveness: Duration::from_secs_f64(liveness),
+        liveness,
         once,
         verbose,
     }))
@@ -342,9 +328,33 @@ fn options(o: &Opts) -> Options {
         .liveness_timeout(o.liveness)
 }
 
+/// Starts connection `id`: `setup` makes its other half (connects the target, or the service),
+/// then it is carried, on a thread of its own so that a slow setup holds up no other
+/// connection; with `--once` here, returning its result.
+fn start(
+    o: &Opts,
+    id: u64,
+    setup: impl FnOnce() -> Result<(Channel, Sock), String> + Send + 'static,
+) -> Option<Result<(), ToolError>> {
+    let verbose = o.verbose;
+    let life = move || {
+        let (chan, sock) = setup().map_err(|e| format!("connection {id}: {e}"))?;
+        forward(id, chan, sock, verbose)
+    };
+    if o.once {
+        return Some(life().map_err(ToolError::Failed));
+    }
+    std::thread::spawn(move || {
+        if let Err(e) = life() {
+            eprintln!("{PROG}: {e}");
+        }
+    });
+    None
+}
+
 fn run(o: Opts) -> Result<(), ToolError> {
     let opts = options(&o);
-    let next = Arc::new(AtomicU64::new(0));
+    let mut next = 0u64..;
     match o.role {
         Role::Server => {
             let listener = Listener::bind_path(&o.device, &o.service, &opts)
@@ -356,32 +366,24 @@ fn run(o: Opts) -> Result<(), ToolError> {
                 let chan = listener
                     .accept()
                     .map_err(|e| ToolError::Failed(format!("accept: {e}")))?;
-                let id = next.fetch_add(1, Relaxed);
-                let sock = match Sock::connect(&o.addr) {
-                    Ok(s) => s,
+                let id = next.next().unwrap_or_default();
+                let (addr, verbose) = (o.addr.clone(), o.verbose);
+                let setup = move || match Sock::connect(&addr) {
+                    Ok(sock) => {
+                        if verbose {
+                            eprintln!("{PROG}: connection {id} to {addr}");
+                        }
+                        Ok((chan, sock))
+                    }
                     Err(e) => {
                         // The peer sees the connection cut; the server keeps serving.
                         chan.abort();
-                        let msg = format!("connection {id}: {}: {e}", o.addr);
-                        if o.once {
-                            return Err(ToolError::Failed(msg));
-                        }
-                        eprintln!("{PROG}: {msg}");
-                        continue;
+                        Err(format!("{addr}: {e}"))
                     }
                 };
-                if o.verbose {
-                    eprintln!("{PROG}: connection {id} to {}", o.addr);
+                if let Some(done) = start(&o, id, setup) {
+                    return done;
                 }
-                if o.once {
-                    return forward(id, chan, sock, o.verbose).map_err(ToolError::Failed);
-                }
-                let verbose = o.verbose;
-                std::thread::spawn(move || {
-                    if let Err(e) = forward(id, chan, sock, verbose) {
-                        eprintln!("{PROG}: {e}");
-                    }
-                });
             }
         }
         Role::Client => {
@@ -396,32 +398,25 @@ fn run(o: Opts) -> Result<(), ToolError> {
                 let sock = local
                     .accept()
                     .map_err(|e| ToolError::Failed(format!("accept on {}: {e}", o.addr)))?;
-                let id = next.fetch_add(1, Relaxed);
-                let chan = match Channel::connect(&region, &o.service, &opts) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        // The local program sees the connection refused (closed at once).
-                        sock.shutdown(Shutdown::Both);
-                        let msg = format!("connection {id}: service '{}': {e}", o.service);
-                        if o.once {
-                            return Err(ToolError::Failed(msg));
+                let id = next.next().unwrap_or_default();
+                let (region, opts) = (region.clone(), opts.clone());
+                let (service, verbose) = (o.service.clone(), o.verbose);
+                let setup = move || match Channel::connect(&region, &service, &opts) {
+                    Ok(chan) => {
+                        if verbose {
+                            eprintln!("{PROG}: connection {id} to '{service}'");
                         }
-                        eprintln!("{PROG}: {msg}");
-                        continue;
+                        Ok((chan, sock))
+                    }
+                    Err(e) => {
+                        // The local program sees the connection closed at once.
+                        sock.shutdown(Shutdown::Both);
+                        Err(format!("service '{service}': {e}"))
                     }
                 };
-                if o.verbose {
-                    eprintln!("{PROG}: connection {id} to '{}'", o.service);
+                if let Some(done) = start(&o, id, setup) {
+                    return done;
                 }
-                if o.once {
-                    return forward(id, chan, sock, o.verbose).map_err(ToolError::Failed);
-                }
-                let verbose = o.verbose;
-                std::thread::spawn(move || {
-                    if let Err(e) = forward(id, chan, sock, verbose) {
-                        eprintln!("{PROG}: {e}");
-                    }
-                });
             }
         }
     }
