@@ -101,18 +101,15 @@ fn concurrent_connections_to_two_services_carry_exact_bytes() {
         s.join().unwrap().unwrap();
     }
     let u = channel::usage(&region).unwrap();
-    assert_eq!(
-        u.connections, 0,
-        "every connection's block was freed: {u:?}"
-    );
+    assert_eq!(u.ends, 0, "every connection's block was freed: {u:?}");
     assert!(u.listeners.is_empty(), "{u:?}");
     assert_eq!(u.pages_used, 0, "{u:?}");
 }
 
 #[test]
 fn a_small_region_serves_thousands_of_connections() {
-    // Room for the listener and three connections of 3 pages at a time.
-    let region = Region::anonymous(0x1000 + 0x1000 + 12 * 4096).unwrap();
+    // Room for the listener and three connections of two 2-page blocks at a time.
+    let region = Region::anonymous(0x1000 + 0x1000 + 13 * 4096).unwrap();
     let listener = Listener::bind(&region, "svc", &opts()).unwrap();
     let n = 3000;
     let server = echo_server(listener, n);
@@ -229,7 +226,8 @@ fn refusals_and_wrong_layouts_are_clear_errors() {
 
 #[test]
 fn a_full_region_is_no_space_and_recovers() {
-    let region = Region::anonymous(0x1000 + 0x1000 + 8 * 4096).unwrap();
+    // Room for the listener and two connections of two 2-page blocks.
+    let region = Region::anonymous(0x1000 + 0x1000 + 9 * 4096).unwrap();
     let l = Listener::bind(&region, "svc", &opts()).unwrap();
     let keep: Vec<_> = (0..2)
         .map(|_| {
@@ -288,7 +286,7 @@ fn accept_times_out_and_would_block() {
     assert_eq!(kind_of(&e), io::ErrorKind::TimedOut, "{e}");
     // The connector withdrew: nothing is pending, its block is gone.
     assert_eq!(kind_of(&l.accept().unwrap_err()), io::ErrorKind::WouldBlock);
-    assert_eq!(channel::usage(&region).unwrap().connections, 0);
+    assert_eq!(channel::usage(&region).unwrap().ends, 0);
 }
 
 #[test]
@@ -311,7 +309,7 @@ fn a_closed_connection_is_end_of_file_then_broken_pipe() {
     let e = s.write_all(b"x").unwrap_err();
     assert_eq!(e.kind(), io::ErrorKind::BrokenPipe, "{e}");
     drop(s);
-    assert_eq!(channel::usage(&region).unwrap().connections, 0);
+    assert_eq!(channel::usage(&region).unwrap().ends, 0);
 }
 
 // Between processes.
@@ -464,7 +462,7 @@ fn a_killed_listener_is_taken_over_and_refuses_pending_connects() {
 #[test]
 fn a_killed_clients_connections_are_reclaimed() {
     // Room for the listener and two connections: the killed client holds both.
-    let (path, region) = shm_file(0x1000 + 0x1000 + 7 * 4096);
+    let (path, region) = shm_file(0x1000 + 0x1000 + 9 * 4096);
     let l = Arc::new(Listener::bind(&region, "svc", &opts()).unwrap());
     let mut c = child(&path, "hold");
     let accepted: Vec<_> = (0..2).map(|_| l.accept().unwrap()).collect();
@@ -479,7 +477,7 @@ fn a_killed_clients_connections_are_reclaimed() {
         let e = a.read(&mut buf).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::BrokenPipe, "{e}");
     }
-    assert_eq!(channel::usage(&region).unwrap().connections, 0);
+    assert_eq!(channel::usage(&region).unwrap().ends, 0);
     let h = std::thread::spawn({
         let region = region.clone();
         move || echo_client(&region, "svc", 3, 50_000)
@@ -502,7 +500,7 @@ fn a_killed_clients_connections_are_reclaimed() {
 fn blocks_of_dead_ends_nobody_holds_are_swept_by_the_listener() {
     // The killed client holds both connections, and so does nobody on the server side:
     // the listener's own sweep frees them.
-    let (path, region) = shm_file(0x1000 + 0x1000 + 7 * 4096);
+    let (path, region) = shm_file(0x1000 + 0x1000 + 9 * 4096);
     let l = Listener::bind(&region, "svc", &opts()).unwrap();
     let mut c = child(&path, "hold");
     drop(l.accept().unwrap());
@@ -516,7 +514,7 @@ fn blocks_of_dead_ends_nobody_holds_are_swept_by_the_listener() {
     let mut l = l;
     l.set_accept_timeout(Some(Duration::from_millis(100)));
     let t = Instant::now();
-    while channel::usage(&region).unwrap().connections > 0 {
+    while channel::usage(&region).unwrap().ends > 0 {
         assert!(t.elapsed() < Duration::from_secs(5), "not swept");
         assert_eq!(kind_of(&l.accept().unwrap_err()), io::ErrorKind::TimedOut);
     }
@@ -531,7 +529,8 @@ fn blocks_of_dead_ends_nobody_holds_are_swept_by_the_listener() {
 fn a_resumed_stale_reader_leaves_the_connection_that_reuses_its_memory_alone() {
     use std::os::unix::process::ExitStatusExt;
     for round in 0..3 {
-        let (path, region) = shm_file(0x1000 + 35 * 4096);
+        // The map's page, the listener's, and one connection: two blocks of 17 pages.
+        let (path, region) = shm_file(0x1000 + 36 * 4096);
         let o = opts().capacity(65536);
         let l = Listener::bind(&region, "svc", &o).unwrap();
         let mut c = child(&path, "stale-reader");
@@ -554,7 +553,7 @@ fn a_resumed_stale_reader_leaves_the_connection_that_reuses_its_memory_alone() {
         };
         assert_eq!(err.kind(), io::ErrorKind::BrokenPipe, "{err}");
         drop(s);
-        assert_eq!(channel::usage(&region).unwrap().connections, 0, "freed");
+        assert_eq!(channel::usage(&region).unwrap().ends, 0, "freed");
         // The next connection takes the same pages.
         let reader = std::thread::spawn({
             let region = region.clone();

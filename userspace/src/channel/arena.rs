@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
-use std::sync::atomic::Ordering::{Acquire, Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -129,22 +129,6 @@ impl Arena {
     /// The published blocks, in page order.
     pub fn blocks(&self) -> Vec<Block> {
         pagemap::blocks::<Std, _>(self)
-    }
-
-    /// The block published at page `head`, if one is (acquire: what its owner wrote before
-    /// publishing is visible).
-    pub fn block_at(&self, head: u32) -> Option<Block> {
-        if head >= self.pages {
-            return None;
-        }
-        let e = Entry(self.word(head).load(Acquire));
-        let fits = e.field() >= 1 && e.field() <= self.pages - head;
-        (e.state() == pagemap::HEAD && fits).then_some(Block {
-            head,
-            pages: e.field(),
-            kind: e.kind(),
-            gen: e.gen(),
-        })
     }
 
     /// The memory the arena lies in.

@@ -9,6 +9,7 @@ use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::control::{Control, Look};
 use super::gate::SleepGate;
 use super::heartbeat::Beat;
 use super::layout::{self, Kind, CHAN_CTL};
@@ -39,11 +40,12 @@ pub(super) const ALONE_SLICE: Duration = Duration::from_millis(20);
 
 /// Side states in the control word.
 pub(super) const FREE: u8 = 0;
-const RESETTING: u8 = 1;
+pub(super) const RESETTING: u8 = 1;
 pub(super) const ATTACHED: u8 = 2;
 pub(super) const CLOSED: u8 = 3;
 pub(super) const DEAD: u8 = 4;
-/// Both sides of a connection block being freed (`Retire`): nobody may use it any more.
+/// A side that can no longer be reached: its block was freed (connections), or, in `Look`,
+/// an end detached from its session.
 pub(super) const GONE: u8 = 5;
 
 /// Whether a side in state `s` may still use the channel.
@@ -263,7 +265,7 @@ impl Options {
 
 /// Absolute offsets of one ring's words and payload in the region.
 #[derive(Debug, Clone, Copy)]
-struct Ring {
+pub(super) struct Ring {
     prod: usize,
     prod_wake: usize,
     closed: usize,
@@ -287,6 +289,20 @@ impl Ring {
             cap: caps[r],
         }
     }
+
+    /// A ring whose producer line (index, wake-at, closed), consumer line (index, wake-at)
+    /// and payload of `cap` bytes lie at these offsets: a connection's, in two blocks.
+    pub(super) fn on_lines(prod: u64, cons: u64, data: u64, cap: u64) -> Self {
+        Self {
+            prod: prod as usize,
+            prod_wake: prod as usize + 8,
+            closed: prod as usize + 16,
+            cons: cons as usize,
+            cons_wake: cons as usize + 8,
+            data: data as usize,
+            cap,
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -302,11 +318,11 @@ enum Dir {
 /// Callers pass only offsets derived from a channel block that `layout::read_slot` checked
 /// against the region's size: inside the region and aligned for the word.
 #[derive(Clone)]
-struct Shm(Arc<Mem>);
+pub(super) struct Shm(Arc<Mem>);
 
 impl Shm {
     /// The 64-bit word at `off`.
-    fn w64(&self, off: usize) -> &AtomicU64 {
+    pub(super) fn w64(&self, off: usize) -> &AtomicU64 {
         debug_assert!(off + 8 <= self.0.len() && off.is_multiple_of(8));
         // SAFETY: by the type invariant `off` is inside the region and 8-aligned; `self.0`
         // keeps the region alive; both sides only access this word as an `AtomicU64`.
@@ -359,7 +375,7 @@ pub struct Channel {
     kind: Kind,
     side: usize,
     session: u32,
-    ctl: usize,
+    ctl: Control,
     sides: [usize; 2],
     out: Ring,
     inp: Ring,
@@ -399,45 +415,34 @@ pub(super) enum Half {
 /// dead, after a protocol violation or an abort) and rings the peer to see it.
 struct Leave {
     mem: Shm,
-    ctl: usize,
+    ctl: Control,
     side: usize,
     session: u32,
     peer_line: usize,
     waker: Arc<dyn Waker>,
     heartbeat: std::sync::Mutex<Option<Arc<Beat>>>,
     dead: AtomicBool,
-    /// The arena block of a connection: the last end to leave frees it.
+    /// The arena blocks of a connection: the last end to leave frees them.
     block: Option<Retire>,
 }
 
 impl Drop for Leave {
     fn drop(&mut self) {
-        let hb = self.heartbeat.get_mut().map(Option::take);
-        drop(hb);
+        if let Some(hb) = self.heartbeat.get_mut().ok().and_then(Option::take) {
+            hb.stop();
+        }
         let state = if self.dead.load(Relaxed) {
             DEAD
         } else {
             CLOSED
         };
-        let ctl = self.mem.w64(self.ctl);
-        let mut w = ctl.load(Acquire);
-        for _ in 0..1000 {
-            if session(w) != self.session || side_state(w, self.side) != ATTACHED {
-                return;
-            }
-            let left = with_state(w, self.side, state);
-            match ctl.compare_exchange(w, left, Release, Acquire) {
-                Ok(_) => {
-                    if let Some(block) = &self.block {
-                        if !live(side_state(left, 1 - self.side)) {
-                            // The peer is gone too (or never came): nobody uses the block.
-                            block.retire(ctl, left);
-                        }
-                    }
-                    break;
-                }
-                Err(now) => w = now,
-            }
+        let (left, peer_gone) = self.ctl.leave(&self.mem, self.session, self.side, state);
+        if !left {
+            return;
+        }
+        if let (true, Some(block)) = (peer_gone, &self.block) {
+            // The peer is gone too (or never came): nobody uses the blocks.
+            block.free();
         }
         if self.waker.sleeps() {
             let _ = self
@@ -492,15 +497,15 @@ impl Channel {
             )));
         }
         let mut chan = Self::on_block(mem, name, slot.kind, slot.offset, slot.caps, opts);
-        let (side, session) = chan.attach(deadline)?;
+        let (side, session) = chan.attach(slot.offset as usize, deadline)?;
         chan.start(side, session, None)?;
         Ok(chan)
     }
 
-    /// An end on the channel block at `block`, not attached yet: the caller checked that the
-    /// block (0x200 bytes of lines, then rings of `caps`, ring 0 first) lies inside the region
-    /// and is 64-byte aligned.
-    pub(super) fn on_block(
+    /// An end on the channel block at `block` (layout version 1), not attached yet: the
+    /// caller checked that the block (0x200 bytes of lines, then rings of `caps`, ring 0 first)
+    /// lies inside the region and is 64-byte aligned.
+    fn on_block(
         mem: Arc<Mem>,
         name: &str,
         kind: Kind,
@@ -508,18 +513,37 @@ impl Channel {
         caps: [u64; 2],
         opts: &Options,
     ) -> Self {
+        let ctl = Control::Shared((block + C_CTL) as usize);
+        let sides = C_SIDE.map(|s| (block + s) as usize);
+        let rings = [Ring::new(block, 0, caps), Ring::new(block, 1, caps)];
+        Self::on_lines(mem, name, kind, ctl, sides, rings, opts)
+    }
+
+    /// An end with its control, its side lines (`sides[0]` side 0's) and its rings (`rings[0]`
+    /// the one it writes), not started yet. The caller checked every offset against the
+    /// region: each word inside and aligned, each payload inside.
+    pub(super) fn on_lines(
+        mem: Arc<Mem>,
+        name: &str,
+        kind: Kind,
+        ctl: Control,
+        sides: [usize; 2],
+        rings: [Ring; 2],
+        opts: &Options,
+    ) -> Self {
+        let [out, inp] = rings;
         Self {
             mem: Shm(mem),
             name: name.to_string(),
             kind,
             side: 0,
             session: 0,
-            ctl: (block + C_CTL) as usize,
-            sides: C_SIDE.map(|s| (block + s) as usize),
-            out: Ring::new(block, 0, caps),
-            inp: Ring::new(block, 1, caps),
-            tx: Producer::new(caps[0]),
-            rx: Consumer::new(caps[1]),
+            ctl,
+            sides,
+            out,
+            inp,
+            tx: Producer::new(out.cap),
+            rx: Consumer::new(inp.cap),
             waker: opts.waker.clone(),
             sleeps: opts.waker.sleeps(),
             peer_sleeps: None,
@@ -538,25 +562,27 @@ impl Channel {
         }
     }
 
-    /// Takes up `side` of `session`, which the control word already shows this end attached
-    /// to: publishes this side's line (address, notifies, liveness, then the epoch) and starts
-    /// the heartbeat. `block` is the arena block a connection lives in, freed by the last end
-    /// to leave.
+    /// Takes up `side` of `session`, which the control already shows this end attached to:
+    /// publishes this side's line (address, notifies, liveness, then the epoch) and starts
+    /// the heartbeat. `block` holds the arena blocks a connection lives in, freed by the last
+    /// end to leave.
     pub(super) fn start(
         &mut self,
         side: usize,
         session: u32,
         block: Option<Retire>,
     ) -> Result<(), ChannelError> {
-        let base = (self.ctl as u64) - C_CTL;
-        // `on_block` set ring 0 as `out`.
-        let caps = [self.out.cap, self.inp.cap];
+        if let Control::Shared(ctl) = self.ctl {
+            // Layout version 1: `on_block` set ring 0 as `out`; side 1 writes ring 1.
+            let base = ctl as u64 - C_CTL;
+            let caps = [self.out.cap, self.inp.cap];
+            self.out = Ring::new(base, side, caps);
+            self.inp = Ring::new(base, 1 - side, caps);
+            self.tx = Producer::new(self.out.cap);
+            self.rx = Consumer::new(self.inp.cap);
+        }
         self.side = side;
         self.session = session;
-        self.out = Ring::new(base, side, caps);
-        self.inp = Ring::new(base, 1 - side, caps);
-        self.tx = Producer::new(self.out.cap);
-        self.rx = Consumer::new(self.inp.cap);
         let line = self.sides[side];
         let address = self.waker.address().filter(|&a| a <= MAX_ADDRESS);
         self.w32(line + SIDE_ADDRESS as usize)
@@ -578,9 +604,7 @@ impl Channel {
         let every = self.liveness / 10;
         let heartbeat = Beat::start(
             self.mem.0.clone(),
-            self.ctl as u64,
-            session,
-            side,
+            self.ctl.hold(session, side),
             (line as u64) + SIDE_HEARTBEAT,
             every,
         )?;
@@ -610,8 +634,12 @@ impl Channel {
     /// or left cleanly with data to drain), or starts a new one when nobody is attached.
     /// Waits while a live side holds the channel, declaring it dead when its heartbeat stands
     /// still for the liveness timeout.
-    fn attach(&mut self, deadline: Option<Instant>) -> Result<(usize, u32), ChannelError> {
-        let ctl = self.ctl;
+    fn attach(
+        &mut self,
+        block: usize,
+        deadline: Option<Instant>,
+    ) -> Result<(usize, u32), ChannelError> {
+        let ctl = block + C_CTL as usize;
         let mut watch: [Option<Watch>; 2] = [None, None];
         let mut round = 0u32;
         loop {
@@ -629,7 +657,8 @@ impl Channel {
             let mut raced = false;
             for me in 0..2 {
                 let other = s[1 - me];
-                if s[me] == FREE && (other == ATTACHED || (other == CLOSED && self.unread(1 - me)))
+                if s[me] == FREE
+                    && (other == ATTACHED || (other == CLOSED && self.unread(block, 1 - me)))
                 {
                     let new = with_state(w, me, ATTACHED);
                     if self
@@ -655,7 +684,7 @@ impl Channel {
                     .is_ok()
                 {
                     self.reset_rings();
-                    return self.finish_reset(next).map(|()| (0, next));
+                    return self.finish_reset(ctl, next).map(|()| (0, next));
                 }
                 continue;
             }
@@ -679,9 +708,8 @@ impl Channel {
 
     /// Whether the ring that side `x` of the current session writes holds unread bytes: a
     /// session whose only side left cleanly is worth joining only for those.
-    fn unread(&self, x: usize) -> bool {
+    fn unread(&self, base: usize, x: usize) -> bool {
         let r = Ring::new(0, x, [0, 0]);
-        let base = self.ctl - C_CTL as usize;
         self.w64(base + r.prod).load(Relaxed) != self.w64(base + r.cons).load(Relaxed)
     }
 
@@ -698,8 +726,8 @@ impl Channel {
     }
 
     /// RESETTING to ATTACHED with release: the joiner's acquire sees empty rings.
-    fn finish_reset(&self, next: u32) -> Result<(), ChannelError> {
-        let ctl = self.w64(self.ctl);
+    fn finish_reset(&self, ctl: usize, next: u32) -> Result<(), ChannelError> {
+        let ctl = self.w64(ctl);
         let mut w = ctl.load(Relaxed);
         for _ in 0..1000 {
             if session(w) != next || side_state(w, 0) != RESETTING {
@@ -719,9 +747,13 @@ impl Channel {
         )))
     }
 
-    /// This end's waker.
-    pub(super) fn waker(&self) -> &Arc<dyn Waker> {
-        &self.waker
+    /// A connection's peer block: its offset and length in the region (for tests that map
+    /// it read-only).
+    #[cfg(test)]
+    pub(super) fn peer_block(&self) -> Option<(usize, usize)> {
+        let r = self.leave.as_ref()?.block.as_ref()?;
+        let b = r.blocks.first()?;
+        Some((r.arena.offset(b) as usize, b.pages as usize * 4096))
     }
 
     /// The region the channel lives in (for tools: listing, diagnostics).
@@ -845,27 +877,30 @@ impl Channel {
     #[inline]
     fn check_session(&self) -> Result<(), ChannelError> {
         fence(Acquire);
-        let w = self.w64(self.ctl).load(Relaxed);
-        // The hot path: two compares on the word, no decoding.
-        if session(w) == self.session && side_state(w, self.side) == ATTACHED {
+        // The hot path: compares on the words, no decoding.
+        if self.ctl.in_session(&self.mem, self.session, self.side) {
             return Ok(());
         }
-        self.detached(w)
+        self.detached()
     }
 
-    /// Why `check_session` failed on control word `w`.
+    /// Why `check_session` failed (a peer that left is no failure of this end's).
     #[cold]
-    fn detached(&self, w: u64) -> Result<(), ChannelError> {
-        let (s, sess) = decode(w)?;
-        if sess != self.session || s[self.side] != ATTACHED {
+    fn detached(&self) -> Result<(), ChannelError> {
+        if self.look()?.me != ATTACHED {
             return Err(ChannelError::PeerGone(format!(
-                "this end was detached from session {} of channel '{}' (now session {sess}): \
-                 the peer declared it dead (stalled longer than the liveness bound) or the \
-                 channel was reset",
+                "this end was detached from session {} of channel '{}': the peer declared it \
+                 dead (stalled longer than the liveness bound), or the channel was reset or \
+                 its memory taken back",
                 self.session, self.name
             )));
         }
         Ok(())
+    }
+
+    /// This end's and its peer's states in this end's session.
+    fn look(&self) -> Result<Look, ChannelError> {
+        self.ctl.look(&self.mem, self.session, self.side)
     }
 
     /// A protocol violation seen in the ring, unless this end is no longer in the session: a
@@ -1041,24 +1076,20 @@ impl Channel {
     /// left the session, or the peer's heartbeat stood still for the liveness timeout (it is
     /// then declared dead, so that a new end can take its place).
     fn check_peer(&mut self, dir: Dir, now: Instant) -> Result<(), ChannelError> {
-        let w = self.w64(self.ctl).load(Acquire);
-        let (s, sess) = decode(w)?;
-        if sess != self.session || s[self.side] != ATTACHED {
-            return self.check_session();
+        let look = self.look()?;
+        if look.me != ATTACHED {
+            return self.detached();
         }
         let peer = 1 - self.side;
-        match s[peer] {
+        match look.peer {
             FREE => Ok(()),
             ATTACHED => {
                 let hb = self
                     .w64(self.sides[peer] + SIDE_HEARTBEAT as usize)
                     .load(Relaxed);
                 let bound = self.bound_for(peer);
-                if Watch::dead(&mut self.peer_hb, sess, hb, now, bound) {
-                    let dead = with_state(w, peer, DEAD);
-                    let _ = self
-                        .w64(self.ctl)
-                        .compare_exchange(w, dead, Relaxed, Relaxed);
+                if Watch::dead(&mut self.peer_hb, self.session, hb, now, bound) {
+                    self.ctl.declare_dead(&self.mem, look, self.side);
                     return Err(ChannelError::PeerGone(format!(
                         "the peer's heartbeat stood still for {:?} (liveness bound {bound:?}, \
                          the longer of both ends'): it died or hangs",
@@ -1189,11 +1220,11 @@ impl Channel {
     /// Whether sleeping is worth it, and for how long at most: only when the peer notifies
     /// (it sleeps too); while it has not attached yet, in short slices.
     fn sleep_limit(&self) -> Option<Duration> {
-        let Ok((s, sess)) = decode(self.w64(self.ctl).load(Acquire)) else {
+        let Ok(look) = self.look() else {
             return None;
         };
         let peer = 1 - self.side;
-        if sess != self.session || s[peer] != ATTACHED || !self.peer_line_current() {
+        if look.me != ATTACHED || look.peer != ATTACHED || !self.peer_line_current() {
             return Some(ALONE_SLICE);
         }
         let notifies = self
@@ -1202,41 +1233,34 @@ impl Channel {
         (notifies == 1).then_some(self.liveness)
     }
 
-    /// Whether the control word still shows this end attached to its session.
+    /// Whether the control still shows this end attached to its session.
     fn still_attached(&self) -> bool {
-        decode(self.w64(self.ctl).load(Acquire))
-            .is_ok_and(|(s, sess)| sess == self.session && s[self.side] == ATTACHED)
+        self.look().is_ok_and(|l| l.me == ATTACHED)
     }
 
-    /// Before writing: this end may write, and someone may still read (one load of the
-    /// control word, which changes only when an end comes or goes).
+    /// Before writing: this end may write, and someone may still read (the control's words,
+    /// which change only when an end comes or goes).
     #[inline]
     fn check_write(&self) -> Result<(), ChannelError> {
-        let w = self.w64(self.ctl).load(Acquire);
-        let peer = side_state(w, 1 - self.side);
-        if !self.write_closed
-            && session(w) == self.session
-            && side_state(w, self.side) == ATTACHED
-            && (peer == ATTACHED || peer == FREE)
-        {
+        if !self.write_closed && self.ctl.writable(&self.mem, self.session, self.side) {
             return Ok(());
         }
-        self.cannot_write(w)
+        self.cannot_write()
     }
 
-    /// Why `check_write` failed on control word `w`.
+    /// Why `check_write` failed.
     #[cold]
-    fn cannot_write(&self, w: u64) -> Result<(), ChannelError> {
+    fn cannot_write(&self) -> Result<(), ChannelError> {
         if self.write_closed {
             return Err(ChannelError::PeerGone(
                 "this end closed its write side".into(),
             ));
         }
-        let (s, sess) = decode(w)?;
-        if sess != self.session || s[self.side] != ATTACHED {
+        let look = self.look()?;
+        if look.me != ATTACHED {
             return Err(ChannelError::PeerGone("this end was detached".into()));
         }
-        match s[1 - self.side] {
+        match look.peer {
             CLOSED | DEAD => Err(ChannelError::PeerGone(
                 "the peer left the channel; nobody reads any more".into(),
             )),
@@ -1309,8 +1333,7 @@ impl Channel {
     }
 
     fn peer_joined(&mut self) -> Result<Option<()>, ChannelError> {
-        let (s, sess) = decode(self.w64(self.ctl).load(Acquire))?;
-        Ok((sess != self.session || s[1 - self.side] != FREE).then_some(()))
+        Ok((self.look()?.peer != FREE).then_some(()))
     }
 
     /// Ends this side's byte stream or message sequence: the peer reads what is in the ring,
@@ -1536,6 +1559,14 @@ mod tests {
         let a = Channel::open(&r, "t", opts).unwrap();
         let b = Channel::open(&r, "t", opts).unwrap();
         (r, a, b)
+    }
+
+    /// The control word of a named channel's end.
+    fn ctl_word(c: &Channel) -> usize {
+        match c.ctl {
+            Control::Shared(ctl) => ctl,
+            Control::Owned { .. } => panic!("a connection's end"),
+        }
     }
 
     fn kind_of(e: &io::Error) -> io::ErrorKind {
@@ -1946,7 +1977,7 @@ mod tests {
     #[test]
     fn a_detached_end_stops_beating() {
         let (_r, a, b) = pair(&Options::new().liveness_timeout(Duration::from_millis(100)));
-        let ctl = a.w64(a.ctl);
+        let ctl = a.w64(ctl_word(&a));
         let w = ctl.load(Relaxed);
         ctl.store(with_state(w, b.side, DEAD), Relaxed); // as `a` declaring `b` dead
         let hb = b.w64(b.sides[b.side] + SIDE_HEARTBEAT as usize);
@@ -2062,7 +2093,7 @@ mod tests {
             io::ErrorKind::InvalidData
         );
         // A garbage control word.
-        a.mem.w64(a.ctl).store(u64::MAX, Relaxed);
+        a.mem.w64(ctl_word(&a)).store(u64::MAX, Relaxed);
         a.set_nonblocking(true);
         let mut buf = [0u8; 1];
         assert_eq!(

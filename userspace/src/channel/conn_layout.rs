@@ -7,27 +7,38 @@
 //! | 0x0000 | 4 | magic: 0 fresh, `"ivc2"` being initialised, `"IVC2"` ready |
 //! | 0x0004 | 4 | version (2) |
 //! | 0x0018 | 8 | region size the initialiser saw |
+//! | 0x0020 | 8 | blocks announced: every allocator of the arena adds one once its block is ready, so a listener or a connector scans the map again only when it changed |
 //! | 0x1000 | | the arena: its page map, then its pages |
 //!
-//! A listener block (one page, kind 1), written by the listener's end except the backlog:
+//! Every block is written by one end only (the single-writer layout: no word of a block has
+//! a second writer, see `control.rs`). A listener block (one page, kind 1):
 //!
 //! | offset | field |
 //! |---|---|
 //! | 0x000 | name length u32 (1 to 32); kind of its connections u32 at 0x008 (1 stream, 2 messages) |
 //! | 0x010 | service name |
-//! | 0x040 | control word, encoded as a channel's: side A attached with session = the block's generation while it listens; closed or dead after |
+//! | 0x040 | state word (`control.rs`): the block's generation and `ATTACHED` while it listens, `CLOSED` after |
 //! | 0x080 | its side line, as a channel's (epoch, heartbeat, doorbell address, notifies, liveness) |
-//! | 0x100 | backlog: 480 words, 0 or a pending connection (generation << 32, 1 + head page), set by connectors (compare-and-swap from 0), taken by the listener (compare-and-swap to 0) |
 //!
-//! A connection block (kind 2): one page of header, its rings after it, written by the
-//! connector (the header) and then by both ends as a channel block of layout version 1:
+//! A connection is two blocks of kind 2, one per end: the connector's, which names the
+//! listener, and the acceptor's, which names the connector's block. Each holds the ring its
+//! end writes, and its end's consumer line for the other's ring:
 //!
 //! | offset | field |
 //! |---|---|
-//! | 0x000 | the listener's head page u32, its generation u32 at 0x004 |
-//! | 0x008 | kind u32; capacity of ring 0 (connector to acceptor) u32 at 0x00c, of ring 1 at 0x010 |
-//! | 0x0e00 | the channel block's 0x200 bytes of lines (control word with session = the block's generation, side A the connector, side B the acceptor) |
-//! | 0x1000 | ring 0, then ring 1 |
+//! | 0x000 | state word (`control.rs`): generation, state, verdict on the peer |
+//! | 0x008 | the block it names: head page u32, generation u32 at 0x00c (the listener's for a connector, the connector's for an acceptor) |
+//! | 0x010 | role u32 (1 connector, 2 acceptor); kind u32 at 0x014; capacity of its ring u32 at 0x018 |
+//! | 0x040 | its side line, as a channel's; epoch = the connection's session, the connector block's generation |
+//! | 0x080 | producer line of its ring: index u64, wake-at u64 at 0x088, closed u32 at 0x090 |
+//! | 0x0c0 | consumer line of the peer's ring: index u64, wake-at u64 at 0x0c8 |
+//! | 0x1000 | its ring's payload |
+//!
+//! Connecting: the connector allocates its block, publishes its state word (release), adds
+//! one to the blocks announced and rings the listener; the listener, seeing the count move,
+//! scans the map for connector blocks that name it, allocates its block naming one, and
+//! announces it likewise; the connector, seeing the count move, finds that block. No word is
+//! written by both.
 
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::atomic::{AtomicU32, AtomicU64};
@@ -48,6 +59,7 @@ const MAGIC_V1: u32 = u32::from_le_bytes(*b"IVCH");
 const H_MAGIC: u64 = 0x00;
 const H_VERSION: u64 = 0x04;
 const H_REGION_SIZE: u64 = 0x18;
+const H_ANNOUNCED: u64 = 0x20;
 /// Where the arena starts.
 const ARENA: u64 = 0x1000;
 
@@ -58,17 +70,21 @@ pub(super) const CONNECTION: u8 = 2;
 pub(super) const L_NAME_LEN: u64 = 0x000;
 pub(super) const L_KIND: u64 = 0x008;
 pub(super) const L_NAME: u64 = 0x010;
-pub(super) const L_CTL: u64 = 0x040;
+pub(super) const L_STATE: u64 = 0x040;
 pub(super) const L_SIDE: u64 = 0x080;
-pub(super) const L_BACKLOG: u64 = 0x100;
-/// Pending connections a listener holds.
-pub(super) const BACKLOG: u32 = ((PAGE - L_BACKLOG) / 8) as u32;
 
-pub(super) const N_LISTENER: u64 = 0x000;
-pub(super) const N_KIND: u64 = 0x008;
-pub(super) const N_CAP: [u64; 2] = [0x00c, 0x010];
-/// The channel block inside a connection block: its rings start at the second page.
-pub(super) const N_CHAN: u64 = PAGE - super::layout::CHAN_CTL;
+pub(super) const E_STATE: u64 = 0x000;
+pub(super) const E_NAMES: u64 = 0x008;
+pub(super) const E_ROLE: u64 = 0x010;
+pub(super) const E_KIND: u64 = 0x014;
+pub(super) const E_CAP: u64 = 0x018;
+pub(super) const E_SIDE: u64 = 0x040;
+pub(super) const E_PROD: u64 = 0x080;
+pub(super) const E_CONS: u64 = 0x0c0;
+pub(super) const E_DATA: u64 = PAGE;
+/// Roles of connection blocks.
+pub(super) const CONNECTOR: u32 = 1;
+pub(super) const ACCEPTOR: u32 = 2;
 
 /// Initialises the header of a zeroed region, or checks the one there, and returns the arena.
 /// Two ends starting at once: one wins the magic's compare-and-swap from 0, writes the header
@@ -168,6 +184,8 @@ pub(super) struct BlockView<'a> {
     pub mem: &'a Mem,
     pub off: u64,
     pub len: u64,
+    /// The block's generation when it was looked up.
+    pub gen: u32,
 }
 
 impl<'a> BlockView<'a> {
@@ -176,6 +194,7 @@ impl<'a> BlockView<'a> {
             mem,
             off: arena.offset(b),
             len: u64::from(b.pages) * PAGE,
+            gen: b.gen,
         }
     }
 
@@ -217,32 +236,63 @@ pub(super) fn kind_of(code: u32) -> Option<Kind> {
     }
 }
 
-/// Pages a connection block needs for rings of `cap` bytes each way.
-pub(super) fn connection_pages(cap: u64) -> Result<u32, ChannelError> {
+/// Pages a connection end's block needs for a ring of `cap` bytes.
+pub(super) fn end_pages(cap: u64) -> Result<u32, ChannelError> {
     if !cap.is_power_of_two() || !(MIN_CAPACITY..=MAX_CAPACITY).contains(&cap) {
         return Err(ChannelError::Invalid(format!(
             "capacity {cap} is not a power of two from {MIN_CAPACITY} to {MAX_CAPACITY}"
         )));
     }
-    Ok(1 + (2 * cap).div_ceil(PAGE) as u32)
+    Ok(1 + cap.div_ceil(PAGE) as u32)
 }
 
-/// The ring capacities a connection block's header gives, checked against the block.
-pub(super) fn connection_caps(v: &BlockView<'_>) -> Option<[u64; 2]> {
-    let caps = N_CAP.map(|at| v.w32(at).map_or(0, |w| u64::from(w.load(Relaxed))));
-    let ok = |c: u64| c.is_power_of_two() && (MIN_CAPACITY..=MAX_CAPACITY).contains(&c);
-    (ok(caps[0]) && ok(caps[1]) && PAGE + caps[0] + caps[1] <= v.len).then_some(caps)
+/// What a connection end's block says of itself, checked against the block: role, kind, the
+/// block it names (head, generation) and the capacity of its ring.
+pub(super) struct EndHeader {
+    pub role: u32,
+    pub kind: Kind,
+    pub names: (u32, u32),
+    pub cap: u64,
 }
 
-/// A backlog word naming connection block `b`.
-pub(super) fn backlog_word(b: &Block) -> u64 {
-    u64::from(b.gen) << 32 | u64::from(b.head + 1)
+impl EndHeader {
+    pub fn read(v: &BlockView<'_>) -> Option<Self> {
+        let w = |at| v.w32(at).map_or(0, |w| w.load(Relaxed));
+        let cap = u64::from(w(E_CAP));
+        let ok = cap.is_power_of_two()
+            && (MIN_CAPACITY..=MAX_CAPACITY).contains(&cap)
+            && E_DATA + cap <= v.len;
+        let role = w(E_ROLE);
+        (ok && (role == CONNECTOR || role == ACCEPTOR)).then_some(Self {
+            role,
+            kind: kind_of(w(E_KIND))?,
+            names: (w(E_NAMES), w(E_NAMES + 4)),
+            cap,
+        })
+    }
+
+    /// Writes the header of this end's block (before its state word is published).
+    pub fn write(&self, v: &BlockView<'_>) -> Result<(), ChannelError> {
+        v.w32(E_ROLE)?.store(self.role, Relaxed);
+        v.w32(E_KIND)?.store(kind_code(self.kind), Relaxed);
+        v.w32(E_NAMES)?.store(self.names.0, Relaxed);
+        v.w32(E_NAMES + 4)?.store(self.names.1, Relaxed);
+        v.w32(E_CAP)?.store(self.cap as u32, Relaxed);
+        Ok(())
+    }
 }
 
-/// The head page and generation a backlog word names.
-pub(super) fn backlog_entry(w: u64) -> Option<(u32, u32)> {
-    let head = (w as u32).checked_sub(1)?;
-    Some((head, (w >> 32) as u32))
+/// The count of blocks announced in the region's header (see the table above).
+pub(super) fn announced(arena: &Arena) -> Result<&AtomicU64, ChannelError> {
+    arena.mem().u64_at(H_ANNOUNCED)
+}
+
+/// Announces a block whose state word was published: scanners looking for it scan again.
+pub(super) fn announce(arena: &Arena) {
+    if let Ok(w) = announced(arena) {
+        // Release: a scanner that loads the new count (acquire) then finds the block ready.
+        w.fetch_add(1, Release);
+    }
 }
 
 /// What a region of connections holds (for tools and tests).
@@ -250,8 +300,10 @@ pub(super) fn backlog_entry(w: u64) -> Option<(u32, u32)> {
 pub struct Usage {
     /// The services with a block (live or not yet freed), in page order.
     pub listeners: Vec<String>,
-    /// Connection blocks, whatever their state.
+    /// Connections: their connectors' blocks, whatever their state.
     pub connections: u32,
+    /// Blocks of connection ends (two per accepted connection), whatever their state.
+    pub ends: u32,
     /// Pages in blocks, of all the arena's pages.
     pub pages_used: u32,
     pub pages: u32,
@@ -269,6 +321,7 @@ pub fn usage(region: &Region) -> Result<Usage, ChannelError> {
     let mut u = Usage {
         listeners: Vec::new(),
         connections: 0,
+        ends: 0,
         pages_used: 0,
         pages: arena.pages(),
     };
@@ -280,7 +333,12 @@ pub fn usage(region: &Region) -> Result<Usage, ChannelError> {
                     .name()
                     .unwrap_or_default(),
             ),
-            CONNECTION => u.connections += 1,
+            CONNECTION => {
+                u.ends += 1;
+                let v = BlockView::new(&arena, &region.mem, &b);
+                u.connections +=
+                    u32::from(EndHeader::read(&v).is_some_and(|h| h.role == CONNECTOR));
+            }
             _ => {}
         }
     }

@@ -1,17 +1,19 @@
-//! The connecting side of connections: [`Channel::connect`] allocates a connection block with
-//! its rings, puts it in the listener's backlog, rings the listener, and waits until it is
-//! accepted.
+//! The connecting side of connections: [`Channel::connect`] allocates its end's block naming
+//! the listener, announces it, rings the listener, and waits until an acceptor's block names
+//! it (layout in `conn_layout.rs`).
 
-use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::time::{Duration, Instant};
 
-use super::chan::{holds, side_state, ATTACHED, C_CTL, FREE, SIDE_HEARTBEAT, SIDE_LIVENESS};
+use super::chan::{ATTACHED, CLOSED, SIDE_HEARTBEAT, SIDE_LIVENESS};
 use super::conn_layout::{
-    self as cl, BlockView, BACKLOG, CONNECTION, L_BACKLOG, L_CTL, L_SIDE, N_CAP, N_CHAN, N_KIND,
-    N_LISTENER,
+    self as cl, BlockView, EndHeader, ACCEPTOR, CONNECTION, CONNECTOR, E_SIDE, E_STATE, L_SIDE,
 };
-use super::listener::{self, alloc, line_address};
+use super::control::{end_state, end_word, Hold};
+use super::heartbeat::Beat;
+use super::listener::{self, alloc, end_channel, line_address, publish_line};
 use super::liveness::{self, Watch};
+use super::pagemap::Block;
 use super::reclaim::Retire;
 use super::{Channel, ChannelError, Options, Region};
 
@@ -49,94 +51,64 @@ impl Channel {
             None => opts,
         };
         let cap = opts.capacity_value();
-        let pages = cl::connection_pages(cap)?;
-        let b = alloc(
-            &arena,
-            CONNECTION,
-            pages,
-            opts,
-            &format!("connection to '{service}'"),
-        )?;
+        let pages = cl::end_pages(cap)?;
+        let what = format!("connection to '{service}'");
+        let b = alloc(&arena, CONNECTION, pages, opts, &what)?;
         let mem = arena.mem().clone();
         let v = BlockView::new(&arena, &mem, &b);
-        v.w32(N_LISTENER)?.store(l.block.head, Relaxed);
-        v.w32(N_LISTENER + 4)?.store(l.block.gen, Relaxed);
-        v.w32(N_KIND)?.store(cl::kind_code(l.kind), Relaxed);
-        for at in N_CAP {
-            v.w32(at)?.store(cap as u32, Relaxed);
+        EndHeader {
+            role: CONNECTOR,
+            kind: l.kind,
+            names: (l.block.head, l.block.gen),
+            cap,
         }
-        let ctl = v.w64(N_CHAN + C_CTL)?;
-        // Release: an acceptor whose compare-and-swap reads it sees the header and the empty
-        // (zeroed) rings. From here the block is the channel's: its drop frees it.
-        ctl.store(u64::from(b.gen) << 32 | u64::from(ATTACHED), Release);
-        let mut chan =
-            Channel::on_block(mem.clone(), service, l.kind, v.off + N_CHAN, [cap; 2], opts);
-        chan.start(
-            0,
-            b.gen,
-            Some(Retire {
-                arena: arena.clone(),
-                block: b,
-            }),
-        )?;
+        .write(&v)?;
+        // The side line names the session (this block's generation), so the acceptor can ring
+        // us; the heartbeat beats while we wait, so no sweep takes the block for dead.
+        publish_line(&v, E_SIDE, b.gen, opts)?;
+        let waiting = end_word(b.gen, ATTACHED);
+        // Release: an acceptor that finds it waiting (acquire) sees the header and the line.
+        v.w64(E_STATE)?.store(waiting, Release);
+        let beat = Beat::start(
+            mem.clone(),
+            Hold::Owned {
+                word: v.off + E_STATE,
+                value: waiting,
+            },
+            v.off + E_SIDE + SIDE_HEARTBEAT,
+            opts.liveness_bound() / 10,
+        );
+        let withdraw = |why: ChannelError| {
+            // Nobody accepted: the block is nobody's. An acceptor that joined meanwhile finds
+            // it closed and frees both blocks; freeing ours twice is harmless.
+            let _ = v
+                .w64(E_STATE)
+                .map(|w| w.store(end_word(b.gen, CLOSED), Release));
+            arena.free(&b);
+            why
+        };
+        let beat = beat.map_err(|e| withdraw(e.into()))?;
+        cl::announce(&arena);
 
         let lv = BlockView::new(&arena, &mem, &l.block);
-        let listening = |lv: &BlockView<'_>| {
-            arena.current(&l.block)
-                && lv
-                    .w64(L_CTL)
-                    .is_ok_and(|w| holds(w.load(Acquire), l.block.gen, 0))
-        };
+        let waker = opts.waker_ref();
+        let _ = waker.notify(line_address(&lv, L_SIDE, l.block.gen));
         let refused = |why: &str| {
             ChannelError::Refused(format!(
                 "the listener of '{service}' {why} before accepting"
             ))
         };
-        // Into the backlog: the first free word.
-        let word = cl::backlog_word(&b);
-        let mut posted = None;
-        while posted.is_none() {
-            for i in 0..BACKLOG {
-                let slot = lv.w64(L_BACKLOG + 8 * u64::from(i))?;
-                if slot.load(Relaxed) == 0
-                    && slot.compare_exchange(0, word, AcqRel, Relaxed).is_ok()
-                {
-                    posted = Some(slot);
-                    break;
-                }
-            }
-            if posted.is_none() {
-                if !listening(&lv) {
-                    return Err(refused("closed"));
-                }
-                if deadline.is_some_and(|d| Instant::now() > d) {
-                    return Err(ChannelError::Busy(format!(
-                        "the backlog of service '{service}' stayed full ({BACKLOG} pending \
-                         connections)"
-                    )));
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        }
-        let posted = posted.expect("the loop ends once posted");
-        let _ = chan.waker().notify(line_address(&lv, L_SIDE, l.block.gen));
-
         // Wait for the acceptor, watching the listener.
         let mut watch = None;
+        let mut seen = None;
         let mut backoff = Duration::from_micros(1);
         let slice = opts.liveness_bound() / 10;
-        let withdraw = || {
-            // Leave the backlog word to nobody; the block itself is freed by our drop.
-            let _ = posted.compare_exchange(word, 0, AcqRel, Relaxed);
-        };
-        loop {
-            let w = ctl.load(Acquire);
-            if side_state(w, 1) != FREE {
-                return Ok(chan);
+        let acceptor = loop {
+            if let Some(a) = acceptor_of(&arena, &b, &mut seen)? {
+                break a;
             }
-            if !listening(&lv) {
-                withdraw();
-                return Err(refused("closed"));
+            if !arena.current(&l.block) || !listener::listening(&lv, &l.block) {
+                return Err(withdraw(refused("closed")));
             }
             let now = Instant::now();
             let hb = lv.w64(L_SIDE + SIDE_HEARTBEAT)?.load(Relaxed);
@@ -145,23 +117,176 @@ impl Channel {
                 lv.w32(L_SIDE + SIDE_LIVENESS)?.load(Relaxed),
             );
             if Watch::dead(&mut watch, l.block.gen, hb, now, bound) {
-                withdraw();
-                return Err(refused("died"));
+                return Err(withdraw(refused("died")));
             }
             let mut wait = slice;
             if let Some(d) = deadline {
                 if now >= d {
-                    withdraw();
-                    return Err(ChannelError::TimedOut);
+                    return Err(withdraw(ChannelError::TimedOut));
                 }
                 wait = wait.min(d - now);
             }
-            if chan.waker().sleeps() {
-                chan.waker().wait(wait)?;
+            if waker.sleeps() {
+                waker.wait(wait)?;
             } else {
-                chan.waker().wait(backoff.min(wait))?;
+                waker.wait(backoff.min(wait))?;
                 backoff = (backoff * 2).min(Duration::from_millis(1));
             }
+        };
+        let (a, acap) = acceptor;
+        let av = BlockView::new(&arena, &mem, &a);
+        let mut chan = end_channel(&mem, service, l.kind, [&v, &av], [cap, acap], 0, opts)?;
+        chan.start(
+            0,
+            b.gen,
+            Some(Retire {
+                arena: arena.clone(),
+                blocks: vec![a, b],
+            }),
+        )?;
+        // The channel beats from here.
+        beat.stop();
+        Ok(chan)
+    }
+}
+
+/// The acceptor block that names connector block `b`, with the capacity of its ring, once one
+/// is ready; the map is scanned again only when the count of announced blocks moved since
+/// `seen`.
+fn acceptor_of(
+    arena: &super::arena::Arena,
+    b: &Block,
+    seen: &mut Option<u64>,
+) -> Result<Option<(Block, u64)>, ChannelError> {
+    let count = cl::announced(arena)?.load(Acquire);
+    if *seen == Some(count) {
+        return Ok(None);
+    }
+    *seen = Some(count);
+    let mem = arena.mem();
+    Ok(arena
+        .blocks()
+        .into_iter()
+        .filter(|a| a.kind == CONNECTION)
+        .find_map(|a| {
+            let v = BlockView::new(arena, mem, &a);
+            let w = v.w64(E_STATE).ok()?.load(Acquire);
+            end_state(w, a.gen)?;
+            let h = EndHeader::read(&v)?;
+            (h.role == ACCEPTOR && h.names == (b.head, b.gen)).then_some((a, h.cap))
+        }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{usage, Listener, Options, Region};
+    use super::*;
+    use crate::pattern;
+    use std::io::{Read, Write};
+
+    fn opts() -> Options {
+        Options::new()
+            .capacity(16384)
+            .liveness_timeout(Duration::from_millis(500))
+            .open_timeout(Duration::from_secs(20))
+    }
+
+    /// Maps `c`'s peer block read-only in this process: a write to it is a SIGSEGV.
+    fn protect_peer(region: &Region, c: &Channel) {
+        let (off, len) = c.peer_block().expect("a connection's end");
+        // SAFETY: a page-aligned range inside this process's mapping of the region (the
+        // block lies in the region); only its protection changes.
+        let rc = unsafe {
+            crate::sys::mprotect(region.as_ptr().add(off).cast(), len, crate::sys::PROT_READ)
+        };
+        assert_eq!(rc, 0, "mprotect");
+    }
+
+    /// The connecting child: echoes the stream back with the acceptor's block read-only.
+    #[test]
+    fn single_writer_child() {
+        let Ok(path) = std::env::var("SINGLE_WRITER_CHILD") else {
+            return;
+        };
+        let f = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap();
+        let region = Region::map_file(&f).unwrap();
+        let mut c = Channel::connect(&region, "svc", &opts()).unwrap();
+        protect_peer(&region, &c);
+        let mut buf = vec![0u8; 5000];
+        loop {
+            let n = c.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            c.write_all(&buf[..n]).unwrap();
         }
+        drop(c);
+    }
+
+    /// The single-writer layout, checked by the MMU: each end of a connection between two
+    /// processes maps its peer's block read-only, and 4 MiB go each way (echoed, compared),
+    /// then both close. Any store of an end into its peer's block would kill it with SIGSEGV.
+    /// Both blocks are freed afterwards (in the page map, which both may write).
+    #[test]
+    fn each_end_writes_only_its_own_block() {
+        let path = std::env::temp_dir().join(format!("single-writer-{}", std::process::id()));
+        std::fs::File::create(&path)
+            .unwrap()
+            .set_len(1 << 20)
+            .unwrap();
+        let f = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let region = Region::map_file(&f).unwrap();
+        let l = Listener::bind(&region, "svc", &opts()).unwrap();
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "channel::connect::tests::single_writer_child",
+                "--exact",
+                "--test-threads=1",
+            ])
+            .env("SINGLE_WRITER_CHILD", &path)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let s = l.accept().unwrap();
+        protect_peer(&region, &s);
+        let total = 4u64 << 20;
+        let (mut tx, mut rx) = s.split();
+        let reader = std::thread::spawn(move || {
+            let mut pos = 0u64;
+            let mut buf = vec![0u8; 7000];
+            loop {
+                let n = rx.read(&mut buf).unwrap();
+                if n == 0 {
+                    return pos;
+                }
+                let bad = pattern::first_mismatch(5, pos, &buf[..n]);
+                assert_eq!(bad, None, "echo differs near {pos}");
+                pos += n as u64;
+            }
+        });
+        let mut pos = 0u64;
+        let mut chunk = vec![0u8; 6000];
+        while pos < total {
+            let k = 6000.min(total - pos) as usize;
+            pattern::fill(5, pos, &mut chunk[..k]);
+            tx.write_all(&chunk[..k]).unwrap();
+            pos += k as u64;
+        }
+        drop(tx);
+        assert_eq!(reader.join().unwrap(), total);
+        let st = child.wait().unwrap();
+        assert!(st.success(), "the connecting end: {st:?}");
+        drop(l);
+        let u = usage(&region).unwrap();
+        assert_eq!((u.ends, u.pages_used), (0, 0), "{u:?}");
+        std::fs::remove_file(&path).unwrap();
     }
 }

@@ -8,49 +8,47 @@
 //! that did not survive the fork may hold, is left alone).
 
 use std::io;
-use std::sync::atomic::AtomicPtr;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicPtr};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
+use super::control::Hold;
 use super::region::Mem;
 use crate::sys;
 
-/// One end's heartbeat: its word, and the control word that says whether it still holds its
-/// side (a detached end must not keep the side's next holder looking alive).
+/// One end's heartbeat: its word, and the word that says whether it still holds its side (a
+/// detached end must not keep the side's next holder looking alive).
 ///
 /// # Invariants
 ///
-/// `ctl` and `word` are offsets of 8-aligned words inside `mem` (callers pass offsets
-/// `layout::read_slot` checked; they are re-checked on each access anyway).
+/// `hold`'s word and `word` are offsets of 8-aligned words inside `mem` (callers pass offsets
+/// checked against the region; they are re-checked on each access anyway).
 pub(super) struct Beat {
     mem: Arc<Mem>,
-    ctl: u64,
-    session: u32,
-    side: usize,
+    hold: Hold,
     word: u64,
     every: Duration,
+    /// Set by [`Beat::stop`]; read by the thread under the registry's lock.
+    stopped: AtomicBool,
 }
 
 impl Beat {
-    /// Advances the heartbeat of side `side` (word at `word`) every `every` while the control
-    /// word at `ctl` shows that side attached to `session`; until the returned handle drops.
+    /// Advances the heartbeat word at `word` every `every` while `hold` shows the end holding
+    /// its side; until the returned handle drops or [`stop`](Self::stop) is called.
     pub(super) fn start(
         mem: Arc<Mem>,
-        ctl: u64,
-        session: u32,
-        side: usize,
+        hold: Hold,
         word: u64,
         every: Duration,
     ) -> io::Result<Arc<Self>> {
         let beat = Arc::new(Self {
             mem,
-            ctl,
-            session,
-            side,
+            hold,
             word,
             every,
+            stopped: AtomicBool::new(false),
         });
         let reg = registry()?;
         reg.beats
@@ -61,13 +59,26 @@ impl Beat {
         Ok(beat)
     }
 
+    /// Stops the beats: when this returns, the thread beats this word no more (it beats under
+    /// the registry's lock, which this takes), so the caller may give the memory away.
+    pub(super) fn stop(&self) {
+        let Ok(reg) = registry() else {
+            return;
+        };
+        let _pass = reg.beats.lock().unwrap_or_else(PoisonError::into_inner);
+        self.stopped.store(true, Relaxed);
+    }
+
     /// One beat, if the end still holds its side; false once it does not (it never will
     /// again: sessions only move on).
     fn beat(&self) -> bool {
-        let (Ok(ctl), Ok(word)) = (self.mem.u64_at(self.ctl), self.mem.u64_at(self.word)) else {
+        let (Ok(hold), Ok(word)) = (
+            self.mem.u64_at(self.hold.offset()),
+            self.mem.u64_at(self.word),
+        ) else {
             return false;
         };
-        let mine = super::chan::holds(ctl.load(Relaxed), self.session, self.side);
+        let mine = !self.stopped.load(Relaxed) && self.hold.holds(hold.load(Relaxed));
         if mine {
             word.fetch_add(1, Relaxed);
         }

@@ -2,19 +2,21 @@
 //! version 2 (`conn_layout.rs`) and accepts the connections that [`Channel::connect`] makes to
 //! it, each with rings of its own.
 
-use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
+use std::collections::HashSet;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::arena::Arena;
 use super::chan::{
-    holds, with_state, ATTACHED, C_CTL, FREE, MAX_ADDRESS, SIDE_ADDRESS, SIDE_EPOCH,
-    SIDE_HEARTBEAT, SIDE_LIVENESS, SIDE_NOTIFIES,
+    Ring, ATTACHED, CLOSED, MAX_ADDRESS, SIDE_ADDRESS, SIDE_EPOCH, SIDE_HEARTBEAT, SIDE_LIVENESS,
+    SIDE_NOTIFIES,
 };
 use super::conn_layout::{
-    self as cl, BlockView, BACKLOG, CONNECTION, LISTENER, L_BACKLOG, L_CTL, L_KIND, L_NAME,
-    L_NAME_LEN, L_SIDE, N_CHAN, N_KIND, N_LISTENER,
+    self as cl, BlockView, EndHeader, ACCEPTOR, CONNECTION, CONNECTOR, E_CONS, E_DATA, E_PROD,
+    E_SIDE, E_STATE, LISTENER, L_KIND, L_NAME, L_NAME_LEN, L_SIDE, L_STATE,
 };
+use super::control::{end_state, end_word, Control, Hold};
 use super::heartbeat::Beat;
 use super::layout::Kind;
 use super::liveness::{self, Watch};
@@ -60,7 +62,7 @@ use super::{Channel, ChannelError, Options, Region};
 /// # Invariants
 ///
 /// `block` is a listener block this end allocated in `arena` and published with its
-/// generation as the session of its control word.
+/// generation in its state word.
 pub struct Listener {
     arena: Arena,
     block: Block,
@@ -71,6 +73,21 @@ pub struct Listener {
     nonblocking: bool,
     timeout: Option<Duration>,
     last_sweep: Mutex<Instant>,
+    /// What accepting saw of the region.
+    ///
+    /// # Locking
+    ///
+    /// Held for one scan of the map and the joins it makes (by one `accept` at a time); the
+    /// region's sightings lock (`reclaim::sweep`) is never taken under it.
+    pending: Mutex<Pending>,
+}
+
+/// The connector blocks this listener took (joined or found not to be joinable), and the count
+/// of announced blocks at its last scan that found nothing new.
+#[derive(Default)]
+struct Pending {
+    taken: HashSet<(u32, u32)>,
+    seen: Option<u64>,
 }
 
 impl std::fmt::Debug for Listener {
@@ -89,7 +106,14 @@ pub(super) struct Found {
     pub kind: Kind,
 }
 
-/// The live listener of `service` (its control word shows it listening), the one at the
+/// Whether listener block `b` listens: its state word says so (acquire: its fields are
+/// visible then).
+pub(super) fn listening(v: &BlockView<'_>, b: &Block) -> bool {
+    v.w64(L_STATE)
+        .is_ok_and(|w| w.load(Acquire) == end_word(b.gen, ATTACHED))
+}
+
+/// The live listener of `service` (its state word shows it listening), the one at the
 /// lowest page if a race left two.
 pub(super) fn find(arena: &Arena, service: &str) -> Option<Found> {
     let mem = arena.mem();
@@ -99,8 +123,7 @@ pub(super) fn find(arena: &Arena, service: &str) -> Option<Found> {
         .filter(|b| b.kind == LISTENER)
         .find_map(|b| {
             let v = BlockView::new(arena, mem, &b);
-            let w = v.w64(L_CTL).ok()?.load(Acquire);
-            if !holds(w, b.gen, 0) || v.name()? != service {
+            if !listening(&v, &b) || v.name()? != service {
                 return None;
             }
             let kind = cl::kind_of(v.w32(L_KIND).ok()?.load(Relaxed))?;
@@ -182,9 +205,9 @@ impl Listener {
             .store(cl::kind_code(opts.kind_value()), Relaxed);
         mem.copy_in(v.off + L_NAME, service.as_bytes())?;
         publish_line(&v, L_SIDE, block.gen, opts)?;
-        let listening = u64::from(block.gen) << 32 | u64::from(ATTACHED);
+        let listening = end_word(block.gen, ATTACHED);
         // Release: a connector that sees it listening (acquire, `find`) sees its fields.
-        v.w64(L_CTL)?.store(listening, Release);
+        v.w64(L_STATE)?.store(listening, Release);
         let mut me = Self {
             arena,
             block,
@@ -195,6 +218,7 @@ impl Listener {
             nonblocking: false,
             timeout: None,
             last_sweep: Mutex::new(Instant::now()),
+            pending: Mutex::new(Pending::default()),
         };
         // Two binds that raced both published: the one at the lower page keeps the name.
         if find(&me.arena, service).is_some_and(|f| f.block != me.block) {
@@ -202,9 +226,10 @@ impl Listener {
         }
         me.beat = Some(Beat::start(
             mem.clone(),
-            v.off + L_CTL,
-            block.gen,
-            0,
+            Hold::Owned {
+                word: v.off + L_STATE,
+                value: listening,
+            },
             v.off + L_SIDE + SIDE_HEARTBEAT,
             opts.liveness_bound() / 10,
         )?);
@@ -212,7 +237,7 @@ impl Listener {
     }
 
     /// Waits until no live listener holds `service`: a live one (its heartbeat advances) is an
-    /// error, a dead one is marked dead and freed.
+    /// error, a dead one's block is freed (in the map: its words stay its own).
     fn take_over(
         arena: &Arena,
         service: &str,
@@ -238,16 +263,7 @@ impl Listener {
                 }
             }
             if Watch::dead(&mut watch, f.block.gen, hb, Instant::now(), bound) {
-                let ctl = v.w64(L_CTL)?;
-                let w = u64::from(f.block.gen) << 32 | u64::from(ATTACHED);
-                let dead = with_state(w, 0, super::chan::DEAD);
-                if ctl.compare_exchange(w, dead, AcqRel, Relaxed).is_ok() {
-                    Retire {
-                        arena: arena.clone(),
-                        block: f.block,
-                    }
-                    .retire(ctl, dead);
-                }
+                arena.free(&f.block);
                 continue;
             }
             if deadline.is_some_and(|d| Instant::now() > d) {
@@ -320,11 +336,11 @@ impl Listener {
         }
     }
 
-    /// An error once this listener was declared dead (it stalled longer than its bound) and
-    /// its block taken back: it must be bound again.
+    /// An error once this listener's block was taken back (it stalled longer than its bound
+    /// and a new listener took its name): it must be bound again.
     fn check_held(&self) -> Result<(), ChannelError> {
         let v = self.view();
-        if holds(v.w64(L_CTL)?.load(Acquire), self.block.gen, 0) {
+        if self.arena.current(&self.block) && listening(&v, &self.block) {
             return Ok(());
         }
         Err(ChannelError::PeerGone(format!(
@@ -351,89 +367,171 @@ impl Listener {
         BlockView::new(&self.arena, self.arena.mem(), &self.block)
     }
 
-    /// Takes the next pending connection from the backlog that is still waiting, and joins it.
+    /// Joins the next connector block that names this listener and still waits, scanning the
+    /// map only when a block was announced since the last scan that found nothing.
     fn take_pending(&self) -> Result<Option<Channel>, ChannelError> {
-        let v = self.view();
-        for i in 0..BACKLOG {
-            let slot = v.w64(L_BACKLOG + 8 * u64::from(i))?;
-            let w = slot.load(Acquire);
-            if w == 0 || slot.compare_exchange(w, 0, AcqRel, Relaxed).is_err() {
+        let count = cl::announced(&self.arena)?.load(Acquire);
+        let mut p = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        if p.seen == Some(count) {
+            return Ok(None);
+        }
+        let blocks = self.arena.blocks();
+        let present: HashSet<(u32, u32)> = blocks.iter().map(|b| (b.head, b.gen)).collect();
+        p.taken.retain(|k| present.contains(k));
+        let me = (self.block.head, self.block.gen);
+        let mem = self.arena.mem().clone();
+        for b in blocks.iter().filter(|b| b.kind == CONNECTION) {
+            if p.taken.contains(&(b.head, b.gen)) {
                 continue;
             }
-            if let Some(c) = self.join(w)? {
-                return Ok(Some(c));
+            let v = BlockView::new(&self.arena, &mem, b);
+            let waiting = v
+                .w64(E_STATE)
+                .is_ok_and(|w| w.load(Acquire) == end_word(b.gen, ATTACHED));
+            let Some(h) = waiting.then(|| EndHeader::read(&v)).flatten() else {
+                continue;
+            };
+            if h.role != CONNECTOR || h.names != me {
+                continue;
+            }
+            p.taken.insert((b.head, b.gen));
+            if h.kind != self.kind {
+                continue;
+            }
+            // More may wait: the next call scans again (`seen` stays as it was).
+            match self.join(b, &h) {
+                Ok(Some(c)) => return Ok(Some(c)),
+                Ok(None) => {}
+                Err(e) => {
+                    // No room for our end, say: a later accept tries this connector again.
+                    p.taken.remove(&(b.head, b.gen));
+                    return Err(e);
+                }
             }
         }
+        p.seen = Some(count);
         Ok(None)
     }
 
-    /// Joins the connection a backlog word names as side B, if it is one to this listener
-    /// and its connector still waits; `None` for anything else (a connector that gave up, a
-    /// word no connector writes).
-    fn join(&self, word: u64) -> Result<Option<Channel>, ChannelError> {
-        let Some((head, gen)) = cl::backlog_entry(word) else {
-            return Ok(None);
-        };
-        let Some(b) = self
-            .arena
-            .block_at(head)
-            .filter(|b| b.gen == gen && b.kind == CONNECTION)
-        else {
-            return Ok(None);
-        };
+    /// Joins connector block `c` (header `h`, waiting when it was read): allocates this end's
+    /// block naming it, publishes and announces it, and returns the channel; `None` if the
+    /// connector gave up meanwhile.
+    fn join(&self, c: &Block, h: &EndHeader) -> Result<Option<Channel>, ChannelError> {
+        let pages = cl::end_pages(h.cap)?;
+        let what = format!("connection to '{}'", self.service);
+        let b = alloc(&self.arena, CONNECTION, pages, &self.opts, &what)?;
         let mem = self.arena.mem().clone();
         let v = BlockView::new(&self.arena, &mem, &b);
-        let names_me = v.w32(N_LISTENER)?.load(Relaxed) == self.block.head
-            && v.w32(N_LISTENER + 4)?.load(Relaxed) == self.block.gen;
-        let kind = cl::kind_of(v.w32(N_KIND)?.load(Relaxed));
-        let (true, Some(kind), Some(caps)) = (names_me, kind, cl::connection_caps(&v)) else {
-            return Ok(None);
-        };
-        if kind != self.kind {
-            return Ok(None);
+        EndHeader {
+            role: ACCEPTOR,
+            kind: self.kind,
+            names: (c.head, c.gen),
+            cap: h.cap,
         }
-        let ctl = v.w64(N_CHAN + C_CTL)?;
-        let waiting = u64::from(gen) << 32 | u64::from(ATTACHED) | u64::from(FREE) << 8;
-        let joined = with_state(waiting, 1, ATTACHED);
-        // Acquire: the connector's release of its control word published the header.
-        if ctl
-            .compare_exchange(waiting, joined, Acquire, Relaxed)
-            .is_err()
-        {
+        .write(&v)?;
+        // Release: a connector that finds this block ready (acquire) sees its header.
+        v.w64(E_STATE)?.store(end_word(b.gen, ATTACHED), Release);
+        cl::announce(&self.arena);
+        let retire = Retire {
+            arena: self.arena.clone(),
+            blocks: vec![*c, b],
+        };
+        let cv = BlockView::new(&self.arena, &mem, c);
+        let still = self.arena.current(c)
+            && cv
+                .w64(E_STATE)
+                .is_ok_and(|w| end_state(w.load(Acquire), c.gen) == Some((ATTACHED, 0)));
+        if !still {
+            // It gave up (or died) meanwhile: nobody will use either block.
+            v.w64(E_STATE)?.store(end_word(b.gen, CLOSED), Release);
+            retire.free();
             return Ok(None);
         }
         let mut opts = self.opts.clone();
         if let Some(w) = self.opts.waker_ref().another()? {
             opts = opts.waker(w);
         }
-        let off = v.off + N_CHAN;
-        let mut chan = Channel::on_block(mem.clone(), &self.service, kind, off, caps, &opts);
-        chan.start(
+        let mut chan = end_channel(
+            &mem,
+            &self.service,
+            self.kind,
+            [&cv, &v],
+            [h.cap; 2],
             1,
-            gen,
-            Some(Retire {
-                arena: self.arena.clone(),
-                block: b,
-            }),
+            &opts,
         )?;
+        chan.start(1, c.gen, Some(retire))?;
         chan.notify_peer();
         Ok(Some(chan))
     }
 }
 
+/// The channel of a connection's end `side` (0 the connector, 1 the acceptor) on its two blocks
+/// (`ends[0]` the connector's) whose rings have capacities `caps` (read from their headers and
+/// checked against the blocks), not started yet.
+pub(super) fn end_channel(
+    mem: &Arc<super::region::Mem>,
+    service: &str,
+    kind: Kind,
+    ends: [&BlockView<'_>; 2],
+    caps: [u64; 2],
+    side: usize,
+    opts: &Options,
+) -> Result<Channel, ChannelError> {
+    let (mine, peer) = (ends[side], ends[1 - side]);
+    // Every word below is checked to lie inside its block (and so the region) and aligned;
+    // the payloads were checked against the blocks with the capacities.
+    for v in ends {
+        v.w64(E_STATE)?;
+        v.w64(E_SIDE + SIDE_HEARTBEAT)?;
+        v.w64(E_PROD + 16)?;
+        v.w64(E_CONS + 8)?;
+    }
+    let ctl = Control::Owned {
+        own: (mine.off + E_STATE) as usize,
+        own_word: end_word(mine.gen, ATTACHED),
+        peer: (peer.off + E_STATE) as usize,
+        peer_word: end_word(peer.gen, ATTACHED),
+    };
+    let sides = ends.map(|v| (v.off + E_SIDE) as usize);
+    let out = Ring::on_lines(
+        mine.off + E_PROD,
+        peer.off + E_CONS,
+        mine.off + E_DATA,
+        caps[side],
+    );
+    let inp = Ring::on_lines(
+        peer.off + E_PROD,
+        mine.off + E_CONS,
+        peer.off + E_DATA,
+        caps[1 - side],
+    );
+    Ok(Channel::on_lines(
+        mem.clone(),
+        service,
+        kind,
+        ctl,
+        sides,
+        [out, inp],
+        opts,
+    ))
+}
+
 impl Drop for Listener {
     /// Stops listening: pending connects fail with `ConnectionRefused`, the block is freed.
     fn drop(&mut self) {
-        self.beat = None;
-        let Ok(ctl) = self.view().w64(L_CTL) else {
-            return;
-        };
-        let listening = u64::from(self.block.gen) << 32 | u64::from(ATTACHED);
-        Retire {
-            arena: self.arena.clone(),
-            block: self.block,
+        if let Some(beat) = self.beat.take() {
+            beat.stop();
         }
-        .retire(ctl, listening);
+        let listening = end_word(self.block.gen, ATTACHED);
+        let closed = end_word(self.block.gen, CLOSED);
+        // Only while the block is still ours (a stalled listener's may have been taken back).
+        if self.arena.current(&self.block) {
+            if let Ok(w) = self.view().w64(L_STATE) {
+                let _ = w.compare_exchange(listening, closed, Release, Relaxed);
+            }
+            self.arena.free(&self.block);
+        }
         // Connectors that wait on our doorbell look at the listener once per slice anyway.
     }
 }

@@ -23,10 +23,12 @@
 //! ```
 //!
 //! Connections ([`Listener::bind`], [`Listener::accept`], [`Channel::connect`]) live in a
-//! region of their own, layout version 2 (`conn_layout.rs`): each has rings of its own, and its
-//! memory is freed when both of its ends are gone or dead (`reclaim.rs`), so a region serves
-//! connections without end; each connection is a [`Channel`] as below, with the control block
-//! of version 1 inside its block.
+//! region of their own, layout version 2 (`conn_layout.rs`): each has two blocks, one per end,
+//! and each end writes only its own (its state word, side line, ring and consumer line: the
+//! single-writer layout, `control.rs`); their memory is freed when both ends are gone or dead
+//! (`reclaim.rs`), so a region serves connections without end. Each connection is a
+//! [`Channel`] as below, with the lines of version 1 spread over its two blocks and the control
+//! word replaced by the two state words.
 //!
 //! # Layout (version 1)
 //!
@@ -149,6 +151,7 @@ mod arena;
 mod chan;
 mod conn_layout;
 mod connect;
+mod control;
 mod doorbell;
 mod error;
 mod gate;

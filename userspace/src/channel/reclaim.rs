@@ -1,30 +1,28 @@
 //! Taking back the blocks of connections and listeners nobody uses any more, so that a region
 //! serves unbounded connections over its life.
 //!
-//! A block is freed by whoever sees that no end can use it again: the last end to leave
-//! ([`Retire`], from the channel's or the listener's drop), or a sweep ([`sweep`]) for ends
-//! that died: an attached side whose heartbeat stands still for the agreed liveness bound is
-//! marked dead, a block with no live side is freed, and one that never became ready (its
-//! creator died between allocating and publishing its control word) is freed once it has stood
-//! unchanged that long.
+//! A connection's two blocks are freed by whoever sees that neither end can use them again:
+//! the last end to leave ([`Retire`], from the channel's drop: see `Control::leave`), or a
+//! sweep ([`sweep`]) for ends that died. A sweep writes no block, only the page map: an end
+//! is done when its state word says it left, when its heartbeat stood still for the agreed
+//! liveness bound, or when its block never became ready (its creator died between allocating
+//! and publishing its state word) and stood so that long; an end's block is freed once it is
+//! done and so is its peer (or it has none any more).
 //!
-//! Freeing goes through the block's control word: a compare-and-swap from the value that
-//! showed it unused to one with both sides `GONE`, then the page map. An end racing to take a
-//! side (an acceptor) compare-and-swaps the same word, so exactly one of them wins, and a stale
-//! end that wakes up later finds `GONE`, or another generation, never its own session.
+//! A block freed by mistake (its owner was only paused past the bound) is noticed by its owner
+//! when it resumes: its own state word or its peer's no longer shows its session (`control.rs`).
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
-use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};
+use std::sync::atomic::Ordering::{Acquire, Relaxed};
 use std::sync::PoisonError;
 use std::time::{Duration, Instant};
 
 use super::arena::Arena;
-use super::chan::{
-    decode, live, session, side_state, with_state, C_CTL, C_SIDE, DEAD, GONE, SIDE_HEARTBEAT,
-    SIDE_LIVENESS,
+use super::chan::{ATTACHED, SIDE_HEARTBEAT, SIDE_LIVENESS};
+use super::conn_layout::{
+    BlockView, EndHeader, ACCEPTOR, CONNECTION, E_SIDE, E_STATE, LISTENER, L_SIDE, L_STATE,
 };
-use super::conn_layout::{BlockView, CONNECTION, LISTENER, L_CTL, L_SIDE, N_CHAN};
+use super::control::end_state;
 use super::liveness::{self, Watch};
 use super::pagemap::Block;
 
@@ -33,43 +31,42 @@ use super::pagemap::Block;
 pub(crate) struct Sightings {
     /// Reserved map entries and since when they stand unchanged (see `Arena::alloc`).
     pub reserved: HashMap<u32, (u64, Instant)>,
-    /// Blocks whose control word was not ready (head, generation): the word and since when.
+    /// Blocks whose state word was not ready (head, generation): the word and since when.
     unready: HashMap<(u32, u32), (u64, Instant)>,
-    /// Heartbeats of attached sides (head, generation, side).
+    /// Heartbeats of attached owners (head, generation, 0).
     beats: HashMap<(u32, u32, usize), Option<Watch>>,
 }
 
-/// A block that the last of its users frees.
+/// The blocks that the last of their users frees: a connection's two, or a listener's.
 #[derive(Clone)]
 pub(super) struct Retire {
     pub arena: Arena,
-    pub block: Block,
+    pub blocks: Vec<Block>,
 }
 
 impl Retire {
-    /// Frees the block if its control word `ctl` still is `w` (which shows no live side):
-    /// first both sides `GONE`, so a racing acceptor's compare-and-swap fails, then the map.
-    pub(super) fn retire(&self, ctl: &AtomicU64, w: u64) -> bool {
-        let gone = with_state(with_state(w, 0, GONE), 1, GONE);
-        // AcqRel: acquire sees every access the ends made before leaving (each left with a
-        // release); the map's release then hands the pages on after them.
-        ctl.compare_exchange(w, gone, AcqRel, Relaxed).is_ok() && self.arena.free(&self.block)
+    /// Frees the blocks that are still as they were (freeing is a compare-and-swap in the
+    /// map: of two ends that both saw the other gone, each block is freed once).
+    pub(super) fn free(&self) {
+        for b in &self.blocks {
+            self.arena.free(b);
+        }
     }
 }
 
-/// Where a block kind keeps its control word and side lines, at offsets from its start.
-fn words(kind: u8) -> Option<(u64, &'static [u64])> {
-    const CONN_SIDES: [u64; 2] = [N_CHAN + C_SIDE[0], N_CHAN + C_SIDE[1]];
-    match kind {
-        LISTENER => Some((L_CTL, &[L_SIDE])),
-        CONNECTION => Some((N_CHAN + C_CTL, &CONN_SIDES)),
-        _ => None,
-    }
+/// What a sweep makes of one block.
+struct Seen {
+    block: Block,
+    /// Its owner will not touch it again: it left, died, or never made it ready.
+    done: bool,
+    /// A connection end's role and the block it names.
+    end: Option<(u32, (u32, u32))>,
 }
 
-/// One look at every listener and connection block of `arena`: marks attached sides whose
-/// heartbeat stood still for the agreed bound (this end's liveness timeout `own` or the longer
-/// one the side published) dead, and frees blocks no live side uses, or that stood unready for
+/// One look at every listener and connection block of `arena`: frees the blocks whose owner
+/// is done (see the top of this file) and, for a connection end, whose peer is done too. An
+/// owner is dead when its heartbeat stood still for the agreed bound (this end's liveness
+/// timeout `own` or the longer one it published); a block stuck unready is given up after
 /// `stale`. Called again and again (a listener does between accepts, an allocator that found
 /// no room does), it frees what dead processes left. How many blocks it freed.
 pub(super) fn sweep(arena: &Arena, own: Duration, stale: Duration) -> u32 {
@@ -81,68 +78,78 @@ pub(super) fn sweep(arena: &Arena, own: Duration, stale: Duration) -> u32 {
         blocks.iter().map(|b| (b.head, b.gen)).collect();
     s.unready.retain(|k, _| present.contains(k));
     s.beats.retain(|k, _| present.contains(&(k.0, k.1)));
-    let mut freed = 0;
+    let mut seen: HashMap<(u32, u32), Seen> = HashMap::new();
     for b in blocks {
-        let Some((ctl_at, sides)) = words(b.kind) else {
-            continue;
+        let (state_at, side_at) = match b.kind {
+            LISTENER => (L_STATE, L_SIDE),
+            CONNECTION => (E_STATE, E_SIDE),
+            _ => continue,
         };
         let v = BlockView::new(arena, &mem, &b);
-        let Ok(ctl) = v.w64(ctl_at) else {
+        let Ok(word) = v.w64(state_at) else {
             continue;
         };
-        let retire = Retire {
-            arena: arena.clone(),
-            block: b,
-        };
-        let mut w = ctl.load(Acquire);
-        let states = decode(w).ok().filter(|_| session(w) == b.gen);
-        let Some(states) = states.map(|(s, _)| s) else {
-            // Not ready (or not a word any end writes): its creator died half-way, if it
-            // stays so.
-            let (seen, since) = *s.unready.entry((b.head, b.gen)).or_insert((w, now));
-            if seen != w {
-                s.unready.insert((b.head, b.gen), (w, now));
-            } else if now.duration_since(since) >= stale
-                && ctl
-                    .compare_exchange(w, gone_word(b.gen), AcqRel, Relaxed)
-                    .is_ok()
-                && arena.free(&b)
-            {
-                freed += 1;
-            }
-            continue;
-        };
-        s.unready.remove(&(b.head, b.gen));
-        let mut any_live = false;
-        for (side, &line) in sides.iter().enumerate() {
-            if !live(states[side]) {
-                continue;
-            }
-            let (Ok(hb), Ok(lv)) = (v.w64(line + SIDE_HEARTBEAT), v.w32(line + SIDE_LIVENESS))
-            else {
-                continue;
-            };
-            let bound = liveness::agreed(own, lv.load(Relaxed));
-            let watch = s.beats.entry((b.head, b.gen, side)).or_default();
-            if Watch::dead(watch, b.gen, hb.load(Relaxed), now, bound) {
-                let dead = with_state(w, side, DEAD);
-                match ctl.compare_exchange(w, dead, AcqRel, Acquire) {
-                    Ok(_) => w = dead,
-                    Err(_) => any_live = true, // it moved: look again next time
+        let w = word.load(Acquire);
+        let end = (b.kind == CONNECTION)
+            .then(|| EndHeader::read(&v).map(|h| (h.role, h.names)))
+            .flatten();
+        let ready = end_state(w, b.gen).filter(|_| b.kind == LISTENER || end.is_some());
+        let done = match ready {
+            None => {
+                // Not ready (or not a word any end writes): its creator died half-way, if it
+                // stays so.
+                let (first, since) = *s.unready.entry((b.head, b.gen)).or_insert((w, now));
+                if first != w {
+                    s.unready.insert((b.head, b.gen), (w, now));
                 }
-            } else {
-                any_live = true;
+                first == w && now.duration_since(since) >= stale
             }
-        }
-        if !any_live && !live(side_state(w, 0)) && !live(side_state(w, 1)) && retire.retire(ctl, w)
-        {
+            Some((ATTACHED, _)) => {
+                s.unready.remove(&(b.head, b.gen));
+                let (Ok(hb), Ok(lv)) = (
+                    v.w64(side_at + SIDE_HEARTBEAT),
+                    v.w32(side_at + SIDE_LIVENESS),
+                ) else {
+                    continue;
+                };
+                let bound = liveness::agreed(own, lv.load(Relaxed));
+                let watch = s.beats.entry((b.head, b.gen, 0)).or_default();
+                Watch::dead(watch, b.gen, hb.load(Relaxed), now, bound)
+            }
+            Some(_) => true, // closed, or left dead
+        };
+        seen.insert(
+            (b.head, b.gen),
+            Seen {
+                block: b,
+                done,
+                end: ready.and(end),
+            },
+        );
+    }
+    drop(s);
+    // A connector's acceptor: the end block that names it.
+    let acceptors: HashMap<(u32, u32), bool> = seen
+        .values()
+        .filter_map(|x| match x.end {
+            Some((ACCEPTOR, names)) => Some((names, x.done)),
+            _ => None,
+        })
+        .collect();
+    let mut freed = 0;
+    for x in seen.values().filter(|x| x.done) {
+        let peer_done = match x.end {
+            // A connector: its acceptor's, if it has one. An acceptor: its connector's, if
+            // that block is still there (a freed one reads nothing).
+            Some((ACCEPTOR, names)) => seen.get(&names).is_none_or(|p| p.done),
+            Some(_) => acceptors
+                .get(&(x.block.head, x.block.gen))
+                .is_none_or(|&d| d),
+            None => true,
+        };
+        if peer_done && arena.free(&x.block) {
             freed += 1;
         }
     }
     freed
-}
-
-/// The control word of a block being freed that never became ready.
-fn gone_word(gen: u32) -> u64 {
-    u64::from(gen) << 32 | u64::from(GONE) << 8 | u64::from(GONE)
 }
