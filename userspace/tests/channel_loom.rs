@@ -5,8 +5,9 @@
 //! leaves both sides asleep, which loom reports as a deadlock; a payload access not ordered by
 //! the indices is a data race on the `UnsafeCell` slots; the consumer checks FIFO order.
 //! Further models: the address handshake, a stale end's session check (it never delivers a
-//! newer session's bytes), and arming a non-blocking end for a poller (no lost wake-up); each
-//! with a broken variant that loom must catch, so the models can fail.
+//! newer session's bytes), arming a non-blocking end for a poller (no lost wake-up), the page
+//! map, and the leave handshake of a connection's two ends (their blocks are always freed,
+//! each once); each with a broken variant that loom must catch, so the models can fail.
 //!
 //! Builds only with the `loom` cfg (the Makefile's `unit-test` rule runs it):
 //!
@@ -18,6 +19,7 @@
 
 use std::sync::atomic::Ordering;
 
+use ivshmem::channel::control::{self, end_word, ATTACHED, CLOSED};
 use ivshmem::channel::pagemap;
 use ivshmem::channel::protocol::{Atomics, Consumer, Producer};
 use loom::cell::UnsafeCell;
@@ -483,4 +485,102 @@ fn racing_allocators_never_share_a_page() {
 fn a_blind_compare_and_swap_shares_a_page() {
     let res = std::panic::catch_unwind(check_pagemap::<BlindCas>);
     assert!(res.is_err(), "the broken page map passed");
+}
+
+/// The generations of a connection's two blocks (from the page map; distinct).
+const GENS: [u32; 2] = [7, 9];
+
+/// A connection's two ends: each block's state word, and a stand-in for the block's head entry
+/// in the page map (its generation while the block is taken, 0 once freed).
+struct Conn {
+    state: [AtomicU64; 2],
+    head: [AtomicU64; 2],
+}
+
+impl Conn {
+    fn new() -> Self {
+        Self {
+            state: GENS.map(|g| AtomicU64::new(end_word(g, ATTACHED))),
+            head: GENS.map(|g| AtomicU64::new(g.into())),
+        }
+    }
+
+    /// End `me` leaves (`control::leave`, CLOSED) and, if its peer was gone, frees both
+    /// blocks as the reclaimer does (a compare-and-swap on each head). Whether it saw its peer
+    /// gone, and which blocks its compare-and-swaps freed.
+    fn leave<A: Atomics<U64 = AtomicU64>>(&self, me: usize) -> (bool, [bool; 2]) {
+        let (left, peer_gone) = control::leave::<A>(
+            &self.state[me],
+            end_word(GENS[me], ATTACHED),
+            &self.state[1 - me],
+            end_word(GENS[1 - me], ATTACHED),
+            CLOSED,
+        );
+        assert!(left, "an attached end did not leave");
+        let mut freed = [false; 2];
+        if peer_gone {
+            for (b, f) in freed.iter_mut().enumerate() {
+                let gen = u64::from(GENS[b]);
+                *f = A::cas(&self.head[b], gen, 0, Ordering::AcqRel, Ordering::Acquire).is_ok();
+            }
+        }
+        (peer_gone, freed)
+    }
+}
+
+fn check_leave<A: Atomics<U64 = AtomicU64> + 'static>() {
+    loom::model(|| {
+        let conn = Arc::new(Conn::new());
+        let c = conn.clone();
+        let t = loom::thread::spawn(move || c.leave::<A>(1));
+        let (_, mine) = conn.leave::<A>(0);
+        let (_, theirs) = t.join().unwrap();
+        for b in 0..2 {
+            let frees = usize::from(mine[b]) + usize::from(theirs[b]);
+            assert_eq!(
+                conn.head[b].load(Ordering::Relaxed),
+                0,
+                "block {b} never freed"
+            );
+            assert_eq!(frees, 1, "block {b} freed {frees} times");
+        }
+    });
+}
+
+/// Two ends of a connection leaving at once (`control::leave`, the code `Control::leave`
+/// runs): at least one sees the other gone, so both blocks are freed, each exactly once.
+#[test]
+fn two_leaving_ends_free_both_blocks_once() {
+    check_leave::<Loom>();
+}
+
+/// The model can fail: without the SeqCst fence, both ends can miss the other's leaving (a
+/// store buffer each) and nobody frees the blocks.
+#[test]
+fn without_the_seqcst_fence_the_blocks_leak() {
+    let res = std::panic::catch_unwind(check_leave::<NoSeqCst>);
+    assert!(res.is_err(), "the broken leave handshake passed");
+}
+
+/// One end leaves while its peer stays attached (it only looks at the leaver's word, as its
+/// session checks do): the leaver never sees the peer gone, so nobody frees memory a live peer
+/// uses.
+#[test]
+fn an_end_leaving_an_attached_peer_frees_nothing() {
+    loom::model(|| {
+        let conn = Arc::new(Conn::new());
+        let c = conn.clone();
+        let t = loom::thread::spawn(move || c.state[0].load(Ordering::Acquire));
+        let (peer_gone, freed) = conn.leave::<Loom>(0);
+        t.join().unwrap();
+        assert!(!peer_gone, "saw an attached peer gone");
+        assert_eq!(freed, [false, false]);
+        for (b, g) in GENS.iter().enumerate() {
+            assert_eq!(conn.head[b].load(Ordering::Relaxed), u64::from(*g));
+        }
+        assert_eq!(
+            conn.state[1].load(Ordering::Relaxed),
+            end_word(GENS[1], ATTACHED)
+        );
+    });
 }

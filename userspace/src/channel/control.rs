@@ -19,18 +19,30 @@
 //! and its peer's word carries the peer's generation, no verdict against it, and a state the
 //! peer wrote for this session. Both words are read on the hot path (two loads: the own word's
 //! line is this end's and rarely written, the peer's is the peer's and rarely written).
+//!
+//! Public only for the loom model in `tests/channel_loom.rs` ([`leave`], [`end_word`] and the
+//! states); not a stable interface.
 
 use std::sync::atomic::fence;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 
-use super::chan::{decode, side_state, with_state, Shm, ATTACHED, CLOSED, DEAD, FREE, GONE};
+use super::chan::{decode, side_state, with_state, Shm, FREE, GONE};
+use super::protocol::{Atomics, Std};
 use super::ChannelError;
+
+/// State of an end that holds its side (the value of `chan`'s constant of that name).
+pub const ATTACHED: u8 = super::chan::ATTACHED;
+/// State of an end that left cleanly (the value of `chan`'s constant of that name).
+pub const CLOSED: u8 = super::chan::CLOSED;
+/// State of an end that left after a violation or an abort, and the verdict an end writes on
+/// a peer it declared dead (the value of `chan`'s constant of that name).
+pub const DEAD: u8 = super::chan::DEAD;
 
 /// The verdict bits of a connection end's state word.
 const VERDICT: u64 = 0xff << 8;
 
 /// A connection end's state word: generation `gen`, state `state`, no verdict.
-pub(super) fn end_word(gen: u32, state: u8) -> u64 {
+pub fn end_word(gen: u32, state: u8) -> u64 {
     u64::from(gen) << 32 | u64::from(state)
 }
 
@@ -207,30 +219,7 @@ impl Control {
                 own_word,
                 peer,
                 peer_word,
-            } => {
-                let word = mem.w64(own);
-                let now = word.load(Relaxed);
-                if now & !VERDICT != own_word {
-                    return (false, false);
-                }
-                // Release: the peer (or a reclaimer) that reads the state (acquire) sees every
-                // access this end made. The fence then orders that store before the load of
-                // the peer's word: of two ends leaving at once, at least one sees the other
-                // gone (both may, and both free: freeing is a compare-and-swap in the map).
-                word.store(
-                    (now & VERDICT) | own_word & !0xff | u64::from(state),
-                    Release,
-                );
-                fence(SeqCst);
-                let theirs = mem.w64(peer).load(Acquire);
-                let verdict = now & VERDICT != 0;
-                let peer_gen = (peer_word >> 32) as u32;
-                let gone = match end_state(theirs, peer_gen) {
-                    Some((s, _)) => s != ATTACHED || verdict,
-                    None => true,
-                };
-                (true, gone)
-            }
+            } => leave::<Std>(mem.w64(own), own_word, mem.w64(peer), peer_word, state),
         }
     }
 
@@ -249,6 +238,45 @@ impl Control {
             },
         }
     }
+}
+
+/// A connection end leaves its session in `state` (`CLOSED` or `DEAD`): the `Owned` arm of
+/// `Control::leave`, generic over the atomics for the loom model. `own` is this end's state
+/// word and `own_word` the value it holds while this end is attached (no verdict); `peer` and
+/// `peer_word` the same of the peer. Returns whether this end left (it still held its side)
+/// and whether its peer was no longer there to use the memory then (its word shows it left,
+/// or another generation, or this end had declared it dead): the leaver then frees both
+/// blocks. Of two ends leaving at once, at least one sees the other gone; an end never sees
+/// gone a peer that is attached with no verdict against it.
+pub fn leave<A: Atomics>(
+    own: &A::U64,
+    own_word: u64,
+    peer: &A::U64,
+    peer_word: u64,
+    state: u8,
+) -> (bool, bool) {
+    let now = A::load(own, Relaxed);
+    if now & !VERDICT != own_word {
+        return (false, false);
+    }
+    // Release: the peer (or a reclaimer) that reads the state (acquire) sees every access this
+    // end made. The fence then orders that store before the load of the peer's word: of two
+    // ends leaving at once, at least one sees the other gone (both may, and both free: freeing
+    // is a compare-and-swap in the map).
+    A::store(
+        own,
+        (now & VERDICT) | own_word & !0xff | u64::from(state),
+        Release,
+    );
+    A::fence(SeqCst);
+    let theirs = A::load(peer, Acquire);
+    let verdict = now & VERDICT != 0;
+    let peer_gen = (peer_word >> 32) as u32;
+    let gone = match end_state(theirs, peer_gen) {
+        Some((s, _)) => s != ATTACHED || verdict,
+        None => true,
+    };
+    (true, gone)
 }
 
 /// What a heartbeat looks at before each beat: an end that no longer holds its side must not

@@ -151,7 +151,7 @@ mod arena;
 mod chan;
 mod conn_layout;
 mod connect;
-mod control;
+pub mod control;
 mod doorbell;
 mod error;
 mod gate;
