@@ -9,7 +9,7 @@ use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::control::{Control, Look};
+use super::control::{Check, Control, Look};
 use super::gate::SleepGate;
 use super::heartbeat::Beat;
 use super::layout::{self, Kind, CHAN_CTL};
@@ -376,6 +376,8 @@ pub struct Channel {
     side: usize,
     session: u32,
     ctl: Control,
+    /// `ctl`'s session check and write check for this end, once started.
+    checks: [Check; 2],
     sides: [usize; 2],
     out: Ring,
     inp: Ring,
@@ -539,6 +541,7 @@ impl Channel {
             side: 0,
             session: 0,
             ctl,
+            checks: [ctl.session_check(0, 0), ctl.write_check(0, 0)],
             sides,
             out,
             inp,
@@ -583,6 +586,10 @@ impl Channel {
         }
         self.side = side;
         self.session = session;
+        self.checks = [
+            self.ctl.session_check(session, side),
+            self.ctl.write_check(session, side),
+        ];
         let line = self.sides[side];
         let address = self.waker.address().filter(|&a| a <= MAX_ADDRESS);
         self.w32(line + SIDE_ADDRESS as usize)
@@ -878,7 +885,7 @@ impl Channel {
     fn check_session(&self) -> Result<(), ChannelError> {
         fence(Acquire);
         // The hot path: compares on the words, no decoding.
-        if self.ctl.in_session(&self.mem, self.session, self.side) {
+        if self.checks[0].holds(&self.mem) {
             return Ok(());
         }
         self.detached()
@@ -1242,7 +1249,8 @@ impl Channel {
     /// which change only when an end comes or goes).
     #[inline]
     fn check_write(&self) -> Result<(), ChannelError> {
-        if !self.write_closed && self.ctl.writable(&self.mem, self.session, self.side) {
+        if !self.write_closed && self.checks[1].holds(&self.mem) {
+            fence(Acquire);
             return Ok(());
         }
         self.cannot_write()
@@ -1287,6 +1295,7 @@ impl Channel {
             side: self.side,
             session: self.session,
             ctl: self.ctl,
+            checks: self.checks,
             sides: self.sides,
             out: self.out,
             inp: self.inp,

@@ -23,7 +23,6 @@
 //! Public only for the loom model in `tests/channel_loom.rs` ([`leave`], [`end_word`] and the
 //! states); not a stable interface.
 
-use std::sync::atomic::fence;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 
 use super::chan::{decode, side_state, with_state, Shm, FREE, GONE};
@@ -40,6 +39,15 @@ pub const DEAD: u8 = super::chan::DEAD;
 
 /// The verdict bits of a connection end's state word.
 const VERDICT: u64 = 0xff << 8;
+
+/// Version 1's control word holds `side` attached to `session`: the bits and their value.
+fn shared_check(session: u32, side: usize) -> (u64, u64) {
+    let mask = 0xffff_ffff_u64 << 32 | 0xff << (8 * side);
+    (
+        mask,
+        u64::from(session) << 32 | u64::from(ATTACHED) << (8 * side),
+    )
+}
 
 /// A connection end's state word: generation `gen`, state `state`, no verdict.
 pub fn end_word(gen: u32, state: u8) -> u64 {
@@ -92,44 +100,56 @@ pub(super) struct Look {
     raw: u64,
 }
 
-impl Control {
-    /// The hot path of the session check: whether both words show the session as it was,
-    /// without decoding them. The caller fences (acquire) before.
+/// A check precomputed for the hot path: two words, the bits of each that must hold a value.
+/// Loads, masks and compares, the same code for both layouts.
+///
+/// # Invariants
+///
+/// Both offsets are those of 8-aligned words inside the region (from a [`Control`]).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Check([(usize, u64, u64); 2]);
+
+impl Check {
+    /// Whether both words hold their values (relaxed loads: callers fence as they need).
     #[inline]
-    pub fn in_session(&self, mem: &Shm, session: u32, side: usize) -> bool {
+    pub fn holds(&self, mem: &Shm) -> bool {
+        let [(a, ma, va), (b, mb, vb)] = self.0;
+        mem.w64(a).load(Relaxed) & ma == va && mem.w64(b).load(Relaxed) & mb == vb
+    }
+}
+
+impl Control {
+    /// The session check of `side` in `session`: the words show this end attached and not
+    /// detached (version 1: the session and this side's state; connections: the peer's word
+    /// as it is while both are attached, and this end's own, verdict aside). See
+    /// `Channel::check_session`.
+    pub fn session_check(&self, session: u32, side: usize) -> Check {
         match *self {
             Control::Shared(ctl) => {
-                let w = mem.w64(ctl).load(Relaxed);
-                (w >> 32) as u32 == session && side_state(w, side) == ATTACHED
+                let (mask, want) = shared_check(session, side);
+                Check([(ctl, mask, want), (ctl, 0, 0)])
             }
             Control::Owned {
                 own,
                 own_word,
                 peer,
                 peer_word,
-            } => {
-                mem.w64(peer).load(Relaxed) == peer_word
-                    && mem.w64(own).load(Relaxed) & !VERDICT == own_word
-            }
+            } => Check([(peer, !0, peer_word), (own, !VERDICT, own_word)]),
         }
     }
 
-    /// Whether this end may write and its peer still reads (or has not joined yet): the hot
-    /// path of the write check.
-    #[inline]
-    pub fn writable(&self, mem: &Shm, session: u32, side: usize) -> bool {
+    /// The write check: as the session check, and the peer still reads or has not joined
+    /// yet (version 1: its state is `ATTACHED` or `FREE`; connections: it is attached).
+    pub fn write_check(&self, session: u32, side: usize) -> Check {
         match *self {
             Control::Shared(ctl) => {
-                let w = mem.w64(ctl).load(Acquire);
-                let peer = side_state(w, 1 - side);
-                (w >> 32) as u32 == session
-                    && side_state(w, side) == ATTACHED
-                    && (peer == ATTACHED || peer == FREE)
+                let (mask, want) = shared_check(session, side);
+                // ATTACHED (2) and FREE (0) are the peer states with no bit but bit 1 set.
+                debug_assert_eq!(ATTACHED & !2 | FREE, 0);
+                let peer = 0xfd_u64 << (8 * (1 - side));
+                Check([(ctl, mask | peer, want), (ctl, 0, 0)])
             }
-            Control::Owned { .. } => {
-                fence(Acquire);
-                self.in_session(mem, session, side)
-            }
+            Control::Owned { .. } => self.session_check(session, side),
         }
     }
 
