@@ -12,18 +12,16 @@ use std::time::{Duration, Instant};
 use super::control::{Check, Control, Look};
 use super::gate::SleepGate;
 use super::heartbeat::Beat;
-use super::layout::{self, Kind, CHAN_CTL};
+use super::layout::Kind;
 use super::liveness::{self, Watch};
+use super::named;
 use super::protocol::{Consumer, Producer, Std};
 use super::reclaim::Retire;
 use super::region::Mem;
 use super::wait::{SpinWaker, Waker};
 use super::{ChannelError, Region};
 
-/// Offsets inside a channel block.
-pub(super) const C_CTL: u64 = 0x00;
-pub(super) const C_SIDE: [u64; 2] = [0x40, 0x80];
-const C_RING: [u64; 2] = [0xc0, 0x140];
+/// Offsets in an end's side line (`conn_layout.rs`).
 pub(super) const SIDE_EPOCH: u64 = 0;
 pub(super) const SIDE_HEARTBEAT: u64 = 8;
 /// u32: 0, or 1 + the address the peer passes to [`Waker::notify`] (a doorbell peer id).
@@ -38,9 +36,8 @@ pub(super) const MAX_ADDRESS: u32 = 0xffff;
 /// turns out not to notify must not leave it asleep for a whole slice.
 pub(super) const ALONE_SLICE: Duration = Duration::from_millis(20);
 
-/// Side states in the control word.
+/// End states (`control.rs`); `FREE` and `GONE` only in what an end sees (`Look`).
 pub(super) const FREE: u8 = 0;
-pub(super) const RESETTING: u8 = 1;
 pub(super) const ATTACHED: u8 = 2;
 pub(super) const CLOSED: u8 = 3;
 pub(super) const DEAD: u8 = 4;
@@ -48,44 +45,11 @@ pub(super) const DEAD: u8 = 4;
 /// an end detached from its session.
 pub(super) const GONE: u8 = 5;
 
-/// Whether a side in state `s` may still use the channel.
-pub(super) fn live(s: u8) -> bool {
-    s == ATTACHED || s == RESETTING
-}
-
 /// Message header: u32 length, u32 its complement (a cheap check against scribbles).
 const MSG_HDR: u64 = 8;
 
 /// Spin iterations between two looks at the clock (deadline, peer heartbeat).
 const CHECK_EVERY: u32 = 4096;
-
-pub(super) fn side_state(w: u64, side: usize) -> u8 {
-    (w >> (8 * side)) as u8
-}
-
-pub(super) fn with_state(w: u64, side: usize, s: u8) -> u64 {
-    (w & !(0xff << (8 * side))) | u64::from(s) << (8 * side)
-}
-
-pub(super) fn session(w: u64) -> u32 {
-    (w >> 32) as u32
-}
-
-/// Whether control word `w` shows `side` attached to `session`.
-pub(super) fn holds(w: u64, session: u32, side: usize) -> bool {
-    decode(w).is_ok_and(|(s, sess)| sess == session && s[side] == ATTACHED)
-}
-
-/// Splits a control word, refusing values no honest side writes.
-pub(super) fn decode(w: u64) -> Result<([u8; 2], u32), ChannelError> {
-    let s = [side_state(w, 0), side_state(w, 1)];
-    if s[0] > GONE || s[1] > GONE || (w >> 16) & 0xffff != 0 {
-        return Err(ChannelError::Corrupt(format!(
-            "channel control word {w:#018x}"
-        )));
-    }
-    Ok((s, session(w)))
-}
 
 /// How [`Channel::open`] opens a channel and how the channel waits.
 #[derive(Clone)]
@@ -254,6 +218,10 @@ impl Options {
         self.liveness
     }
 
+    pub(super) fn create_value(&self) -> bool {
+        self.create
+    }
+
     pub(super) fn open_timeout_value(&self) -> Duration {
         self.open_timeout
     }
@@ -276,20 +244,6 @@ pub(super) struct Ring {
 }
 
 impl Ring {
-    fn new(block: u64, r: usize, caps: [u64; 2]) -> Self {
-        let ctl = (block + C_RING[r]) as usize;
-        let data = block + CHAN_CTL + if r == 1 { caps[0] } else { 0 };
-        Self {
-            prod: ctl,
-            prod_wake: ctl + 8,
-            closed: ctl + 16,
-            cons: ctl + 64,
-            cons_wake: ctl + 72,
-            data: data as usize,
-            cap: caps[r],
-        }
-    }
-
     /// A ring whose producer line (index, wake-at, closed), consumer line (index, wake-at)
     /// and payload of `cap` bytes lie at these offsets: a connection's, in two blocks.
     pub(super) fn on_lines(prod: u64, cons: u64, data: u64, cap: u64) -> Self {
@@ -315,8 +269,8 @@ enum Dir {
 ///
 /// # Invariants
 ///
-/// Callers pass only offsets derived from a channel block that `layout::read_slot` checked
-/// against the region's size: inside the region and aligned for the word.
+/// Callers pass only offsets of words in the channel's blocks, which were checked against the
+/// region's size (`listener::end_channel`): inside the region and aligned for the word.
 #[derive(Clone)]
 pub(super) struct Shm(Arc<Mem>);
 
@@ -368,7 +322,7 @@ impl Shm {
 /// # Invariants
 ///
 /// Every offset in `out`, `inp`, `ctl` and the side blocks is inside the region and aligned for
-/// its word: `layout::read_slot` checked the channel block against the region's size.
+/// its word: `listener::end_channel` checked the blocks against the region's size.
 pub struct Channel {
     mem: Shm,
     name: String,
@@ -376,8 +330,10 @@ pub struct Channel {
     side: usize,
     session: u32,
     ctl: Control,
-    /// `ctl`'s session check and write check for this end, once started.
-    checks: [Check; 2],
+    /// `ctl`'s session check (also the write check), once started.
+    check: Check,
+    /// A pending opener: the count of announced blocks when it last looked for its joiner.
+    pair_seen: Option<u64>,
     sides: [usize; 2],
     out: Ring,
     inp: Ring,
@@ -418,13 +374,12 @@ pub(super) enum Half {
 struct Leave {
     mem: Shm,
     ctl: Control,
-    side: usize,
     session: u32,
     peer_line: usize,
     waker: Arc<dyn Waker>,
     heartbeat: std::sync::Mutex<Option<Arc<Beat>>>,
     dead: AtomicBool,
-    /// The arena blocks of a connection: the last end to leave frees them.
+    /// The arena blocks of the channel (the peer's first): the last end to leave frees them.
     block: Option<Retire>,
 }
 
@@ -438,18 +393,24 @@ impl Drop for Leave {
         } else {
             CLOSED
         };
-        let (left, peer_gone) = self.ctl.leave(&self.mem, self.session, self.side, state);
+        let (left, peer_gone) = self.ctl.leave(&self.mem, state);
         if !left {
             return;
         }
-        if let (true, Some(block)) = (peer_gone, &self.block) {
-            // The peer is gone too (or never came): nobody uses the blocks.
-            block.free();
+        let mut peer_line = self.peer_line;
+        match (&self.ctl, &self.block) {
+            // An opener: whether a peer joined since it last looked, and what it left.
+            (Control::Pending { .. }, Some(own)) => {
+                peer_line = named::opener_left(own, state).unwrap_or(peer_line);
+            }
+            // The peer is gone too: nobody uses the blocks.
+            (_, Some(blocks)) if peer_gone => blocks.free(),
+            _ => {}
         }
         if self.waker.sleeps() {
             let _ = self
                 .waker
-                .notify(peer_address(&self.mem, self.peer_line, self.session));
+                .notify(peer_address(&self.mem, peer_line, self.session));
         }
     }
 }
@@ -482,45 +443,6 @@ impl std::fmt::Debug for Channel {
 }
 
 impl Channel {
-    /// Opens (or creates) the channel `name` in `region`, initialising the layout of a zeroed
-    /// region first. Either end may come first; the first to attach starts a new session with
-    /// empty rings, the second joins it.
-    pub fn open(region: &Region, name: &str, opts: &Options) -> Result<Self, ChannelError> {
-        let mem = region.mem.clone();
-        let deadline = Instant::now().checked_add(opts.open_timeout);
-        let hdr = layout::attach(&mem, opts.open_timeout)?;
-        let create = opts.create.then_some((opts.kind, opts.capacity));
-        let slot = layout::find_or_create(&mem, hdr, name, create, opts.open_timeout)?;
-        if slot.kind != opts.kind {
-            return Err(ChannelError::Invalid(format!(
-                "channel '{name}' carries {}, not {}",
-                kind_name(slot.kind),
-                kind_name(opts.kind)
-            )));
-        }
-        let mut chan = Self::on_block(mem, name, slot.kind, slot.offset, slot.caps, opts);
-        let (side, session) = chan.attach(slot.offset as usize, deadline)?;
-        chan.start(side, session, None)?;
-        Ok(chan)
-    }
-
-    /// An end on the channel block at `block` (layout version 1), not attached yet: the
-    /// caller checked that the block (0x200 bytes of lines, then rings of `caps`, ring 0 first)
-    /// lies inside the region and is 64-byte aligned.
-    fn on_block(
-        mem: Arc<Mem>,
-        name: &str,
-        kind: Kind,
-        block: u64,
-        caps: [u64; 2],
-        opts: &Options,
-    ) -> Self {
-        let ctl = Control::Shared((block + C_CTL) as usize);
-        let sides = C_SIDE.map(|s| (block + s) as usize);
-        let rings = [Ring::new(block, 0, caps), Ring::new(block, 1, caps)];
-        Self::on_lines(mem, name, kind, ctl, sides, rings, opts)
-    }
-
     /// An end with its control, its side lines (`sides[0]` side 0's) and its rings (`rings[0]`
     /// the one it writes), not started yet. The caller checked every offset against the
     /// region: each word inside and aligned, each payload inside.
@@ -541,7 +463,8 @@ impl Channel {
             side: 0,
             session: 0,
             ctl,
-            checks: [ctl.session_check(0, 0), ctl.write_check(0, 0)],
+            check: ctl.check(),
+            pair_seen: None,
             sides,
             out,
             inp,
@@ -575,21 +498,8 @@ impl Channel {
         session: u32,
         block: Option<Retire>,
     ) -> Result<(), ChannelError> {
-        if let Control::Shared(ctl) = self.ctl {
-            // Layout version 1: `on_block` set ring 0 as `out`; side 1 writes ring 1.
-            let base = ctl as u64 - C_CTL;
-            let caps = [self.out.cap, self.inp.cap];
-            self.out = Ring::new(base, side, caps);
-            self.inp = Ring::new(base, 1 - side, caps);
-            self.tx = Producer::new(self.out.cap);
-            self.rx = Consumer::new(self.inp.cap);
-        }
         self.side = side;
         self.session = session;
-        self.checks = [
-            self.ctl.session_check(session, side),
-            self.ctl.write_check(session, side),
-        ];
         let line = self.sides[side];
         let address = self.waker.address().filter(|&a| a <= MAX_ADDRESS);
         self.w32(line + SIDE_ADDRESS as usize)
@@ -611,14 +521,13 @@ impl Channel {
         let every = self.liveness / 10;
         let heartbeat = Beat::start(
             self.mem.0.clone(),
-            self.ctl.hold(session, side),
+            self.ctl.hold(),
             (line as u64) + SIDE_HEARTBEAT,
             every,
         )?;
         self.leave = Some(Arc::new(Leave {
             mem: self.mem.clone(),
             ctl: self.ctl,
-            side,
             session,
             peer_line: self.sides[1 - side],
             waker: self.waker.clone(),
@@ -635,123 +544,6 @@ impl Channel {
 
     fn w32(&self, off: usize) -> &AtomicU32 {
         self.mem.w32(off)
-    }
-
-    /// Takes a side of the channel: joins a session the other side started (it is attached,
-    /// or left cleanly with data to drain), or starts a new one when nobody is attached.
-    /// Waits while a live side holds the channel, declaring it dead when its heartbeat stands
-    /// still for the liveness timeout.
-    fn attach(
-        &mut self,
-        block: usize,
-        deadline: Option<Instant>,
-    ) -> Result<(usize, u32), ChannelError> {
-        let ctl = block + C_CTL as usize;
-        let mut watch: [Option<Watch>; 2] = [None, None];
-        let mut round = 0u32;
-        loop {
-            if deadline.is_some_and(|d| Instant::now() > d) {
-                let (s, sess) = decode(self.w64(ctl).load(Acquire))?;
-                return Err(ChannelError::Busy(format!(
-                    "channel '{}' is held by live sides (states {s:?}, session {sess}), or its \
-                     control word kept changing: two ends are attached, or one whose peer left \
-                     has not reopened",
-                    self.name
-                )));
-            }
-            let w = self.w64(ctl).load(Acquire);
-            let (s, sess) = decode(w)?;
-            let mut raced = false;
-            for me in 0..2 {
-                let other = s[1 - me];
-                if s[me] == FREE
-                    && (other == ATTACHED || (other == CLOSED && self.unread(block, 1 - me)))
-                {
-                    let new = with_state(w, me, ATTACHED);
-                    if self
-                        .w64(ctl)
-                        .compare_exchange(w, new, Acquire, Relaxed)
-                        .is_ok()
-                    {
-                        return Ok((me, sess));
-                    }
-                    raced = true;
-                    break;
-                }
-            }
-            if raced {
-                continue;
-            }
-            if !live(s[0]) && !live(s[1]) {
-                let next = sess.wrapping_add(1);
-                let new = u64::from(next) << 32 | u64::from(RESETTING);
-                if self
-                    .w64(ctl)
-                    .compare_exchange(w, new, Acquire, Relaxed)
-                    .is_ok()
-                {
-                    self.reset_rings();
-                    return self.finish_reset(ctl, next).map(|()| (0, next));
-                }
-                continue;
-            }
-            let now = Instant::now();
-            for x in 0..2 {
-                if !live(s[x]) {
-                    continue;
-                }
-                let hb = self
-                    .w64(self.sides[x] + SIDE_HEARTBEAT as usize)
-                    .load(Relaxed);
-                if Watch::dead(&mut watch[x], sess, hb, now, self.bound_for(x)) {
-                    let dead = with_state(w, x, DEAD);
-                    let _ = self.w64(ctl).compare_exchange(w, dead, Relaxed, Relaxed);
-                    watch[x] = None;
-                }
-            }
-            layout_pause(&mut round);
-        }
-    }
-
-    /// Whether the ring that side `x` of the current session writes holds unread bytes: a
-    /// session whose only side left cleanly is worth joining only for those.
-    fn unread(&self, base: usize, x: usize) -> bool {
-        let r = Ring::new(0, x, [0, 0]);
-        self.w64(base + r.prod).load(Relaxed) != self.w64(base + r.cons).load(Relaxed)
-    }
-
-    /// Empties both rings for a new session (we hold the control word in RESETTING, so nobody
-    /// else touches them).
-    fn reset_rings(&self) {
-        for r in [self.out, self.inp] {
-            self.w64(r.prod).store(0, Relaxed);
-            self.w64(r.cons).store(0, Relaxed);
-            self.w64(r.prod_wake).store(0, Relaxed);
-            self.w64(r.cons_wake).store(0, Relaxed);
-            self.w32(r.closed).store(0, Relaxed);
-        }
-    }
-
-    /// RESETTING to ATTACHED with release: the joiner's acquire sees empty rings.
-    fn finish_reset(&self, ctl: usize, next: u32) -> Result<(), ChannelError> {
-        let ctl = self.w64(ctl);
-        let mut w = ctl.load(Relaxed);
-        for _ in 0..1000 {
-            if session(w) != next || side_state(w, 0) != RESETTING {
-                return Err(ChannelError::Busy(format!(
-                    "channel '{}' changed hands while this side reset it",
-                    self.name
-                )));
-            }
-            match ctl.compare_exchange(w, with_state(w, 0, ATTACHED), Release, Relaxed) {
-                Ok(_) => return Ok(()),
-                Err(now) => w = now,
-            }
-        }
-        Err(ChannelError::Corrupt(format!(
-            "channel '{}' control word keeps changing",
-            self.name
-        )))
     }
 
     /// A connection's peer block: its offset and length in the region (for tests that map
@@ -885,7 +677,7 @@ impl Channel {
     fn check_session(&self) -> Result<(), ChannelError> {
         fence(Acquire);
         // The hot path: compares on the words, no decoding.
-        if self.checks[0].holds(&self.mem) {
+        if self.check.holds(&self.mem) {
             return Ok(());
         }
         self.detached()
@@ -907,7 +699,7 @@ impl Channel {
 
     /// This end's and its peer's states in this end's session.
     fn look(&self) -> Result<Look, ChannelError> {
-        self.ctl.look(&self.mem, self.session, self.side)
+        self.ctl.look(&self.mem)
     }
 
     /// A protocol violation seen in the ring, unless this end is no longer in the session: a
@@ -1083,6 +875,7 @@ impl Channel {
     /// left the session, or the peer's heartbeat stood still for the liveness timeout (it is
     /// then declared dead, so that a new end can take its place).
     fn check_peer(&mut self, dir: Dir, now: Instant) -> Result<(), ChannelError> {
+        self.try_pair();
         let look = self.look()?;
         if look.me != ATTACHED {
             return self.detached();
@@ -1096,7 +889,7 @@ impl Channel {
                     .load(Relaxed);
                 let bound = self.bound_for(peer);
                 if Watch::dead(&mut self.peer_hb, self.session, hb, now, bound) {
-                    self.ctl.declare_dead(&self.mem, look, self.side);
+                    self.ctl.declare_dead(&self.mem);
                     return Err(ChannelError::PeerGone(format!(
                         "the peer's heartbeat stood still for {:?} (liveness bound {bound:?}, \
                          the longer of both ends'): it died or hangs",
@@ -1207,6 +1000,7 @@ impl Channel {
         if let Some(p) = self.peer_sleeps {
             return p;
         }
+        self.try_pair();
         if !self.peer_line_current() {
             return true;
         }
@@ -1215,6 +1009,37 @@ impl Channel {
             .load(Relaxed);
         self.peer_sleeps = Some(notifies == 1);
         notifies == 1
+    }
+
+    /// A pending opener (see `named.rs`) takes the end that joined it as its peer, once there
+    /// is one: the joiner's state word, side line, consumer line for this end's ring, and its
+    /// own ring to read. Before, this end read zeroes for all of these. Cheap while nothing
+    /// was announced: one load.
+    #[inline]
+    fn try_pair(&mut self) {
+        let Control::Pending { own, own_word } = self.ctl else {
+            return;
+        };
+        let Some(blocks) = self.leave.as_ref().and_then(|l| l.block.clone()) else {
+            return;
+        };
+        let Some(j) = named::joiner(&blocks, &mut self.pair_seen) else {
+            return;
+        };
+        self.ctl = Control::Owned {
+            own,
+            own_word,
+            peer: j.state,
+            peer_word: j.word,
+        };
+        self.check = self.ctl.check();
+        self.sides[1 - self.side] = j.side;
+        self.out.cons = j.cons as usize;
+        self.out.cons_wake = j.cons as usize + 8;
+        self.inp = Ring::on_lines(j.prod, self.inp.cons as u64, j.data, j.cap);
+        self.rx = Consumer::new(j.cap);
+        self.peer_sleeps = None;
+        self.peer_hb = None;
     }
 
     /// Rings the peer after this end moved an index or closed. A failed ring is not an error
@@ -1249,7 +1074,7 @@ impl Channel {
     /// which change only when an end comes or goes).
     #[inline]
     fn check_write(&self) -> Result<(), ChannelError> {
-        if !self.write_closed && self.checks[1].holds(&self.mem) {
+        if !self.write_closed && self.check.holds(&self.mem) {
             fence(Acquire);
             return Ok(());
         }
@@ -1295,7 +1120,8 @@ impl Channel {
             side: self.side,
             session: self.session,
             ctl: self.ctl,
-            checks: self.checks,
+            check: self.check,
+            pair_seen: self.pair_seen,
             sides: self.sides,
             out: self.out,
             inp: self.inp,
@@ -1487,15 +1313,6 @@ fn kind_name(k: Kind) -> &'static str {
     }
 }
 
-fn layout_pause(round: &mut u32) {
-    *round += 1;
-    if *round < 64 {
-        std::thread::yield_now();
-    } else {
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
 impl io::Write for Channel {
     /// Writes as much of `buf` as fits (at least one byte, waiting as configured).
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
@@ -1570,11 +1387,10 @@ mod tests {
         (r, a, b)
     }
 
-    /// The control word of a named channel's end.
+    /// The state word of an end.
     fn ctl_word(c: &Channel) -> usize {
         match c.ctl {
-            Control::Shared(ctl) => ctl,
-            Control::Owned { .. } => panic!("a connection's end"),
+            Control::Pending { own, .. } | Control::Owned { own, .. } => own,
         }
     }
 
@@ -1984,11 +1800,10 @@ mod tests {
     }
 
     #[test]
-    fn a_detached_end_stops_beating() {
+    fn an_end_whose_block_was_taken_back_stops_beating() {
         let (_r, a, b) = pair(&Options::new().liveness_timeout(Duration::from_millis(100)));
-        let ctl = a.w64(ctl_word(&a));
-        let w = ctl.load(Relaxed);
-        ctl.store(with_state(w, b.side, DEAD), Relaxed); // as `a` declaring `b` dead
+        // As an allocator zeroing `b`'s block for a new owner after it was freed.
+        b.w64(ctl_word(&b)).store(0, Relaxed);
         let hb = b.w64(b.sides[b.side] + SIDE_HEARTBEAT as usize);
         let t = Instant::now();
         loop {
@@ -2101,14 +1916,14 @@ mod tests {
             b.read(&mut buf).unwrap_err().kind(),
             io::ErrorKind::InvalidData
         );
-        // A garbage control word.
+        // A garbage state word: no end wrote it for this session (its block may have been
+        // taken back and reused), so the end is detached.
         a.mem.w64(ctl_word(&a)).store(u64::MAX, Relaxed);
         a.set_nonblocking(true);
         let mut buf = [0u8; 1];
-        assert_eq!(
-            a.read(&mut buf).unwrap_err().kind(),
-            io::ErrorKind::InvalidData
-        );
+        let e = a.read(&mut buf).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::BrokenPipe);
+        assert!(e.to_string().contains("detached"), "{e}");
     }
 
     #[test]

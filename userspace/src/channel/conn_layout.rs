@@ -1,6 +1,6 @@
-//! Layout version 2, connections (`userspace/docs/channels-v2.md`): a header page, then an
-//! arena ([`Arena`]) of listener blocks and connection blocks. A region holds one layout:
-//! named channels ([`super::Channel::open`], version 1) or connections (this one).
+//! Layout version 2 (`userspace/docs/channels-v2.md`): a header page, then an arena
+//! ([`Arena`]) of listener blocks and the blocks of channel ends, for named channels
+//! ([`super::Channel::open`], `named.rs`) and connections alike, on one region.
 //!
 //! | offset | size | field |
 //! |---|---|---|
@@ -28,10 +28,12 @@
 //! |---|---|
 //! | 0x000 | state word (`control.rs`): generation, state, verdict on the peer |
 //! | 0x008 | the block it names: head page u32, generation u32 at 0x00c (the listener's for a connector, the connector's for an acceptor) |
-//! | 0x010 | role u32 (1 connector, 2 acceptor); kind u32 at 0x014; capacity of its ring u32 at 0x018 |
+//! | 0x010 | role u32 (1 connector, 2 acceptor, 3 opener of a named channel); kind u32 at 0x014; capacity of its ring u32 at 0x018 |
 //! | 0x040 | its side line, as a channel's; epoch = the connection's session, the connector block's generation |
 //! | 0x080 | producer line of its ring: index u64, wake-at u64 at 0x088, closed u32 at 0x090 |
 //! | 0x0c0 | consumer line of the peer's ring: index u64, wake-at u64 at 0x0c8 |
+//! | 0x100 | opener: name length u32 (1 to 32), name at 0x104 |
+//! | 0x200 | opener: zeroes nobody writes, read as its peer's lines until a peer joins (side line at 0x200, producer line at 0x240, consumer line at 0x280) |
 //! | 0x1000 | its ring's payload |
 //!
 //! Connecting: the connector allocates its block, publishes its state word (release), adds
@@ -39,6 +41,12 @@
 //! scans the map for connector blocks that name it, allocates its block naming one, and
 //! announces it likewise; the connector, seeing the count move, finds that block. No word is
 //! written by both.
+//!
+//! A named channel ([`super::Channel::open`], `named.rs`) is the same pair of blocks with a
+//! rendezvous instead of a listener: the first end publishes an opener block carrying the name
+//! and uses it at once (writing into its ring before a peer exists); the next end names it
+//! with an acceptor block (the joiner); the opener finds its joiner as a connector finds its
+//! acceptor.
 
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::atomic::{AtomicU32, AtomicU64};
@@ -85,6 +93,13 @@ pub(super) const E_DATA: u64 = PAGE;
 /// Roles of connection blocks.
 pub(super) const CONNECTOR: u32 = 1;
 pub(super) const ACCEPTOR: u32 = 2;
+pub(super) const OPENER: u32 = 3;
+pub(super) const E_NAME_LEN: u64 = 0x100;
+pub(super) const E_NAME: u64 = 0x104;
+/// An opener's peer lines before a peer joins: zeroes in its own first page, never written.
+pub(super) const E_NO_SIDE: u64 = 0x200;
+pub(super) const E_NO_PROD: u64 = 0x240;
+pub(super) const E_NO_CONS: u64 = 0x280;
 
 /// Initialises the header of a zeroed region, or checks the one there, and returns the arena.
 /// Two ends starting at once: one wins the magic's compare-and-swap from 0, writes the header
@@ -125,9 +140,8 @@ pub(super) fn attach(region: &Region, timeout: Duration) -> Result<Arena, Channe
             }
             MAGIC_V1 => {
                 return Err(ChannelError::BadLayout(
-                    "the region holds named channels (layout version 1, Channel::open): \
-                     connections need a region of their own (layout version 2); zero it to \
-                     reuse it"
+                    "the region holds layout version 1 (named channels of an older \
+                     ivshmem-rs): this one reads version 2 only; zero the region to reuse it"
                         .into(),
                 ))
             }
@@ -168,7 +182,7 @@ pub fn is_connections(region: &Region) -> bool {
 pub(super) fn check_name(name: &str) -> Result<(), ChannelError> {
     if name.is_empty() || name.len() > MAX_NAME {
         return Err(ChannelError::Invalid(format!(
-            "service name '{name}' must be 1 to {MAX_NAME} bytes"
+            "name '{name}' must be 1 to {MAX_NAME} bytes"
         )));
     }
     Ok(())
@@ -210,12 +224,21 @@ impl<'a> BlockView<'a> {
 
     /// The name a listener block holds, if it is a valid one.
     pub fn name(&self) -> Option<String> {
-        let len = self.w32(L_NAME_LEN).ok()?.load(Relaxed) as usize;
+        self.name_at(L_NAME_LEN, L_NAME)
+    }
+
+    /// The name an opener block holds, if it is a valid one.
+    pub fn opener_name(&self) -> Option<String> {
+        self.name_at(E_NAME_LEN, E_NAME)
+    }
+
+    fn name_at(&self, len_at: u64, at: u64) -> Option<String> {
+        let len = self.w32(len_at).ok()?.load(Relaxed) as usize;
         if len == 0 || len > MAX_NAME {
             return None;
         }
         let mut buf = vec![0u8; len];
-        self.mem.copy_out(self.off + L_NAME, &mut buf).ok()?;
+        self.mem.copy_out(self.off + at, &mut buf).ok()?;
         String::from_utf8(buf).ok()
     }
 }
@@ -246,6 +269,7 @@ pub(super) fn end_pages(cap: u64) -> Result<u32, ChannelError> {
     Ok(1 + cap.div_ceil(PAGE) as u32)
 }
 
+#[derive(Debug, Clone, Copy)]
 /// What a connection end's block says of itself, checked against the block: role, kind, the
 /// block it names (head, generation) and the capacity of its ring.
 pub(super) struct EndHeader {
@@ -263,7 +287,7 @@ impl EndHeader {
             && (MIN_CAPACITY..=MAX_CAPACITY).contains(&cap)
             && E_DATA + cap <= v.len;
         let role = w(E_ROLE);
-        (ok && (role == CONNECTOR || role == ACCEPTOR)).then_some(Self {
+        (ok && matches!(role, CONNECTOR | ACCEPTOR | OPENER)).then_some(Self {
             role,
             kind: kind_of(w(E_KIND))?,
             names: (w(E_NAMES), w(E_NAMES + 4)),

@@ -71,7 +71,7 @@ impl Channel {
         v.w64(E_STATE)?.store(waiting, Release);
         let beat = Beat::start(
             mem.clone(),
-            Hold::Owned {
+            Hold {
                 word: v.off + E_STATE,
                 value: waiting,
             },
@@ -153,7 +153,7 @@ impl Channel {
 /// The acceptor block that names connector block `b`, with the capacity of its ring, once one
 /// is ready; the map is scanned again only when the count of announced blocks moved since
 /// `seen`.
-fn acceptor_of(
+pub(super) fn acceptor_of(
     arena: &super::arena::Arena,
     b: &Block,
     seen: &mut Option<u64>,

@@ -1,13 +1,12 @@
 //! Where an end learns whether it and its peer are still in their session.
 //!
-//! Named channels (layout version 1) keep both sides' states in one control word that both
-//! ends change by compare-and-swap. Connections (layout version 2, `conn_layout.rs`) have two
-//! blocks, one per end, and each end's state word lies in its own block, written by that end
-//! alone: an end that declares its peer dead says so in its own word (the verdict), and the
-//! peer reads it there. No word of a connection has two writers, which is what a read-only
-//! mapping of the peer's memory needs (issue 19).
+//! Every channel (layout version 2, `conn_layout.rs`) is two blocks, one per end, and each
+//! end's state word lies in its own block, written by that end alone: an end that declares its
+//! peer dead says so in its own word (the verdict), and the peer reads it there. No word of a
+//! channel has two writers, which is what a read-only mapping of the peer's memory needs
+//! (issue 19). The opener of a named channel has no peer until one joins (`Pending`).
 //!
-//! A state word of a connection end (u64):
+//! A state word of an end (u64):
 //!
 //! | bits | field |
 //! |---|---|
@@ -25,7 +24,7 @@
 
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 
-use super::chan::{decode, side_state, with_state, Shm, FREE, GONE};
+use super::chan::{Shm, FREE, GONE};
 use super::protocol::{Atomics, Std};
 use super::ChannelError;
 
@@ -37,24 +36,15 @@ pub const CLOSED: u8 = super::chan::CLOSED;
 /// a peer it declared dead (the value of `chan`'s constant of that name).
 pub const DEAD: u8 = super::chan::DEAD;
 
-/// The verdict bits of a connection end's state word.
+/// The verdict bits of an end's state word.
 const VERDICT: u64 = 0xff << 8;
 
-/// Version 1's control word holds `side` attached to `session`: the bits and their value.
-fn shared_check(session: u32, side: usize) -> (u64, u64) {
-    let mask = 0xffff_ffff_u64 << 32 | 0xff << (8 * side);
-    (
-        mask,
-        u64::from(session) << 32 | u64::from(ATTACHED) << (8 * side),
-    )
-}
-
-/// A connection end's state word: generation `gen`, state `state`, no verdict.
+/// An end's state word: generation `gen`, state `state`, no verdict.
 pub fn end_word(gen: u32, state: u8) -> u64 {
     u64::from(gen) << 32 | u64::from(state)
 }
 
-/// The state of a connection end's word `w` if it carries generation `gen` and is a word an
+/// The state and verdict of an end's word `w` if it carries generation `gen` and is a word an
 /// honest end writes; `None` for another generation (the block was freed, maybe reused) or
 /// garbage.
 pub(super) fn end_state(w: u64, gen: u32) -> Option<(u8, u8)> {
@@ -75,9 +65,10 @@ pub(super) fn end_state(w: u64, gen: u32) -> Option<(u8, u8)> {
 /// checked against it).
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Control {
-    /// Layout version 1: the control word at this offset (sides' states, session).
-    Shared(usize),
-    /// A connection: this end's state word and its peer's, with the values they hold while
+    /// The opener of a named channel before a peer joined: its own state word and the value
+    /// it holds while it is attached.
+    Pending { own: usize, own_word: u64 },
+    /// An end with a peer: its state word and its peer's, with the values they hold while
     /// both are attached.
     Owned {
         own: usize,
@@ -91,17 +82,15 @@ pub(super) enum Control {
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Look {
     /// `ATTACHED` while this end holds its side; `GONE` once it was detached (declared dead
-    /// by its peer, or its session or block taken over).
+    /// by its peer, or its block taken back).
     pub me: u8,
-    /// The peer's state: `FREE` (not joined yet), `ATTACHED`, `CLOSED`, `DEAD`, or `GONE`
+    /// The peer's state: `FREE` (none joined yet), `ATTACHED`, `CLOSED`, `DEAD`, or `GONE`
     /// (its block was freed).
     pub peer: u8,
-    /// The word that was read (version 1's control word; this end's own word otherwise).
-    raw: u64,
 }
 
 /// A check precomputed for the hot path: two words, the bits of each that must hold a value.
-/// Loads, masks and compares, the same code for both layouts.
+/// Loads, masks and compares, the same code whether a peer joined or not.
 ///
 /// # Invariants
 ///
@@ -119,16 +108,12 @@ impl Check {
 }
 
 impl Control {
-    /// The session check of `side` in `session`: the words show this end attached and not
-    /// detached (version 1: the session and this side's state; connections: the peer's word
-    /// as it is while both are attached, and this end's own, verdict aside). See
-    /// `Channel::check_session`.
-    pub fn session_check(&self, session: u32, side: usize) -> Check {
+    /// The session check: this end's own word, verdict aside, as it is while attached, and
+    /// its peer's word as it is while both are attached (see `Channel::check_session`). The
+    /// write check is the same: a peer that left or was declared dead reads no more.
+    pub fn check(&self) -> Check {
         match *self {
-            Control::Shared(ctl) => {
-                let (mask, want) = shared_check(session, side);
-                Check([(ctl, mask, want), (ctl, 0, 0)])
-            }
+            Control::Pending { own, own_word } => Check([(own, !VERDICT, own_word), (own, 0, 0)]),
             Control::Owned {
                 own,
                 own_word,
@@ -138,101 +123,65 @@ impl Control {
         }
     }
 
-    /// The write check: as the session check, and the peer still reads or has not joined
-    /// yet (version 1: its state is `ATTACHED` or `FREE`; connections: it is attached).
-    pub fn write_check(&self, session: u32, side: usize) -> Check {
-        match *self {
-            Control::Shared(ctl) => {
-                let (mask, want) = shared_check(session, side);
-                // ATTACHED (2) and FREE (0) are the peer states with no bit but bit 1 set.
-                debug_assert_eq!(ATTACHED & !2 | FREE, 0);
-                let peer = 0xfd_u64 << (8 * (1 - side));
-                Check([(ctl, mask | peer, want), (ctl, 0, 0)])
-            }
-            Control::Owned { .. } => self.session_check(session, side),
-        }
-    }
-
     /// This end's and its peer's states (acquire). An error for words no honest end writes.
-    pub fn look(&self, mem: &Shm, session: u32, side: usize) -> Result<Look, ChannelError> {
-        match *self {
-            Control::Shared(ctl) => {
-                let w = mem.w64(ctl).load(Acquire);
-                let (s, sess) = decode(w)?;
-                let me = if sess == session && s[side] == ATTACHED {
-                    ATTACHED
-                } else {
-                    GONE
-                };
-                let peer = if sess == session { s[1 - side] } else { GONE };
-                Ok(Look { me, peer, raw: w })
+    pub fn look(&self, mem: &Shm) -> Result<Look, ChannelError> {
+        let (own, own_word) = match *self {
+            Control::Pending { own, own_word } | Control::Owned { own, own_word, .. } => {
+                (own, own_word)
             }
-            Control::Owned {
-                own,
-                own_word,
-                peer,
-                peer_word,
-            } => {
-                let mine = mem.w64(own).load(Acquire);
-                let theirs = mem.w64(peer).load(Acquire);
-                let peer_gen = (peer_word >> 32) as u32;
-                let (peer_state, verdict) = end_state(theirs, peer_gen).unwrap_or((GONE, 0));
-                let me = if mine & !VERDICT == own_word && verdict == 0 && peer_state != GONE {
-                    ATTACHED
-                } else {
-                    GONE
-                };
-                Ok(Look {
-                    me,
-                    peer: peer_state,
-                    raw: mine,
-                })
-            }
-        }
+        };
+        let mine = mem.w64(own).load(Acquire);
+        let held = mine & !VERDICT == own_word;
+        let Control::Owned {
+            peer, peer_word, ..
+        } = *self
+        else {
+            let me = if held { ATTACHED } else { GONE };
+            return Ok(Look { me, peer: FREE });
+        };
+        let theirs = mem.w64(peer).load(Acquire);
+        let peer_gen = (peer_word >> 32) as u32;
+        let (peer_state, verdict) = end_state(theirs, peer_gen).unwrap_or((GONE, 0));
+        let me = if held && verdict == 0 && peer_state != GONE {
+            ATTACHED
+        } else {
+            GONE
+        };
+        Ok(Look {
+            me,
+            peer: peer_state,
+        })
     }
 
-    /// Declares the attached peer dead (its heartbeat stood still), as seen in `look`: a new
-    /// end may then take its side (version 1), or it finds itself detached (connections).
-    pub fn declare_dead(&self, mem: &Shm, look: Look, side: usize) {
-        match *self {
-            Control::Shared(ctl) => {
-                let dead = with_state(look.raw, 1 - side, DEAD);
-                let _ = mem
-                    .w64(ctl)
-                    .compare_exchange(look.raw, dead, Relaxed, Relaxed);
-            }
-            Control::Owned { own, own_word, .. } => {
-                // Release: whoever reads the verdict (acquire) sees what this end did before.
-                let now = mem.w64(own).load(Relaxed);
-                if now & !VERDICT == own_word {
-                    mem.w64(own).store(now | u64::from(DEAD) << 8, Release);
-                }
+    /// Declares the attached peer dead (its heartbeat stood still): it finds itself detached
+    /// when it reads the verdict in this end's word.
+    pub fn declare_dead(&self, mem: &Shm) {
+        if let Control::Owned { own, own_word, .. } = *self {
+            // Release: whoever reads the verdict (acquire) sees what this end did before.
+            let now = mem.w64(own).load(Relaxed);
+            if now & !VERDICT == own_word {
+                mem.w64(own).store(now | u64::from(DEAD) << 8, Release);
             }
         }
     }
 
     /// Leaves the session in `state` (`CLOSED` or `DEAD`). Whether this end left (it still
-    /// held its side), and whether its peer was no longer there to use the memory then
-    /// (connections: the leaver then frees the blocks).
-    pub fn leave(&self, mem: &Shm, session: u32, side: usize, state: u8) -> (bool, bool) {
+    /// held its side), and whether its peer was no longer there to use the memory then (the
+    /// leaver then frees the blocks). A pending opener only stores its state: whether a peer
+    /// joined meanwhile is for its caller to find out (`named.rs`).
+    pub fn leave(&self, mem: &Shm, state: u8) -> (bool, bool) {
         match *self {
-            Control::Shared(ctl) => {
-                let ctl = mem.w64(ctl);
-                let mut w = ctl.load(Acquire);
-                for _ in 0..1000 {
-                    if (w >> 32) as u32 != session || side_state(w, side) != ATTACHED {
-                        return (false, false);
-                    }
-                    let left = with_state(w, side, state);
-                    match ctl.compare_exchange(w, left, Release, Acquire) {
-                        Ok(_) => {
-                            let peer = side_state(left, 1 - side);
-                            return (true, peer != ATTACHED && peer != super::chan::RESETTING);
-                        }
-                        Err(now) => w = now,
-                    }
+            Control::Pending { own, own_word } => {
+                let word = mem.w64(own);
+                let now = word.load(Relaxed);
+                if now & !VERDICT != own_word {
+                    return (false, false);
                 }
-                (false, false)
+                word.store(
+                    (now & VERDICT) | own_word & !0xff | u64::from(state),
+                    Release,
+                );
+                (true, false)
             }
             Control::Owned {
                 own,
@@ -243,16 +192,10 @@ impl Control {
         }
     }
 
-    /// The word whose value says whether an end still holds its side, for its heartbeat:
-    /// its offset and how to tell.
-    pub fn hold(&self, session: u32, side: usize) -> Hold {
+    /// The word whose value says whether an end still holds its side, for its heartbeat.
+    pub fn hold(&self) -> Hold {
         match *self {
-            Control::Shared(ctl) => Hold::Shared {
-                ctl: ctl as u64,
-                session,
-                side,
-            },
-            Control::Owned { own, own_word, .. } => Hold::Owned {
+            Control::Pending { own, own_word } | Control::Owned { own, own_word, .. } => Hold {
                 word: own as u64,
                 value: own_word,
             },
@@ -300,30 +243,17 @@ pub fn leave<A: Atomics>(
 }
 
 /// What a heartbeat looks at before each beat: an end that no longer holds its side must not
-/// make the side's next holder (or a block's next owner) look alive.
+/// make a block's next owner look alive. The end's own state word, verdict aside, is `value`.
 #[derive(Debug, Clone, Copy)]
-pub(super) enum Hold {
-    /// Version 1: the control word shows `side` attached to `session`.
-    Shared { ctl: u64, session: u32, side: usize },
-    /// A connection end or a listener: its own state word, verdict aside, is `value`.
-    Owned { word: u64, value: u64 },
+pub(super) struct Hold {
+    pub word: u64,
+    pub value: u64,
 }
 
 impl Hold {
-    /// The offset of the word to look at.
-    pub fn offset(&self) -> u64 {
-        match *self {
-            Hold::Shared { ctl, .. } => ctl,
-            Hold::Owned { word, .. } => word,
-        }
-    }
-
     /// Whether word value `w` shows the side held.
     pub fn holds(&self, w: u64) -> bool {
-        match *self {
-            Hold::Shared { session, side, .. } => super::chan::holds(w, session, side),
-            Hold::Owned { value, .. } => w & !VERDICT == value,
-        }
+        w & !VERDICT == self.value
     }
 }
 

@@ -72,10 +72,8 @@ impl Beat {
     /// One beat, if the end still holds its side; false once it does not (it never will
     /// again: sessions only move on).
     fn beat(&self) -> bool {
-        let (Ok(hold), Ok(word)) = (
-            self.mem.u64_at(self.hold.offset()),
-            self.mem.u64_at(self.word),
-        ) else {
+        let (Ok(hold), Ok(word)) = (self.mem.u64_at(self.hold.word), self.mem.u64_at(self.word))
+        else {
             return false;
         };
         let mine = !self.stopped.load(Relaxed) && self.hold.holds(hold.load(Relaxed));

@@ -226,7 +226,7 @@ impl Listener {
         }
         me.beat = Some(Beat::start(
             mem.clone(),
-            Hold::Owned {
+            Hold {
                 word: v.off + L_STATE,
                 value: listening,
             },

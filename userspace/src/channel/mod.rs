@@ -159,6 +159,7 @@ mod heartbeat;
 mod layout;
 mod listener;
 mod liveness;
+mod named;
 mod open_path;
 pub mod pagemap;
 pub mod protocol;
@@ -171,8 +172,9 @@ pub use chan::{Channel, MessageSlot, MessageView, Options, ReadSlice, Wait, Writ
 pub use conn_layout::{is_connections, usage, Usage, VERSION as CONNECTIONS_VERSION};
 pub use doorbell::DoorbellWaker;
 pub use error::ChannelError;
-pub use layout::{list, ChannelInfo, Kind, MAX_NAME, MIN_REGION, SLOTS, VERSION};
+pub use layout::{ChannelInfo, Kind, MAX_NAME, MIN_REGION, VERSION};
 pub use listener::Listener;
+pub use named::list;
 pub use open_path::open_region;
 pub use region::Region;
 pub use split::{ReadHalf, WriteHalf};

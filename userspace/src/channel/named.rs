@@ -1,0 +1,407 @@
+//! Named channels on layout version 2: [`Channel::open`] is a rendezvous of two ends on a
+//! name, either end first, on the blocks connections use (`conn_layout.rs`).
+//!
+//! - The first end publishes an *opener* block with the name, kind and capacity and returns at
+//!   once: it writes into its own ring before a peer exists, reading zeroes (its block's "no
+//!   peer yet" lines) as the peer's consumer index, and looks for a joiner whenever it waits or
+//!   blocks were announced (`Channel::try_pair`).
+//! - The next end finds the opener (live and unjoined, or closed with unread bytes) and joins
+//!   it with an acceptor block that names it, exactly as a listener accepts a connector.
+//! - While a joined pair with a live end holds the name, further ends wait (at most the open
+//!   timeout, then `Busy`); dead ends are found by the same sweep that frees connections
+//!   (`reclaim.rs`), so a name whose ends died is opened afresh.
+//!
+//! Two ends that publish at once (two openers of one name, or two joiners of one opener) each
+//! write their block's header, fence (SeqCst) and look for the other: of two such stores and
+//! loads at least one sees the other, and an end that sees a rival withdraws (frees its block)
+//! and tries again after a random pause. Withdrawing ends are never taken as peers: an opener
+//! pairs only with a joiner whose state word is published, which happens after the rival check.
+//!
+//! An opener that leaves before anyone joined frees its block, unless it closed with bytes in
+//! its ring: those wait for a reader, as a pipe's do (a crashed opener's do not).
+
+use std::sync::atomic::fence;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
+use std::time::{Duration, Instant};
+
+use super::arena::Arena;
+use super::chan::{Ring, ATTACHED, CLOSED, DEAD};
+use super::conn_layout::{
+    self as cl, BlockView, EndHeader, ACCEPTOR, CONNECTION, E_CONS, E_DATA, E_NAME, E_NAME_LEN,
+    E_NO_CONS, E_NO_PROD, E_NO_SIDE, E_PROD, E_SIDE, E_STATE, OPENER,
+};
+use super::control::{end_state, end_word, Control};
+use super::layout::{ChannelInfo, Kind};
+use super::listener::{alloc, end_channel};
+use super::pagemap::Block;
+use super::reclaim::{self, Retire};
+use super::region::Region;
+use super::{Channel, ChannelError, Options};
+
+/// What a scan found of one name.
+#[derive(Default)]
+struct Found {
+    /// The opener to join: the lowest-paged one that is live and unjoined, or closed with
+    /// unread bytes.
+    joinable: Option<(Block, EndHeader)>,
+    /// A joined pair with an end still attached holds the name.
+    held: bool,
+    /// An end is being published (an opener or a joiner that has not published its state).
+    busy: bool,
+    /// What the name carries, from the first opener that has published its state.
+    kind: Option<Kind>,
+}
+
+/// The producer index of an end's ring: not 0 once it wrote (the consumer starts at 0).
+fn wrote(v: &BlockView<'_>) -> bool {
+    v.w64(E_PROD).is_ok_and(|w| w.load(Acquire) != 0)
+}
+
+/// Looks at the ends of channel `name` in `arena`.
+fn scan(arena: &Arena, name: &str) -> Found {
+    let mem = arena.mem();
+    let ends: Vec<(Block, Option<(u8, u8)>, EndHeader)> = arena
+        .blocks()
+        .into_iter()
+        .filter(|b| b.kind == CONNECTION)
+        .filter_map(|b| {
+            let v = BlockView::new(arena, mem, &b);
+            let h = EndHeader::read(&v)?;
+            let state = end_state(v.w64(E_STATE).ok()?.load(Acquire), b.gen);
+            Some((b, state, h))
+        })
+        .collect();
+    let mut found = Found::default();
+    for (o, state, h) in &ends {
+        let v = BlockView::new(arena, mem, o);
+        if h.role != OPENER || v.opener_name().as_deref() != Some(name) {
+            continue;
+        }
+        let Some((state, _)) = *state else {
+            found.busy = true;
+            continue;
+        };
+        found.kind.get_or_insert(h.kind);
+        let mut joined = false;
+        for (_, a_state, ah) in &ends {
+            if ah.role != ACCEPTOR || ah.names != (o.head, o.gen) {
+                continue;
+            }
+            match a_state {
+                None => found.busy = true,
+                Some((s, _)) => {
+                    joined = true;
+                    found.held |= *s == ATTACHED || state == ATTACHED;
+                }
+            }
+        }
+        let open = state == ATTACHED || (state == CLOSED && wrote(&v));
+        if !joined && open && found.joinable.is_none() {
+            found.joinable = Some((*o, *h));
+        }
+    }
+    found
+}
+
+/// Whether a block other than `me` of role `role` with the same name (openers) or naming the
+/// same opener (joiners) exists, published or not: a rival of `me`'s.
+fn rival(arena: &Arena, me: &Block, role: u32, name: &str, names: (u32, u32)) -> bool {
+    let mem = arena.mem();
+    arena.blocks().into_iter().any(|b| {
+        if b.kind != CONNECTION || b == *me {
+            return false;
+        }
+        let v = BlockView::new(arena, mem, &b);
+        let Some(h) = EndHeader::read(&v) else {
+            return false;
+        };
+        let gone = v
+            .w64(E_STATE)
+            .is_ok_and(|w| end_state(w.load(Acquire), b.gen).is_some_and(|(s, _)| s != ATTACHED));
+        h.role == role
+            && !gone
+            && match role {
+                OPENER => v.opener_name().as_deref() == Some(name),
+                _ => h.names == names,
+            }
+    })
+}
+
+/// A short random pause after withdrawing, so that two ends that saw each other do not meet
+/// again and again.
+fn jitter() {
+    let t = Instant::now().elapsed().subsec_nanos() ^ std::process::id();
+    std::thread::sleep(Duration::from_micros(200 + u64::from(t % 1800)));
+}
+
+impl Channel {
+    /// Opens the channel `name` (1 to 32 bytes) in `region`, laying out a zeroed region as
+    /// version 2 first. Either end may come first: the first returns at once and may write
+    /// before its peer comes (up to its ring's capacity); the second joins it, with a ring of
+    /// the same capacity, and must ask for the same [`Kind`]. A third waits while a pair with
+    /// an attached end holds the name, then gets `Busy` after [`Options::open_timeout`]; ends
+    /// that died are replaced once found dead (their heartbeat still for the liveness bound).
+    /// With [`Options::create`]`(false)` an end only joins: `InvalidInput` when no end waits.
+    ///
+    /// A region serves named channels and connections alike, without end: every pair's blocks
+    /// are freed when both of its ends are gone.
+    pub fn open(region: &Region, name: &str, opts: &Options) -> Result<Self, ChannelError> {
+        cl::check_name(name)?;
+        let arena = cl::attach(region, opts.open_timeout_value())?;
+        let deadline = Instant::now().checked_add(opts.open_timeout_value());
+        // Each end its own waker where ends must not share one (a doorbell's file).
+        let own;
+        let opts = match opts.waker_ref().another()? {
+            Some(w) => {
+                own = opts.clone().waker(w);
+                &own
+            }
+            None => opts,
+        };
+        let bound = opts.liveness_bound();
+        loop {
+            let found = scan(&arena, name);
+            if let Some(k) = found.kind.filter(|&k| k != opts.kind_value()) {
+                return Err(ChannelError::Invalid(format!(
+                    "channel '{name}' carries {}, not {}",
+                    kind_name(k),
+                    kind_name(opts.kind_value())
+                )));
+            }
+            if let Some((o, h)) = found.joinable {
+                if let Some(c) = join(&arena, name, &o, &h, opts)? {
+                    return Ok(c);
+                }
+                jitter();
+            } else if !found.held && !found.busy {
+                if !opts.create_value() {
+                    return Err(ChannelError::Invalid(format!(
+                        "no channel named '{name}' (no end of it waits to be joined)"
+                    )));
+                }
+                if let Some(c) = create(&arena, name, opts)? {
+                    return Ok(c);
+                }
+                jitter();
+            } else {
+                if deadline.is_some_and(|d| Instant::now() > d) {
+                    return Err(ChannelError::Busy(format!(
+                        "channel '{name}' is held by a pair of ends, one of them attached, for \
+                         longer than the open timeout: two ends use it (or one whose peer left \
+                         has not closed yet)"
+                    )));
+                }
+                // Ends that died are found over several looks (`reclaim::sweep`).
+                reclaim::sweep(&arena, bound, bound);
+                std::thread::sleep((bound / 20).clamp(Duration::from_millis(1), bound));
+            }
+        }
+    }
+}
+
+/// The end that joined opener `own` (its block first in `own`), once one has published its
+/// state; the map is scanned again only when blocks were announced since `seen`.
+pub(super) fn joiner(own: &Retire, seen: &mut Option<u64>) -> Option<Joiner> {
+    let arena = &own.arena;
+    let (a, cap) = super::connect::acceptor_of(arena, own.blocks.first()?, seen)
+        .ok()
+        .flatten()?;
+    let v = BlockView::new(arena, arena.mem(), &a);
+    // Every word below is inside the joiner's block (checked) and so the region; its ring's
+    // payload was checked with its capacity (`EndHeader::read`).
+    for at in [E_STATE, E_SIDE + 0x18, E_PROD + 16, E_CONS + 8] {
+        v.w64(at).ok()?;
+    }
+    Some(Joiner {
+        state: (v.off + E_STATE) as usize,
+        word: end_word(a.gen, ATTACHED),
+        side: (v.off + E_SIDE) as usize,
+        cons: v.off + E_CONS,
+        prod: v.off + E_PROD,
+        data: v.off + E_DATA,
+        cap,
+    })
+}
+
+/// The end that joined an opener: where its words are.
+pub(super) struct Joiner {
+    pub state: usize,
+    pub word: u64,
+    pub side: usize,
+    pub cons: u64,
+    pub prod: u64,
+    pub data: u64,
+    pub cap: u64,
+}
+
+/// Creates an opener block for `name` and returns its end, or `None` after seeing a rival.
+fn create(arena: &Arena, name: &str, opts: &Options) -> Result<Option<Channel>, ChannelError> {
+    let cap = opts.capacity_value();
+    let pages = cl::end_pages(cap)?;
+    let b = alloc(arena, CONNECTION, pages, opts, &format!("channel '{name}'"))?;
+    let mem = arena.mem().clone();
+    let v = BlockView::new(arena, &mem, &b);
+    EndHeader {
+        role: OPENER,
+        kind: opts.kind_value(),
+        names: (0, 0),
+        cap,
+    }
+    .write(&v)?;
+    v.w32(E_NAME_LEN)?.store(name.len() as u32, Relaxed);
+    mem.copy_in(v.off + E_NAME, name.as_bytes())?;
+    // Our header, then theirs: see the top of this file.
+    fence(SeqCst);
+    if rival(arena, &b, OPENER, name, (0, 0)) {
+        arena.free(&b);
+        return Ok(None);
+    }
+    let own_word = end_word(b.gen, ATTACHED);
+    // Release: an end that finds it (acquire) sees its header.
+    v.w64(E_STATE)?.store(own_word, Release);
+    cl::announce(arena);
+    let ctl = Control::Pending {
+        own: (v.off + E_STATE) as usize,
+        own_word,
+    };
+    let sides = [(v.off + E_SIDE) as usize, (v.off + E_NO_SIDE) as usize];
+    let out = Ring::on_lines(v.off + E_PROD, v.off + E_NO_CONS, v.off + E_DATA, cap);
+    // Nothing to read until a peer joins: its producer line reads zeroes.
+    let inp = Ring::on_lines(v.off + E_NO_PROD, v.off + E_CONS, v.off + E_DATA, cap);
+    let mut chan = Channel::on_lines(mem, name, opts.kind_value(), ctl, sides, [out, inp], opts);
+    let own = Retire {
+        arena: arena.clone(),
+        blocks: vec![b],
+    };
+    chan.start(0, b.gen, Some(own))?;
+    Ok(Some(chan))
+}
+
+/// Joins opener `o` (header `h`) with an acceptor block; `None` after seeing a rival joiner,
+/// or when the opener left meanwhile.
+fn join(
+    arena: &Arena,
+    name: &str,
+    o: &Block,
+    h: &EndHeader,
+    opts: &Options,
+) -> Result<Option<Channel>, ChannelError> {
+    let pages = cl::end_pages(h.cap)?;
+    let b = alloc(arena, CONNECTION, pages, opts, &format!("channel '{name}'"))?;
+    let mem = arena.mem().clone();
+    let v = BlockView::new(arena, &mem, &b);
+    EndHeader {
+        role: ACCEPTOR,
+        kind: h.kind,
+        names: (o.head, o.gen),
+        cap: h.cap,
+    }
+    .write(&v)?;
+    fence(SeqCst);
+    if rival(arena, &b, ACCEPTOR, name, (o.head, o.gen)) {
+        arena.free(&b);
+        return Ok(None);
+    }
+    v.w64(E_STATE)?.store(end_word(b.gen, ATTACHED), Release);
+    cl::announce(arena);
+    // Our state, then the opener's: an opener leaving at once stores its state, then looks
+    // for us (`opener_left`), so one of us sees the other.
+    fence(SeqCst);
+    let blocks = Retire {
+        arena: arena.clone(),
+        blocks: vec![*o, b],
+    };
+    let ov = BlockView::new(arena, &mem, o);
+    let state = ov
+        .w64(E_STATE)
+        .ok()
+        .and_then(|w| end_state(w.load(Acquire), o.gen));
+    let open = matches!(state, Some((ATTACHED, 0))) || (state == Some((CLOSED, 0)) && wrote(&ov));
+    if !arena.current(o) || !open {
+        v.w64(E_STATE)?.store(end_word(b.gen, CLOSED), Release);
+        blocks.free();
+        return Ok(None);
+    }
+    let mut chan = end_channel(&mem, name, h.kind, [&ov, &v], [h.cap; 2], 1, opts)?;
+    chan.start(1, o.gen, Some(blocks))?;
+    chan.notify_peer();
+    Ok(Some(chan))
+}
+
+/// What an opener does after storing its leaving state (`Control::leave`): if an end joined
+/// it, the two leave as a connection's ends do (the blocks are freed when the joiner is gone
+/// too; the joiner's side line is returned, to ring it); if none did, its block is freed,
+/// unless it closed with bytes in its ring, which wait for a reader.
+pub(super) fn opener_left(own: &Retire, state: u8) -> Option<usize> {
+    let arena = &own.arena;
+    let b = own.blocks[0];
+    let mem = arena.mem();
+    let v = BlockView::new(arena, mem, &b);
+    // The state store, then the look for a joiner: a joiner publishing at once stores its
+    // state, then re-reads ours (`join`), so one of us sees the other.
+    fence(SeqCst);
+    let mut seen = None;
+    let Ok(Some((a, _))) = super::connect::acceptor_of(arena, &b, &mut seen) else {
+        if state == DEAD || !wrote(&v) {
+            arena.free(&b);
+        }
+        return None;
+    };
+    let av = BlockView::new(arena, mem, &a);
+    let verdict = v
+        .w64(E_STATE)
+        .is_ok_and(|w| (w.load(Relaxed) >> 8) as u8 == DEAD);
+    let gone = av
+        .w64(E_STATE)
+        .ok()
+        .and_then(|w| end_state(w.load(Acquire), a.gen))
+        .is_none_or(|(s, _)| s != ATTACHED);
+    if gone || verdict {
+        Retire {
+            arena: arena.clone(),
+            blocks: vec![a, b],
+        }
+        .free();
+    }
+    Some((av.off + E_SIDE) as usize)
+}
+
+fn kind_name(k: Kind) -> &'static str {
+    match k {
+        Kind::Stream => "a byte stream",
+        Kind::Messages => "messages",
+    }
+}
+
+/// The named channels of `region` (for tools and diagnostics): each opener block, whether
+/// joined or not. Fails on a region that does not hold layout version 2; does not initialise
+/// a zeroed one (an empty list).
+pub fn list(region: &Region) -> Result<Vec<ChannelInfo>, ChannelError> {
+    if region.mem.u32_at(0)?.load(Acquire) == 0 {
+        return Ok(Vec::new());
+    }
+    let arena = cl::attach(region, Duration::ZERO)?;
+    let mem = arena.mem();
+    let mut out = Vec::new();
+    for b in arena.blocks().into_iter().filter(|b| b.kind == CONNECTION) {
+        let v = BlockView::new(&arena, mem, &b);
+        let Some(h) = EndHeader::read(&v).filter(|h| h.role == OPENER) else {
+            continue;
+        };
+        let Some(name) = v.opener_name() else {
+            continue;
+        };
+        let joiner = super::connect::acceptor_of(&arena, &b, &mut None)
+            .ok()
+            .flatten()
+            .map(|(a, _)| arena.offset(&a));
+        out.push(ChannelInfo {
+            name,
+            kind: h.kind,
+            capacities: [h.cap, h.cap],
+            offset: v.off,
+            joiner,
+        });
+    }
+    Ok(out)
+}
