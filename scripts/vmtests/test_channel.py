@@ -32,19 +32,48 @@ def s(vm):
     return vm
 
 
+def arena_heads(path):
+    """The published blocks of a region of layout version 2 (userspace/src/channel/
+    conn_layout.rs and pagemap.rs, read independently): (kind, region offset) of each, or None
+    for a region without the layout."""
+    size = os.path.getsize(path)
+    if host_read(path, 0, 4) != b"IVC2":
+        return None
+    length = size - 0x1000
+    pages = length // (4096 + 8)
+    while pages and -(-8 * pages // 4096) * 4096 + pages * 4096 > length:
+        pages -= 1
+    data = 0x1000 + -(-8 * pages // 4096) * 4096
+    words = host_read(path, 0x1000, 8 * pages)
+    out, i = [], 0
+    while i < pages:
+        w = int.from_bytes(words[8 * i:8 * i + 8], "little")
+        state, kind, field = w & 0xf, (w >> 4) & 0xf, (w >> 8) & 0xffffffff
+        if state == 1 and 1 <= field <= pages - i:
+            out.append((kind, data + 4096 * i))
+            i += field
+        else:
+            i += 1
+    return out
+
+
+def zero_layout(path):
+    """Zeroes a region's header and page map: a fresh region for the next end."""
+    host_write(path, 0, bytes(0x1000 + -(-8 * (os.path.getsize(path) // 4096) // 4096) * 4096))
+
+
 def channel_layout(path):
-    """The channel table of a region (userspace/src/channel/mod.rs, read independently):
-    {name: block offset} of the ready slots."""
-    head = host_read(path, 0, 0x40 + 64 * 128)
+    """The named channels of a region: {name: offset of the opener's block}, from the blocks of
+    ends (kind 2) whose role is opener (3) and whose state word is one an end writes."""
     out = {}
-    if head[:4] != b"IVCH":
-        return out
-    for i in range(64):
-        slot = head[0x40 + i * 128:0x40 + (i + 1) * 128]
-        if int.from_bytes(slot[0:4], "little") != 2:
+    for kind, off in arena_heads(path) or []:
+        if kind != 2:
             continue
-        n = int.from_bytes(slot[8:12], "little")
-        out[slot[0x10:0x10 + n].decode(errors="replace")] = int.from_bytes(slot[0x38:0x40], "little")
+        head = host_read(path, off, 0x128)
+        role, state = int.from_bytes(head[0x10:0x14], "little"), head[0]
+        n = int.from_bytes(head[0x100:0x104], "little")
+        if role == 3 and state in (2, 3, 4) and 1 <= n <= 32:
+            out[head[0x104:0x104 + n].decode(errors="replace")] = off
     return out
 
 
@@ -203,20 +232,18 @@ def test_sender_guest_killed_receiver_exits_1_within_the_bound_with_a_prefix_and
 
 
 def test_corrupt_layout_written_by_the_host_is_a_clear_error_and_a_cleared_one_works_again(s):
-    # The wild-offset case rewrites a ready slot of the plain device's table: run alone, this
-    # test makes one first (in file order, the big transfers on the plain device left 'pipe').
-    if not channel_layout(s.plain):
+    # The cases rewrite a laid-out header of the plain device: run alone, this test makes one
+    # first (in file order, the big transfers on the plain device left one).
+    if host_read(s.plain, 0, 4) != b"IVC2":
         transfer(s, "/dev/ivshmem1", True, size=1 << 20, seed=42)
-    header = host_read(s.plain, 0, 0x3000)
+    header = host_read(s.plain, 0, 0x1000)
     try:
         for what, data, expect in (
-                ("version 99", b"IVCH" + (99).to_bytes(4, "little") + header[8:64], "version 99"),
-                ("random header and table", os.urandom(0x2040), "layout|corrupt"),
-                ("wild channel offset", None, "do not fit")):
-            if data is None:  # a slot pointing its rings outside the region
-                data = bytearray(header[:0x2040])
-                i = next(i for i in range(64) if data[0x40 + i * 128] == 2)
-                data[0x40 + i * 128 + 0x38:0x40 + i * 128 + 0x40] = (1 << 40).to_bytes(8, "little")
+                ("version 99", b"IVC2" + (99).to_bytes(4, "little") + header[8:], "version 99"),
+                ("random header", os.urandom(0x1000), "layout|corrupt"),
+                ("wild region size", header[:0x18] + (1 << 40).to_bytes(8, "little") + header[0x20:],
+                 "laid out for 1099511627776 bytes"),
+                ("layout version 1", b"IVCH" + (1).to_bytes(4, "little") + header[8:], "version 1")):
             host_write(s.plain, 0, bytes(data))
             t0 = time.monotonic()
             st, out = s.sh(1, "ivshmem-pipe send -d /dev/ivshmem1 < /dev/null", ok=False)
@@ -225,13 +252,13 @@ def test_corrupt_layout_written_by_the_host_is_a_clear_error_and_a_cleared_one_w
             check(time.monotonic() - t0 < 20, f"{what}: took {time.monotonic() - t0:.0f} s")
             check(not re.search(r"panick|SIG", out), out)
     finally:
-        host_write(s.plain, 0, bytes(0x3000))
+        zero_layout(s.plain)
     transfer(s, "/dev/ivshmem1", True, size=8 << 20, seed=41)
 
 
 def test_host_scribbling_over_the_control_block_ends_the_transfer_with_an_error_no_crash_no_hang(s):
-    # The host writes random words over the channel's control block (control word, side lines,
-    # ring indices and wake-up words) during a transfer on the plain device.
+    # The host writes random words over the first 2 KiB of the opener's block (its state word,
+    # header, side line, ring indices and wake-up words) during a transfer on the plain device.
     ch = "scribble"
     start_recv(s, 2, "/dev/ivshmem1", ch, 51, "rxs", "--liveness 3")
     start_send(s, 1, "/dev/ivshmem1", ch, 51, 1 << 30, "txs", "--liveness 3")
@@ -283,28 +310,12 @@ def test_c_api_example_and_ivshmem_pipe_exchange_8_mib_each_way_with_equal_sha25
 
 
 def arena_blocks(path):
-    """The blocks of a region of connections (layout version 2, userspace/src/channel/
-    conn_layout.rs and pagemap.rs, read independently): {"listeners": n, "connections": n}."""
-    size = os.path.getsize(path)
-    head = host_read(path, 0, 8)
-    out = {"listeners": 0, "connections": 0}
-    if head[:4] != b"IVC2":
+    """The blocks of a region of layout version 2: {"listeners": n, "connections": n}, the
+    second counting the blocks of ends (two per connection), or None without the layout."""
+    heads = arena_heads(path)
+    if heads is None:
         return None
-    length = size - 0x1000
-    pages = length // (4096 + 8)
-    while pages and -(-8 * pages // 4096) * 4096 + pages * 4096 > length:
-        pages -= 1
-    words = host_read(path, 0x1000, 8 * pages)
-    i = 0
-    while i < pages:
-        w = int.from_bytes(words[8 * i:8 * i + 8], "little")
-        state, kind, field = w & 0xf, (w >> 4) & 0xf, (w >> 8) & 0xffffffff
-        if state == 1 and 1 <= field <= pages - i:
-            out["listeners" if kind == 1 else "connections"] += kind in (1, 2)
-            i += field
-        else:
-            i += 1
-    return out
+    return {"listeners": sum(k == 1 for k, _ in heads), "connections": sum(k == 2 for k, _ in heads)}
 
 
 def socket_pair(s, dev, service, target, local, extra="", serve_in=2):
@@ -325,10 +336,10 @@ def stop_sockets(s):
 
 
 def fresh_connections(s, dev):
-    """The device's shared memory zeroed by the host, for connections (layout version 2): the
-    pipes' layout (version 1) makes way. Its backing file."""
+    """The device's layout zeroed by the host, so that the blocks `freed` counts are this
+    test's (the pipes' earlier tests share the region). Its backing file."""
     path = s.shm if dev.endswith("0") else s.plain
-    host_write(path, 0, bytes(1 << 20))
+    zero_layout(path)
     return path
 
 

@@ -22,7 +22,7 @@
  *   EAGAIN       non-blocking mode, and the call would wait
  *   ETIMEDOUT    a timeout set with ivshmem_channel_set_timeouts expired
  *   EBUSY        the channel is held by other ends that did not leave within the open timeout
- *   ENOSPC       the channel table or the region is full
+ *   ENOSPC       the region is full
  *   EOPNOTSUPP   ivshmem_channel_fd on a channel that spins (ivshmem_listener_fd likewise)
  *   ECONNREFUSED ivshmem_channel_connect: no listener has the service, or it closed or died
  *                before accepting
@@ -159,8 +159,8 @@ int ivshmem_channel_poll_interval_ms(struct ivshmem_channel *ch);
 int ivshmem_channel_split(struct ivshmem_channel *ch, struct ivshmem_channel **reader);
 
 /*
- * Connections (layout version 2: a region of its own, not one that ivshmem_channel_open
- * laid out, EBADMSG otherwise). A listener names a service; each connection to it has rings
+ * Connections (on the same regions as named channels: layout version 2). A listener names
+ * a service; each connection to it has rings
  * of its own and is an ordinary channel handle; its memory is freed when both of its ends
  * are closed or dead, so a region serves connections without end.
  */

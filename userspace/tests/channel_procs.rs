@@ -490,12 +490,14 @@ fn two_channels_both_directions_random_interleavings() {
     for p in peers {
         p.expect_success(BOUND);
     }
+    // Both channels' ends left: every block is freed, no name stays behind.
     let names: Vec<_> = channel::list(&end.region)
         .unwrap()
         .into_iter()
         .map(|c| c.name)
         .collect();
-    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(names.is_empty(), "{names:?}");
+    assert_eq!(channel::usage(&end.region).unwrap().pages_used, 0);
 }
 
 /// Both directions of waiting (for data and for space) with sleeping ends: the event
@@ -576,8 +578,12 @@ fn racing_creators_agree() {
         let b = setup.spawn("send", &e);
         b.expect_success(BOUND);
         a.expect_success(BOUND);
-        let list = channel::list(&setup.end().region).unwrap();
-        assert_eq!(list.len(), 1, "{list:?}");
+        // They met (the stream arrived), and both left: the name's blocks are all freed.
+        let region = &setup.end().region;
+        let list = channel::list(region).unwrap();
+        assert!(list.is_empty(), "{list:?}");
+        let u = channel::usage(region).unwrap();
+        assert_eq!((u.ends, u.pages_used), (0, 0), "{u:?}");
     }
 }
 
@@ -679,12 +685,12 @@ fn killed_receiver_breaks_the_senders_pipe() {
 /// stop with an error (corrupt, or the peer gone), never a panic, a hang, or bad bytes.
 #[test]
 fn scribbled_control_words_end_the_transfer() {
-    // Offsets in the channel block (see the layout table): control, ring 0 producer index,
-    // ring 0 consumer index.
-    for (what, off) in [
-        ("control", 0x00u64),
-        ("producer", 0xc0),
-        ("consumer", 0x100),
+    // Offsets in the blocks (`conn_layout.rs`): the sender's (the opener's) state word and
+    // producer index, and the receiver's (the joiner's) consumer index for the sender's ring.
+    for (what, joiner, off) in [
+        ("state", false, 0x00u64),
+        ("producer", false, 0x80),
+        ("consumer", true, 0xc0),
     ] {
         let setup = Setup::new(1 << 20, WakerKind::Spin);
         let mut e = env(
@@ -698,7 +704,13 @@ fn scribbled_control_words_end_the_transfer() {
         let mut ch = Channel::open(&end.region, "x", &opts).unwrap();
         let peer = setup.spawn("recv", &e);
         ch.set_write_timeout(Some(BOUND));
-        let block = channel::list(&end.region).unwrap()[0].offset;
+        ch.wait_peer().unwrap();
+        let info = channel::list(&end.region).unwrap().remove(0);
+        let block = if joiner {
+            info.joiner.expect("joined")
+        } else {
+            info.offset
+        };
         let stop = Arc::new(AtomicBool::new(false));
         let scribbler = {
             let (region, stop) = (end.region.clone(), stop.clone());
@@ -800,13 +812,14 @@ fn a_resumed_stale_receiver_leaves_the_new_session_alone() {
         let sender = setup.spawn("send", &new);
         let receiver = setup.spawn("recv", &new);
         // Resume the stale end once the new session is under way (its ring is refilled at
-        // the old end's read position many times over within a second).
-        let block = channel::list(&end.region).unwrap()[0].offset;
-        // SAFETY: the control word is inside the region and 8-aligned; every access to it is
-        // atomic.
-        let ctl = unsafe { AtomicU64::from_ptr(end.region.as_ptr().add(block as usize).cast()) };
+        // the old end's read position many times over within a second): the new pair has
+        // joined (the old pair's blocks were freed when the sender left).
         let t = Instant::now();
-        while ctl.load(Ordering::Acquire) >> 32 < 2 {
+        while !channel::list(&end.region)
+            .unwrap()
+            .iter()
+            .any(|c| c.joiner.is_some())
+        {
             assert!(t.elapsed() < BOUND, "no new session");
             std::thread::sleep(Duration::from_millis(1));
         }

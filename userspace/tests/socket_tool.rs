@@ -317,8 +317,13 @@ fn usage_errors_exit_2() {
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         assert!(!out.stderr.is_empty());
     }
+    // A region an older ivshmem-rs laid out (layout version 1: magic "IVCH", version 1).
     let shm = Shm::new("v1");
-    drop(ivshmem::channel::Channel::open(&region(&shm.0), "pipe", &Default::default()).unwrap());
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&shm.0).unwrap();
+        f.write_all_at(b"IVCH\x01\0\0\0", 0).unwrap();
+    }
     let out = Command::new(SOCKET)
         .args([
             "serve",

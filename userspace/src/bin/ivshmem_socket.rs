@@ -28,8 +28,7 @@ server, `serve` accepts connections to the service NAME on the device and connec
 the server's socket ADDR; in the VM whose programs connect, `forward` listens on ADDR and
 carries each connection made there to NAME. Both directions and half-closes pass through;
 when the other side dies, its connections' sockets close within the liveness bound. Many
-connections and services share one device, which holds connections (layout version 2): a
-device used by ivshmem-pipe (named channels) cannot be shared with it.
+connections and services share one device, also with ivshmem-pipe's named channels.
 
   --service NAME        the service, 1 to 32 bytes
   --connect ADDR        serve: the real server's socket

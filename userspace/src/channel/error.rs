@@ -10,8 +10,8 @@ use std::io;
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum ChannelError {
-    /// The region does not hold a channel layout this library understands (wrong magic, sizes
-    /// or offsets in the header or the channel table).
+    /// The region does not hold a channel layout this library understands (wrong magic or
+    /// sizes in the header, or layout version 1 of an older ivshmem-rs).
     BadLayout(String),
     /// The layout was written by another version of this library.
     Version {
@@ -32,8 +32,6 @@ pub enum ChannelError {
     Corrupt(String),
     /// An argument is not valid (name, capacity, a call on the wrong kind of channel).
     Invalid(String),
-    /// All slots of the channel table are taken.
-    TableFull,
     /// The region has no room left for the rings of a new channel or connection.
     NoSpace {
         /// What needed the room: `channel 'NAME'`, `connection to 'SERVICE'`, ...
@@ -84,7 +82,7 @@ impl ChannelError {
             Self::TooSmall { .. } | Self::Invalid(_) | Self::MessageTooLarge { .. } => {
                 io::ErrorKind::InvalidInput
             }
-            Self::TableFull | Self::NoSpace { .. } => io::ErrorKind::StorageFull,
+            Self::NoSpace { .. } => io::ErrorKind::StorageFull,
             Self::Busy(_) => io::ErrorKind::ResourceBusy,
             Self::PeerGone(_) => io::ErrorKind::BrokenPipe,
             Self::Refused(_) => io::ErrorKind::ConnectionRefused,
@@ -123,7 +121,6 @@ impl fmt::Display for ChannelError {
             ),
             Self::Corrupt(m) => write!(f, "shared memory corrupt: {m}"),
             Self::Invalid(m) => write!(f, "{m}"),
-            Self::TableFull => write!(f, "the channel table is full"),
             Self::NoSpace { name, need, free } => write!(
                 f,
                 "no room for {name}: it needs {need} bytes, {free} are left"
@@ -191,10 +188,10 @@ mod tests {
         assert_eq!(
             ChannelError::Version {
                 found: 7,
-                supported: 1
+                supported: 2
             }
             .to_string(),
-            "channel layout version 7, this library speaks version 1"
+            "channel layout version 7, this library speaks version 2"
         );
     }
 }

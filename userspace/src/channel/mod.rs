@@ -1,12 +1,17 @@
 //! Channels: byte streams and messages between two ends (processes, VMs) over one shared
 //! region, such as an ivshmem BAR.
 //!
-//! A region holds a versioned header and a table of named channels, so independent
-//! applications share one device. Either end may come first: [`Channel::open`] creates the
-//! layout and the channel when they are missing. Each channel has one single-producer,
-//! single-consumer ring per direction. The peer is not trusted: every index, length and offset
-//! read from the region is read once, checked, and then used from a local; a violation is a
-//! [`ChannelError::Corrupt`], never a panic, an access outside the region or a hang.
+//! A region holds a versioned header, a page map and blocks (layout version 2,
+//! `conn_layout.rs`), so independent applications share one device: named channels
+//! ([`Channel::open`], either end first, `named.rs`) and connections to services
+//! ([`Listener::bind`], [`Listener::accept`], [`Channel::connect`]) side by side. Every channel
+//! is two blocks, one per end, each holding the ring its end writes (one single-producer,
+//! single-consumer ring per direction); each end writes only its own block (the single-writer
+//! layout, `control.rs`). Blocks are freed when both ends are gone or dead (`reclaim.rs`), so a
+//! region serves channels and connections without end. The peer is not trusted: every index,
+//! length and offset read from the region is read once, checked, and then used from a local; a
+//! violation is a [`ChannelError::Corrupt`], never a panic, an access outside the region or a
+//! hang.
 //!
 //! ```
 //! use ivshmem::channel::{Channel, Kind, Options, Region};
@@ -22,58 +27,15 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! Connections ([`Listener::bind`], [`Listener::accept`], [`Channel::connect`]) live in a
-//! region of their own, layout version 2 (`conn_layout.rs`): each has two blocks, one per end,
-//! and each end writes only its own (its state word, side line, ring and consumer line: the
-//! single-writer layout, `control.rs`); their memory is freed when both ends are gone or dead
-//! (`reclaim.rs`), so a region serves connections without end. Each connection is a
-//! [`Channel`] as below, with the lines of version 1 spread over its two blocks and the control
-//! word replaced by the two state words.
+//! # Layout
 //!
-//! # Layout (version 1)
-//!
-//! All words are little-endian (both ends run on the same architecture); offsets are from the
-//! start of the region.
-//!
-//! | offset | size | field |
-//! |---|---|---|
-//! | 0x0000 | 4 | magic: 0 fresh, `"ivch"` being initialised, `"IVCH"` ready |
-//! | 0x0004 | 4 | version (1) |
-//! | 0x0008 | 4 | start of ring space (0x3000) |
-//! | 0x000c | 4 | number of slots (64) |
-//! | 0x0010 | 4 | slot size (128) |
-//! | 0x0018 | 8 | region size the initialiser saw |
-//! | 0x0020 | 8 | allocation pointer: next free byte of ring space (compare-and-swap) |
-//! | 0x0040 | 64 × 128 | channel table |
-//! | 0x3000 | | channel blocks, allocated upwards, 64-byte aligned |
-//!
-//! A slot of the table (128 bytes):
-//!
-//! | offset | size | field |
-//! |---|---|---|
-//! | 0x00 | 8 | state (low 32 bits: 0 free, 1 claimed, 2 ready, 3 failed: no space) and the FNV-1a hash of the name (high 32 bits) |
-//! | 0x08 | 4 | name length (1 to 32) |
-//! | 0x0c | 4 | kind: 1 byte stream, 2 messages |
-//! | 0x10 | 32 | name |
-//! | 0x30 | 4 | capacity of ring 0 (side A to B), a power of two |
-//! | 0x34 | 4 | capacity of ring 1 (side B to A) |
-//! | 0x38 | 8 | offset of the channel block |
-//! | 0x40 | 8 | size of the channel block (0x200 + both capacities) |
-//!
-//! A channel block; each line is one 64-byte cache line with one writer (the control word is
-//! changed by compare-and-swap from both ends):
-//!
-//! | offset | field | written by |
-//! |---|---|---|
-//! | 0x000 | control: side A state (bits 0-7), side B state (8-15), session (32-63); states 0 free, 1 resetting, 2 attached, 3 closed, 4 dead | both, compare-and-swap |
-//! | 0x040 | side A: epoch (the session it attached to, stored last: the other words are this holder's once it names the session) u64, heartbeat u64 at 0x048, address u32 at 0x050 (0, or 1 + the doorbell peer id to ring), notifies u32 at 0x054 (1: it rings its peer, so the peer may sleep), liveness timeout u32 at 0x058 (milliseconds; 0 from older ends) | side A |
-//! | 0x080 | side B: the same | side B |
-//! | 0x0c0 | ring 0 producer line: index u64; wake-at u64 at 0x0c8 (the consumer index the sleeping producer waits for); closed u32 at 0x0d0 | side A |
-//! | 0x100 | ring 0 consumer line: index u64; wake-at u64 at 0x108 (the producer index the sleeping consumer waits for) | side B |
-//! | 0x140 | ring 1 producer line (as at 0x0c0) | side B |
-//! | 0x180 | ring 1 consumer line (as at 0x100) | side A |
-//! | 0x200 | ring 0 payload | side A |
-//! | 0x200 + capacity 0 | ring 1 payload | side B |
+//! All words are little-endian (both ends run on the same architecture). The header, the page
+//! map and the blocks are described in `conn_layout.rs`, the state words in `control.rs`. Each
+//! end's block holds, in its first page, its state word, its side line (epoch: the session it
+//! belongs to, heartbeat, doorbell address, whether it notifies, liveness timeout), the
+//! producer line of its ring (index, wake-at, closed flag), and its consumer line for its
+//! peer's ring (index, wake-at); its ring's payload follows from the second page. Each line is
+//! a 64-byte cache line with one writer.
 //!
 //! Indices are free-running byte counts (`u64`, wrapping); `prod - cons` is the fill level,
 //! at most the capacity. A message is an 8-byte header (length, and its complement as a check)
@@ -82,29 +44,27 @@
 //!
 //! # Sessions and liveness
 //!
-//! Sides A and B belong to a session, not to a process: the first end to attach when nobody
-//! holds the channel starts a new session (session + 1, itself side A, rings emptied while it
-//! holds the state "resetting"); the next end joins as side B. An end that leaves cleanly
-//! sets the closed flag of its ring and its state to "closed": the peer reads what is left,
-//! then end-of-file. Each end advances its heartbeat (one thread per process beats them all) ten times per liveness
-//! timeout (default 10 s, at least 100 ms), also while it blocks, publishes the timeout, and
-//! looks at its peer at least as often. The bound applied to a peer is the longer of both
-//! ends' timeouts; an attached peer whose heartbeat stands still for seven tenths of it, over
-//! at least three looks (a gap between two looks counts for at most two beat periods, so an
-//! observer's own pause is not the peer's silence), is declared "dead", so the survivor gets
-//! `BrokenPipe` (after reading what was published) within the bound. A session with a closed
-//! or dead side is over: once the survivor leaves (drops its end), the next end starts a
-//! fresh session with empty rings and the survivor, if it reopens, joins it.
+//! A session is one pairing of two ends: a connector and its acceptor, or a named channel's
+//! opener and its joiner; its number is the first end's block generation. An end that leaves
+//! cleanly sets the closed flag of its ring and its state to "closed": the peer reads what is
+//! left, then end-of-file. Each end advances its heartbeat (one thread per process beats them
+//! all) ten times per liveness timeout (default 10 s, at least 100 ms), also while it blocks,
+//! publishes the timeout, and looks at its peer at least as often. The bound applied to a peer
+//! is the longer of both ends' timeouts; an attached peer whose heartbeat stands still for
+//! seven tenths of it, over at least three looks (a gap between two looks counts for at most
+//! two beat periods, so an observer's own pause is not the peer's silence), is declared
+//! "dead" (a verdict in the observer's own state word), so the survivor gets `BrokenPipe`
+//! (after reading what was published) within the bound. A name whose pair has a live end is
+//! held: a third end waits, and once both ends are gone the next two pair afresh.
 //!
-//! An end belongs to its session and touches no other: it checks the control word after
-//! every load of its peer's index and before every store into the rings, and an acquire
-//! fence makes the check after a copy out of the ring a validation of that copy (as in a
-//! seqlock), so an end that was stopped past the bound and resumed in a newer session gets
-//! `BrokenPipe` ("detached") and delivers none of that session's bytes. Its heartbeat stops
-//! once it is detached. The one window no check closes is an end stopped between its check and
-//! the store right after it for longer than the bound: resumed in a newer session, it can
-//! store one index there (which that session reports as corruption) or one copy of payload
-//! (which it cannot see); per-connection rings (layout version 2) are to remove it.
+//! An end belongs to its session and touches no other: it checks its own and its peer's state
+//! words after every load of its peer's index and before every store into the rings, and an
+//! acquire fence makes the check after a copy out of the ring a validation of that copy (as in
+//! a seqlock), so an end that was stopped past the bound and resumed after its blocks were
+//! taken back gets `BrokenPipe` ("detached") and delivers none of a newer session's bytes. The
+//! one window no check closes is an end stopped between its check and the store right after
+//! it for longer than the bound, whose block was freed and reused meanwhile: resumed, it can
+//! store one index or one copy of payload into its former block, never into its peer's.
 //!
 //! # Ordering
 //!
@@ -114,9 +74,10 @@
 //!
 //! | store (release) | load (acquire) | what it orders |
 //! |---|---|---|
-//! | header magic `"IVCH"` after the header | magic, before reading the header | header fields |
-//! | slot state "ready" after its fields | slot state, before reading the fields | slot fields |
-//! | control word: resetting to attached, after emptying the rings | control word, joining | empty rings |
+//! | header magic `"IVC2"` after the header | magic, before reading the header | header fields |
+//! | page map head entry, after zeroing the block | head entry in a scan | a zeroed block |
+//! | state word `ATTACHED`, after the block's header | state word, before reading the header | block header |
+//! | state word `CLOSED`/`DEAD`, then a SeqCst fence, then the peer's state word | the same on the other side | who frees the blocks (`control::leave`) |
 //! | producer index, after the payload | producer index, before reading payload | payload |
 //! | consumer index, after reading payload | consumer index, before overwriting | ring space reuse |
 //! | closed flag, after the last producer index | closed flag, then the index again | end of stream |

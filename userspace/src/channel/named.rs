@@ -57,10 +57,13 @@ fn wrote(v: &BlockView<'_>) -> bool {
     v.w64(E_PROD).is_ok_and(|w| w.load(Acquire) != 0)
 }
 
+/// An end's block in a scan: the block, its state and verdict if published, its header.
+type End = (Block, Option<(u8, u8)>, EndHeader);
+
 /// Looks at the ends of channel `name` in `arena`.
 fn scan(arena: &Arena, name: &str) -> Found {
     let mem = arena.mem();
-    let ends: Vec<(Block, Option<(u8, u8)>, EndHeader)> = arena
+    let ends: Vec<End> = arena
         .blocks()
         .into_iter()
         .filter(|b| b.kind == CONNECTION)
@@ -191,9 +194,15 @@ impl Channel {
                          has not closed yet)"
                     )));
                 }
-                // Ends that died are found over several looks (`reclaim::sweep`).
+                // Ends that died are found over several looks (`reclaim::sweep`), as are
+                // blocks whose creator died before publishing them.
                 reclaim::sweep(&arena, bound, bound);
-                std::thread::sleep((bound / 20).clamp(Duration::from_millis(1), bound));
+                if found.held {
+                    std::thread::sleep((bound / 20).clamp(Duration::from_millis(1), bound));
+                } else {
+                    // An end being published: a matter of microseconds.
+                    jitter();
+                }
             }
         }
     }
@@ -404,4 +413,60 @@ pub fn list(region: &Region) -> Result<Vec<ChannelInfo>, ChannelError> {
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::usage;
+    use super::*;
+    use std::io::{Read, Write};
+
+    fn opts() -> Options {
+        Options::new()
+            .capacity(4096)
+            .liveness_timeout(Duration::from_millis(100))
+            .open_timeout(Duration::from_millis(500))
+    }
+
+    /// A writer that closed before any reader came: its bytes wait in its block, through
+    /// sweeps, and the reader that comes later gets them, then end-of-file; then every block
+    /// is freed. Without unread bytes an opener's block goes at once.
+    #[test]
+    fn bytes_of_an_opener_that_left_wait_for_a_reader() {
+        let r = Region::anonymous(1 << 20).unwrap();
+        let mut a = Channel::open(&r, "p", &opts()).unwrap();
+        a.write_all(b"hello").unwrap();
+        drop(a);
+        let arena = cl::attach(&r, Duration::ZERO).unwrap();
+        for _ in 0..5 {
+            reclaim::sweep(&arena, Duration::from_millis(100), Duration::from_millis(1));
+            std::thread::sleep(Duration::from_millis(30));
+        }
+        assert_eq!(list(&r).unwrap().len(), 1, "kept for a reader");
+        let mut b = Channel::open(&r, "p", &opts()).unwrap();
+        let mut got = Vec::new();
+        b.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"hello");
+        drop(b);
+        assert_eq!(usage(&r).unwrap().ends, 0);
+        drop(Channel::open(&r, "q", &opts()).unwrap());
+        assert_eq!(usage(&r).unwrap().ends, 0, "nothing written, nothing kept");
+    }
+
+    /// A third end waits while a live pair holds the name, then gets `Busy`; once the pair is
+    /// gone it opens afresh. An end that asks for the other kind is told so at once.
+    #[test]
+    fn a_held_name_is_busy_and_the_kind_is_the_openers() {
+        let r = Region::anonymous(1 << 20).unwrap();
+        let a = Channel::open(&r, "p", &opts()).unwrap();
+        let b = Channel::open(&r, "p", &opts()).unwrap();
+        let e = Channel::open(&r, "p", &opts()).unwrap_err();
+        assert!(matches!(e, ChannelError::Busy(_)), "{e}");
+        let e = Channel::open(&r, "p", &opts().kind(Kind::Messages)).unwrap_err();
+        assert!(e.to_string().contains("carries a byte stream"), "{e}");
+        drop((a, b));
+        let c = Channel::open(&r, "p", &opts()).unwrap();
+        assert_ne!(c.epoch(), 0);
+        assert_eq!(list(&r).unwrap().len(), 1);
+    }
 }

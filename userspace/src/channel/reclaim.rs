@@ -7,7 +7,8 @@
 //! is done when its state word says it left, when its heartbeat stood still for the agreed
 //! liveness bound, or when its block never became ready (its creator died between allocating
 //! and publishing its state word) and stood so that long; an end's block is freed once it is
-//! done and so is its peer (or it has none any more).
+//! done and so is its peer (or it has none any more), except a named channel's opener that
+//! closed with bytes in its ring before anyone joined: they wait for a reader.
 //!
 //! A block freed by mistake (its owner was only paused past the bound) is noticed by its owner
 //! when it resumes: its own state word or its peer's no longer shows its session (`control.rs`).
@@ -18,9 +19,11 @@ use std::sync::PoisonError;
 use std::time::{Duration, Instant};
 
 use super::arena::Arena;
+use super::chan::CLOSED;
 use super::chan::{ATTACHED, SIDE_HEARTBEAT, SIDE_LIVENESS};
 use super::conn_layout::{
-    BlockView, EndHeader, ACCEPTOR, CONNECTION, E_SIDE, E_STATE, LISTENER, L_SIDE, L_STATE,
+    BlockView, EndHeader, ACCEPTOR, CONNECTION, E_PROD, E_SIDE, E_STATE, LISTENER, L_SIDE, L_STATE,
+    OPENER,
 };
 use super::control::end_state;
 use super::liveness::{self, Watch};
@@ -61,6 +64,8 @@ struct Seen {
     done: bool,
     /// A connection end's role and the block it names.
     end: Option<(u32, (u32, u32))>,
+    /// An opener that closed with bytes in its ring: they wait for a reader to join.
+    unread: bool,
 }
 
 /// One look at every listener and connection block of `arena`: frees the blocks whose owner
@@ -118,12 +123,16 @@ pub(super) fn sweep(arena: &Arena, own: Duration, stale: Duration) -> u32 {
             }
             Some(_) => true, // closed, or left dead
         };
+        let unread = ready.is_some_and(|(s, _)| s == CLOSED)
+            && end.is_some_and(|(role, _)| role == OPENER)
+            && v.w64(E_PROD).is_ok_and(|w| w.load(Acquire) != 0);
         seen.insert(
             (b.head, b.gen),
             Seen {
                 block: b,
                 done,
                 end: ready.and(end),
+                unread,
             },
         );
     }
@@ -139,12 +148,14 @@ pub(super) fn sweep(arena: &Arena, own: Duration, stale: Duration) -> u32 {
     let mut freed = 0;
     for x in seen.values().filter(|x| x.done) {
         let peer_done = match x.end {
-            // A connector: its acceptor's, if it has one. An acceptor: its connector's, if
-            // that block is still there (a freed one reads nothing).
+            // A connector or an opener: its acceptor's (joiner's), if it has one; an opener
+            // with none that closed with unread bytes keeps them for one. An acceptor: its
+            // connector's or opener's, if that block is still there (a freed one reads nothing).
             Some((ACCEPTOR, names)) => seen.get(&names).is_none_or(|p| p.done),
-            Some(_) => acceptors
-                .get(&(x.block.head, x.block.gen))
-                .is_none_or(|&d| d),
+            Some(_) => match acceptors.get(&(x.block.head, x.block.gen)) {
+                Some(&d) => d,
+                None => !x.unread,
+            },
             None => true,
         };
         if peer_done && arena.free(&x.block) {
