@@ -113,7 +113,8 @@ pub struct Reservation {
 }
 
 impl Reservation {
-    /// The generation the block will have: one more than its head page's last.
+    /// The generation the block will have: one more than its head page's last, which
+    /// [`reserve`] raised to the last of any of its pages.
     pub fn gen(&self) -> u32 {
         self.olds[0].wrapping_add(1) & GEN_MASK
     }
@@ -150,13 +151,34 @@ pub fn reserve<A: Atomics, W: Words<A>>(
     while i + pages <= total && lost < 1000 {
         match try_run::<A, W>(w, i, pages, kind, token) {
             Ok(olds) => {
-                return Some(Reservation {
+                let mut r = Reservation {
                     head: i,
                     pages,
                     kind,
                     token,
                     olds,
-                })
+                };
+                // The head's reservation takes the highest generation of the run, so that
+                // the block's (one more) exceeds every page's last: each page's generation
+                // only grows (body entries, and free ones after a free, carry the block's),
+                // and a (head, generation) pair names one block in the arena's life, until
+                // the 24-bit generation wraps. With the head page's own last alone, a page
+                // that had been a body went back to an earlier generation, and a new block
+                // could take an old one's name: the ends that named the old one took it
+                // for theirs.
+                let top = r.olds.iter().copied().max().unwrap_or(0);
+                if top != r.olds[0] {
+                    let raised = Entry::new(RESERVED, kind, token, top);
+                    if A::cas(w.word(i), r.reserved(i).0, raised.0, Relaxed, Relaxed).is_err() {
+                        // Revoked already: give back the rest, look further.
+                        cancel_from(w, &r, i + 1);
+                        i += 1;
+                        lost += 1;
+                        continue;
+                    }
+                    r.olds[0] = top;
+                }
+                return Some(r);
             }
             Err((next, raced)) => {
                 i = next;
@@ -390,6 +412,34 @@ mod tests {
 
     fn alloc(m: &Map, kind: u8, pages: u32, token: u32) -> Option<Block> {
         reserve::<Std, _>(m, kind, pages, token).and_then(|r| publish::<Std, _>(m, r))
+    }
+
+    /// A page's generation only grows, whatever blocks it was the head or a body of, so a
+    /// (head, generation) pair never comes back: page 1 is a head five times, then the body of
+    /// a block whose head page is at generation 0, then a head again.
+    #[test]
+    fn a_block_never_gets_an_earlier_blocks_name() {
+        let m = map(4);
+        let mut names = std::collections::HashSet::new();
+        let zero = alloc(&m, 1, 1, 1).unwrap();
+        for t in 0..5 {
+            let b = alloc(&m, 1, 1, 10 + t).unwrap();
+            assert_eq!(b.head, 1);
+            assert!(names.insert((b.head, b.gen)));
+            assert!(free::<Std, _>(&m, &b));
+        }
+        assert!(free::<Std, _>(&m, &zero));
+        let wide = alloc(&m, 1, 2, 20).unwrap();
+        assert_eq!(wide.head, 0);
+        assert!(free::<Std, _>(&m, &wide));
+        let hold = alloc(&m, 1, 1, 21).unwrap();
+        assert_eq!(hold.head, 0);
+        for t in 0..6 {
+            let b = alloc(&m, 1, 1, 30 + t).unwrap();
+            assert_eq!(b.head, 1);
+            assert!(names.insert((b.head, b.gen)), "{b:?} named again");
+            assert!(free::<Std, _>(&m, &b));
+        }
     }
 
     #[test]
