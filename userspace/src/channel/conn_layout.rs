@@ -306,6 +306,15 @@ impl EndHeader {
     }
 }
 
+/// Whether block `b`, whose words the caller has just read, is still published as the scan of
+/// the map found it: an acquire fence orders those reads before this look at its map entry (as
+/// a seqlock reader validates), so the words of a block freed and reused meanwhile (zeroed and
+/// rewritten by a new owner: a new generation) are never taken for `b`'s.
+pub(super) fn still(arena: &Arena, b: &Block) -> bool {
+    std::sync::atomic::fence(Acquire);
+    arena.current(b)
+}
+
 /// The count of blocks announced in the region's header (see the table above).
 pub(super) fn announced(arena: &Arena) -> Result<&AtomicU64, ChannelError> {
     arena.mem().u64_at(H_ANNOUNCED)

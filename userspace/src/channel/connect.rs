@@ -173,7 +173,8 @@ pub(super) fn acceptor_of(
             let w = v.w64(E_STATE).ok()?.load(Acquire);
             end_state(w, a.gen)?;
             let h = EndHeader::read(&v)?;
-            (h.role == ACCEPTOR && h.names == (b.head, b.gen)).then_some((a, h.cap))
+            let mine = h.role == ACCEPTOR && h.names == (b.head, b.gen);
+            (mine && cl::still(arena, &a)).then_some((a, h.cap))
         }))
 }
 

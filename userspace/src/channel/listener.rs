@@ -2,7 +2,7 @@
 //! version 2 (`conn_layout.rs`) and accepts the connections that [`Channel::connect`] makes to
 //! it, each with rings of its own.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -86,7 +86,7 @@ pub struct Listener {
 /// of announced blocks at its last scan that found nothing new.
 #[derive(Default)]
 struct Pending {
-    taken: HashSet<(u32, u32)>,
+    taken: HashMap<(u32, u32), Block>,
     seen: Option<u64>,
 }
 
@@ -123,7 +123,7 @@ pub(super) fn find(arena: &Arena, service: &str) -> Option<Found> {
         .filter(|b| b.kind == LISTENER)
         .find_map(|b| {
             let v = BlockView::new(arena, mem, &b);
-            if !listening(&v, &b) || v.name()? != service {
+            if !listening(&v, &b) || v.name()? != service || !cl::still(arena, &b) {
                 return None;
             }
             let kind = cl::kind_of(v.w32(L_KIND).ok()?.load(Relaxed))?;
@@ -376,12 +376,24 @@ impl Listener {
             return Ok(None);
         }
         let blocks = self.arena.blocks();
-        let present: HashSet<(u32, u32)> = blocks.iter().map(|b| (b.head, b.gen)).collect();
-        p.taken.retain(|k| present.contains(k));
+        // Only what is gone for good is forgotten (a block made during a scan may be missed).
+        let arena = &self.arena;
+        p.taken.retain(|_, b| arena.current(b));
         let me = (self.block.head, self.block.gen);
         let mem = self.arena.mem().clone();
+        // Connectors that have an acceptor (published or being published) are someone's.
+        let accepted: HashSet<(u32, u32)> = blocks
+            .iter()
+            .filter(|b| b.kind == CONNECTION)
+            .filter_map(|b| {
+                let h = EndHeader::read(&BlockView::new(arena, &mem, b))?;
+                cl::still(arena, b).then_some(h)
+            })
+            .filter(|h| h.role == ACCEPTOR)
+            .map(|h| h.names)
+            .collect();
         for b in blocks.iter().filter(|b| b.kind == CONNECTION) {
-            if p.taken.contains(&(b.head, b.gen)) {
+            if p.taken.contains_key(&(b.head, b.gen)) || accepted.contains(&(b.head, b.gen)) {
                 continue;
             }
             let v = BlockView::new(&self.arena, &mem, b);
@@ -391,10 +403,13 @@ impl Listener {
             let Some(h) = waiting.then(|| EndHeader::read(&v)).flatten() else {
                 continue;
             };
+            if !cl::still(arena, b) {
+                continue;
+            }
             if h.role != CONNECTOR || h.names != me {
                 continue;
             }
-            p.taken.insert((b.head, b.gen));
+            p.taken.insert((b.head, b.gen), *b);
             if h.kind != self.kind {
                 continue;
             }

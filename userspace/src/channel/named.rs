@@ -70,14 +70,17 @@ fn scan(arena: &Arena, name: &str) -> Found {
         .filter_map(|b| {
             let v = BlockView::new(arena, mem, &b);
             let h = EndHeader::read(&v)?;
-            let state = end_state(v.w64(E_STATE).ok()?.load(Acquire), b.gen);
-            Some((b, state, h))
+            let w = v.w64(E_STATE).ok()?.load(Acquire);
+            let state = end_state(w, b.gen);
+            // A word no end writes (not 0, being published, nor a state): not an end at all.
+            let end = w == 0 || state.is_some();
+            (end && cl::still(arena, &b)).then_some((b, state, h))
         })
         .collect();
     let mut found = Found::default();
     for (o, state, h) in &ends {
         let v = BlockView::new(arena, mem, o);
-        if h.role != OPENER || v.opener_name().as_deref() != Some(name) {
+        if h.role != OPENER || v.opener_name().as_deref() != Some(name) || !cl::still(arena, o) {
             continue;
         }
         let Some((state, _)) = *state else {
@@ -118,15 +121,22 @@ fn rival(arena: &Arena, me: &Block, role: u32, name: &str, names: (u32, u32)) ->
         let Some(h) = EndHeader::read(&v) else {
             return false;
         };
-        let gone = v
-            .w64(E_STATE)
-            .is_ok_and(|w| end_state(w.load(Acquire), b.gen).is_some_and(|(s, _)| s != ATTACHED));
+        // Being published (0) or in use: attached, or an opener that closed with bytes for a
+        // reader (the end to join). Closed, dead or garbage: no rival.
+        let w = v.w64(E_STATE).map_or(1, |w| w.load(Acquire));
+        let live = w == 0
+            || match end_state(w, b.gen) {
+                Some((ATTACHED, _)) => true,
+                Some((CLOSED, _)) => role == OPENER && wrote(&v),
+                _ => false,
+            };
         h.role == role
-            && !gone
+            && live
             && match role {
                 OPENER => v.opener_name().as_deref() == Some(name),
                 _ => h.names == names,
             }
+            && cl::still(arena, &b)
     })
 }
 
@@ -163,6 +173,13 @@ impl Channel {
         };
         let bound = opts.liveness_bound();
         loop {
+            if deadline.is_some_and(|d| Instant::now() > d) {
+                return Err(ChannelError::Busy(format!(
+                    "channel '{name}' is held by a pair of ends, one of them attached, or its \
+                     ends kept changing, for longer than the open timeout: two ends use it (or \
+                     one whose peer left has not closed yet)"
+                )));
+            }
             let found = scan(&arena, name);
             if let Some(k) = found.kind.filter(|&k| k != opts.kind_value()) {
                 return Err(ChannelError::Invalid(format!(
@@ -187,13 +204,6 @@ impl Channel {
                 }
                 jitter();
             } else {
-                if deadline.is_some_and(|d| Instant::now() > d) {
-                    return Err(ChannelError::Busy(format!(
-                        "channel '{name}' is held by a pair of ends, one of them attached, for \
-                         longer than the open timeout: two ends use it (or one whose peer left \
-                         has not closed yet)"
-                    )));
-                }
                 // Ends that died are found over several looks (`reclaim::sweep`), as are
                 // blocks whose creator died before publishing them.
                 reclaim::sweep(&arena, bound, bound);
@@ -397,7 +407,7 @@ pub fn list(region: &Region) -> Result<Vec<ChannelInfo>, ChannelError> {
         let Some(h) = EndHeader::read(&v).filter(|h| h.role == OPENER) else {
             continue;
         };
-        let Some(name) = v.opener_name() else {
+        let Some(name) = v.opener_name().filter(|_| cl::still(&arena, &b)) else {
             continue;
         };
         let joiner = super::connect::acceptor_of(&arena, &b, &mut None)

@@ -98,6 +98,11 @@ pub(super) fn sweep(arena: &Arena, own: Duration, stale: Duration) -> u32 {
         let end = (b.kind == CONNECTION)
             .then(|| EndHeader::read(&v).map(|h| (h.role, h.names)))
             .flatten();
+        let prod = v.w64(E_PROD).map_or(0, |w| w.load(Acquire));
+        if !super::conn_layout::still(arena, &b) {
+            // Freed (and maybe reused) while we read it: gone, and nothing of it was read.
+            continue;
+        }
         let ready = end_state(w, b.gen).filter(|_| b.kind == LISTENER || end.is_some());
         let done = match ready {
             None => {
@@ -125,7 +130,7 @@ pub(super) fn sweep(arena: &Arena, own: Duration, stale: Duration) -> u32 {
         };
         let unread = ready.is_some_and(|(s, _)| s == CLOSED)
             && end.is_some_and(|(role, _)| role == OPENER)
-            && v.w64(E_PROD).is_ok_and(|w| w.load(Acquire) != 0);
+            && prod != 0;
         seen.insert(
             (b.head, b.gen),
             Seen {
