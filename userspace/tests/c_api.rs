@@ -351,13 +351,25 @@ fn errno_contract() {
     let small = ShmFile::new("small", 4096);
     let bad = ShmFile::new("badver", 1 << 20);
     let conn = ShmFile::new("conn", 1 << 20);
-    // A ready header ("IVCH") of layout version 99.
-    let mut hdr = b"IVCH".to_vec();
+    let v1 = ShmFile::new("v1", 1 << 20);
+    // A ready header of this layout ("IVC2") of version 99.
+    let mut hdr = b"IVC2".to_vec();
     hdr.extend_from_slice(&99u32.to_le_bytes());
     std::fs::write(&bad.0, &hdr).unwrap();
     set_len(&bad.0, 1 << 20);
+    // The header layout version 1 (named channels of an older library) left: magic "IVCH",
+    // version 1, ring space at 0x3000, 64 slots of 128 bytes, the region size, the allocation
+    // pointer.
+    let mut hdr = b"IVCH".to_vec();
+    for v in [1u32, 0x3000, 64, 128, 0] {
+        hdr.extend_from_slice(&v.to_le_bytes());
+    }
+    hdr.extend_from_slice(&(1u64 << 20).to_le_bytes());
+    hdr.extend_from_slice(&0x3000u64.to_le_bytes());
+    std::fs::write(&v1.0, &hdr).unwrap();
+    set_len(&v1.0, 1 << 20);
     let mut child = Command::new(&exe)
-        .args([shm.path(), small.path(), bad.path(), conn.path()])
+        .args([shm.path(), small.path(), bad.path(), conn.path(), v1.path()])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -369,7 +381,7 @@ fn errno_contract() {
     assert!(st.success(), "status {st}: {out}{err}");
     let failed: Vec<&str> = out.lines().filter(|l| !l.ends_with(": ok")).collect();
     assert!(failed.is_empty(), "failed checks:\n{}", failed.join("\n"));
-    assert_eq!(out.lines().count(), 63, "checks run:\n{out}");
+    assert_eq!(out.lines().count(), 71, "checks run:\n{out}");
 }
 
 fn set_len(p: &Path, len: u64) {
@@ -411,14 +423,14 @@ static void *connector(void *opts)
 
 int main(int argc, char **argv)
 {
-	const char *shm = argv[1], *small = argv[2], *badver = argv[3];
+	const char *shm = argv[1], *small = argv[2], *badver = argv[3], *v1 = argv[5];
 	conn = argv[4];
 	struct ivshmem_channel_options o = IVSHMEM_CHANNEL_OPTIONS_INIT;
 	struct { struct ivshmem_channel_options o; unsigned char more[8]; } big;
 	char buf[256];
 	size_t len = 12345;
 
-	if (argc != 5)
+	if (argc != 6)
 		return 2;
 	FAILS_OPEN("NULL path", NULL, "c", NULL, EINVAL);
 	FAILS_OPEN("NULL name", shm, NULL, NULL, EINVAL);
@@ -427,6 +439,8 @@ int main(int argc, char **argv)
 	FAILS_OPEN("missing file", "/nonexistent/ivshmem", "c", NULL, ENOENT);
 	FAILS_OPEN("too small file", small, "c", NULL, EINVAL);
 	FAILS_OPEN("layout version 99", badver, "c", NULL, EBADMSG);
+	CHECK("last_error names version 99", strstr(ivshmem_channel_last_error(), "version 99") != NULL,
+	      1, 0);
 	o.size = 4;
 	FAILS_OPEN("options.size 4", shm, "c", &o, EINVAL);
 	memset(&big, 0, sizeof(big));
@@ -504,20 +518,40 @@ int main(int argc, char **argv)
 	ivshmem_channel_close(cr);
 	ivshmem_channel_close(d);
 
-	/* Connections, on a region of their own (big.o: messages, 1 KiB rings, spinning). */
+	/* Connections (big.o: messages, 1 KiB rings, spinning), on a region that holds named
+	 * channels too: one layout (version 2) serves both. */
 	CHECK("connect without a listener", ivshmem_channel_connect(conn, "svc", &big.o) != NULL, 0,
 	      ECONNREFUSED);
 	CHECK("bind NULL service", ivshmem_listener_bind(conn, NULL, &big.o) != NULL, 0, EINVAL);
 	CHECK("bind long service", ivshmem_listener_bind(conn, "0123456789abcdef0123456789abcdefX",
 	      &big.o) != NULL, 0, ENAMETOOLONG);
-	CHECK("bind on named channels", ivshmem_listener_bind(shm, "svc", &big.o) != NULL, 0, EBADMSG);
+	struct ivshmem_channel *n1 = ivshmem_channel_open(conn, "named", &big.o);
+	CHECK("open on the region connect laid out", n1 != NULL, 1, 0);
 	struct ivshmem_listener *l = ivshmem_listener_bind(conn, "svc", &big.o);
-	if (!l) {
-		printf("bind: %s\n", ivshmem_channel_last_error());
+	if (!l || !n1) {
+		printf("bind beside a named channel: %s\n", ivshmem_channel_last_error());
 		return 1;
 	}
 	CHECK("bind a live name", ivshmem_listener_bind(conn, "svc", &big.o) != NULL, 0, EADDRINUSE);
-	CHECK("open on connections", ivshmem_channel_open(conn, "c", &big.o) != NULL, 0, EBADMSG);
+	struct ivshmem_channel *n2 = ivshmem_channel_open(conn, "named", &big.o);
+	CHECK("join a named channel beside a listener", n2 != NULL, 1, 0);
+	if (!n2)
+		return 1;
+	CHECK("send on the named channel", ivshmem_channel_send(n1, "abc", 3), 0, 0);
+	CHECK("its peer gets it", ivshmem_channel_recv(n2, buf, sizeof(buf), &len) == 1 && len == 3 &&
+	      !memcmp(buf, "abc", 3), 1, 0);
+	ivshmem_channel_close(n1);
+	ivshmem_channel_close(n2);
+	struct ivshmem_listener *l2 = ivshmem_listener_bind(shm, "svc", &big.o);
+	CHECK("bind on a region of named channels", l2 != NULL, 1, 0);
+	ivshmem_listener_close(l2);
+	/* A region that holds layout version 1 (an older library's named channels). */
+	FAILS_OPEN("open on layout version 1", v1, "c", &big.o, EBADMSG);
+	CHECK("last_error names version 1", strstr(ivshmem_channel_last_error(), "layout version 1") !=
+	      NULL, 1, 0);
+	CHECK("bind on layout version 1", ivshmem_listener_bind(v1, "svc", &big.o) != NULL, 0, EBADMSG);
+	CHECK("connect on layout version 1", ivshmem_channel_connect(v1, "svc", &big.o) != NULL, 0,
+	      EBADMSG);
 	CHECK("accept with none pending", ivshmem_listener_accept(l, 0) != NULL, 0, EAGAIN);
 	CHECK("accept times out", ivshmem_listener_accept(l, 30) != NULL, 0, ETIMEDOUT);
 	CHECK("accept timeout -2", ivshmem_listener_accept(l, -2) != NULL, 0, EINVAL);

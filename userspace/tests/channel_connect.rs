@@ -194,6 +194,22 @@ fn messages_services_keep_boundaries() {
     }
 }
 
+/// Writes a header of layout version 1 (named channels of an older ivshmem-rs: magic "IVCH",
+/// version 1, ring space at 0x3000, 64 slots of 128 bytes, the region size, the allocation
+/// pointer) into the zeroed region `r`, as such a library left it.
+fn write_v1_header(r: &Region) {
+    let mut h = Vec::new();
+    h.extend_from_slice(b"IVCH");
+    for v in [1u32, 0x3000, 64, 128, 0] {
+        h.extend_from_slice(&v.to_le_bytes());
+    }
+    h.extend_from_slice(&(r.len() as u64).to_le_bytes());
+    h.extend_from_slice(&0x3000u64.to_le_bytes());
+    assert!(h.len() <= r.len());
+    // SAFETY: `h` fits in the region (asserted), which nothing else uses yet.
+    unsafe { std::ptr::copy_nonoverlapping(h.as_ptr(), r.as_ptr(), h.len()) };
+}
+
 #[test]
 fn refusals_and_wrong_layouts_are_clear_errors() {
     let region = Region::anonymous(1 << 20).unwrap();
@@ -210,18 +226,80 @@ fn refusals_and_wrong_layouts_are_clear_errors() {
         let e = Listener::bind(&region, bad, &opts()).unwrap_err();
         assert_eq!(kind_of(&e), io::ErrorKind::InvalidInput, "{e}");
     }
-    let e = Channel::open(&region, "pipe", &opts()).unwrap_err();
-    assert!(e.to_string().contains("layout version 2"), "{e}");
-    drop(l);
+    // Named channels and connections share one region (layout version 2 for both): a pipe
+    // beside the listener, and a connection beside the pipe, each carrying its own bytes.
+    let mut p = Channel::open(&region, "pipe", &opts()).unwrap();
+    let mut q = Channel::open(&region, "pipe", &opts()).unwrap();
+    let client = std::thread::spawn({
+        let region = region.clone();
+        move || -> io::Result<Vec<u8>> {
+            let mut c = Channel::connect(&region, "svc", &opts())?;
+            c.write_all(b"to the service")?;
+            c.close_write()?;
+            let mut back = Vec::new();
+            c.read_to_end(&mut back)?;
+            Ok(back)
+        }
+    });
+    let mut s = l.accept().unwrap();
+    p.write_all(b"through the pipe").unwrap();
+    let mut got = String::new();
+    s.read_to_string(&mut got).unwrap();
+    assert_eq!(got, "to the service");
+    let mut piped = [0u8; 16];
+    q.read_exact(&mut piped).unwrap();
+    assert_eq!(&piped, b"through the pipe");
+    s.write_all(b"answer").unwrap();
+    s.close_write().unwrap();
+    assert_eq!(client.join().unwrap().unwrap(), b"answer");
+    let names: Vec<String> = channel::list(&region)
+        .unwrap()
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
+    assert_eq!(names, ["pipe"]);
+    let u = channel::usage(&region).unwrap();
+    assert_eq!(u.listeners, ["svc"], "{u:?}");
+    // The pipe's two blocks and the connection's two: the client left, but its block is
+    // freed only once the accepted end `s` leaves too.
+    assert_eq!((u.ends, u.connections), (4, 1), "{u:?}");
+    drop((p, q, s, l));
+    let u = channel::usage(&region).unwrap();
+    assert_eq!((u.ends, u.pages_used), (0, 0), "all freed: {u:?}");
+    // A region that holds layout version 1 is refused by bind, connect and open alike, with
+    // a message that names the version and the way out; nothing is written into it.
     let v1 = Region::anonymous(1 << 20).unwrap();
-    drop(Channel::open(&v1, "pipe", &opts()).unwrap());
-    let e = Listener::bind(&v1, "svc", &opts()).unwrap_err();
-    assert!(e.to_string().contains("layout version 1"), "{e}");
-    let e = Channel::connect(&v1, "svc", &opts()).unwrap_err();
-    assert_eq!(kind_of(&e), io::ErrorKind::InvalidData, "{e}");
+    write_v1_header(&v1);
+    let before = channel_header(&v1);
+    let errors = [
+        Listener::bind(&v1, "svc", &opts()).unwrap_err(),
+        Channel::connect(&v1, "svc", &opts()).unwrap_err(),
+        Channel::open(&v1, "pipe", &opts()).unwrap_err(),
+        channel::list(&v1).unwrap_err(),
+    ];
+    for e in errors {
+        assert!(matches!(e, ChannelError::BadLayout(_)), "{e}");
+        assert_eq!(kind_of(&e), io::ErrorKind::InvalidData, "{e}");
+        let m = e.to_string();
+        assert!(m.contains("layout version 1"), "{m}");
+        assert!(m.contains("zero the region"), "{m}");
+    }
+    assert_eq!(
+        channel_header(&v1),
+        before,
+        "the version 1 header was left alone"
+    );
     let tiny = Region::anonymous(0x2000).unwrap();
     let e = Listener::bind(&tiny, "svc", &opts()).unwrap_err();
     assert_eq!(kind_of(&e), io::ErrorKind::InvalidInput, "{e}");
+}
+
+/// The first 0x40 bytes of `r`.
+fn channel_header(r: &Region) -> Vec<u8> {
+    let mut h = vec![0u8; 0x40];
+    // SAFETY: the region has more than 0x40 bytes; no end uses it meanwhile.
+    unsafe { std::ptr::copy_nonoverlapping(r.as_ptr(), h.as_mut_ptr(), h.len()) };
+    h
 }
 
 #[test]

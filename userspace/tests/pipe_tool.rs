@@ -1,6 +1,6 @@
 //! `ivshmem-pipe` between two processes on a regular file standing in for the shared memory
 //! (the host's side of ivshmem): exact bytes in both start orders, exit statuses, a killed
-//! sender, a corrupt layout.
+//! sender, layouts of other versions, a region shared with connections.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -195,12 +195,61 @@ fn usage_and_layout_errors() {
         assert_eq!(o.status.code(), Some(code), "{args:?}: {}", text(&o));
         assert!(text(&o).contains(says), "{args:?}: {}", text(&o));
     }
-    // A layout of another version: a clear error, quickly.
-    let mut f = File::options().write(true).open(&shm.0).unwrap();
-    f.write_all(b"IVCH\x63\0\0\0").unwrap();
-    let t = Instant::now();
-    let o = run(&["send", "-d", p]);
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    assert!(text(&o).contains("version 99"), "{}", text(&o));
-    assert!(t.elapsed() < Duration::from_secs(5));
+    // A layout of another version (this layout's magic "IVC2", version 99), and the header
+    // layout version 1 left ("IVCH", version 1): clear errors, quickly, for either direction.
+    for (header, says) in [
+        (&b"IVC2\x63\0\0\0"[..], "channel layout version 99"),
+        (&b"IVCH\x01\0\0\0"[..], "layout version 1"),
+    ] {
+        let mut f = File::options().write(true).open(&shm.0).unwrap();
+        f.write_all(header).unwrap();
+        drop(f);
+        for dir in ["send", "recv"] {
+            let t = Instant::now();
+            let o = run(&[dir, "-d", p]);
+            assert_eq!(o.status.code(), Some(1), "{dir}: {}", text(&o));
+            assert!(text(&o).contains(says), "{dir}: {}", text(&o));
+            assert!(t.elapsed() < Duration::from_secs(5));
+        }
+    }
+}
+
+/// One layout serves named channels and connections: a pipe works on a region where a
+/// listener and a connection live, and leaves them alone.
+#[test]
+fn a_pipe_shares_the_region_with_connections() {
+    use ivshmem::channel::{self, Channel, Listener, Options, Region};
+    let shm = Shm::new("mixed");
+    let f = File::options().read(true).write(true).open(&shm.0).unwrap();
+    let region = Region::map_file(&f).unwrap();
+    let o = Options::new().capacity(4096);
+    let l = Listener::bind(&region, "svc", &o).unwrap();
+    let client = std::thread::spawn({
+        let region = region.clone();
+        let o = o.clone();
+        move || Channel::connect(&region, "svc", &o).unwrap()
+    });
+    let mut s = l.accept().unwrap();
+    let mut c = client.join().unwrap();
+    let sent = data(4, 300_000);
+    let (tx, feeder) = sender(&shm.0, sent.clone(), &["--capacity", "64K"]);
+    let got = receiver(&shm.0, &["--capacity", "64K"])
+        .wait_with_output()
+        .unwrap();
+    feeder.join().unwrap();
+    let tx = tx.wait_with_output().unwrap();
+    assert!(got.status.success(), "recv: {}", text(&got));
+    assert!(tx.status.success(), "send: {}", text(&tx));
+    assert!(
+        got.stdout == sent,
+        "received bytes differ from the sent ones"
+    );
+    // The connection still carries its bytes, and the pipe's blocks are gone.
+    c.write_all(b"still here").unwrap();
+    let mut back = [0u8; 10];
+    s.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"still here");
+    let u = channel::usage(&region).unwrap();
+    assert_eq!((u.listeners.len(), u.ends), (1, 2), "{u:?}");
+    assert!(channel::list(&region).unwrap().is_empty());
 }

@@ -321,7 +321,10 @@ fn usage_errors_exit_2() {
     let shm = Shm::new("v1");
     {
         use std::os::unix::fs::FileExt;
-        let f = std::fs::OpenOptions::new().write(true).open(&shm.0).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&shm.0)
+            .unwrap();
         f.write_all_at(b"IVCH\x01\0\0\0", 0).unwrap();
     }
     let out = Command::new(SOCKET)
