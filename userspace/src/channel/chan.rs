@@ -218,6 +218,15 @@ impl Options {
         self.liveness
     }
 
+    /// These options for one more end: with a waker of its own where ends must not share one
+    /// (a doorbell's file), else the same.
+    pub(super) fn for_one_end(&self) -> Result<Self, ChannelError> {
+        Ok(match self.waker.another()? {
+            Some(w) => self.clone().waker(w),
+            None => self.clone(),
+        })
+    }
+
     pub(super) fn create_value(&self) -> bool {
         self.create
     }

@@ -41,15 +41,7 @@ impl Channel {
                 opts.kind_value()
             )));
         }
-        // Each end its own waker where ends must not share one (a doorbell's file).
-        let own;
-        let opts = match opts.waker_ref().another()? {
-            Some(w) => {
-                own = opts.clone().waker(w);
-                &own
-            }
-            None => opts,
-        };
+        let opts = &opts.for_one_end()?;
         let cap = opts.capacity_value();
         let pages = cl::end_pages(cap)?;
         let what = format!("connection to '{service}'");

@@ -462,10 +462,7 @@ impl Listener {
             retire.free();
             return Ok(None);
         }
-        let mut opts = self.opts.clone();
-        if let Some(w) = self.opts.waker_ref().another()? {
-            opts = opts.waker(w);
-        }
+        let opts = self.opts.for_one_end()?;
         let mut chan = end_channel(
             &mem,
             &self.service,

@@ -162,15 +162,7 @@ impl Channel {
         cl::check_name(name)?;
         let arena = cl::attach(region, opts.open_timeout_value())?;
         let deadline = Instant::now().checked_add(opts.open_timeout_value());
-        // Each end its own waker where ends must not share one (a doorbell's file).
-        let own;
-        let opts = match opts.waker_ref().another()? {
-            Some(w) => {
-                own = opts.clone().waker(w);
-                &own
-            }
-            None => opts,
-        };
+        let opts = &opts.for_one_end()?;
         let bound = opts.liveness_bound();
         loop {
             if deadline.is_some_and(|d| Instant::now() > d) {
