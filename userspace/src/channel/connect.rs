@@ -11,7 +11,7 @@ use super::conn_layout::{
 };
 use super::control::{end_state, end_word, Hold};
 use super::heartbeat::Beat;
-use super::listener::{self, alloc, end_channel, line_address, publish_line};
+use super::listener::{self, alloc_end, end_channel, line_address, publish_line};
 use super::liveness::{self, Watch};
 use super::pagemap::Block;
 use super::reclaim::Retire;
@@ -43,18 +43,15 @@ impl Channel {
         }
         let opts = &opts.for_one_end()?;
         let cap = opts.capacity_value();
-        let pages = cl::end_pages(cap)?;
-        let what = format!("connection to '{service}'");
-        let b = alloc(&arena, CONNECTION, pages, opts, &what)?;
-        let mem = arena.mem().clone();
-        let v = BlockView::new(&arena, &mem, &b);
-        EndHeader {
+        let header = EndHeader {
             role: CONNECTOR,
             kind: l.kind,
             names: (l.block.head, l.block.gen),
             cap,
-        }
-        .write(&v)?;
+        };
+        let b = alloc_end(&arena, &header, opts, &format!("connection to '{service}'"))?;
+        let mem = arena.mem().clone();
+        let v = BlockView::new(&arena, &mem, &b);
         // The side line names the session (this block's generation), so the acceptor can ring
         // us; the heartbeat beats while we wait, so no sweep takes the block for dead.
         publish_line(&v, E_SIDE, b.gen, opts)?;

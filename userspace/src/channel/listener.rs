@@ -156,6 +156,19 @@ pub(super) fn alloc(
     })
 }
 
+/// Allocates the block of a channel end with header `h` (its ring of `h.cap` bytes after the
+/// first page) and writes the header; its state word stays 0 (unpublished) for the caller.
+pub(super) fn alloc_end(
+    arena: &Arena,
+    h: &EndHeader,
+    opts: &Options,
+    what: &str,
+) -> Result<Block, ChannelError> {
+    let b = alloc(arena, CONNECTION, cl::end_pages(h.cap)?, opts, what)?;
+    h.write(&BlockView::new(arena, arena.mem(), &b))?;
+    Ok(b)
+}
+
 /// Publishes side line `line` of an end with `opts`'s waker: address, notifies, liveness,
 /// then the epoch (release), as a channel end does.
 pub(super) fn publish_line(
@@ -432,18 +445,16 @@ impl Listener {
     /// block naming it, publishes and announces it, and returns the channel; `None` if the
     /// connector gave up meanwhile.
     fn join(&self, c: &Block, h: &EndHeader) -> Result<Option<Channel>, ChannelError> {
-        let pages = cl::end_pages(h.cap)?;
-        let what = format!("connection to '{}'", self.service);
-        let b = alloc(&self.arena, CONNECTION, pages, &self.opts, &what)?;
-        let mem = self.arena.mem().clone();
-        let v = BlockView::new(&self.arena, &mem, &b);
-        EndHeader {
+        let header = EndHeader {
             role: ACCEPTOR,
             kind: self.kind,
             names: (c.head, c.gen),
             cap: h.cap,
-        }
-        .write(&v)?;
+        };
+        let what = format!("connection to '{}'", self.service);
+        let b = alloc_end(&self.arena, &header, &self.opts, &what)?;
+        let mem = self.arena.mem().clone();
+        let v = BlockView::new(&self.arena, &mem, &b);
         // Release: a connector that finds this block ready (acquire) sees its header.
         v.w64(E_STATE)?.store(end_word(b.gen, ATTACHED), Release);
         cl::announce(&self.arena);

@@ -32,7 +32,7 @@ use super::conn_layout::{
 };
 use super::control::{end_state, end_word, Control};
 use super::layout::{ChannelInfo, Kind};
-use super::listener::{alloc, end_channel};
+use super::listener::{alloc_end, end_channel};
 use super::pagemap::Block;
 use super::reclaim::{self, Retire};
 use super::region::Region;
@@ -248,17 +248,15 @@ pub(super) struct Joiner {
 /// Creates an opener block for `name` and returns its end, or `None` after seeing a rival.
 fn create(arena: &Arena, name: &str, opts: &Options) -> Result<Option<Channel>, ChannelError> {
     let cap = opts.capacity_value();
-    let pages = cl::end_pages(cap)?;
-    let b = alloc(arena, CONNECTION, pages, opts, &format!("channel '{name}'"))?;
-    let mem = arena.mem().clone();
-    let v = BlockView::new(arena, &mem, &b);
-    EndHeader {
+    let header = EndHeader {
         role: OPENER,
         kind: opts.kind_value(),
         names: (0, 0),
         cap,
-    }
-    .write(&v)?;
+    };
+    let b = alloc_end(arena, &header, opts, &format!("channel '{name}'"))?;
+    let mem = arena.mem().clone();
+    let v = BlockView::new(arena, &mem, &b);
     v.w32(E_NAME_LEN)?.store(name.len() as u32, Relaxed);
     mem.copy_in(v.off + E_NAME, name.as_bytes())?;
     // Our header, then theirs: see the top of this file.
@@ -297,17 +295,15 @@ fn join(
     h: &EndHeader,
     opts: &Options,
 ) -> Result<Option<Channel>, ChannelError> {
-    let pages = cl::end_pages(h.cap)?;
-    let b = alloc(arena, CONNECTION, pages, opts, &format!("channel '{name}'"))?;
-    let mem = arena.mem().clone();
-    let v = BlockView::new(arena, &mem, &b);
-    EndHeader {
+    let header = EndHeader {
         role: ACCEPTOR,
         kind: h.kind,
         names: (o.head, o.gen),
         cap: h.cap,
-    }
-    .write(&v)?;
+    };
+    let b = alloc_end(arena, &header, opts, &format!("channel '{name}'"))?;
+    let mem = arena.mem().clone();
+    let v = BlockView::new(arena, &mem, &b);
     fence(SeqCst);
     if rival(arena, &b, ACCEPTOR, name, (o.head, o.gen)) {
         arena.free(&b);
