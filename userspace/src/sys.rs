@@ -208,20 +208,7 @@ pub fn map_placed(
         // What the kernel says to a length beyond the address space.
         return Err(std::io::Error::from_raw_os_error(errno::ENOMEM));
     };
-    // SAFETY: a fresh private anonymous mapping chosen by the kernel: no existing memory is
-    // touched. PROT_NONE and MAP_NORESERVE: it takes address space only.
-    let reserved = unsafe {
-        mmap(
-            std::ptr::null_mut(),
-            span,
-            PROT_NONE,
-            MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-            -1,
-            0,
-        )
-    };
-    mapped(reserved)?;
-    let base = reserved as usize;
+    let base = reserve(span)?;
     // Both terms are below `align`, so the sums cannot overflow; `head < align`, so [addr,
     // addr + whole) lies inside the reservation.
     let want = ((offset % align as u64) as usize + skew % align) % align;
@@ -257,6 +244,79 @@ pub fn map_placed(
         return undo(addr, e);
     }
     Ok(p)
+}
+
+/// Maps two files side by side in one range of address space: `own_len` bytes of `own`
+/// shared and read-write, then, right after them, `peer_len` bytes of `peer` shared and
+/// read-only (`peer` may be open read-only). The isolated channel topology maps an end's own
+/// device and its peer's so, and addresses both from one base. The range starts at the
+/// alignment [`map_align`] gives `own_len`, so that both parts can get huge entries when
+/// `own_len` is a multiple of that size; `own_len` must be a multiple of the page size. On
+/// any error nothing stays mapped.
+pub fn map_pair(
+    own: c_int,
+    own_len: usize,
+    peer: c_int,
+    peer_len: usize,
+) -> std::io::Result<std::ptr::NonNull<u8>> {
+    let page = page_size();
+    let invalid =
+        |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, what.to_string());
+    if own_len == 0 || peer_len == 0 || !own_len.is_multiple_of(page) {
+        return Err(invalid(
+            "a pair of mappings needs two non-empty parts, the first of whole pages",
+        ));
+    }
+    let align = map_align(own_len).max(page);
+    let Some((whole, span)) = own_len
+        .checked_add(peer_len)
+        .and_then(|t| t.checked_next_multiple_of(page))
+        .and_then(|w| Some((w, w.checked_add(align)?)))
+    else {
+        return Err(std::io::Error::from_raw_os_error(errno::ENOMEM));
+    };
+    let base = reserve(span)?;
+    // `base` is page-aligned, so `addr - base < align` and [addr, addr + whole) lies inside
+    // the reservation.
+    let addr = base.next_multiple_of(align);
+    let undo = |e: std::io::Error| {
+        let _ = unmap(base, span);
+        Err(e)
+    };
+    for (at, len, prot, fd) in [
+        (addr, own_len, PROT_READ | PROT_WRITE, own),
+        (addr + own_len, peer_len, PROT_READ, peer),
+    ] {
+        // SAFETY: [at, at + len) lies inside the reservation made above, which this function
+        // owns and nothing else uses: MAP_FIXED replaces only it.
+        let ptr = unsafe { mmap(at as *mut c_void, len, prot, MAP_SHARED | MAP_FIXED, fd, 0) };
+        if let Err(e) = mapped(ptr) {
+            return undo(e);
+        }
+    }
+    let tail = addr + whole;
+    if let Err(e) = unmap(base, addr - base).and_then(|()| unmap(tail, base + span - tail)) {
+        return undo(e);
+    }
+    std::ptr::NonNull::new(addr as *mut u8).ok_or_else(|| std::io::Error::other("mmap gave NULL"))
+}
+
+/// Reserves `span` bytes of address space (no memory) for the callers above to place
+/// mappings in with `MAP_FIXED`; its start is page-aligned.
+fn reserve(span: usize) -> std::io::Result<usize> {
+    // SAFETY: a fresh private anonymous mapping chosen by the kernel: no existing memory is
+    // touched. PROT_NONE and MAP_NORESERVE: it takes address space only.
+    let reserved = unsafe {
+        mmap(
+            std::ptr::null_mut(),
+            span,
+            PROT_NONE,
+            MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    mapped(reserved).map(|p| p.as_ptr() as usize)
 }
 
 /// The alignment [`map_shared`] gives the address of a mapping of `len` bytes: the largest

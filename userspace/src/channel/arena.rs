@@ -27,13 +27,16 @@ pub const PAGE: u64 = 4096;
 /// # Invariants
 ///
 /// `map + 8 * pages` and `data + PAGE * pages` are inside `mem`; `map` is 8-byte aligned and
-/// `data` a multiple of `PAGE` from the region's start.
+/// `data` a multiple of `PAGE` from the region's start. A read-only arena (the peer's part of
+/// a pair, mapped without write permission) is never written: allocating fails, freeing frees
+/// nothing.
 #[derive(Clone)]
 pub struct Arena {
     mem: Arc<Mem>,
     map: usize,
     data: usize,
     pages: u32,
+    writable: bool,
 }
 
 impl Words<Std> for Arena {
@@ -79,7 +82,19 @@ impl Arena {
             map: off as usize,
             data: (off + map_len) as usize,
             pages,
+            writable: true,
         })
+    }
+
+    /// The same arena, never written by this end (its memory is the peer's, mapped read-only).
+    pub(super) fn read_only(mut self) -> Self {
+        self.writable = false;
+        self
+    }
+
+    /// Offset in the region of the arena's page map: its identity on a mapping.
+    pub(super) fn start(&self) -> usize {
+        self.map
     }
 
     /// Pages in the arena.
@@ -90,6 +105,11 @@ impl Arena {
     /// Allocates a zeroed block of `pages` pages of `kind` and publishes it. Reservations that
     /// stood unchanged for `stale` are taken back when there is no room otherwise.
     pub fn alloc(&self, kind: u8, pages: u32, stale: Duration) -> Result<Block, ChannelError> {
+        if !self.writable {
+            return Err(ChannelError::Invalid(
+                "the peer's memory is read-only: blocks are allocated in this end's own".into(),
+            ));
+        }
         for attempt in 0..3 {
             if let Some(r) = pagemap::reserve::<Std, _>(self, kind, pages, token()) {
                 for i in r.head..r.head + r.pages {
@@ -118,7 +138,7 @@ impl Arena {
 
     /// Frees block `b`; false if it was freed already (by its owner or a reclaimer).
     pub fn free(&self, b: &Block) -> bool {
-        pagemap::free::<Std, _>(self, b)
+        self.writable && pagemap::free::<Std, _>(self, b)
     }
 
     /// Whether `b` is still published as it was.
@@ -155,6 +175,7 @@ impl Arena {
             .sightings
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        // Only the writable arena of a mapping reserves (`alloc`): one map of sightings.
         let seen = &mut sightings.reserved;
         let mut now_reserved = HashMap::new();
         pagemap::scan::<Std, _>(self, |i, e| {

@@ -55,6 +55,7 @@ use std::time::{Duration, Instant};
 use super::arena::{Arena, PAGE};
 use super::layout::{Kind, MAX_CAPACITY, MAX_NAME, MIN_CAPACITY};
 use super::pagemap::Block;
+use super::reclaim::Retire;
 use super::region::{Mem, Region};
 use super::ChannelError;
 
@@ -101,15 +102,101 @@ pub(super) const E_NO_SIDE: u64 = 0x200;
 pub(super) const E_NO_PROD: u64 = 0x240;
 pub(super) const E_NO_CONS: u64 = 0x280;
 
-/// Initialises the header of a zeroed region, or checks the one there, and returns the arena.
-/// Two ends starting at once: one wins the magic's compare-and-swap from 0, writes the header
-/// and publishes the magic (release); the other waits (acquire) at most `timeout`.
-pub(super) fn attach(region: &Region, timeout: Duration) -> Result<Arena, ChannelError> {
+/// The arenas an end works in: `own`, where it allocates its blocks (the only memory it
+/// writes), and `peer`, where it finds the other side's (listeners, connectors, acceptors,
+/// openers). On one region both are the same arena; on a pair ([`Region::map_pair`], the
+/// isolated topology) the peer's is the other end's own, mapped read-only here.
+#[derive(Clone)]
+pub(super) struct Arenas {
+    pub own: Arena,
+    pub peer: Arena,
+}
+
+impl Arenas {
+    /// Whether both ends write one arena (one region, not a pair).
+    pub fn shared(&self) -> bool {
+        self.own.start() == self.peer.start()
+    }
+
+    /// The arenas to look in for every end of this side and the other: own, then the peer's
+    /// if it is another.
+    pub fn all(&self) -> Vec<&Arena> {
+        if self.shared() {
+            vec![&self.own]
+        } else {
+            vec![&self.own, &self.peer]
+        }
+    }
+
+    /// On a pair: frees what ends of this side left behind once their peers are gone too (an
+    /// end that leaves while its peer is still there keeps its block: the peer may still read
+    /// it, and cannot free it). Called when an end opens, connects or binds; on one region the
+    /// last end to leave frees both blocks, and allocations sweep when they find no room.
+    pub fn tidy(&self, bound: Duration) {
+        if !self.shared() {
+            super::reclaim::sweep(self, bound, bound);
+        }
+    }
+
+    /// The blocks of a connection that this end frees once both ends are gone: its own, and
+    /// its peer's when both lie in one arena (on a pair, the peer's side frees its own).
+    pub fn retire(&self, own: Block, peer: Option<Block>) -> Retire {
+        let mut blocks = Vec::from_iter(peer.filter(|_| self.shared()));
+        blocks.push(own);
+        Retire {
+            arena: self.own.clone(),
+            peer: self.peer.clone(),
+            blocks,
+        }
+    }
+}
+
+/// Initialises the header of a zeroed region, or checks the one there, and returns its
+/// arenas. Two ends starting at once: one wins the magic's compare-and-swap from 0, writes the
+/// header and publishes the magic (release); the other waits (acquire) at most `timeout`. On a
+/// pair, this end lays out and checks its own part only, and reads the peer's part as the
+/// peer laid it out (a part not laid out yet reads as an empty arena).
+pub(super) fn attach(region: &Region, timeout: Duration) -> Result<Arenas, ChannelError> {
     let mem = &region.mem;
-    if (mem.len() as u64) < ARENA + 2 * PAGE {
+    let own_len = mem.peer_at.unwrap_or(mem.len()) as u64;
+    attach_own(mem, own_len, timeout)?;
+    let own = Arena::new(region, ARENA, own_len - ARENA)?;
+    let Some(p) = mem.peer_at else {
+        return Ok(Arenas {
+            peer: own.clone(),
+            own,
+        });
+    };
+    let (p, peer_len) = (p as u64, (mem.len() - p) as u64);
+    if peer_len < ARENA + 2 * PAGE {
         return Err(ChannelError::TooSmall {
             need: ARENA + 2 * PAGE,
-            have: mem.len() as u64,
+            have: peer_len,
+        });
+    }
+    match mem.u32_at(p + H_MAGIC)?.load(Acquire) {
+        0 | MAGIC_INIT => {}
+        MAGIC => {
+            check_header(mem, p, peer_len)
+                .map_err(|e| ChannelError::BadLayout(format!("the peer's memory: {e}")))?;
+        }
+        m => {
+            return Err(ChannelError::BadLayout(format!(
+                "the peer's memory holds magic {m:#010x}, not a channel layout of version \
+                 {VERSION} (or 0 for one not laid out yet)"
+            )))
+        }
+    }
+    let peer = Arena::new(region, p + ARENA, peer_len - ARENA)?.read_only();
+    Ok(Arenas { own, peer })
+}
+
+/// Lays out or checks the header of this end's own memory, the first `len` bytes.
+fn attach_own(mem: &Mem, len: u64, timeout: Duration) -> Result<(), ChannelError> {
+    if len < ARENA + 2 * PAGE {
+        return Err(ChannelError::TooSmall {
+            need: ARENA + 2 * PAGE,
+            have: len,
         });
     }
     let magic = mem.u32_at(H_MAGIC)?;
@@ -124,7 +211,7 @@ pub(super) fn attach(region: &Region, timeout: Duration) -> Result<Arena, Channe
                 {
                     mem.zero(H_VERSION, ARENA - H_VERSION)?;
                     mem.u32_at(H_VERSION)?.store(VERSION, Relaxed);
-                    mem.u64_at(H_REGION_SIZE)?.store(mem.len() as u64, Relaxed);
+                    mem.u64_at(H_REGION_SIZE)?.store(len, Relaxed);
                     magic.store(MAGIC, Release);
                     break;
                 }
@@ -153,21 +240,39 @@ pub(super) fn attach(region: &Region, timeout: Duration) -> Result<Arena, Channe
             }
         }
     }
-    let version = mem.u32_at(H_VERSION)?.load(Relaxed);
+    // Memory this end cannot write (a device the hypervisor maps read-only: another guest's
+    // own, in the isolated topology) drops stores silently: one that does not stick says so.
+    // An extra count of announced blocks only makes scanners look once more.
+    let announced = mem.u64_at(H_ANNOUNCED)?;
+    let before = announced.fetch_add(1, Release);
+    if announced.load(Acquire) == before {
+        return Err(ChannelError::Open {
+            what: "stores into this end's own memory do not stick: it is read-only (in the \
+                   isolated topology, another guest's device: give each end its own device \
+                   read-write and the other's as its peer)"
+                .into(),
+            source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        });
+    }
+    check_header(mem, 0, len)
+}
+
+/// Checks the version and the size of a laid-out header at `at` of a part of `len` bytes.
+fn check_header(mem: &Mem, at: u64, len: u64) -> Result<(), ChannelError> {
+    let version = mem.u32_at(at + H_VERSION)?.load(Relaxed);
     if version != VERSION {
         return Err(ChannelError::Version {
             found: version,
             supported: VERSION,
         });
     }
-    let size = mem.u64_at(H_REGION_SIZE)?.load(Relaxed);
-    if size != mem.len() as u64 {
+    let size = mem.u64_at(at + H_REGION_SIZE)?.load(Relaxed);
+    if size != len {
         return Err(ChannelError::BadLayout(format!(
-            "the region was laid out for {size} bytes, this mapping has {}",
-            mem.len()
+            "the region was laid out for {size} bytes, this mapping has {len}"
         )));
     }
-    Arena::new(region, ARENA, mem.len() as u64 - ARENA)
+    Ok(())
 }
 
 /// Whether a region's first word is this layout's magic: tools that take both layouts.
@@ -317,7 +422,9 @@ pub(super) fn still(arena: &Arena, b: &Block) -> bool {
 
 /// The count of blocks announced in the region's header (see the table above).
 pub(super) fn announced(arena: &Arena) -> Result<&AtomicU64, ChannelError> {
-    arena.mem().u64_at(H_ANNOUNCED)
+    arena
+        .mem()
+        .u64_at(arena.start() as u64 - ARENA + H_ANNOUNCED)
 }
 
 /// Announces a block whose state word was published: scanners looking for it scan again.
@@ -350,7 +457,7 @@ pub fn usage(region: &Region) -> Result<Usage, ChannelError> {
             "the region does not hold connections (layout version 2)".into(),
         ));
     }
-    let arena = attach(region, Duration::ZERO)?;
+    let arena = attach(region, Duration::ZERO)?.own;
     let mut u = Usage {
         listeners: Vec::new(),
         connections: 0,

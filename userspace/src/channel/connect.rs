@@ -14,7 +14,6 @@ use super::heartbeat::Beat;
 use super::listener::{self, alloc_end, end_channel, line_address, publish_line};
 use super::liveness::{self, Watch};
 use super::pagemap::Block;
-use super::reclaim::Retire;
 use super::{Channel, ChannelError, Options, Region};
 
 impl Channel {
@@ -25,11 +24,15 @@ impl Channel {
     /// `ConnectionRefused` when no listener has the name, or the listener closes or dies
     /// before accepting; `TimedOut` when it does not accept within [`Options::open_timeout`];
     /// `InvalidInput` when the service carries the other [`super::Kind`].
+    ///
+    /// On a pair ([`Region::map_pair`]) the listener is looked for in the peer's memory: a
+    /// connection always joins the two sides.
     pub fn connect(region: &Region, service: &str, opts: &Options) -> Result<Self, ChannelError> {
         cl::check_name(service)?;
         let arena = cl::attach(region, opts.open_timeout_value())?;
+        arena.tidy(opts.liveness_bound());
         let deadline = Instant::now().checked_add(opts.open_timeout_value());
-        let Some(l) = listener::find(&arena, service) else {
+        let Some(l) = listener::find(&arena.peer, service) else {
             return Err(ChannelError::Refused(format!(
                 "no listener for service '{service}' in this region"
             )));
@@ -50,8 +53,9 @@ impl Channel {
             cap,
         };
         let b = alloc_end(&arena, &header, opts, &format!("connection to '{service}'"))?;
-        let mem = arena.mem().clone();
-        let v = BlockView::new(&arena, &mem, &b);
+        let (own, peer) = (&arena.own, &arena.peer);
+        let mem = own.mem().clone();
+        let v = BlockView::new(own, &mem, &b);
         // The side line names the session (this block's generation), so the acceptor can ring
         // us; the heartbeat beats while we wait, so no sweep takes the block for dead.
         publish_line(&v, E_SIDE, b.gen, opts)?;
@@ -73,13 +77,13 @@ impl Channel {
             let _ = v
                 .w64(E_STATE)
                 .map(|w| w.store(end_word(b.gen, CLOSED), Release));
-            arena.free(&b);
+            own.free(&b);
             why
         };
         let beat = beat.map_err(|e| withdraw(e.into()))?;
-        cl::announce(&arena);
+        cl::announce(own);
 
-        let lv = BlockView::new(&arena, &mem, &l.block);
+        let lv = BlockView::new(peer, &mem, &l.block);
         let waker = opts.waker_ref();
         let _ = waker.notify(line_address(&lv, L_SIDE, l.block.gen));
         let refused = |why: &str| {
@@ -93,10 +97,10 @@ impl Channel {
         let mut backoff = Duration::from_micros(1);
         let slice = opts.liveness_bound() / 10;
         let acceptor = loop {
-            if let Some(a) = acceptor_of(&arena, &b, &mut seen)? {
+            if let Some(a) = acceptor_of(peer, &b, &mut seen)? {
                 break a;
             }
-            if !arena.current(&l.block) || !listener::listening(&lv, &l.block) {
+            if !peer.current(&l.block) || !listener::listening(&lv, &l.block) {
                 return Err(withdraw(refused("closed")));
             }
             let now = Instant::now();
@@ -123,16 +127,9 @@ impl Channel {
             }
         };
         let (a, acap) = acceptor;
-        let av = BlockView::new(&arena, &mem, &a);
+        let av = BlockView::new(peer, &mem, &a);
         let mut chan = end_channel(&mem, service, l.kind, [&v, &av], [cap, acap], 0, opts)?;
-        chan.start(
-            0,
-            b.gen,
-            Some(Retire {
-                arena: arena.clone(),
-                blocks: vec![a, b],
-            }),
-        )?;
+        chan.start(0, b.gen, Some(arena.retire(b, Some(a))))?;
         // The channel beats from here.
         beat.stop();
         Ok(chan)

@@ -12,6 +12,7 @@ use super::chan::{
     Ring, ATTACHED, CLOSED, MAX_ADDRESS, SIDE_ADDRESS, SIDE_EPOCH, SIDE_HEARTBEAT, SIDE_LIVENESS,
     SIDE_NOTIFIES,
 };
+use super::conn_layout::Arenas;
 use super::conn_layout::{
     self as cl, BlockView, EndHeader, ACCEPTOR, CONNECTION, CONNECTOR, E_CONS, E_DATA, E_PROD,
     E_SIDE, E_STATE, LISTENER, L_KIND, L_NAME, L_NAME_LEN, L_SIDE, L_STATE,
@@ -21,7 +22,7 @@ use super::heartbeat::Beat;
 use super::layout::Kind;
 use super::liveness::{self, Watch};
 use super::pagemap::Block;
-use super::reclaim::{self, Retire};
+use super::reclaim;
 use super::{Channel, ChannelError, Options, Region};
 
 /// A service that accepts connections: the server side of [`Channel::connect`].
@@ -61,10 +62,10 @@ use super::{Channel, ChannelError, Options, Region};
 ///
 /// # Invariants
 ///
-/// `block` is a listener block this end allocated in `arena` and published with its
+/// `block` is a listener block this end allocated in `arena.own` and published with its
 /// generation in its state word.
 pub struct Listener {
-    arena: Arena,
+    arena: Arenas,
     block: Block,
     service: String,
     kind: Kind,
@@ -131,17 +132,19 @@ pub(super) fn find(arena: &Arena, service: &str) -> Option<Found> {
         })
 }
 
-/// Allocates a block, sweeping what dead ends left when there is no room.
+/// Allocates a block in this end's own arena, sweeping what dead ends left when there is no
+/// room.
 pub(super) fn alloc(
-    arena: &Arena,
+    arenas: &Arenas,
     kind: u8,
     pages: u32,
     opts: &Options,
     what: &str,
 ) -> Result<Block, ChannelError> {
     let stale = opts.liveness_bound();
+    let arena = &arenas.own;
     let r = match arena.alloc(kind, pages, stale) {
-        Err(ChannelError::NoSpace { .. }) if reclaim::sweep(arena, stale, stale) > 0 => {
+        Err(ChannelError::NoSpace { .. }) if reclaim::sweep(arenas, stale, stale) > 0 => {
             arena.alloc(kind, pages, stale)
         }
         r => r,
@@ -157,14 +160,16 @@ pub(super) fn alloc(
 }
 
 /// Allocates the block of a channel end with header `h` (its ring of `h.cap` bytes after the
-/// first page) and writes the header; its state word stays 0 (unpublished) for the caller.
+/// first page) in this end's own arena and writes the header; its state word stays 0
+/// (unpublished) for the caller.
 pub(super) fn alloc_end(
-    arena: &Arena,
+    arenas: &Arenas,
     h: &EndHeader,
     opts: &Options,
     what: &str,
 ) -> Result<Block, ChannelError> {
-    let b = alloc(arena, CONNECTION, cl::end_pages(h.cap)?, opts, what)?;
+    let b = alloc(arenas, CONNECTION, cl::end_pages(h.cap)?, opts, what)?;
+    let arena = &arenas.own;
     h.write(&BlockView::new(arena, arena.mem(), &b))?;
     Ok(b)
 }
@@ -205,14 +210,18 @@ impl Listener {
     /// A live listener of the same name makes this fail with `AddrInUse`; one whose heartbeat
     /// stood still for its liveness bound (its process died) is taken over, which takes up to
     /// seven tenths of that bound. A region of layout version 1 is an error.
+    ///
+    /// On a pair ([`Region::map_pair`]) the listener lies in this end's own memory and
+    /// connectors on the other side find it; the name must be unique on this side only.
     pub fn bind(region: &Region, service: &str, opts: &Options) -> Result<Self, ChannelError> {
         cl::check_name(service)?;
         let arena = cl::attach(region, opts.open_timeout_value())?;
+        arena.tidy(opts.liveness_bound());
         let deadline = Instant::now().checked_add(opts.open_timeout_value());
-        Self::take_over(&arena, service, opts, deadline)?;
+        Self::take_over(&arena.own, service, opts, deadline)?;
         let block = alloc(&arena, LISTENER, 1, opts, &format!("listener '{service}'"))?;
-        let mem = arena.mem().clone();
-        let v = BlockView::new(&arena, &mem, &block);
+        let mem = arena.own.mem().clone();
+        let v = BlockView::new(&arena.own, &mem, &block);
         v.w32(L_NAME_LEN)?.store(service.len() as u32, Relaxed);
         v.w32(L_KIND)?
             .store(cl::kind_code(opts.kind_value()), Relaxed);
@@ -234,7 +243,7 @@ impl Listener {
             pending: Mutex::new(Pending::default()),
         };
         // Two binds that raced both published: the one at the lower page keeps the name.
-        if find(&me.arena, service).is_some_and(|f| f.block != me.block) {
+        if find(&me.arena.own, service).is_some_and(|f| f.block != me.block) {
             return Err(in_use(service));
         }
         me.beat = Some(Beat::start(
@@ -353,7 +362,7 @@ impl Listener {
     /// and a new listener took its name): it must be bound again.
     fn check_held(&self) -> Result<(), ChannelError> {
         let v = self.view();
-        if self.arena.current(&self.block) && listening(&v, &self.block) {
+        if self.arena.own.current(&self.block) && listening(&v, &self.block) {
             return Ok(());
         }
         Err(ChannelError::PeerGone(format!(
@@ -377,30 +386,33 @@ impl Listener {
     }
 
     fn view(&self) -> BlockView<'_> {
-        BlockView::new(&self.arena, self.arena.mem(), &self.block)
+        BlockView::new(&self.arena.own, self.arena.own.mem(), &self.block)
     }
 
     /// Joins the next connector block that names this listener and still waits, scanning the
-    /// map only when a block was announced since the last scan that found nothing.
+    /// map only when a block was announced since the last scan that found nothing. Connectors
+    /// lie in the peer's arena (the same one on one region), acceptors in this side's own.
     fn take_pending(&self) -> Result<Option<Channel>, ChannelError> {
-        let count = cl::announced(&self.arena)?.load(Acquire);
+        let arena = &self.arena.peer;
+        let count = cl::announced(arena)?.load(Acquire);
         let mut p = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
         if p.seen == Some(count) {
             return Ok(None);
         }
-        let blocks = self.arena.blocks();
+        let blocks = arena.blocks();
         // Only what is gone for good is forgotten (a block made during a scan may be missed).
-        let arena = &self.arena;
         p.taken.retain(|_, b| arena.current(b));
         let me = (self.block.head, self.block.gen);
-        let mem = self.arena.mem().clone();
+        let mem = arena.mem().clone();
         // Connectors that have an acceptor (published or being published) are someone's.
-        let accepted: HashSet<(u32, u32)> = blocks
+        let own = &self.arena.own;
+        let accepted: HashSet<(u32, u32)> = own
+            .blocks()
             .iter()
             .filter(|b| b.kind == CONNECTION)
             .filter_map(|b| {
-                let h = EndHeader::read(&BlockView::new(arena, &mem, b))?;
-                cl::still(arena, b).then_some(h)
+                let h = EndHeader::read(&BlockView::new(own, &mem, b))?;
+                cl::still(own, b).then_some(h)
             })
             .filter(|h| h.role == ACCEPTOR)
             .map(|h| h.names)
@@ -409,7 +421,7 @@ impl Listener {
             if p.taken.contains_key(&(b.head, b.gen)) || accepted.contains(&(b.head, b.gen)) {
                 continue;
             }
-            let v = BlockView::new(&self.arena, &mem, b);
+            let v = BlockView::new(arena, &mem, b);
             let waiting = v
                 .w64(E_STATE)
                 .is_ok_and(|w| w.load(Acquire) == end_word(b.gen, ATTACHED));
@@ -453,17 +465,15 @@ impl Listener {
         };
         let what = format!("connection to '{}'", self.service);
         let b = alloc_end(&self.arena, &header, &self.opts, &what)?;
-        let mem = self.arena.mem().clone();
-        let v = BlockView::new(&self.arena, &mem, &b);
+        let (own, peer) = (&self.arena.own, &self.arena.peer);
+        let mem = own.mem().clone();
+        let v = BlockView::new(own, &mem, &b);
         // Release: a connector that finds this block ready (acquire) sees its header.
         v.w64(E_STATE)?.store(end_word(b.gen, ATTACHED), Release);
-        cl::announce(&self.arena);
-        let retire = Retire {
-            arena: self.arena.clone(),
-            blocks: vec![*c, b],
-        };
-        let cv = BlockView::new(&self.arena, &mem, c);
-        let still = self.arena.current(c)
+        cl::announce(own);
+        let retire = self.arena.retire(b, Some(*c));
+        let cv = BlockView::new(peer, &mem, c);
+        let still = peer.current(c)
             && cv
                 .w64(E_STATE)
                 .is_ok_and(|w| end_state(w.load(Acquire), c.gen) == Some((ATTACHED, 0)));
@@ -549,11 +559,11 @@ impl Drop for Listener {
         let listening = end_word(self.block.gen, ATTACHED);
         let closed = end_word(self.block.gen, CLOSED);
         // Only while the block is still ours (a stalled listener's may have been taken back).
-        if self.arena.current(&self.block) {
+        if self.arena.own.current(&self.block) {
             if let Ok(w) = self.view().w64(L_STATE) {
                 let _ = w.compare_exchange(listening, closed, Release, Relaxed);
             }
-            self.arena.free(&self.block);
+            self.arena.own.free(&self.block);
         }
         // Connectors that wait on our doorbell look at the listener once per slice anyway.
     }

@@ -136,7 +136,7 @@ pub use error::ChannelError;
 pub use layout::{ChannelInfo, Kind, MAX_NAME, MIN_REGION, VERSION};
 pub use listener::Listener;
 pub use named::list;
-pub use open_path::open_region;
+pub use open_path::{open_region, open_region_pair};
 pub use region::Region;
 pub use split::{ReadHalf, WriteHalf};
 pub use wait::{FdWaker, SpinWaker, Waker};

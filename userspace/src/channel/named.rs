@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use super::arena::Arena;
 use super::chan::{Ring, ATTACHED, CLOSED, DEAD};
+use super::conn_layout::Arenas;
 use super::conn_layout::{
     self as cl, BlockView, EndHeader, ACCEPTOR, CONNECTION, E_CONS, E_DATA, E_NAME, E_NAME_LEN,
     E_NO_CONS, E_NO_PROD, E_NO_SIDE, E_PROD, E_SIDE, E_STATE, OPENER,
@@ -60,10 +61,10 @@ fn wrote(v: &BlockView<'_>) -> bool {
 /// An end's block in a scan: the block, its state and verdict if published, its header.
 type End = (Block, Option<(u8, u8)>, EndHeader);
 
-/// Looks at the ends of channel `name` in `arena`.
-fn scan(arena: &Arena, name: &str) -> Found {
+/// The ends in `arena`.
+fn ends_in(arena: &Arena) -> Vec<End> {
     let mem = arena.mem();
-    let ends: Vec<End> = arena
+    arena
         .blocks()
         .into_iter()
         .filter(|b| b.kind == CONNECTION)
@@ -76,9 +77,34 @@ fn scan(arena: &Arena, name: &str) -> Found {
             let end = w == 0 || state.is_some();
             (end && cl::still(arena, &b)).then_some((b, state, h))
         })
-        .collect();
+        .collect()
+}
+
+/// Looks at the ends of channel `name`: openers in the peer's arena, joined from this side's
+/// (one arena on one region). On a pair, an opener on this side holds the name here too: it
+/// waits for the other side, and a second end of this side can neither join it (joiners come
+/// from the other side) nor open beside it.
+fn scan(arenas: &Arenas, name: &str) -> Found {
+    let own = ends_in(&arenas.own);
     let mut found = Found::default();
-    for (o, state, h) in &ends {
+    if arenas.shared() {
+        scan_openers(&arenas.own, &own, &own, name, &mut found);
+    } else {
+        let peer = ends_in(&arenas.peer);
+        scan_openers(&arenas.peer, &peer, &own, name, &mut found);
+        let mut here = Found::default();
+        scan_openers(&arenas.own, &own, &peer, name, &mut here);
+        found.held |= here.held || here.joinable.is_some();
+        found.busy |= here.busy;
+        found.kind = found.kind.or(here.kind);
+    }
+    found
+}
+
+/// The openers of `name` among `ends` (in `arena`) and their joiners among `joiners`.
+fn scan_openers(arena: &Arena, ends: &[End], joiners: &[End], name: &str, found: &mut Found) {
+    let mem = arena.mem();
+    for (o, state, h) in ends {
         let v = BlockView::new(arena, mem, o);
         if h.role != OPENER || v.opener_name().as_deref() != Some(name) || !cl::still(arena, o) {
             continue;
@@ -89,7 +115,7 @@ fn scan(arena: &Arena, name: &str) -> Found {
         };
         found.kind.get_or_insert(h.kind);
         let mut joined = false;
-        for (_, a_state, ah) in &ends {
+        for (_, a_state, ah) in joiners {
             if ah.role != ACCEPTOR || ah.names != (o.head, o.gen) {
                 continue;
             }
@@ -106,15 +132,27 @@ fn scan(arena: &Arena, name: &str) -> Found {
             found.joinable = Some((*o, *h));
         }
     }
-    found
 }
 
-/// Whether a block other than `me` of role `role` with the same name (openers) or naming the
-/// same opener (joiners) exists, published or not: a rival of `me`'s.
-fn rival(arena: &Arena, me: &Block, role: u32, name: &str, names: (u32, u32)) -> bool {
+/// Whether a block other than `me` of role `role` with the same name (openers, on either
+/// side) or naming the same opener (joiners, on this side) exists, published or not: a rival
+/// of `me`'s.
+fn rival(arenas: &Arenas, me: &Block, role: u32, name: &str, names: (u32, u32)) -> bool {
+    let mut all = arenas.all();
+    if role != OPENER {
+        all.truncate(1);
+    }
+    // `me` lies in this side's own arena, the first.
+    all.into_iter()
+        .enumerate()
+        .any(|(i, a)| rival_in(a, (i == 0).then_some(me), role, name, names))
+}
+
+/// [`rival`] in one arena; `me` is skipped there if given.
+fn rival_in(arena: &Arena, me: Option<&Block>, role: u32, name: &str, names: (u32, u32)) -> bool {
     let mem = arena.mem();
     arena.blocks().into_iter().any(|b| {
-        if b.kind != CONNECTION || b == *me {
+        if b.kind != CONNECTION || Some(&b) == me {
             return false;
         }
         let v = BlockView::new(arena, mem, &b);
@@ -161,6 +199,7 @@ impl Channel {
     pub fn open(region: &Region, name: &str, opts: &Options) -> Result<Self, ChannelError> {
         cl::check_name(name)?;
         let arena = cl::attach(region, opts.open_timeout_value())?;
+        arena.tidy(opts.liveness_bound());
         let deadline = Instant::now().checked_add(opts.open_timeout_value());
         let opts = &opts.for_one_end()?;
         let bound = opts.liveness_bound();
@@ -169,7 +208,8 @@ impl Channel {
                 return Err(ChannelError::Busy(format!(
                     "channel '{name}' is held by a pair of ends, one of them attached, or its \
                      ends kept changing, for longer than the open timeout: two ends use it (or \
-                     one whose peer left has not closed yet)"
+                     one whose peer left has not closed yet; on a pair, an end on this side \
+                     waits for the other side)"
                 )));
             }
             let found = scan(&arena, name);
@@ -213,7 +253,7 @@ impl Channel {
 /// The end that joined opener `own` (its block first in `own`), once one has published its
 /// state; the map is scanned again only when blocks were announced since `seen`.
 pub(super) fn joiner(own: &Retire, seen: &mut Option<u64>) -> Option<Joiner> {
-    let arena = &own.arena;
+    let arena = &own.peer;
     let (a, cap) = super::connect::acceptor_of(arena, own.blocks.first()?, seen)
         .ok()
         .flatten()?;
@@ -246,7 +286,7 @@ pub(super) struct Joiner {
 }
 
 /// Creates an opener block for `name` and returns its end, or `None` after seeing a rival.
-fn create(arena: &Arena, name: &str, opts: &Options) -> Result<Option<Channel>, ChannelError> {
+fn create(arenas: &Arenas, name: &str, opts: &Options) -> Result<Option<Channel>, ChannelError> {
     let cap = opts.capacity_value();
     let header = EndHeader {
         role: OPENER,
@@ -254,14 +294,15 @@ fn create(arena: &Arena, name: &str, opts: &Options) -> Result<Option<Channel>, 
         names: (0, 0),
         cap,
     };
-    let b = alloc_end(arena, &header, opts, &format!("channel '{name}'"))?;
+    let b = alloc_end(arenas, &header, opts, &format!("channel '{name}'"))?;
+    let arena = &arenas.own;
     let mem = arena.mem().clone();
     let v = BlockView::new(arena, &mem, &b);
     v.w32(E_NAME_LEN)?.store(name.len() as u32, Relaxed);
     mem.copy_in(v.off + E_NAME, name.as_bytes())?;
     // Our header, then theirs: see the top of this file.
     fence(SeqCst);
-    if rival(arena, &b, OPENER, name, (0, 0)) {
+    if rival(arenas, &b, OPENER, name, (0, 0)) {
         arena.free(&b);
         return Ok(None);
     }
@@ -278,18 +319,14 @@ fn create(arena: &Arena, name: &str, opts: &Options) -> Result<Option<Channel>, 
     // Nothing to read until a peer joins: its producer line reads zeroes.
     let inp = Ring::on_lines(v.off + E_NO_PROD, v.off + E_CONS, v.off + E_DATA, cap);
     let mut chan = Channel::on_lines(mem, name, opts.kind_value(), ctl, sides, [out, inp], opts);
-    let own = Retire {
-        arena: arena.clone(),
-        blocks: vec![b],
-    };
-    chan.start(0, b.gen, Some(own))?;
+    chan.start(0, b.gen, Some(arenas.retire(b, None)))?;
     Ok(Some(chan))
 }
 
 /// Joins opener `o` (header `h`) with an acceptor block; `None` after seeing a rival joiner,
 /// or when the opener left meanwhile.
 fn join(
-    arena: &Arena,
+    arenas: &Arenas,
     name: &str,
     o: &Block,
     h: &EndHeader,
@@ -301,11 +338,12 @@ fn join(
         names: (o.head, o.gen),
         cap: h.cap,
     };
-    let b = alloc_end(arena, &header, opts, &format!("channel '{name}'"))?;
+    let b = alloc_end(arenas, &header, opts, &format!("channel '{name}'"))?;
+    let (arena, peer) = (&arenas.own, &arenas.peer);
     let mem = arena.mem().clone();
     let v = BlockView::new(arena, &mem, &b);
     fence(SeqCst);
-    if rival(arena, &b, ACCEPTOR, name, (o.head, o.gen)) {
+    if rival(arenas, &b, ACCEPTOR, name, (o.head, o.gen)) {
         arena.free(&b);
         return Ok(None);
     }
@@ -314,17 +352,14 @@ fn join(
     // Our state, then the opener's: an opener leaving at once stores its state, then looks
     // for us (`opener_left`), so one of us sees the other.
     fence(SeqCst);
-    let blocks = Retire {
-        arena: arena.clone(),
-        blocks: vec![*o, b],
-    };
-    let ov = BlockView::new(arena, &mem, o);
+    let blocks = arenas.retire(b, Some(*o));
+    let ov = BlockView::new(peer, &mem, o);
     let state = ov
         .w64(E_STATE)
         .ok()
         .and_then(|w| end_state(w.load(Acquire), o.gen));
     let open = matches!(state, Some((ATTACHED, 0))) || (state == Some((CLOSED, 0)) && wrote(&ov));
-    if !arena.current(o) || !open {
+    if !peer.current(o) || !open {
         v.w64(E_STATE)?.store(end_word(b.gen, CLOSED), Release);
         blocks.free();
         return Ok(None);
@@ -340,21 +375,21 @@ fn join(
 /// too; the joiner's side line is returned, to ring it); if none did, its block is freed,
 /// unless it closed with bytes in its ring, which wait for a reader.
 pub(super) fn opener_left(own: &Retire, state: u8) -> Option<usize> {
-    let arena = &own.arena;
-    let b = own.blocks[0];
+    let (arena, peer) = (&own.arena, &own.peer);
+    let b = *own.blocks.last()?;
     let mem = arena.mem();
     let v = BlockView::new(arena, mem, &b);
     // The state store, then the look for a joiner: a joiner publishing at once stores its
     // state, then re-reads ours (`join`), so one of us sees the other.
     fence(SeqCst);
     let mut seen = None;
-    let Ok(Some((a, _))) = super::connect::acceptor_of(arena, &b, &mut seen) else {
+    let Ok(Some((a, _))) = super::connect::acceptor_of(peer, &b, &mut seen) else {
         if state == DEAD || !wrote(&v) {
             arena.free(&b);
         }
         return None;
     };
-    let av = BlockView::new(arena, mem, &a);
+    let av = BlockView::new(peer, mem, &a);
     let verdict = v
         .w64(E_STATE)
         .is_ok_and(|w| (w.load(Relaxed) >> 8) as u8 == DEAD);
@@ -364,11 +399,11 @@ pub(super) fn opener_left(own: &Retire, state: u8) -> Option<usize> {
         .and_then(|w| end_state(w.load(Acquire), a.gen))
         .is_none_or(|(s, _)| s != ATTACHED);
     if gone || verdict {
-        Retire {
-            arena: arena.clone(),
-            blocks: vec![a, b],
+        let mut blocks = own.clone();
+        if arena.start() == peer.start() {
+            blocks.blocks.insert(0, a);
         }
-        .free();
+        blocks.free();
     }
     Some((av.off + E_SIDE) as usize)
 }
@@ -387,28 +422,35 @@ pub fn list(region: &Region) -> Result<Vec<ChannelInfo>, ChannelError> {
     if region.mem.u32_at(0)?.load(Acquire) == 0 {
         return Ok(Vec::new());
     }
-    let arena = cl::attach(region, Duration::ZERO)?;
-    let mem = arena.mem();
+    let arenas = cl::attach(region, Duration::ZERO)?;
+    let mem = arenas.own.mem();
     let mut out = Vec::new();
-    for b in arena.blocks().into_iter().filter(|b| b.kind == CONNECTION) {
-        let v = BlockView::new(&arena, mem, &b);
-        let Some(h) = EndHeader::read(&v).filter(|h| h.role == OPENER) else {
-            continue;
-        };
-        let Some(name) = v.opener_name().filter(|_| cl::still(&arena, &b)) else {
-            continue;
-        };
-        let joiner = super::connect::acceptor_of(&arena, &b, &mut None)
-            .ok()
-            .flatten()
-            .map(|(a, _)| arena.offset(&a));
-        out.push(ChannelInfo {
-            name,
-            kind: h.kind,
-            capacities: [h.cap, h.cap],
-            offset: v.off,
-            joiner,
-        });
+    // Openers on each side, joined from the other (one arena on one region).
+    let sides = match arenas.shared() {
+        true => vec![(&arenas.own, &arenas.own)],
+        false => vec![(&arenas.own, &arenas.peer), (&arenas.peer, &arenas.own)],
+    };
+    for (arena, other) in sides {
+        for b in arena.blocks().into_iter().filter(|b| b.kind == CONNECTION) {
+            let v = BlockView::new(arena, mem, &b);
+            let Some(h) = EndHeader::read(&v).filter(|h| h.role == OPENER) else {
+                continue;
+            };
+            let Some(name) = v.opener_name().filter(|_| cl::still(arena, &b)) else {
+                continue;
+            };
+            let joiner = super::connect::acceptor_of(other, &b, &mut None)
+                .ok()
+                .flatten()
+                .map(|(a, _)| other.offset(&a));
+            out.push(ChannelInfo {
+                name,
+                kind: h.kind,
+                capacities: [h.cap, h.cap],
+                offset: v.off,
+                joiner,
+            });
+        }
     }
     Ok(out)
 }

@@ -83,20 +83,9 @@ fn region_at(path: &Path, opts: &Options) -> Result<(Region, Options), ChannelEr
                 .ok_or_else(|| ChannelError::Invalid(format!("{shown}: path is not UTF-8")))?;
             let dev = Device::open(text).map_err(device_error)?;
             let map = dev.map_all().map_err(device_error)?;
-            if opts.wait != Wait::Spin {
-                // The mapping stays without the file, which the waker keeps as its own: the
-                // driver counts interrupts per open file.
-                match DoorbellWaker::new(dev, VECTOR) {
-                    Ok(waker) => opts = opts.waker(Arc::new(waker)),
-                    Err(e) if e.kind() != io::ErrorKind::Unsupported => {
-                        return Err(open_error(format!("{shown}: doorbell: {e}"), e));
-                    }
-                    Err(_) if opts.wait == Wait::Doorbell => {
-                        return Err(no_doorbell(&shown.to_string()));
-                    }
-                    Err(_) => {}
-                }
-            }
+            // The mapping stays without the file, which the waker keeps as its own: the driver
+            // counts interrupts per open file.
+            opts = doorbell_of(dev, opts)?;
             Region::from_mapping(map)
         } else if kind.is_file() {
             if opts.wait == Wait::Doorbell {
@@ -115,6 +104,75 @@ fn region_at(path: &Path, opts: &Options) -> Result<(Region, Options), ChannelEr
         };
         Ok((region, opts))
     }
+}
+
+/// The options with a doorbell waker on `dev` unless they spin; without a doorbell there,
+/// [`Wait::Doorbell`] is an error and [`Wait::Auto`] keeps the options' waker.
+fn doorbell_of(dev: Device, opts: Options) -> Result<Options, ChannelError> {
+    if opts.wait == Wait::Spin {
+        return Ok(opts);
+    }
+    let shown = dev.path().to_string();
+    match DoorbellWaker::new(dev, VECTOR) {
+        Ok(waker) => Ok(opts.waker(Arc::new(waker))),
+        Err(e) if e.kind() != io::ErrorKind::Unsupported => {
+            Err(open_error(format!("{shown}: doorbell: {e}"), e))
+        }
+        Err(_) if opts.wait == Wait::Doorbell => Err(no_doorbell(&shown)),
+        Err(_) => Ok(opts),
+    }
+}
+
+/// The isolated topology (README, "Isolation"): `own` read-write and `peer` read-only, as
+/// one region ([`Region::map_pair`]): device nodes such as `/dev/ivshmem1` and `/dev/ivshmem2`
+/// (QEMU maps the peer's device read-only too: `readonly=on`), or regular files. Each end
+/// writes only `own`; the other end passes the same two the other way round.
+///
+/// The data devices of this topology are `ivshmem-plain` (an `ivshmem-doorbell`'s memory
+/// cannot be read-only): interrupts come from `doorbell`, a device with a doorbell that both
+/// sides have (its memory is not used), when [`Options::wait`] is not [`Wait::Spin`]. Without
+/// one, waiting spins ([`Wait::Doorbell`] is then an error) or uses [`Options::waker`].
+pub fn open_region_pair(
+    own: impl AsRef<Path>,
+    peer: impl AsRef<Path>,
+    doorbell: Option<&Path>,
+    opts: &Options,
+) -> Result<(Region, Options), ChannelError> {
+    let (own, peer) = (own.as_ref(), peer.as_ref());
+    let mut opts = opts.clone();
+    if opts.wait == Wait::Spin {
+        opts = opts.waker(Arc::new(SpinWaker::default()));
+    }
+    let open = |path: &Path, write: bool| {
+        File::options()
+            .read(true)
+            .write(write)
+            .open(path)
+            .map_err(|e| open_error(format!("{}: open: {e}", path.display()), e))
+    };
+    let region = Region::map_pair(&open(own, true)?, &open(peer, false)?).map_err(|e| {
+        open_error(
+            format!("{} with peer {}: {e}", own.display(), peer.display()),
+            e,
+        )
+    })?;
+    match doorbell {
+        Some(path) => {
+            let text = path.to_str().ok_or_else(|| {
+                ChannelError::Invalid(format!("{}: path is not UTF-8", path.display()))
+            })?;
+            opts = doorbell_of(Device::open(text).map_err(device_error)?, opts)?;
+        }
+        None if opts.wait == Wait::Doorbell => {
+            return Err(ChannelError::Invalid(
+                "a pair of devices has no doorbell of its own: name the doorbell device, or \
+                 spin"
+                    .into(),
+            ))
+        }
+        None => {}
+    }
+    Ok((region, opts))
 }
 
 fn no_doorbell(path: &str) -> ChannelError {

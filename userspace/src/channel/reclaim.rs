@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use super::arena::Arena;
 use super::chan::CLOSED;
 use super::chan::{ATTACHED, SIDE_HEARTBEAT, SIDE_LIVENESS};
+use super::conn_layout::Arenas;
 use super::conn_layout::{
     BlockView, EndHeader, ACCEPTOR, CONNECTION, E_PROD, E_SIDE, E_STATE, LISTENER, L_SIDE, L_STATE,
     OPENER,
@@ -29,21 +30,26 @@ use super::control::end_state;
 use super::liveness::{self, Watch};
 use super::pagemap::Block;
 
-/// What a process saw of an arena over time, kept with the region's memory.
+/// What a process saw of the arenas of a mapping over time, kept with the region's memory;
+/// blocks are keyed by their arena's start (a pair has two arenas), head and generation.
 #[derive(Default)]
 pub(crate) struct Sightings {
-    /// Reserved map entries and since when they stand unchanged (see `Arena::alloc`).
+    /// Reserved map entries of the writable arena and since when they stand unchanged (see
+    /// `Arena::alloc`).
     pub reserved: HashMap<u32, (u64, Instant)>,
-    /// Blocks whose state word was not ready (head, generation): the word and since when.
-    unready: HashMap<(u32, u32), (u64, Instant)>,
-    /// Heartbeats of attached owners (head, generation, 0).
-    beats: HashMap<(u32, u32, usize), Option<Watch>>,
+    /// Blocks whose state word was not ready: the word and since when.
+    unready: HashMap<(usize, u32, u32), (u64, Instant)>,
+    /// Heartbeats of attached owners.
+    beats: HashMap<(usize, u32, u32), Option<Watch>>,
 }
 
-/// The blocks that the last of their users frees: a connection's two, or a listener's.
+/// The blocks that the last of their users frees: a connection's two on one region, or the
+/// end's own on a pair (its peer's side frees the other); `arena` holds them, and `peer` is
+/// the arena where the end's peer has its block.
 #[derive(Clone)]
 pub(super) struct Retire {
     pub arena: Arena,
+    pub peer: Arena,
     pub blocks: Vec<Block>,
 }
 
@@ -68,21 +74,66 @@ struct Seen {
     unread: bool,
 }
 
-/// One look at every listener and connection block of `arena`: frees the blocks whose owner
-/// is done (see the top of this file) and, for a connection end, whose peer is done too. An
-/// owner is dead when its heartbeat stood still for the agreed bound (this end's liveness
-/// timeout `own` or the longer one it published); a block stuck unready is given up after
-/// `stale`. Called again and again (a listener does between accepts, an allocator that found
-/// no room does), it frees what dead processes left. How many blocks it freed.
-pub(super) fn sweep(arena: &Arena, own: Duration, stale: Duration) -> u32 {
+/// One look at every listener and connection block of this side's own arena: frees the
+/// blocks whose owner is done (see the top of this file) and, for a connection end, whose peer
+/// is done too (its block lies in the peer's arena: the same one on one region). An owner is
+/// dead when its heartbeat stood still for the agreed bound (this end's liveness timeout `own`
+/// or the longer one it published); a block stuck unready is given up after `stale`. Called
+/// again and again (a listener does between accepts, an allocator that found no room does), it
+/// frees what dead processes left. How many blocks it freed.
+pub(super) fn sweep(arenas: &Arenas, own: Duration, stale: Duration) -> u32 {
+    let arena = &arenas.own;
     let mem = arena.mem().clone();
     let now = Instant::now();
-    let blocks = arena.blocks();
     let mut s = mem.sightings.lock().unwrap_or_else(PoisonError::into_inner);
-    let present: std::collections::HashSet<(u32, u32)> =
-        blocks.iter().map(|b| (b.head, b.gen)).collect();
-    s.unready.retain(|k, _| present.contains(k));
-    s.beats.retain(|k, _| present.contains(&(k.0, k.1)));
+    let mine = look(arena, &mut s, now, own, stale);
+    let theirs = (!arenas.shared()).then(|| look(&arenas.peer, &mut s, now, own, stale));
+    let peers = theirs.as_ref().unwrap_or(&mine);
+    drop(s);
+    // A connector's (or opener's) acceptor: the end block on the other side that names it.
+    let acceptors: HashMap<(u32, u32), bool> = peers
+        .values()
+        .filter_map(|x| match x.end {
+            Some((ACCEPTOR, names)) => Some((names, x.done)),
+            _ => None,
+        })
+        .collect();
+    let mut freed = 0;
+    for x in mine.values().filter(|x| x.done) {
+        let peer_done = match x.end {
+            // A connector or an opener: its acceptor's (joiner's), if it has one; an opener
+            // with none that closed with unread bytes keeps them for one. An acceptor: its
+            // connector's or opener's, if that block is still there (a freed one reads nothing).
+            Some((ACCEPTOR, names)) => peers.get(&names).is_none_or(|p| p.done),
+            Some(_) => match acceptors.get(&(x.block.head, x.block.gen)) {
+                Some(&d) => d,
+                None => !x.unread,
+            },
+            None => true,
+        };
+        if peer_done && arena.free(&x.block) {
+            freed += 1;
+        }
+    }
+    freed
+}
+
+/// What one look at `arena` makes of each of its blocks (see [`sweep`]); forgets the
+/// sightings of its blocks that are gone.
+fn look(
+    arena: &Arena,
+    s: &mut Sightings,
+    now: Instant,
+    own: Duration,
+    stale: Duration,
+) -> HashMap<(u32, u32), Seen> {
+    let mem = arena.mem();
+    let id = arena.start();
+    let blocks = arena.blocks();
+    let present: std::collections::HashSet<(usize, u32, u32)> =
+        blocks.iter().map(|b| (id, b.head, b.gen)).collect();
+    s.unready.retain(|k, _| k.0 != id || present.contains(k));
+    s.beats.retain(|k, _| k.0 != id || present.contains(k));
     let mut seen: HashMap<(u32, u32), Seen> = HashMap::new();
     for b in blocks {
         let (state_at, side_at) = match b.kind {
@@ -90,7 +141,7 @@ pub(super) fn sweep(arena: &Arena, own: Duration, stale: Duration) -> u32 {
             CONNECTION => (E_STATE, E_SIDE),
             _ => continue,
         };
-        let v = BlockView::new(arena, &mem, &b);
+        let v = BlockView::new(arena, mem, &b);
         let Ok(word) = v.w64(state_at) else {
             continue;
         };
@@ -103,19 +154,20 @@ pub(super) fn sweep(arena: &Arena, own: Duration, stale: Duration) -> u32 {
             // Freed (and maybe reused) while we read it: gone, and nothing of it was read.
             continue;
         }
+        let key = (id, b.head, b.gen);
         let ready = end_state(w, b.gen).filter(|_| b.kind == LISTENER || end.is_some());
         let done = match ready {
             None => {
                 // Not ready (or not a word any end writes): its creator died half-way, if it
                 // stays so.
-                let (first, since) = *s.unready.entry((b.head, b.gen)).or_insert((w, now));
+                let (first, since) = *s.unready.entry(key).or_insert((w, now));
                 if first != w {
-                    s.unready.insert((b.head, b.gen), (w, now));
+                    s.unready.insert(key, (w, now));
                 }
                 first == w && now.duration_since(since) >= stale
             }
             Some((ATTACHED, _)) => {
-                s.unready.remove(&(b.head, b.gen));
+                s.unready.remove(&key);
                 let (Ok(hb), Ok(lv)) = (
                     v.w64(side_at + SIDE_HEARTBEAT),
                     v.w32(side_at + SIDE_LIVENESS),
@@ -123,7 +175,7 @@ pub(super) fn sweep(arena: &Arena, own: Duration, stale: Duration) -> u32 {
                     continue;
                 };
                 let bound = liveness::agreed(own, lv.load(Relaxed));
-                let watch = s.beats.entry((b.head, b.gen, 0)).or_default();
+                let watch = s.beats.entry(key).or_default();
                 Watch::dead(watch, b.gen, hb.load(Relaxed), now, bound)
             }
             Some(_) => true, // closed, or left dead
@@ -141,31 +193,5 @@ pub(super) fn sweep(arena: &Arena, own: Duration, stale: Duration) -> u32 {
             },
         );
     }
-    drop(s);
-    // A connector's acceptor: the end block that names it.
-    let acceptors: HashMap<(u32, u32), bool> = seen
-        .values()
-        .filter_map(|x| match x.end {
-            Some((ACCEPTOR, names)) => Some((names, x.done)),
-            _ => None,
-        })
-        .collect();
-    let mut freed = 0;
-    for x in seen.values().filter(|x| x.done) {
-        let peer_done = match x.end {
-            // A connector or an opener: its acceptor's (joiner's), if it has one; an opener
-            // with none that closed with unread bytes keeps them for one. An acceptor: its
-            // connector's or opener's, if that block is still there (a freed one reads nothing).
-            Some((ACCEPTOR, names)) => seen.get(&names).is_none_or(|p| p.done),
-            Some(_) => match acceptors.get(&(x.block.head, x.block.gen)) {
-                Some(&d) => d,
-                None => !x.unread,
-            },
-            None => true,
-        };
-        if peer_done && arena.free(&x.block) {
-            freed += 1;
-        }
-    }
-    freed
+    seen
 }

@@ -54,6 +54,10 @@ pub(crate) struct Mem {
     base: NonNull<u8>,
     len: usize,
     owner: Owner,
+    /// Where the peer's part starts in a pair ([`Region::map_pair`]): `[0, peer_at)` is this
+    /// end's own memory, `[peer_at, len)` its peer's, mapped read-only. `None`: one region
+    /// that both ends write.
+    pub(crate) peer_at: Option<usize>,
     /// What this process saw of the region's arena over time (layout version 2).
     pub(crate) sightings: Mutex<Sightings>,
 }
@@ -107,6 +111,36 @@ impl Region {
         Ok(Self::with(base, len, Owner::Mmap))
     }
 
+    /// Maps two files as one region for the isolated topology (README, "Isolation"): all of
+    /// `own` read-write, then all of `peer` read-only. Each end of a channel writes only its
+    /// own memory and reads its peer's; the other end passes the same two files the other way
+    /// round. `peer` may be open read-only. Each is a regular file (its size) or an ivshmem
+    /// device node (its shared memory). Fails if both are the same file, or if `own`'s size is
+    /// not a whole number of pages.
+    pub fn map_pair(own: &File, peer: &File) -> io::Result<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let (mo, mp) = (own.metadata()?, peer.metadata()?);
+        let id = |m: &std::fs::Metadata| (m.dev(), m.ino(), m.rdev());
+        if id(&mo) == id(&mp) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the peer's memory is this end's own: give each end its own device and the \
+                 other's as its peer",
+            ));
+        }
+        let (own_len, peer_len) = (len_of(own, &mo)?, len_of(peer, &mp)?);
+        let base = sys::map_pair(own.as_raw_fd(), own_len, peer.as_raw_fd(), peer_len)?;
+        let mut r = Self::with(base, own_len + peer_len, Owner::Mmap);
+        Arc::get_mut(&mut r.mem).expect("a new region").peer_at = Some(own_len);
+        Ok(r)
+    }
+
+    /// Whether the region is a pair ([`Region::map_pair`]): this end's own memory and its
+    /// peer's, read-only.
+    pub fn is_pair(&self) -> bool {
+        self.mem.peer_at.is_some()
+    }
+
     /// Takes over a device mapping; it is unmapped when the region and its channels are gone.
     pub fn from_mapping(map: crate::Mapping) -> Self {
         let base = NonNull::new(map.as_ptr()).expect("a mapping is never at NULL");
@@ -141,6 +175,7 @@ impl Region {
                 base,
                 len,
                 owner,
+                peer_at: None,
                 sightings: Mutex::new(Sightings::default()),
             }),
         }
@@ -160,6 +195,33 @@ impl Region {
     pub fn as_ptr(&self) -> *mut u8 {
         self.mem.base.as_ptr()
     }
+}
+
+/// The bytes to map of `file`: a regular file's size, or an ivshmem device's shared memory.
+fn len_of(file: &File, m: &std::fs::Metadata) -> io::Result<usize> {
+    use std::os::unix::fs::FileTypeExt;
+    let len = if m.file_type().is_char_device() {
+        let mut size = 0u64;
+        // SAFETY: IVSHMEM_GET_SIZE writes one u64 to the pointer, which points at `size`; on
+        // another device the ioctl fails (ENOTTY) without writing through it.
+        let rc = unsafe {
+            sys::ioctl(
+                file.as_raw_fd(),
+                crate::uapi::IVSHMEM_GET_SIZE.into(),
+                &mut size as *mut u64,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        size
+    } else {
+        m.len()
+    };
+    usize::try_from(len)
+        .ok()
+        .filter(|&l| l > 0)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty or too large to map"))
 }
 
 impl Mem {
