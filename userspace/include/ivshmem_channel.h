@@ -27,6 +27,8 @@
  *   ECONNREFUSED ivshmem_channel_connect: no listener has the service, or it closed or died
  *                before accepting
  *   EADDRINUSE   ivshmem_listener_bind: a live listener has the service
+ *   EACCES       stores into this end's own memory do not stick (with peer_path: `path` is
+ *                another guest's device, which the hypervisor maps read-only)
  *   and the errno of a failed system call (ENOENT, EACCES...).
  *
  * A handle may move between threads but must not be used by two threads at once. Pointers
@@ -72,9 +74,18 @@ struct ivshmem_channel_options {
 	                                 of both ends' applies; 100 to 3600000); 0: 10000 */
 	uint32_t open_timeout_ms;     /* how long open waits for a busy layout or channel;
 	                                 0: 30000 */
+	/* Appended in the second version (a library accepts the first, 32-byte, one too). */
+	const char *peer_path;        /* the isolated topology: the peer's device (or file),
+	                                 mapped read-only, `path` being this end's own, which
+	                                 alone it writes (README, "Isolation"); NULL: one
+	                                 device that both ends write */
+	const char *doorbell_path;    /* with peer_path: a device whose doorbell carries the
+	                                 wake-ups (the data devices are ivshmem-plain); NULL:
+	                                 none (waiting spins) */
 };
 
-#define IVSHMEM_CHANNEL_OPTIONS_INIT { sizeof(struct ivshmem_channel_options), 0, 0, 0, 0, 0, 0 }
+#define IVSHMEM_CHANNEL_OPTIONS_INIT \
+	{ sizeof(struct ivshmem_channel_options), 0, 0, 0, 0, 0, 0, NULL, NULL }
 
 /* One end of a channel (opaque). */
 struct ivshmem_channel;

@@ -99,6 +99,33 @@ impl Args {
         Ok((wait, capacity, std::time::Duration::from_secs_f64(liveness)))
     }
 
+    /// The memory a channel tool works on: `-d DEVICE`, and for the isolated topology
+    /// `--peer-device PEER` and `--doorbell DEVICE` (each a path, or N for /dev/ivshmemN).
+    pub fn devices(&mut self) -> Result<Devices, ToolError> {
+        let own = device_path(self.value(&["-d", "--device"])?);
+        let peer = self
+            .value(&["--peer-device"])?
+            .map(|p| device_path(Some(p)));
+        let doorbell = self.value(&["--doorbell"])?.map(|p| device_path(Some(p)));
+        if doorbell.is_some() && peer.is_none() {
+            return Err(ToolError::usage(
+                "--doorbell is for the isolated topology: give --peer-device too (on one \
+                 device with a doorbell, -d alone wakes)",
+            ));
+        }
+        if peer.as_ref() == Some(&own) {
+            return Err(ToolError::usage(format!(
+                "--peer-device {own} is this end's own device (-d): the peer's is the other \
+                 guest's"
+            )));
+        }
+        Ok(Devices {
+            own,
+            peer,
+            doorbell,
+        })
+    }
+
     /// Takes the first argument if it is a word (a subcommand), not an option.
     pub fn subcommand(&mut self) -> Option<String> {
         match self.items.first() {
@@ -162,6 +189,56 @@ pub fn device_path(arg: Option<String>) -> String {
             format!("/dev/ivshmem{a}")
         }
         Some(a) => a,
+    }
+}
+
+/// The shared memory a channel tool uses (see [`Args::devices`]).
+#[derive(Debug, Clone)]
+pub struct Devices {
+    /// The device (or file) this end writes.
+    pub own: String,
+    /// The isolated topology: the peer's device, mapped read-only.
+    pub peer: Option<String>,
+    /// The isolated topology: a device whose doorbell carries the wake-ups.
+    pub doorbell: Option<String>,
+}
+
+/// The options' help text for [`Devices`], shared by the channel tools.
+pub const DEVICES_HELP: &str =
+    "  -d, --device DEVICE   /dev/ivshmemN path or index N (default /dev/ivshmem0), or a regular
+                        file holding the shared memory (the host's backing file)
+      --peer-device PEER
+                        the isolated topology (README, \"Isolation\"): DEVICE is this guest's
+                        own device, which alone this end writes; PEER the other guest's,
+                        mapped read-only (QEMU maps it readonly=on); the other end swaps them
+      --doorbell DEV    with --peer-device: a device whose doorbell carries the wake-ups
+                        (ivshmem-doorbell; the data devices are ivshmem-plain)";
+
+impl Devices {
+    /// Maps the memory (one device, or a pair) with the waker `opts` asks for there.
+    pub fn open(
+        &self,
+        opts: &crate::channel::Options,
+    ) -> Result<(crate::channel::Region, crate::channel::Options), ToolError> {
+        let r = match &self.peer {
+            None => crate::channel::open_region(&self.own, opts),
+            Some(peer) => crate::channel::open_region_pair(
+                &self.own,
+                peer,
+                self.doorbell.as_deref().map(std::path::Path::new),
+                opts,
+            ),
+        };
+        r.map_err(|e| ToolError::Failed(format!("{self}: {e}")))
+    }
+}
+
+impl std::fmt::Display for Devices {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.peer {
+            None => write!(f, "{}", self.own),
+            Some(p) => write!(f, "{} (peer {p})", self.own),
+        }
     }
 }
 

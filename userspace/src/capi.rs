@@ -16,7 +16,12 @@ use std::io::{self, Write};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
-use crate::channel::{Channel, ChannelError, Kind, Listener, Options, Wait, MAX_NAME};
+use std::path::Path;
+
+use crate::channel::{
+    open_region, open_region_pair, Channel, ChannelError, Kind, Listener, Options, Region, Wait,
+    MAX_NAME,
+};
 use crate::sys::errno::{
     E2BIG, EACCES, EADDRINUSE, EAGAIN, EBADF, EBADMSG, EBUSY, ECONNREFUSED, EINVAL, EIO, EMSGSIZE,
     ENAMETOOLONG, ENOENT, ENOMEM, ENOSPC, EOPNOTSUPP, EPIPE, EPROTO, ETIMEDOUT,
@@ -38,9 +43,10 @@ pub const IVSHMEM_CHANNEL_MAX_NAME: usize = MAX_NAME;
 const OPTIONS_MAX_SIZE: u32 = 4096;
 
 /// `struct ivshmem_channel_options`. Zero in any field means its default; `size` comes first
-/// so that later versions can append fields and still accept this one.
+/// so that later versions can append fields and still accept this one (and older, shorter
+/// ones: their missing fields are zero).
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct IvshmemChannelOptions {
     /// `sizeof(struct ivshmem_channel_options)` as the caller compiled it.
     pub size: u32,
@@ -56,6 +62,31 @@ pub struct IvshmemChannelOptions {
     pub liveness_timeout_ms: u32,
     /// Milliseconds opening may wait for the layout or a busy channel.
     pub open_timeout_ms: u32,
+    /// The isolated topology: the peer's device (or file), mapped read-only; `path` is then
+    /// this end's own. NULL: one device both ends write.
+    pub peer_path: *const c_char,
+    /// With `peer_path`: a device whose doorbell carries the wake-ups. NULL: none.
+    pub doorbell_path: *const c_char,
+}
+
+/// The size of the first version of the options (up to `open_timeout_ms`), the smallest
+/// accepted.
+const OPTIONS_V1_SIZE: u32 = 32;
+
+impl Default for IvshmemChannelOptions {
+    fn default() -> Self {
+        Self {
+            size: std::mem::size_of::<Self>() as u32,
+            kind: 0,
+            capacity: 0,
+            wait: 0,
+            spin_rounds: 0,
+            liveness_timeout_ms: 0,
+            open_timeout_ms: 0,
+            peer_path: std::ptr::null(),
+            doorbell_path: std::ptr::null(),
+        }
+    }
 }
 
 /// `struct ivshmem_channel`: what C holds a pointer to.
@@ -301,17 +332,20 @@ unsafe fn read_options(opts: *const IvshmemChannelOptions) -> Res<IvshmemChannel
     // SAFETY: non-NULL; the caller's struct starts with the u32 `size` and is aligned for it.
     let size = unsafe { opts.cast::<u32>().read() };
     let ours = std::mem::size_of::<IvshmemChannelOptions>() as u32;
-    if size < ours || size > OPTIONS_MAX_SIZE {
+    if !(OPTIONS_V1_SIZE..=OPTIONS_MAX_SIZE).contains(&size) {
         return Err(einval(format!(
             "options.size is {size}: set it to sizeof(struct ivshmem_channel_options) ({ours})"
         )));
     }
-    // SAFETY: at least `ours` bytes are readable (`size >= ours`), and the struct is aligned.
-    let o = unsafe { opts.read() };
-    // SAFETY: `size` bytes are readable by the contract, `ours..size` lies inside them.
-    let tail = unsafe {
-        std::slice::from_raw_parts(opts.cast::<u8>().add(ours as usize), (size - ours) as usize)
-    };
+    let mut o = IvshmemChannelOptions::default();
+    let known = size.min(ours) as usize;
+    // SAFETY: `size >= known` bytes are readable at `opts` by the contract, `o` is a plain
+    // struct of `ours >= known` bytes whose fields take any bit pattern, and the two do not
+    // overlap.
+    unsafe { std::ptr::copy_nonoverlapping(opts.cast::<u8>(), (&raw mut o).cast::<u8>(), known) };
+    // SAFETY: `size` bytes are readable by the contract, `known..size` lies inside them.
+    let tail =
+        unsafe { std::slice::from_raw_parts(opts.cast::<u8>().add(known), size as usize - known) };
     if tail.iter().any(|&b| b != 0) {
         return Err(Failure::new(
             E2BIG,
@@ -349,12 +383,41 @@ fn options(o: &IvshmemChannelOptions) -> Res<Options> {
     Ok(opts)
 }
 
+/// The region at `path` for options `o`: one device, or `path` and `o.peer_path` as a pair
+/// (the isolated topology) with `o.doorbell_path`'s doorbell.
+///
+/// # Safety
+///
+/// `o.peer_path` and `o.doorbell_path` are NULL or NUL-terminated strings.
+unsafe fn region(path: &str, o: &IvshmemChannelOptions) -> Res<(Region, Options)> {
+    let opts = options(o)?;
+    if o.peer_path.is_null() {
+        if !o.doorbell_path.is_null() {
+            return Err(einval(
+                "options.doorbell_path is for a pair of devices: set options.peer_path too",
+            ));
+        }
+        return Ok(open_region(path, &opts)?);
+    }
+    // SAFETY: forwarded from this function's contract.
+    let peer = unsafe { c_str(o.peer_path, "options.peer_path") }?;
+    let doorbell = if o.doorbell_path.is_null() {
+        None
+    } else {
+        // SAFETY: as above.
+        Some(Path::new(unsafe {
+            c_str(o.doorbell_path, "options.doorbell_path")
+        }?))
+    };
+    Ok(open_region_pair(path, peer, doorbell, &opts)?)
+}
+
 /// Opens (creating it if missing) channel `name` on `path`. See the header.
 ///
 /// # Safety
 ///
 /// `path` and `name` are NULL or NUL-terminated strings; a non-NULL `opts` points to
-/// `opts->size` readable bytes.
+/// `opts->size` readable bytes, whose path fields are NULL or NUL-terminated strings.
 #[no_mangle]
 pub unsafe extern "C" fn ivshmem_channel_open(
     path: *const c_char,
@@ -368,7 +431,9 @@ pub unsafe extern "C" fn ivshmem_channel_open(
         let name = unsafe { name_arg(name, "channel name") }?;
         // SAFETY: forwarded from this function's contract.
         let o = unsafe { read_options(opts) }?;
-        let chan = Channel::open_path(path, name, &options(&o)?).map_err(|e| {
+        // SAFETY: the options' paths are NULL or strings by this function's contract.
+        let (region, opts) = unsafe { region(path, &o) }?;
+        let chan = Channel::open(&region, name, &opts).map_err(|e| {
             let f = Failure::from(e);
             Failure::new(f.errno, format!("channel '{name}': {}", f.msg))
         })?;
@@ -732,7 +797,7 @@ pub struct IvshmemListener {
 /// # Safety
 ///
 /// `path` and `service` are NULL or NUL-terminated strings; a non-NULL `opts` points to
-/// `opts->size` readable bytes.
+/// `opts->size` readable bytes, whose path fields are NULL or NUL-terminated strings.
 #[no_mangle]
 pub unsafe extern "C" fn ivshmem_listener_bind(
     path: *const c_char,
@@ -746,7 +811,9 @@ pub unsafe extern "C" fn ivshmem_listener_bind(
         let service = unsafe { name_arg(service, "service name") }?;
         // SAFETY: as above.
         let o = unsafe { read_options(opts) }?;
-        let listener = Listener::bind_path(path, service, &options(&o)?).map_err(|e| {
+        // SAFETY: the options' paths are NULL or strings by this function's contract.
+        let (region, opts) = unsafe { region(path, &o) }?;
+        let listener = Listener::bind(&region, service, &opts).map_err(|e| {
             let f = Failure::from(e);
             Failure::new(f.errno, format!("service '{service}': {}", f.msg))
         })?;
@@ -823,7 +890,7 @@ pub unsafe extern "C" fn ivshmem_listener_close(l: *mut IvshmemListener) {
 /// # Safety
 ///
 /// `path` and `service` are NULL or NUL-terminated strings; a non-NULL `opts` points to
-/// `opts->size` readable bytes.
+/// `opts->size` readable bytes, whose path fields are NULL or NUL-terminated strings.
 #[no_mangle]
 pub unsafe extern "C" fn ivshmem_channel_connect(
     path: *const c_char,
@@ -837,7 +904,9 @@ pub unsafe extern "C" fn ivshmem_channel_connect(
         let service = unsafe { name_arg(service, "service name") }?;
         // SAFETY: as above.
         let o = unsafe { read_options(opts) }?;
-        let chan = Channel::connect_path(path, service, &options(&o)?).map_err(|e| {
+        // SAFETY: the options' paths are NULL or strings by this function's contract.
+        let (region, opts) = unsafe { region(path, &o) }?;
+        let chan = Channel::connect(&region, service, &opts).map_err(|e| {
             let f = Failure::from(e);
             Failure::new(f.errno, format!("service '{service}': {}", f.msg))
         })?;

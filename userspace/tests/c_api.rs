@@ -177,13 +177,24 @@ fn collect(child: &mut Child) -> [std::thread::JoinHandle<Vec<u8>>; 2] {
 }
 
 /// `data` from a sender to a receiver (`c_sends`: C sends, Rust receives; else the reverse),
-/// the receiver started first: exact bytes, both exit 0.
-fn transfer(tag: &str, c_sends: bool, seed: u64) {
+/// the receiver started first: exact bytes, both exit 0. With `pair`, in the isolated
+/// topology: each end writes its own file and maps the other's read-only.
+fn transfer(tag: &str, c_sends: bool, seed: u64, pair: bool) {
     let shm = ShmFile::new(tag, 8 << 20);
+    let other = ShmFile::new(&format!("{tag}-peer"), 8 << 20);
+    let (rx_args, tx_args) = match pair {
+        true => (
+            ["--peer-device", other.path()],
+            ["--peer-device", shm.path()],
+        ),
+        false => ([""; 2], [""; 2]),
+    };
+    let (rx_args, tx_args) = (&rx_args[..2 * pair as usize], &tx_args[..2 * pair as usize]);
     let data = random(seed, (3 << 20) + 12_345);
-    let mut rx = pipe(!c_sends, "recv", shm.path(), &[]);
+    let mut rx = pipe(!c_sends, "recv", shm.path(), rx_args);
     let [rx_out, rx_err] = collect(&mut rx);
-    let mut tx = pipe(c_sends, "send", shm.path(), &[]);
+    let tx_dev = if pair { other.path() } else { shm.path() };
+    let mut tx = pipe(c_sends, "send", tx_dev, tx_args);
     let [_, tx_err] = collect(&mut tx);
     let mut stdin = tx.stdin.take().unwrap();
     let feed = {
@@ -204,12 +215,22 @@ fn transfer(tag: &str, c_sends: bool, seed: u64) {
 
 #[test]
 fn c_send_to_rust_recv() {
-    transfer("c2r", true, 1);
+    transfer("c2r", true, 1, false);
 }
 
 #[test]
 fn rust_send_to_c_recv() {
-    transfer("r2c", false, 2);
+    transfer("r2c", false, 2, false);
+}
+
+#[test]
+fn c_send_to_rust_recv_across_a_pair() {
+    transfer("c2r-pair", true, 3, true);
+}
+
+#[test]
+fn rust_send_to_c_recv_across_a_pair() {
+    transfer("r2c-pair", false, 4, true);
 }
 
 /// The Rust sender is killed mid-stream: the C receiver exits 1 with a message within about
@@ -281,9 +302,10 @@ fn header_matches_rust() {
 #define OFF(f) offsetof(struct ivshmem_channel_options, f)
 struct align { char c; struct ivshmem_channel_options o; };
 int main(void) {
-    printf("%zu %zu %zu %zu %zu %zu %zu %zu %zu\n", sizeof(struct ivshmem_channel_options),
+    printf("%zu %zu %zu %zu %zu %zu %zu %zu %zu %zu %zu\n", sizeof(struct ivshmem_channel_options),
            offsetof(struct align, o), OFF(size), OFF(kind), OFF(capacity),
-           OFF(wait), OFF(spin_rounds), OFF(liveness_timeout_ms), OFF(open_timeout_ms));
+           OFF(wait), OFF(spin_rounds), OFF(liveness_timeout_ms), OFF(open_timeout_ms),
+           OFF(peer_path), OFF(doorbell_path));
     printf("%d %d %d %d %d %d\n", IVSHMEM_CHANNEL_STREAM, IVSHMEM_CHANNEL_MESSAGES,
            IVSHMEM_CHANNEL_WAIT_AUTO, IVSHMEM_CHANNEL_WAIT_SPIN, IVSHMEM_CHANNEL_WAIT_DOORBELL,
            IVSHMEM_CHANNEL_MAX_NAME);
@@ -309,7 +331,7 @@ int main(void) {
     use std::mem::{align_of, offset_of, size_of};
     type O = IvshmemChannelOptions;
     let want = format!(
-        "{} {} {} {} {} {} {} {} {}",
+        "{} {} {} {} {} {} {} {} {} {} {}",
         size_of::<O>(),
         align_of::<O>(),
         offset_of!(O, size),
@@ -319,6 +341,8 @@ int main(void) {
         offset_of!(O, spin_rounds),
         offset_of!(O, liveness_timeout_ms),
         offset_of!(O, open_timeout_ms),
+        offset_of!(O, peer_path),
+        offset_of!(O, doorbell_path),
     );
     assert_eq!(lines.next(), Some(want.as_str()), "options layout");
     let want = format!(
@@ -352,6 +376,10 @@ fn errno_contract() {
     let bad = ShmFile::new("badver", 1 << 20);
     let conn = ShmFile::new("conn", 1 << 20);
     let v1 = ShmFile::new("v1", 1 << 20);
+    let (pair_a, pair_b) = (
+        ShmFile::new("pair-a", 1 << 20),
+        ShmFile::new("pair-b", 1 << 20),
+    );
     // A ready header of this layout ("IVC2") of version 99.
     let mut hdr = b"IVC2".to_vec();
     hdr.extend_from_slice(&99u32.to_le_bytes());
@@ -369,7 +397,15 @@ fn errno_contract() {
     std::fs::write(&v1.0, &hdr).unwrap();
     set_len(&v1.0, 1 << 20);
     let mut child = Command::new(&exe)
-        .args([shm.path(), small.path(), bad.path(), conn.path(), v1.path()])
+        .args([
+            shm.path(),
+            small.path(),
+            bad.path(),
+            conn.path(),
+            v1.path(),
+            pair_a.path(),
+            pair_b.path(),
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -381,7 +417,7 @@ fn errno_contract() {
     assert!(st.success(), "status {st}: {out}{err}");
     let failed: Vec<&str> = out.lines().filter(|l| !l.ends_with(": ok")).collect();
     assert!(failed.is_empty(), "failed checks:\n{}", failed.join("\n"));
-    assert_eq!(out.lines().count(), 71, "checks run:\n{out}");
+    assert_eq!(out.lines().count(), 86, "checks run:\n{out}");
 }
 
 fn set_len(p: &Path, len: u64) {
@@ -407,6 +443,11 @@ static void *connector(void *opts)
 	return ivshmem_channel_connect(conn, "svc", opts);
 }
 
+static void *connector_pair(void *opts)
+{
+	return ivshmem_channel_connect(conn, "psvc", opts);
+}
+
 /* One line per check: "label: ok", or what happened instead. */
 #define CHECK(label, call, want_rc, want_errno) do { \
 	errno = 0; \
@@ -424,13 +465,14 @@ static void *connector(void *opts)
 int main(int argc, char **argv)
 {
 	const char *shm = argv[1], *small = argv[2], *badver = argv[3], *v1 = argv[5];
+	const char *pair_a = argv[6], *pair_b = argv[7];
 	conn = argv[4];
 	struct ivshmem_channel_options o = IVSHMEM_CHANNEL_OPTIONS_INIT;
 	struct { struct ivshmem_channel_options o; unsigned char more[8]; } big;
 	char buf[256];
 	size_t len = 12345;
 
-	if (argc != 6)
+	if (argc != 8)
 		return 2;
 	FAILS_OPEN("NULL path", NULL, "c", NULL, EINVAL);
 	FAILS_OPEN("NULL name", shm, NULL, NULL, EINVAL);
@@ -578,6 +620,59 @@ int main(int argc, char **argv)
 	ivshmem_listener_close(NULL);
 	CHECK("connect once the listener closed", ivshmem_channel_connect(conn, "svc", &big.o) != NULL,
 	      0, ECONNREFUSED);
+
+	/* A caller compiled against the first version of the options (32 bytes). */
+	struct ivshmem_channel_options o1 = IVSHMEM_CHANNEL_OPTIONS_INIT;
+	o1.size = 32;
+	o1.wait = IVSHMEM_CHANNEL_WAIT_SPIN;
+	struct ivshmem_channel *old = ivshmem_channel_open(shm, "v1opts", &o1);
+	CHECK("options of the first version", old != NULL, 1, 0);
+	ivshmem_channel_close(old);
+
+	/* The isolated topology: each end writes its own file and maps its peer's read-only. */
+	struct ivshmem_channel_options pa = big.o, pb = big.o;
+	pa.size = pb.size = sizeof(pa);
+	pa.peer_path = pair_b;
+	pb.peer_path = pair_a;
+	o1.size = sizeof(o1);
+	o1.doorbell_path = shm;
+	FAILS_OPEN("doorbell_path without peer_path", shm, "c", &o1, EINVAL);
+	o1.doorbell_path = NULL;
+	o1.peer_path = pair_a;
+	FAILS_OPEN("peer_path the own file", pair_a, "c", &o1, EINVAL);
+	o1.peer_path = "/nonexistent/peer";
+	FAILS_OPEN("missing peer", pair_a, "c", &o1, ENOENT);
+	struct ivshmem_channel *ea = ivshmem_channel_open(pair_a, "pp", &pa);
+	struct ivshmem_channel *eb = ivshmem_channel_open(pair_b, "pp", &pb);
+	CHECK("open both sides of a pair", ea != NULL && eb != NULL, 1, 0);
+	if (!ea || !eb)
+		return 1;
+	CHECK("send across the pair", ivshmem_channel_send(ea, "isolated", 8), 0, 0);
+	CHECK("the other side gets it", ivshmem_channel_recv(eb, buf, sizeof(buf), &len) == 1 &&
+	      len == 8 && !memcmp(buf, "isolated", 8), 1, 0);
+	CHECK("and answers", ivshmem_channel_send(eb, "ok", 2), 0, 0);
+	CHECK("which arrives", ivshmem_channel_recv(ea, buf, sizeof(buf), &len) == 1 && len == 2, 1, 0);
+	ivshmem_channel_close(ea);
+	ivshmem_channel_close(eb);
+	struct ivshmem_listener *lp = ivshmem_listener_bind(pair_a, "psvc", &pa);
+	CHECK("bind on a pair", lp != NULL, 1, 0);
+	if (!lp)
+		return 1;
+	CHECK("connect from the same side", ivshmem_channel_connect(pair_a, "psvc", &pa) != NULL, 0,
+	      ECONNREFUSED);
+	conn = pair_b;
+	CHECK("connector thread on the other side", pthread_create(&t, NULL, connector_pair, &pb), 0, 0);
+	sv = ivshmem_listener_accept(lp, -1);
+	pthread_join(t, &cc);
+	CHECK("accept and connect across the pair", sv != NULL && cc != NULL, 1, 0);
+	if (!sv || !cc)
+		return 1;
+	CHECK("send on the pair's connection", ivshmem_channel_send(sv, "hi", 2), 0, 0);
+	CHECK("the connector gets it", ivshmem_channel_recv(cc, buf, sizeof(buf), &len) == 1 &&
+	      len == 2 && !memcmp(buf, "hi", 2), 1, 0);
+	ivshmem_channel_close(cc);
+	ivshmem_channel_close(sv);
+	ivshmem_listener_close(lp);
 	return 0;
 }
 "#;

@@ -343,3 +343,68 @@ fn usage_errors_exit_2() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("layout version 1"), "{err}");
 }
+
+/// The isolated topology: the serving side writes only its file, the forwarding side only
+/// its own, each mapping the other's read-only.
+#[test]
+fn connections_across_a_pair_are_carried_exact() {
+    let (a, b) = (Shm::new("pair-a"), Shm::new("pair-b"));
+    let target = echo_server();
+    let local = free_port();
+    let peer_b = b.0.to_str().unwrap();
+    let peer_a = a.0.to_str().unwrap();
+    let _server = tool(
+        &a.0,
+        &[
+            "serve",
+            "--service",
+            "echo",
+            "--connect",
+            &target,
+            "--peer-device",
+            peer_b,
+        ],
+    );
+    let _client = tool(
+        &b.0,
+        &[
+            "forward",
+            "--listen",
+            &local,
+            "--service",
+            "echo",
+            "--peer-device",
+            peer_a,
+        ],
+    );
+    let many: Vec<_> = (1..=4u64)
+        .map(|i| {
+            let local = local.clone();
+            std::thread::spawn(move || {
+                let s = dial(&local);
+                round_trip(s, |s| s.shutdown(Shutdown::Write).unwrap(), i, 500_000);
+            })
+        })
+        .collect();
+    for t in many {
+        t.join().unwrap();
+    }
+    for i in 0..100u64 {
+        let s = dial(&local);
+        round_trip(s, |s| s.shutdown(Shutdown::Write).unwrap(), 100 + i, 1000);
+    }
+    // The serving side's listener sweeps its own memory: every accepted end's block goes.
+    let t = Instant::now();
+    loop {
+        let u = ivshmem::channel::usage(&region(&a.0)).unwrap();
+        assert_eq!(u.listeners, ["echo"], "{u:?}");
+        if u.ends == 0 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "{u:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The forwarding side frees its ends when it connects again: one may wait for that.
+    let u = ivshmem::channel::usage(&region(&b.0)).unwrap();
+    assert!(u.ends <= 1 && u.listeners.is_empty(), "{u:?}");
+}

@@ -2,13 +2,17 @@
 /*
  * ivshmem-pipe-c: the C twin of the Rust `ivshmem-pipe`, on the C API (ivshmem_channel.h).
  *
- *   ivshmem-pipe-c send|recv [-d DEVICE] [--channel NAME] [--wait auto|spin|doorbell]
+ *   ivshmem-pipe-c send|recv [-d DEVICE [--peer-device PEER [--doorbell DEV]]]
+ *                            [--channel NAME] [--wait auto|spin|doorbell]
  *                            [--capacity BYTES] [--liveness SECS]
  *
  * send copies stdin into the channel, ends the stream and waits until the receiver has read
  * every byte; recv copies the channel to stdout until the end of the stream. Exit 0 when every
  * byte arrived, 1 on any failure (peer gone, I/O error) with one "ivshmem-pipe-c: ..." line on
  * stderr, 2 on a usage error. DEVICE: a path, or N for /dev/ivshmemN (default /dev/ivshmem0).
+ * With --peer-device (the isolated topology), DEVICE is this end's own device, which alone it
+ * writes, and PEER the other end's, mapped read-only; --doorbell names a device with a
+ * doorbell for the wake-ups.
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -24,7 +28,8 @@
 #define CHUNK (64 * 1024)
 
 static const char usage_text[] =
-	"usage: " PROG " send|recv [-d DEVICE] [--channel NAME] [--wait auto|spin|doorbell]\n"
+	"usage: " PROG " send|recv [-d DEVICE [--peer-device PEER [--doorbell DEV]]]\n"
+	"                       [--channel NAME] [--wait auto|spin|doorbell]\n"
 	"                       [--capacity BYTES] [--liveness SECS]\n"
 	"  send: stdin to the channel; recv: the channel to stdout (defaults: /dev/ivshmem0,\n"
 	"  channel \"pipe\", capacity 1M, wait auto, liveness 10 s)";
@@ -154,11 +159,20 @@ static int recv_stdout(struct ivshmem_channel *ch)
 	return 0;
 }
 
+/* A device argument: a path, or N for /dev/ivshmemN. */
+static void device_arg(char *out, size_t size, const char *v)
+{
+	if (*v && strspn(v, "0123456789") == strlen(v))
+		snprintf(out, size, "/dev/ivshmem%s", v);
+	else if (snprintf(out, size, "%s", v) >= (int)size)
+		usage("device path too long");
+}
+
 int main(int argc, char **argv)
 {
 	struct ivshmem_channel_options opts = IVSHMEM_CHANNEL_OPTIONS_INIT;
 	const char *mode = NULL, *name = "pipe", *v;
-	char device[4096] = "/dev/ivshmem0";
+	char device[4096] = "/dev/ivshmem0", peer[4096], doorbell[4096];
 	struct ivshmem_channel *ch;
 
 	opts.kind = IVSHMEM_CHANNEL_STREAM;
@@ -170,10 +184,13 @@ int main(int argc, char **argv)
 			puts(usage_text);
 			return 0;
 		} else if ((v = option(argc, argv, &i, "-d")) || (v = option(argc, argv, &i, "--device"))) {
-			if (*v && strspn(v, "0123456789") == strlen(v))
-				snprintf(device, sizeof(device), "/dev/ivshmem%s", v);
-			else if (snprintf(device, sizeof(device), "%s", v) >= (int)sizeof(device))
-				usage("device path too long");
+			device_arg(device, sizeof(device), v);
+		} else if ((v = option(argc, argv, &i, "--peer-device"))) {
+			device_arg(peer, sizeof(peer), v);
+			opts.peer_path = peer;
+		} else if ((v = option(argc, argv, &i, "--doorbell"))) {
+			device_arg(doorbell, sizeof(doorbell), v);
+			opts.doorbell_path = doorbell;
 		} else if ((v = option(argc, argv, &i, "--channel"))) {
 			name = v;
 		} else if ((v = option(argc, argv, &i, "--wait"))) {

@@ -4,7 +4,7 @@
 use std::io::{self, Read, Write};
 use std::time::Duration;
 
-use ivshmem::args::{device_path, run_tool, Args};
+use ivshmem::args::{run_tool, Args, Devices, DEVICES_HELP};
 use ivshmem::channel::{Channel, ChannelError, Kind, Options, Wait};
 use ivshmem::ToolError;
 
@@ -13,17 +13,17 @@ const DEFAULT_CHANNEL: &str = "pipe";
 /// Bytes moved per read of standard input or of the channel.
 const CHUNK: usize = 256 << 10;
 
-const HELP: &str = "\
-usage: ivshmem-pipe send|recv [-d DEVICE] [--channel NAME] [--wait auto|spin|doorbell]
+const HELP_HEAD: &str = "\
+usage: ivshmem-pipe send|recv [-d DEVICE [--peer-device PEER [--doorbell DEV]]]
+                    [--channel NAME] [--wait auto|spin|doorbell]
                     [--capacity BYTES] [--liveness SECONDS] [--spin ROUNDS]
 
 Like nc between VMs: `send` copies standard input through the channel NAME of the shared
 memory, `recv` writes what arrives to standard output. Either may start first; the end of
 standard input is passed on. Several pipes with different names share one device.
+";
 
-  -d, --device DEVICE   /dev/ivshmemN path or index N (default /dev/ivshmem0), or a regular
-                        file holding the shared memory (the host's backing file)
-      --channel NAME    channel name, 1 to 32 bytes (default 'pipe')
+const HELP: &str = "      --channel NAME    channel name, 1 to 32 bytes (default 'pipe')
       --wait MODE       auto: sleep on the doorbell if the device has one, else spin (default);
                         spin; doorbell
       --capacity BYTES  ring size per direction when this end creates the channel
@@ -47,7 +47,7 @@ enum Dir {
 #[derive(Debug)]
 struct Opts {
     dir: Dir,
-    device: String,
+    devices: Devices,
     channel: String,
     wait: Wait,
     capacity: u64,
@@ -65,7 +65,7 @@ fn parse(mut args: Args) -> Result<Option<Opts>, ToolError> {
         Some(other) => return Err(ToolError::usage(format!("unknown command '{other}'"))),
         None => return Err(ToolError::usage("send or recv?")),
     };
-    let device = device_path(args.value(&["-d", "--device"])?);
+    let devices = args.devices()?;
     let channel = args
         .value(&["--channel"])?
         .unwrap_or(DEFAULT_CHANNEL.into());
@@ -77,7 +77,7 @@ fn parse(mut args: Args) -> Result<Option<Opts>, ToolError> {
     }
     Ok(Some(Opts {
         dir,
-        device,
+        devices,
         channel,
         wait,
         capacity,
@@ -101,7 +101,8 @@ fn run(o: Opts) -> Result<(), ToolError> {
         .wait(o.wait)
         .liveness_timeout(o.liveness)
         .spin(o.spin);
-    let mut chan = Channel::open_path(&o.device, &o.channel, &opts)
+    let (region, opts) = o.devices.open(&opts)?;
+    let mut chan = Channel::open(&region, &o.channel, &opts)
         .map_err(|e| ToolError::Failed(format!("channel '{}': {e}", o.channel)))?;
     let mut buf = vec![0u8; CHUNK];
     match o.dir {
@@ -149,5 +150,10 @@ fn run(o: Opts) -> Result<(), ToolError> {
 }
 
 fn main() {
-    run_tool(PROG, HELP, parse, run);
+    run_tool(
+        PROG,
+        &format!("{HELP_HEAD}\n{DEVICES_HELP}\n{HELP}"),
+        parse,
+        run,
+    );
 }

@@ -8,17 +8,15 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::Duration;
 
-use ivshmem::args::{device_path, run_tool, Args};
-use ivshmem::channel::{
-    open_region, Channel, ChannelError, Kind, Listener, Options, ReadHalf, Wait, WriteHalf,
-};
+use ivshmem::args::{run_tool, Args, Devices, DEVICES_HELP};
+use ivshmem::channel::{Channel, ChannelError, Kind, Listener, Options, ReadHalf, Wait, WriteHalf};
 use ivshmem::ToolError;
 
 const PROG: &str = "ivshmem-socket";
 /// Bytes moved per read of a socket or a channel.
 const CHUNK: usize = 64 << 10;
 
-const HELP: &str = "\
+const HELP_HEAD: &str = "\
 usage: ivshmem-socket serve --service NAME --connect ADDR [options]
        ivshmem-socket forward --listen ADDR --service NAME [options]
 
@@ -33,10 +31,9 @@ connections and services share one device, also with ivshmem-pipe's named channe
   --service NAME        the service, 1 to 32 bytes
   --connect ADDR        serve: the real server's socket
   --listen ADDR         forward: where local programs connect
-                        ADDR: tcp:HOST:PORT (or HOST:PORT) or unix:PATH (a stream socket)
-  -d, --device DEVICE   /dev/ivshmemN path or index N (default /dev/ivshmem0), or a regular
-                        file holding the shared memory (the host's backing file)
-      --wait MODE       auto: sleep on the doorbell if the device has one, else spin (default);
+                        ADDR: tcp:HOST:PORT (or HOST:PORT) or unix:PATH (a stream socket)";
+
+const HELP: &str = "      --wait MODE       auto: sleep on the doorbell if the device has one, else spin (default);
                         spin; doorbell
       --capacity BYTES  ring size per direction of each connection (forward; a power of two;
                         default 256K)
@@ -97,7 +94,7 @@ struct Opts {
     role: Role,
     service: String,
     addr: Addr,
-    device: String,
+    devices: Devices,
     wait: Wait,
     capacity: u64,
     liveness: Duration,
@@ -138,7 +135,7 @@ fn parse(mut args: Args) -> Result<Option<Opts>, ToolError> {
         .ok_or_else(|| ToolError::usage(format!("{want} ADDR, please")))?
         .parse::<Addr>()
         .map_err(|e| ToolError::usage(format!("{want}: {e}")))?;
-    let device = device_path(args.value(&["-d", "--device"])?);
+    let devices = args.devices()?;
     let (wait, capacity, liveness) = args.channel_options(256 << 10)?;
     let once = args.flag(&["--once"]);
     let verbose = args.flag(&["-v", "--verbose"]);
@@ -150,7 +147,7 @@ fn parse(mut args: Args) -> Result<Option<Opts>, ToolError> {
         role,
         service,
         addr,
-        device,
+        devices,
         wait,
         capacity,
         liveness,
@@ -356,7 +353,8 @@ fn run(o: Opts) -> Result<(), ToolError> {
     let mut next = 0u64..;
     match o.role {
         Role::Server => {
-            let listener = Listener::bind_path(&o.device, &o.service, &opts)
+            let (region, opts) = o.devices.open(&opts)?;
+            let listener = Listener::bind(&region, &o.service, &opts)
                 .map_err(|e| ToolError::Failed(format!("service '{}': {e}", o.service)))?;
             if o.verbose {
                 eprintln!("{PROG}: serving '{}' to {}", o.service, o.addr);
@@ -386,8 +384,7 @@ fn run(o: Opts) -> Result<(), ToolError> {
             }
         }
         Role::Client => {
-            let (region, opts) = open_region(&o.device, &opts)
-                .map_err(|e| ToolError::Failed(format!("{}: {e}", o.device)))?;
+            let (region, opts) = o.devices.open(&opts)?;
             let local = Local::bind(&o.addr)
                 .map_err(|e| ToolError::Failed(format!("listen on {}: {e}", o.addr)))?;
             if o.verbose {
@@ -422,5 +419,10 @@ fn run(o: Opts) -> Result<(), ToolError> {
 }
 
 fn main() {
-    run_tool(PROG, HELP, parse, run);
+    run_tool(
+        PROG,
+        &format!("{HELP_HEAD}\n{DEVICES_HELP}\n{HELP}"),
+        parse,
+        run,
+    );
 }
