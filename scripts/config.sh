@@ -11,6 +11,7 @@
 : "${IVSHMEM_EXTRA_SHM:=}"                   # extra "size" list: one more ivshmem-plain each, e.g. "4M 16M"
 : "${IVSHMEM_MODE:=plain}"                   # plain | doorbell (ivshmem-doorbell + scripts' ivshmem-server)
 : "${IVSHMEM_VECTORS:=2}"                    # doorbell mode: MSI-X vectors per guest
+: "${IVSHMEM_TOPOLOGY:=shared}"              # shared: one data device all guests write; isolated: guest N writes its own ($IVSHMEM_SHM_PATH.ownN) and gets the others' readonly=on (README, Isolation)
 : "${IVSHMEM_NET:=0}"                        # 1: guests 1 and 2 get a virtio-net link to each other (10.0.7.N/24, no host network; make bench)
 : "${IVSHMEM_ONLY:=}"                        # start.sh: start only these guest numbers (e.g. "2")
 : "${IVSHMEM_ACCEL:=auto}"                   # tcg | kvm | auto (kvm only if a probe boot proves it)

@@ -170,16 +170,20 @@ class Lab:
         self.mode = "plain"
         self.shm = shm
         self.size = "64M"
+        self.topology = "shared"
 
     def env(self, **kw):
         return dict(os.environ, **self.kernel_env, IVSHMEM_RUN=self.run_dir, IVSHMEM_SHM_SIZE="64M",
                     IVSHMEM_SHM_PATH=self.main_shm, **kw)
 
-    def boot(self, guests, extra, mode="plain", shm=None, size="64M"):
+    def boot(self, guests, extra, mode="plain", shm=None, size="64M", topology="shared"):
         """Boots `guests` guests on fresh backing files: the main one of `size` at `shm` (in
-        doorbell mode the server's), one more per size in `extra` at shm.1, shm.2, ..."""
+        doorbell mode the server's), one more per size in `extra` at shm.1, shm.2, ...; in the
+        isolated topology each guest N's own device of `size` at shm.ownN instead of the main
+        one (scripts/start.sh)."""
         self.stop()
         self.mode = mode
+        self.topology = topology
         self.shm = shm or self.main_shm
         self.size = size
         remove_backing(self.shm)
@@ -191,7 +195,7 @@ class Lab:
 
     def start(self, guests, extra, only=""):
         env = self.env(IVSHMEM_GUESTS=str(guests), IVSHMEM_EXTRA_SHM=extra, IVSHMEM_MODE=self.mode,
-                       IVSHMEM_VECTORS="2", IVSHMEM_ONLY=only)
+                       IVSHMEM_VECTORS="2", IVSHMEM_ONLY=only, IVSHMEM_TOPOLOGY=self.topology)
         env["IVSHMEM_SHM_PATH"] = self.shm
         env["IVSHMEM_SHM_SIZE"] = self.size
         subprocess.run(["bash", os.path.join(ROOT, "scripts/start.sh"), self.image], env=env, check=True)
@@ -250,12 +254,14 @@ class Lab:
 
 
 def remove_backing(shm):
-    """Removes backing file `shm` and its numbered siblings (shm.1, shm.2, ...)."""
+    """Removes backing file `shm` and its numbered siblings (shm.1, shm.2, ..., and the isolated
+    topology's shm.own1, shm.own2, ...)."""
     d, base = os.path.split(shm)
     if not os.path.isdir(d or "."):
         return
     for name in os.listdir(d or "."):
-        if name == base or name.startswith(base + ".") and name[len(base) + 1:].isdigit():
+        suffix = name[len(base) + 1:].removeprefix("own")
+        if name == base or name.startswith(base + ".") and suffix.isdigit():
             os.unlink(os.path.join(d, name))
 
 

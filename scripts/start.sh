@@ -9,6 +9,11 @@
 # netN.sock to the other's, so no host network is involved (the guests take 10.0.7.N/24).
 # IVSHMEM_FLAVOUR=debug boots the debug kernel (scripts/setup.sh debug), IVSHMEM_KERNEL any bzImage,
 # IVSHMEM_ARCH=arm64 the arm64 one on qemu-system-aarch64 -M virt.
+# IVSHMEM_TOPOLOGY=isolated gives each guest N a data device of its own, $IVSHMEM_SHM_PATH.ownN
+# (IVSHMEM_SHM_SIZE), read-write, and every other guest's device with readonly=on (QEMU drops the
+# guest's writes to it), in guest order: in guest N, guest M's device comes M-th (after the
+# doorbell device in doorbell mode, whose memory, the server's, is then 1 MiB: it carries the
+# interrupts only). There is no shared data device then.
 #   scripts/start.sh [INITRAMFS]
 set -euo pipefail
 source "$(dirname "$0")/config.sh"
@@ -68,6 +73,11 @@ accel_probe() {
 	cat "$cache"
 }
 
+case "$IVSHMEM_TOPOLOGY" in
+shared | isolated) ;;
+*) die "IVSHMEM_TOPOLOGY must be shared or isolated, not '$IVSHMEM_TOPOLOGY'" ;;
+esac
+
 case "$IVSHMEM_NET" in
 0 | 1) ;;
 *) die "IVSHMEM_NET must be 0 or 1, not '$IVSHMEM_NET'" ;;
@@ -95,6 +105,12 @@ for size in $IVSHMEM_EXTRA_SHM; do
 done
 dev_args=()
 k=0
+server_size=$IVSHMEM_SHM_SIZE
+if [ "$IVSHMEM_TOPOLOGY" = isolated ]; then
+	# No shared data device: the guests' own devices take its place (per guest, below).
+	backing=("${backing[@]:1}")
+	server_size=1M
+fi
 if [ "$IVSHMEM_MODE" = doorbell ]; then
 	# The server owns the first region: /dev/shm/NAME, which the host can read and write too.
 	case "$IVSHMEM_SHM_PATH" in
@@ -104,16 +120,43 @@ if [ "$IVSHMEM_MODE" = doorbell ]; then
 	server=$IVSHMEM_ROOT/userspace/target/x86_64-unknown-linux-gnu/release/ivshmem-server
 	[ -x "$server" ] || die "no $server: run make tools"
 	if ! { [ -e "$IVSHMEM_RUN/server.pid" ] && alive "$(cat "$IVSHMEM_RUN/server.pid")"; }; then
-		"$server" -F -v -S "$IVSHMEM_RUN/ivshmem.sock" -l "$IVSHMEM_SHM_SIZE" -n "$IVSHMEM_VECTORS" \
+		"$server" -F -v -S "$IVSHMEM_RUN/ivshmem.sock" -l "$server_size" -n "$IVSHMEM_VECTORS" \
 			-M "${IVSHMEM_SHM_PATH#/dev/shm/}" -p "$IVSHMEM_RUN/server.pid" >"$IVSHMEM_RUN/server.log" 2>&1 &
 		for _ in $(seq 100); do [ -S "$IVSHMEM_RUN/ivshmem.sock" ] && break; sleep 0.05; done
 		[ -S "$IVSHMEM_RUN/ivshmem.sock" ] || die "ivshmem-server did not start: $(cat "$IVSHMEM_RUN/server.log")"
 	fi
 	dev_args+=(-chardev "socket,path=$IVSHMEM_RUN/ivshmem.sock,id=ivs"
 		-device "ivshmem-doorbell,chardev=ivs,vectors=$IVSHMEM_VECTORS")
-	backing=("${backing[@]:1}")
+	[ "$IVSHMEM_TOPOLOGY" = isolated ] || backing=("${backing[@]:1}")
 	k=1
 fi
+# Isolated: every guest's own device, created here (QEMU opens the read-only ones read-only,
+# so it cannot create them).
+own_size=$(numfmt --from=iec "$IVSHMEM_SHM_SIZE")
+if [ "$IVSHMEM_TOPOLOGY" = isolated ]; then
+	for j in $(seq 1 "$IVSHMEM_GUESTS"); do
+		path=$IVSHMEM_SHM_PATH.own$j
+		mkdir -p "$(dirname "$path")"
+		if [ -e "$path" ]; then
+			[ "$(stat -c %s "$path")" = "$own_size" ] || die "$path is not $IVSHMEM_SHM_SIZE: remove it"
+		else
+			truncate -s "$own_size" "$path"
+		fi
+	done
+fi
+# The devices of guest $1: the isolated topology's own devices, read-only but its own.
+own_devices() {
+	[ "$IVSHMEM_TOPOLOGY" = isolated ] || return 0
+	local j ro
+	for j in $(seq 1 "$IVSHMEM_GUESTS"); do
+		ro=""
+		[ "$j" = "$1" ] || ro=",readonly=on"
+		printf '%s\n' -object "memory-backend-file,id=own$j,size=$IVSHMEM_SHM_SIZE,mem-path=$IVSHMEM_SHM_PATH.own$j,share=on$ro" \
+			-device "ivshmem-plain,memdev=own$j"
+	done
+}
+# Where the plain devices start in dev_args (after the doorbell's): the own devices go there.
+first_plain=${#dev_args[@]}
 for b in "${backing[@]}"; do
 	size=${b%%:*} path=${b#*:}
 	mkdir -p "$(dirname "$path")"
@@ -129,6 +172,7 @@ done
 
 for i in $guests; do
 	rm -f "$IVSHMEM_RUN/guest$i.sock" "$IVSHMEM_RUN/guest$i.console"
+	mapfile -t own_args < <(own_devices "$i")
 	net_args=()
 	if [ "$IVSHMEM_NET" = 1 ] && { [ "$i" = 1 ] || [ "$i" = 2 ]; }; then
 		peer=$((3 - i))
@@ -148,8 +192,8 @@ for i in $guests; do
 		-append "ivshmem_lab.guest=$i panic=-1 $kargs" \
 		-serial "file:$IVSHMEM_RUN/guest$i.console" \
 		"${agent[@]}" \
-		"${dev_args[@]}" "${net_args[@]}" \
+		"${dev_args[@]:0:$first_plain}" "${own_args[@]}" "${dev_args[@]:$first_plain}" "${net_args[@]}" \
 		-daemonize -pidfile "$IVSHMEM_RUN/guest$i.pid" ||
 		{ "$IVSHMEM_ROOT/scripts/stop.sh"; die "QEMU failed to start guest $i"; }
 done
-echo "started guest(s) $(echo $guests) ($accel, $IVSHMEM_MODE, $IVSHMEM_SHM_SIZE:$IVSHMEM_SHM_PATH ${backing[*]}) in $IVSHMEM_RUN" >&2
+echo "started guest(s) $(echo $guests) ($accel, $IVSHMEM_MODE, $IVSHMEM_TOPOLOGY, $IVSHMEM_SHM_SIZE:$IVSHMEM_SHM_PATH ${backing[*]}) in $IVSHMEM_RUN" >&2

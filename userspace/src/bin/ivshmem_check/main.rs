@@ -25,6 +25,7 @@ use aligned::Aligned;
 
 mod echo;
 mod poll;
+mod scribble;
 
 const PAGE: usize = 4096;
 
@@ -53,7 +54,9 @@ usage: ivshmem-check errors DEVICE            every bad input gets its errno
                                       print the drop of MemAvailable
        ivshmem-check poll DEVICE N MESSAGES send|recv   N message channels on one doorbell
                                       device; recv polls them all on their shared eventfd
-       ivshmem-check echo PORT        a TCP echo server on 127.0.0.1:PORT (until killed)";
+       ivshmem-check echo PORT        a TCP echo server on 127.0.0.1:PORT (until killed)
+       ivshmem-check scribble DEVICE GO-FILE   store random words all over DEVICE until
+                                      GO-FILE exists; print how many stuck (read back)";
 
 /// Opens `path`, or prints `FAIL open: ...` and returns `None`.
 fn open_or_report(path: &str) -> Option<Device> {
@@ -937,6 +940,7 @@ fn main() {
                 }
             }
         }
+        ["scribble", dev, go] => scribble::run(dev, go),
         ["echo", port] => match port.parse() {
             Ok(p) => echo::run(p),
             Err(_) => 2,
