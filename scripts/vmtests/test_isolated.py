@@ -18,11 +18,11 @@ import subprocess
 import time
 
 import pytest
+from test_channel import finished, sha, start_recv, start_send
 
 import kinds
 from helpers import full, measured
 from lab import check
-from test_channel import finished, sha, start_recv, start_send
 
 DOORBELL = "/dev/ivshmem0"
 OWN = {1: "/dev/ivshmem1", 2: "/dev/ivshmem2"}
