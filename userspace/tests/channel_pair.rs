@@ -344,3 +344,57 @@ fn messages_across_a_pair_keep_boundaries() {
     }
     t.join().unwrap();
 }
+
+/// An opener that closed with bytes its joiner then read is not joinable again once the
+/// joiner left: nobody gets those bytes twice (on a pair the joiner cannot free the opener's
+/// block, which stays until the opener's side sweeps it).
+#[test]
+fn bytes_a_joiner_read_are_never_handed_out_again() {
+    let f = Files::new("twice", 1 << 20);
+    for round in 0..3 {
+        let mut a = Channel::open(&f.side(0), "s", &opts()).unwrap();
+        a.write_all(b"one").unwrap();
+        let mut b = Channel::open(&f.side(1), "s", &opts()).unwrap();
+        let mut got = [0u8; 3];
+        b.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"one");
+        drop(a);
+        drop(b);
+        let e = Channel::open(&f.side(1), "s", &opts().create(false)).map(|_| ());
+        assert_eq!(
+            e.unwrap_err().kind(),
+            io::ErrorKind::InvalidInput,
+            "round {round}: a new end joined the closed opener whose bytes were read"
+        );
+    }
+}
+
+/// One session after another on one name, as a benchmark's phases: the listening side opens,
+/// reads to the end and answers, the driving side opens, writes, closes and reads the answer;
+/// every session pairs the two new ends, never an end of an earlier one.
+#[test]
+fn sessions_one_after_another_on_one_name_pair_afresh() {
+    let f = Files::new("phases", 1 << 20);
+    let (ra, rb) = (f.side(0), f.side(1));
+    let n = 300u32;
+    let listener = std::thread::spawn(move || {
+        for i in 0..n {
+            let mut c = Channel::open(&ra, "s", &opts()).unwrap();
+            let mut got = Vec::new();
+            c.read_to_end(&mut got).unwrap();
+            assert_eq!(got, i.to_le_bytes().repeat(100), "session {i}");
+            c.write_all(&i.to_le_bytes()).unwrap();
+        }
+    });
+    for i in 0..n {
+        let mut c = Channel::open(&rb, "s", &opts()).unwrap();
+        c.write_all(&i.to_le_bytes().repeat(100))
+            .unwrap_or_else(|e| panic!("session {i}: {e}"));
+        c.close_write().unwrap();
+        let mut ack = [0u8; 4];
+        c.read_exact(&mut ack)
+            .unwrap_or_else(|e| panic!("session {i}: {e}"));
+        assert_eq!(u32::from_le_bytes(ack), i);
+    }
+    listener.join().unwrap();
+}

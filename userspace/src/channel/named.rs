@@ -225,6 +225,9 @@ impl Channel {
                     return Ok(c);
                 }
                 jitter();
+                // On a pair, what held the other end back may be an ended pair's block on
+                // this side that only this side can free.
+                arena.tidy(bound);
             } else if !found.held && !found.busy {
                 if !opts.create_value() {
                     return Err(ChannelError::Invalid(format!(
@@ -235,6 +238,7 @@ impl Channel {
                     return Ok(c);
                 }
                 jitter();
+                arena.tidy(bound);
             } else {
                 // Ends that died are found over several looks (`reclaim::sweep`), as are
                 // blocks whose creator died before publishing them.
@@ -352,7 +356,13 @@ fn join(
     // Our state, then the opener's: an opener leaving at once stores its state, then looks
     // for us (`opener_left`), so one of us sees the other.
     fence(SeqCst);
-    let blocks = arenas.retire(b, Some(*o));
+    // On a pair the joiner never frees its block as it leaves: while it names the opener, the
+    // opener's side sees the opener joined, and does not hand the bytes it had read to a new
+    // joiner; the joiner's side sweeps it once the opener's block is gone (`reclaim::sweep`).
+    let blocks = match arenas.shared() {
+        true => arenas.retire(b, Some(*o)),
+        false => arenas.retire(b, None).keeping_all(),
+    };
     let ov = BlockView::new(peer, &mem, o);
     let state = ov
         .w64(E_STATE)
@@ -361,7 +371,8 @@ fn join(
     let open = matches!(state, Some((ATTACHED, 0))) || (state == Some((CLOSED, 0)) && wrote(&ov));
     if !peer.current(o) || !open {
         v.w64(E_STATE)?.store(end_word(b.gen, CLOSED), Release);
-        blocks.free();
+        // Not joined: nobody read through this block.
+        arenas.retire(b, Some(*o)).free();
         return Ok(None);
     }
     let mut chan = end_channel(&mem, name, h.kind, [&ov, &v], [h.cap; 2], 1, opts)?;

@@ -54,6 +54,12 @@ pub(super) struct Retire {
 }
 
 impl Retire {
+    /// The same, freeing nothing: the end's side sweeps its blocks later.
+    pub(super) fn keeping_all(mut self) -> Self {
+        self.blocks.clear();
+        self
+    }
+
     /// Frees the blocks that are still as they were (freeing is a compare-and-swap in the
     /// map: of two ends that both saw the other gone, each block is freed once).
     pub(super) fn free(&self) {
@@ -103,8 +109,12 @@ pub(super) fn sweep(arenas: &Arenas, own: Duration, stale: Duration) -> u32 {
         let peer_done = match x.end {
             // A connector or an opener: its acceptor's (joiner's), if it has one; an opener
             // with none that closed with unread bytes keeps them for one. An acceptor: its
-            // connector's or opener's, if that block is still there (a freed one reads nothing).
-            Some((ACCEPTOR, names)) => peers.get(&names).is_none_or(|p| p.done),
+            // connector's or opener's, if that block is still there (a freed one reads
+            // nothing); on a pair, a joiner stays while its opener's block does, so that the
+            // opener's side never takes the opener for unjoined (see `named::join`).
+            Some((ACCEPTOR, names)) => peers.get(&names).is_none_or(|p| {
+                p.done && (arenas.shared() || p.end.is_none_or(|(role, _)| role != OPENER))
+            }),
             Some(_) => match acceptors.get(&(x.block.head, x.block.gen)) {
                 Some(&d) => d,
                 None => !x.unread,

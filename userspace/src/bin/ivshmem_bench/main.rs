@@ -8,7 +8,7 @@ use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use ivshmem::args::{device_path, parse_size, run_tool, Args};
+use ivshmem::args::{device_path, parse_size, run_tool, Args, Devices};
 use ivshmem::channel::{Channel, Kind, Options, Wait};
 use ivshmem::{Device, ToolError};
 
@@ -56,6 +56,10 @@ channel (TCP_NODELAY for rtt): the listener binds ADDR:PORT, the other connects.
 COMMON:
   --listen           the receiving / echoing side (start it first or second)
   -d DEVICE          /dev/ivshmemN or a regular file (host side; default /dev/ivshmem0)
+  --peer-device PEER the isolated topology: DEVICE is this side's own, PEER the other's
+                     (read-only; the other side swaps them); not with the bare references,
+                     whose ring both sides write
+  --doorbell DEV     with --peer-device: the device whose doorbell wakes
   --channel NAME     channel name prefix (default bench)
   --wait MODE        auto (default), spin or doorbell
   --spin N           spin rounds before sleeping (default: the library's; 0 for
@@ -103,7 +107,7 @@ enum Mode {
 #[derive(Debug)]
 struct Common {
     listen: bool,
-    device: String,
+    devices: Devices,
     channel: String,
     wait: Wait,
     spin: Option<u32>,
@@ -167,7 +171,7 @@ fn parse_secs(a: &mut Args) -> Result<f64, ToolError> {
 fn parse_common(a: &mut Args) -> Result<Common, ToolError> {
     let listen = a.flag(&["--listen"]);
     let tcp_only = a.flag(&["--tcp-only"]);
-    let device = device_path(a.value(&["-d", "--device"])?);
+    let devices = a.devices()?;
     let channel = a.value(&["--channel"])?.unwrap_or_else(|| "bench".into());
     if channel.is_empty() || channel.len() > 28 {
         return Err(ToolError::usage("--channel: 1 to 28 bytes"));
@@ -192,7 +196,7 @@ fn parse_common(a: &mut Args) -> Result<Common, ToolError> {
     }
     Ok(Common {
         listen,
-        device,
+        devices,
         channel,
         wait,
         spin,
@@ -345,11 +349,18 @@ impl Common {
     fn open(&self, suffix: &str, kind: Kind, rtt: bool) -> Result<Channel, ToolError> {
         let name = format!("{}.{suffix}", self.channel);
         let opts = self.options(kind, rtt).wait(self.wait);
-        Channel::open_path(&self.device, &name, &opts).map_err(|e| chan_err(&name, e))
+        let (region, opts) = self.devices.open(&opts)?;
+        Channel::open(&region, &name, &opts).map_err(|e| chan_err(&name, e))
     }
 
     /// The memory of the bare references: the payload of channel `NAME.bare`.
     fn bare_area(&self) -> Result<bare::Area, ToolError> {
+        if self.devices.peer.is_some() {
+            return Err(ToolError::usage(
+                "the bare references need one device that both sides write: not with \
+                 --peer-device",
+            ));
+        }
         bare::Area::new(self.open("bare", Kind::Stream, false)?)
     }
 
@@ -578,11 +589,17 @@ fn stream(c: &Common, sizes: &[usize], secs: f64, modes: &[Mode]) -> Result<(), 
     let listener = listen_tcp(c)?;
     if !c.tcp_only {
         if c.listen {
-            // One session per phase: the channel's end-of-file ends a phase.
-            let area = c.bare_area()?;
+            // One session per phase: the channel's end-of-file ends a phase. A pair has no
+            // bare references (a driving side that asks for them fails first).
+            let area = c
+                .devices
+                .peer
+                .is_none()
+                .then(|| c.bare_area())
+                .transpose()?;
             loop {
                 let mut ch = c.open("s", Kind::Stream, false)?;
-                if !stream_recv(&mut ch, Some(&area))? {
+                if !stream_recv(&mut ch, area.as_ref())? {
                     break;
                 }
             }
@@ -590,11 +607,13 @@ fn stream(c: &Common, sizes: &[usize], secs: f64, modes: &[Mode]) -> Result<(), 
             let src: Vec<u8> = (0..*sizes.iter().max().unwrap_or(&64))
                 .map(|i| i as u8)
                 .collect();
-            let area = c.bare_area()?;
+            let area = (c.devices.peer.is_none() || modes.contains(&Mode::Bare))
+                .then(|| c.bare_area())
+                .transpose()?;
             for &mode in modes {
                 for &size in sizes {
                     let mut ch = c.open("s", Kind::Stream, false)?;
-                    let (bytes, t) = stream_send(&mut ch, mode, size, secs, &src, Some(&area))?;
+                    let (bytes, t) = stream_send(&mut ch, mode, size, secs, &src, area.as_ref())?;
                     drop(ch);
                     let (transport, name) = match mode {
                         Mode::Copy => ("channel", "copy"),
