@@ -9,11 +9,16 @@ over TCP; and pingpong's bare spin round trip with and without the CPU pause hin
 cost of mapping (issue 10): one guest with an extra ivshmem-plain of 4 GiB, `ivshmem-bench map`
 through the driver (/dev/ivshmem1) and through sysfs resource2 with the driver unbound (the old,
 populated-at-mmap path). Writes userspace/bench/README.md (tables), throughput.svg, rtt.svg,
-map.svg and results.txt (the raw lines). Needs the module and tools built (make all). Run dir:
+map.svg and results.txt (the raw lines). Then the isolated topology (issue 19): two guests in
+IVSHMEM_TOPOLOGY=isolated with a shared 64 MiB plain device beside, streaming and 64-byte round
+trips between them through a pair (each guest's own device and its peer's, read-only) and through
+the shared device, alternately in one boot. Needs the module and tools built (make all). Run dir:
 $IVSHMEM_RUN-bench.
 
     scripts/bench.py [--seconds S] [--out DIR]
     scripts/bench.py map [--big SIZE] [--rounds N] [--out DIR]   only the mapping cost: its lines
+                                      in DIR/results.txt are replaced, the report rewritten
+    scripts/bench.py isolated [--seconds S] [--out DIR]   only the isolated topology: its lines
                                       in DIR/results.txt are replaced, the report rewritten
     scripts/bench.py --report-only RESULTS.txt [--out DIR]   rewrite the report from raw lines
 """
@@ -229,6 +234,114 @@ class MapLab:
             raise RuntimeError("guest dmesg:\n" + "\n".join(bad[:20]))
         self.meta["map_load_after"] = "%.1f" % os.getloadavg()[0]
         return [f"meta {k}={v}" for k, v in self.meta.items()] + self.raw
+
+
+class IsolatedLab(Bench):
+    """The isolated topology beside one device: /dev/ivshmem0 the doorbell (1 MiB), 1 and 2 the
+    guests' own devices (each read-only in the other guest), 3 a shared plain device."""
+
+    ROUNDS = 5
+    PAIR = {1: "-d 1 --peer-device 2 --doorbell 0", 2: "-d 2 --peer-device 1 --doorbell 0"}
+
+    def env(self):
+        e = env(IVSHMEM_TOPOLOGY="isolated")
+        e.update(IVSHMEM_NET="0", IVSHMEM_EXTRA_SHM="64M")
+        return e
+
+    def boot(self):
+        self.stop()
+        os.makedirs(RUN, exist_ok=True)
+        lab.remove_backing(SHM)
+        subprocess.run(["bash", os.path.join(ROOT, "scripts/initramfs.sh"), os.path.join(RUN, "initramfs.cpio.gz"),
+                        os.path.join(ROOT, "ivshmem.ko"), TOOLS], check=True)
+        subprocess.run(["bash", os.path.join(ROOT, "scripts/start.sh"), os.path.join(RUN, "initramfs.cpio.gz")],
+                       env=self.env(), check=True)
+        self.guests = [lab.Guest(i, RUN) for i in (1, 2)]
+        for g in self.guests:
+            g.wait_ready(300)
+        for g in (1, 2):
+            self.sh(g, "insmod /ivshmem.ko")
+
+    def stop(self):
+        for g in self.guests:
+            g.close()
+        self.guests = []
+        subprocess.run(["bash", os.path.join(ROOT, "scripts/stop.sh")], env=self.env(), check=False)
+        lab.remove_backing(SHM)
+
+    def tagged(self, lines, topology, r):
+        tagged = [f"{ln} topology={topology} round={r}" for ln in lines]
+        self.raw = self.raw[:-len(lines)] + tagged if lines else self.raw
+
+    def run(self):
+        secs = self.seconds
+        print("==> isolated topology beside one device (spin; rounds alternate)", flush=True)
+        for r in range(self.ROUNDS):
+            for topology, dev in (("shared", {1: "-d 3", 2: "-d 3"}), ("isolated", self.PAIR)):
+                self.tagged(self.pair(f"ivshmem-bench stream --listen {dev[2]} --wait spin --channel s{r}",
+                                      f"ivshmem-bench stream {dev[1]} --wait spin --channel s{r} --seconds {secs} "
+                                      "--modes copy --sizes 4K,64K,1M"), topology, r)
+                self.tagged(self.pair(f"ivshmem-bench rtt --listen {dev[2]} --wait spin --channel r{r}",
+                                      f"ivshmem-bench rtt {dev[1]} --wait spin --channel r{r} --rounds 20000"),
+                            topology, r)
+        self.tagged(self.pair(f"ivshmem-bench rtt --listen {self.PAIR[2]} --wait doorbell --channel d",
+                              f"ivshmem-bench rtt {self.PAIR[1]} --wait doorbell --channel d --rounds 5000"),
+                    "isolated", 0)
+        return [f"meta iso_date={datetime.date.today().isoformat()}"] + self.raw
+
+
+def isolated_lab(seconds):
+    """Boots the isolated lab, measures, stops; returns its raw lines."""
+    b = IsolatedLab(seconds)
+    try:
+        b.boot()
+        return b.run()
+    finally:
+        b.stop()
+
+
+def isolated_section(rows, meta):
+    """The report's lines on the isolated topology, from the rows tagged with a topology."""
+    rows = [f for k, f in rows if "topology" in f and k in ("stream", "rtt")]
+    if not rows:
+        return []
+
+    def med(kind, topology, key, size=None, rnd=None):
+        vals = [f[key] for f in rows if f["topology"] == topology and key in f
+                and (size is None or int(f["size"]) == size) and (kind != "rtt" or f.get("wait") == "spin")
+                and (rnd is None or int(f.get("round", -1)) == rnd)]
+        return statistics.median(vals) if vals else None
+
+    out = ["", f"## The isolated topology beside one device ({meta.get('iso_date', '?')})", "",
+           "Two guests in `IVSHMEM_TOPOLOGY=isolated` (doorbell mode) with a 64 MiB plain device both write "
+           "beside: the same channels through a pair (`-d OWN --peer-device PEER`: each guest writes only its own "
+           "device and maps the other's read-only, QEMU `readonly=on`) and through the shared device, "
+           f"alternately, {IsolatedLab.ROUNDS} rounds in one boot, spinning; medians, and the ratio of each "
+           "round. Under TCG on a shared host the rounds spread widely: a ratio means something only where the "
+           "rounds agree.", "",
+           "| figure | one device | isolated | isolated / one device | per round |",
+           "|---|---:|---:|---:|---|"]
+
+    def spread(kind, key, size=None):
+        """The ratios isolated / one device of each round (measured back to back)."""
+        def one(topology, r):
+            return med(kind, topology, key, size, r)
+        ratios = [one("isolated", r) / one("shared", r) for r in range(IsolatedLab.ROUNDS)
+                  if one("isolated", r) and one("shared", r)]
+        return f"{min(ratios):.2f} to {max(ratios):.2f}" if ratios else "–"
+    for size in (4 << 10, 64 << 10, 1 << 20):
+        a, b = med("stream", "shared", "mbps", size), med("stream", "isolated", "mbps", size)
+        if a and b:
+            out.append(f"| streaming {size_name(size)} messages, MB/s | {a:,.1f} | {b:,.1f} | {b / a:.2f} "
+                       f"| {spread('stream', 'mbps', size)} |")
+    a, b = med("rtt", "shared", "p50_us"), med("rtt", "isolated", "p50_us")
+    if a and b:
+        out.append(f"| 64-byte round trip p50, µs | {a:.2f} | {b:.2f} | {b / a:.2f} | {spread('rtt', 'p50_us')} |")
+    d = [f for f in rows if f.get("wait") == "doorbell"]
+    if d:
+        out += ["", f"With the doorbell device for the wake-ups (every wait sleeps): 64-byte round trip p50 "
+                f"{d[0]['p50_us']:.1f} µs, p99 {d[0]['p99_us']:.1f} µs through the pair."]
+    return out
 
 
 def map_lab(big, rounds):
@@ -457,7 +570,9 @@ def report(raw, meta, out_dir):
     """Writes README.md, throughput.svg, rtt.svg and map.svg into out_dir from the raw lines (the
     caller writes results.txt, with the meta lines); returns the headline figures."""
     os.makedirs(out_dir, exist_ok=True)
-    rows = [(ln.split()[0], fields(ln)) for ln in raw]
+    all_rows = [(ln.split()[0], fields(ln)) for ln in raw]
+    # The isolated topology's lines have a section of their own.
+    rows = [(k, f) for k, f in all_rows if "topology" not in f]
     memcpy = {}
     for kind, f in rows:
         if kind == "memcpy":
@@ -590,6 +705,7 @@ def report(raw, meta, out_dir):
     target("doorbell round trip below TCP's (p50)", f"{f2(head['doorbell'])} vs {f2(head['tcp_rtt'])} µs",
            bool(head["doorbell"] and head["tcp_rtt"] and head["doorbell"] < head["tcp_rtt"]))
     md += map_section(rows, meta, out_dir)
+    md += isolated_section(all_rows, meta)
     md += ["", "Raw lines: [results.txt](results.txt).", ""]
     with open(os.path.join(out_dir, "README.md"), "w") as f:
         f.write("\n".join(md))
@@ -626,13 +742,18 @@ def is_map_line(ln):
     return re.match(r"^(map |mapref |meta map_)", ln) is not None
 
 
+def is_isolated_line(ln):
+    return " topology=" in ln or ln.startswith("meta iso_")
+
+
 def main():
     args = sys.argv[1:]
     seconds = 2.0
     out_dir = os.path.join(ROOT, "userspace/bench")
     rewrite = None
     only_map = bool(args) and args[0] == "map"
-    if only_map:
+    only_iso = bool(args) and args[0] == "isolated"
+    if only_map or only_iso:
         args = args[1:]
     big, rounds = "4G", 5
     while args:
@@ -655,11 +776,14 @@ def main():
         # Rewrites the report from a results.txt (e.g. after a change to this script).
         rewrite_report(open(rewrite).read().splitlines(), out_dir)
         return 0
-    if only_map:
-        # The other sections keep their lines: only the map lines of results.txt are replaced.
+    if only_map or only_iso:
+        # The other sections keep their lines: only this section's lines of results.txt are replaced.
         results = os.path.join(out_dir, "results.txt")
         kept = open(results).read().splitlines() if os.path.exists(results) else []
-        raw = [ln for ln in kept if not is_map_line(ln)] + map_lab(big, rounds)
+        if only_map:
+            raw = [ln for ln in kept if not is_map_line(ln)] + map_lab(big, rounds)
+        else:
+            raw = [ln for ln in kept if not is_isolated_line(ln)] + isolated_lab(seconds)
         rewrite_report(raw, out_dir)
         print(f"report: {os.path.relpath(out_dir, ROOT)}/README.md")
         return 0
@@ -675,7 +799,7 @@ def main():
         b.stop()
         if os.path.exists(SHM):
             os.unlink(SHM)
-    raw = [f"meta {k}={v}" for k, v in meta.items()] + b.raw + map_lab(big, rounds)
+    raw = [f"meta {k}={v}" for k, v in meta.items()] + b.raw + map_lab(big, rounds) + isolated_lab(seconds)
     head = rewrite_report(raw, out_dir)
     print(f"report: {os.path.relpath(out_dir, ROOT)}/README.md")
     for k, v in head.items():

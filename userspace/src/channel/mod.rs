@@ -13,6 +13,12 @@
 //! violation is a [`ChannelError::Corrupt`], never a panic, an access outside the region or a
 //! hang.
 //!
+//! On a pair ([`Region::map_pair`], [`open_region_pair`]: the isolated topology) an end's own
+//! memory and its peer's are two devices, the peer's mapped read-only here and by the
+//! hypervisor in the peer's guest: each end allocates and writes in its own arena only and
+//! finds the other side's blocks in the peer's (`conn_layout::Arenas`), so the protocol is the
+//! same and a peer cannot touch this end's memory at all.
+//!
 //! ```
 //! use ivshmem::channel::{Channel, Kind, Options, Region};
 //!
