@@ -114,23 +114,27 @@ def sha(s, g, tag):
     return out.split()[0] if out.split() else ""
 
 
-def transfer(s, dev, receiver_first, size, ch="pipe", seed=11, pair=(1, 2)):
+def transfer(s, dev, receiver_first, size, ch="pipe", seed=11, pair=(1, 2), rx_dev=None, tx_extra="",
+             rx_extra=""):
     """`size` bytes of pattern `seed` from guest pair[0] to guest pair[1] over channel `ch` of
-    `dev`: both ends exit 0 and the sha256 of what was sent and of what arrived are the host's."""
+    `dev` (the receiver's `rx_dev`, if another; `tx_extra` and `rx_extra` more options of each
+    end): both ends exit 0 and the sha256 of what was sent and of what arrived are the host's.
+    How long it took."""
     tx, rx = pair
+    rx_dev = rx_dev or dev
     # What the sender must send, computed on the host by the same tool.
     want = subprocess.run(f"{os.path.join(kinds.HOST_TOOLS, 'ivshmem')} pattern --seed {seed} --len {size} "
                           "| sha256sum", shell=True, check=True, capture_output=True, text=True).stdout.split()[0]
     started = time.monotonic()
     if receiver_first:
-        start_recv(s, rx, dev, ch, seed, "rx", check_pattern=False)
+        start_recv(s, rx, rx_dev, ch, seed, "rx", rx_extra, check_pattern=False)
         s.sh(rx, "sleep 1")
-        start_send(s, tx, dev, ch, seed, size, "tx")
+        start_send(s, tx, dev, ch, seed, size, "tx", tx_extra)
     else:
-        start_send(s, tx, dev, ch, seed, size, "tx")
+        start_send(s, tx, dev, ch, seed, size, "tx", tx_extra)
         s.sh(tx, "sleep 1")
-        start_recv(s, rx, dev, ch, seed, "rx", check_pattern=False)
-    sent = finished(s, tx, "tx", 900)
+        start_recv(s, rx, rx_dev, ch, seed, "rx", rx_extra, check_pattern=False)
+    sent = finished(s, tx, "tx", 1800)
     got = finished(s, rx, "rx", 120)
     secs = time.monotonic() - started
     check("exit=0" in sent, f"sender:\n{sent}")
@@ -139,6 +143,7 @@ def transfer(s, dev, receiver_first, size, ch="pipe", seed=11, pair=(1, 2)):
     check(a == want and b == want, f"sha256 sender {a!r}, receiver {b!r}, host {want!r}")
     measured(f"{size >> 20} MiB through /dev/ivshmem{dev[-1]} in {secs:.1f} s "
              "(generation, tee and sha256 on one vCPU each)")
+    return secs
 
 
 def test_module_loaded_in_both_guests_with_a_doorbell_and_a_plain_device(s):

@@ -12,15 +12,12 @@ changes nothing, while the same scribbling on the shared device ends a transfer 
 ivshmem-socket connections; a killed sender; a wrong topology; clean dmesg, no leaks."""
 
 import hashlib
-import os
 import re
-import subprocess
 import time
 
 import pytest
-from test_channel import finished, sha, start_recv, start_send
+from test_channel import finished, start_recv, start_send, transfer
 
-import kinds
 from helpers import full, measured
 from lab import check
 
@@ -51,11 +48,6 @@ def devices(g):
     return f"-d {OWN[g]} {peer(g)}"
 
 
-def host_sha(seed, size):
-    return subprocess.run(f"{os.path.join(kinds.HOST_TOOLS, 'ivshmem')} pattern --seed {seed} --len {size} "
-                          "| sha256sum", shell=True, check=True, capture_output=True, text=True).stdout.split()[0]
-
-
 def file_sha(path):
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
@@ -79,25 +71,9 @@ def scribbled(s, g, tag):
 
 def isolated_transfer(s, size, seed, ch, receiver_first=True, tx=1):
     """`size` bytes of pattern `seed` from guest tx to the other over channel `ch` in the isolated
-    topology: both ends exit 0, and both sides' sha256 are the host's."""
+    topology: both ends exit 0, and both sides' sha256 are the host's (test_channel.transfer)."""
     rx = 3 - tx
-    want = host_sha(seed, size)
-    started = time.monotonic()
-    if receiver_first:
-        start_recv(s, rx, OWN[rx], ch, seed, "rx", peer(rx), check_pattern=False)
-        s.sh(rx, "sleep 1")
-    start_send(s, tx, OWN[tx], ch, seed, size, "tx", peer(tx))
-    if not receiver_first:
-        s.sh(tx, "sleep 1")
-        start_recv(s, rx, OWN[rx], ch, seed, "rx", peer(rx), check_pattern=False)
-    sent = finished(s, tx, "tx", 1800)
-    got = finished(s, rx, "rx", 120)
-    secs = time.monotonic() - started
-    check("exit=0" in sent, f"sender:\n{sent}")
-    check("exit=0" in got, f"receiver:\n{got}")
-    a, b = sha(s, tx, "tx"), sha(s, rx, "rx")
-    check(a == want and b == want, f"sha256 sender {a!r}, receiver {b!r}, host {want!r}")
-    return secs
+    return transfer(s, OWN[tx], receiver_first, size, ch, seed, (tx, rx), OWN[rx], peer(tx), peer(rx))
 
 
 def test_stores_into_the_other_guests_device_do_not_stick_and_the_host_file_keeps_its_bytes(s):

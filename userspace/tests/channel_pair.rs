@@ -19,15 +19,11 @@ fn opts() -> Options {
         .open_timeout(Duration::from_secs(20))
 }
 
-/// The bytes of stream `seed` at `pos..pos + len`.
+/// The bytes of stream `seed` at `pos..pos + len` (the crate's reproducible pattern).
 fn pattern(seed: u64, pos: u64, len: usize) -> Vec<u8> {
-    (pos..pos + len as u64)
-        .map(|p| {
-            let mut z = seed ^ p.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-            z = (z ^ (z >> 31)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            (z >> 29) as u8
-        })
-        .collect()
+    let mut v = vec![0u8; len];
+    ivshmem::pattern::fill(seed, pos, &mut v);
+    v
 }
 
 /// Two zeroed files of `len` bytes in /dev/shm (removed when the test ends).
