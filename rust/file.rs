@@ -25,9 +25,9 @@ use kernel::{
 };
 
 use crate::{
-    compat::FilePins,
     doorbell::Seen,
     file_mappings::FileMappings,
+    file_pins::FilePins,
     shared::Shared,
     slots::Slot,
     uapi,

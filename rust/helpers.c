@@ -2,7 +2,7 @@
 /*
  * Macros and inline functions the Rust side needs, which bindgen cannot reach:
  * pgprot_noncached() (a macro on x86; vma_pfn.rs), pgprot_writecombine() (a macro on arm64;
- * vma_pfn.rs) and try_module_get() (compat.rs, 7.2 only).
+ * vma_pfn.rs) and try_module_get() (file_pins.rs: kernels whose misc devices leave `owner` unset).
  */
 #include <linux/build_bug.h>
 #include <linux/mm.h>

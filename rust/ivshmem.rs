@@ -18,6 +18,7 @@ mod doorbell;
 mod eventfd;
 mod file;
 mod file_mappings;
+mod file_pins;
 mod mem_region;
 mod mm_users;
 mod msix;
@@ -171,12 +172,12 @@ impl pci::Driver for IvshmemDriver {
 }
 
 /// The module: the device numbers' lock, then the PCI driver; the pins of open files go last
-/// (`compat::FilePins`: by then no file is open).
+/// (`file_pins::FilePins`: by then no file is open).
 #[pin_data]
 struct IvshmemModule {
     #[pin]
     _driver: kernel::driver::Registration<pci::Adapter<IvshmemDriver>>,
-    _pins: compat::FilePins,
+    _pins: file_pins::FilePins,
 }
 
 impl kernel::InPlaceModule for IvshmemModule {
@@ -188,7 +189,7 @@ impl kernel::InPlaceModule for IvshmemModule {
                 <Self as kernel::ModuleMetadata>::NAME,
                 module,
             ),
-            _pins: compat::FilePins::new(),
+            _pins: file_pins::FilePins::new(),
         })
     }
 }
