@@ -73,8 +73,8 @@ impl Doorbell {
                 alive: true,
                 counts: [0; MAX],
                 eventfds: [const { None }; MAX],
-            }),
-            waiters <- new_condvar!(),
+            }, "ivshmem::Doorbell::events"),
+            waiters <- new_condvar!("ivshmem::Doorbell::waiters"),
         })
     }
 

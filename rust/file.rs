@@ -56,7 +56,7 @@ impl DeviceNode {
     /// it exists, so `shared` is in place first.
     pub(crate) fn new(shared: Arc<Shared>, slot: Slot) -> impl PinInit<Self, Error> {
         let name: *const CStr = slot.name();
-        // SAFETY: the name is a heap buffer owned by `slot`, which does not move it; `slot`
+        // SAFETY: The name is a heap buffer owned by `slot`, which does not move it; `slot`
         // becomes a field of the node and is dropped after `reg` (field order), so the name
         // outlives the registration that keeps a pointer to it.
         let name: &'static CStr = unsafe { &*name };
@@ -70,7 +70,7 @@ impl DeviceNode {
 
     fn from_registration(reg: &MiscDeviceRegistration<IvshmemFile>) -> &Self {
         let reg: *const _ = reg;
-        // SAFETY: by the type invariant `reg` is the `reg` field of a `DeviceNode`, which lives
+        // SAFETY: By the type invariant `reg` is the `reg` field of a `DeviceNode`, which lives
         // at least as long as the borrow of `reg`.
         unsafe { &*kernel::container_of!(reg, Self, reg) }
     }
@@ -123,7 +123,7 @@ impl MiscDevice for IvshmemFile {
             }),
             GFP_KERNEL,
         )?;
-        // SAFETY: the entry is removed in `drop`, which runs when the file is released.
+        // SAFETY: The entry is removed in `drop`, which runs when the file is released.
         let mappings = unsafe { FileMappings::new(file)? };
         this.shared.add_file(this.id(), mappings)?;
         FilePins::pin(file)?;

@@ -18,9 +18,9 @@ use core::ptr::NonNull;
 /// `0` is the `f_mapping` of a file that stays open for as long as this value exists.
 pub(crate) struct FileMappings(NonNull<bindings::address_space>);
 
-// SAFETY: an `address_space` may be used from any thread; `unmap_mapping_range` locks it.
+// SAFETY: An `address_space` may be used from any thread; `unmap_mapping_range` locks it.
 unsafe impl Send for FileMappings {}
-// SAFETY: the only operation, `zap_all`, takes the `address_space`'s own locks.
+// SAFETY: The only operation, `zap_all`, takes the `address_space`'s own locks.
 unsafe impl Sync for FileMappings {}
 
 impl FileMappings {
@@ -44,7 +44,7 @@ impl FileMappings {
     /// Removes every page-table entry of every user mapping of the file. A PFN mapping has no
     /// `fault` handler, so a later access raises `SIGBUS` instead of reaching stale memory.
     pub(crate) fn zap_all(&self) {
-        // SAFETY: by the type invariant the mapping is alive; a length of 0 means "to the end".
+        // SAFETY: By the type invariant the mapping is alive; a length of 0 means "to the end".
         unsafe { bindings::unmap_mapping_range(self.0.as_ptr(), 0, 0, 1) };
     }
 }

@@ -49,17 +49,17 @@ impl FilePins {
     pub(crate) fn pin(file: &File) -> Result {
         let raw = file.as_ptr();
         let owner = crate::compat::this_module();
-        // SAFETY: the file is being opened by `misc_open`, which set `f_op` to the
+        // SAFETY: The file is being opened by `misc_open`, which set `f_op` to the
         // registration's operations, a constant of this module.
         let ops = unsafe { (*raw).f_op };
-        // SAFETY: as above, `ops` points to valid operations.
+        // SAFETY: As above, `ops` points to valid operations.
         if !unsafe { (*ops).owner }.is_null() {
             // The VFS pins the owner itself.
             return Ok(());
         }
         let mut fops = OWNED_FOPS.load(Acquire);
         if fops.is_null() {
-            // SAFETY: as above, `ops` points to valid operations.
+            // SAFETY: As above, `ops` points to valid operations.
             let mut copy = unsafe { ops.read() };
             copy.owner = owner;
             let new = KBox::into_raw(KBox::new(copy, GFP_KERNEL)?);

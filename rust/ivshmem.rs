@@ -182,7 +182,7 @@ struct IvshmemModule {
 
 impl kernel::InPlaceModule for IvshmemModule {
     fn init(module: &'static kernel::ThisModule) -> impl PinInit<Self, Error> {
-        // SAFETY: module init runs once, before the driver is registered and can probe.
+        // SAFETY: Module init runs once, before the driver is registered and can probe.
         unsafe { slots::init() };
         try_pin_init!(Self {
             _driver <- kernel::driver::Registration::new(

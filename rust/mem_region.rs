@@ -39,10 +39,10 @@ struct PatRecord {
     addr: NonNull<c_void>,
 }
 
-// SAFETY: the mapping is an address only; `iounmap()` may run on any thread.
+// SAFETY: The mapping is an address only; `iounmap()` may run on any thread.
 #[cfg(CONFIG_X86_PAT)]
 unsafe impl Send for PatRecord {}
-// SAFETY: nothing is done through a shared reference.
+// SAFETY: Nothing is done through a shared reference.
 #[cfg(CONFIG_X86_PAT)]
 unsafe impl Sync for PatRecord {}
 
@@ -53,11 +53,11 @@ impl PatRecord {
     fn new(start: u64, len: u64, mode: CacheMode) -> Result<Self> {
         let size = usize::try_from(len).map_err(|_| EINVAL)?;
         let addr = match mode {
-            // SAFETY: the range is claimed by the caller; the mapping is never accessed.
+            // SAFETY: The range is claimed by the caller; the mapping is never accessed.
             CacheMode::WriteBack => unsafe { bindings::ioremap_cache(start, size) },
-            // SAFETY: as above.
+            // SAFETY: As above.
             CacheMode::WriteCombining => unsafe { bindings::ioremap_wc(start, size) },
-            // SAFETY: as above; `ioremap()` maps uncached-minus, the type of a sysfs
+            // SAFETY: As above; `ioremap()` maps uncached-minus, the type of a sysfs
             // `resource` file.
             CacheMode::Uncached => unsafe { bindings::ioremap(start, size) },
         };
@@ -71,7 +71,7 @@ impl PatRecord {
 #[cfg(CONFIG_X86_PAT)]
 impl Drop for PatRecord {
     fn drop(&mut self) {
-        // SAFETY: by the type invariant `addr` came from `ioremap*()` and is unmapped only here.
+        // SAFETY: By the type invariant `addr` came from `ioremap*()` and is unmapped only here.
         unsafe { bindings::iounmap(self.addr.as_ptr()) };
     }
 }
@@ -144,7 +144,7 @@ impl Drop for MemRegion {
     fn drop(&mut self) {
         // The kernel mapping goes before the range is given back.
         self.cache = None;
-        // SAFETY: by the type invariant the range was claimed by `request` and not yet released.
+        // SAFETY: By the type invariant the range was claimed by `request` and not yet released.
         unsafe { bindings::release_mem_region(self.start, self.len) };
     }
 }

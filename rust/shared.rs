@@ -138,7 +138,7 @@ impl Shared {
                     files: KVec::new(),
                     mms: KVec::new(),
                     vmas: 0,
-                }),
+                }, "ivshmem::Shared::state"),
             }),
             GFP_KERNEL,
         )

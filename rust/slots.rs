@@ -11,7 +11,7 @@ use kernel::{
 };
 
 kernel::sync::global_lock! {
-    // SAFETY: initialised by `init`, which the module calls before registering the driver.
+    // SAFETY: Initialised by `init`, which the module calls before registering the driver.
     unsafe(uninit) static NUMBERS: Mutex<Option<IdPool>> = None;
 }
 
@@ -21,7 +21,7 @@ kernel::sync::global_lock! {
 ///
 /// Called exactly once, before any [`Slot::take`].
 pub(crate) unsafe fn init() {
-    // SAFETY: the caller calls this once, before any other use of `NUMBERS`.
+    // SAFETY: The caller calls this once, before any other use of `NUMBERS`.
     unsafe { NUMBERS.init() };
 }
 

@@ -27,13 +27,13 @@ use crate::uapi::{
 // SAFETY: `IvshmemInfo` is `repr(C)` with integer fields only and no padding (8 + 4 * 4 + 16 +
 // 24 bytes, checked below), so every byte of it is initialised.
 unsafe impl AsBytes for IvshmemInfo {}
-// SAFETY: any bit pattern is a valid `IvshmemInfo`: it holds integers only.
+// SAFETY: Any bit pattern is a valid `IvshmemInfo`: it holds integers only.
 unsafe impl FromBytes for IvshmemInfo {}
 // SAFETY: `repr(C)`, two `u32`: no padding, and any bit pattern is valid.
 unsafe impl FromBytes for IvshmemRing {}
 // SAFETY: `repr(C)`, `u32`, `i32`, `u64`: no padding, and any bit pattern is valid.
 unsafe impl FromBytes for IvshmemWait {}
-// SAFETY: as above: every byte is initialised.
+// SAFETY: As above: every byte is initialised.
 unsafe impl AsBytes for IvshmemWait {}
 // SAFETY: `repr(C)`, `u32` and `i32`: no padding, and any bit pattern is valid.
 unsafe impl FromBytes for IvshmemEventfd {}

@@ -96,10 +96,10 @@ fn set_cache_mode(vma: &VmaNew, mode: CacheMode) {
     let prot = unsafe { (*raw).vm_page_prot };
     let prot = match mode {
         CacheMode::WriteBack => prot,
-        // SAFETY: computes a protection value; no memory is touched (a C wrapper around
+        // SAFETY: Computes a protection value; no memory is touched (a C wrapper around
         // `pgprot_writecombine()`, a macro on arm64).
         CacheMode::WriteCombining => unsafe { ivshmem_pgprot_writecombine(prot) },
-        // SAFETY: as above (a C wrapper around the `pgprot_noncached()` macro).
+        // SAFETY: As above (a C wrapper around the `pgprot_noncached()` macro).
         CacheMode::Uncached => unsafe { ivshmem_pgprot_noncached(prot) },
     };
     // SAFETY: `vma` is being set up with the mmap lock held for writing, so `vm_page_prot` may
@@ -130,10 +130,10 @@ pub(crate) fn install<T: PfnSource>(vma: &VmaNew, source: Arc<T>, mode: CacheMod
     unsafe { (*raw).__bindgen_anon_2.vm_flags |= flags::PFNMAP };
     set_cache_mode(vma, mode);
     let source = Arc::into_raw(source).cast_mut().cast::<c_void>();
-    // SAFETY: as above, `vm_private_data` of a VMA under setup is ours to set. The reference
+    // SAFETY: As above, `vm_private_data` of a VMA under setup is ours to set. The reference
     // moved into it is given back in `Ops::close`.
     unsafe { (*raw).vm_private_data = source };
-    // SAFETY: as above, for `vm_ops`; `VTABLE` is a promoted constant, so it lives forever.
+    // SAFETY: As above, for `vm_ops`; `VTABLE` is a promoted constant, so it lives forever.
     unsafe { (*raw).vm_ops = &Ops::<T>::VTABLE };
     Ok(())
 }
@@ -200,13 +200,13 @@ impl<T: PfnSource> Ops<T> {
     ///
     /// Called by the kernel with a valid VMA that was copied from one of `Self`.
     unsafe extern "C" fn open(vma: *mut bindings::vm_area_struct) {
-        // SAFETY: the copy's `vm_private_data` and `vm_ops` are the original's (see `install`).
+        // SAFETY: The copy's `vm_private_data` and `vm_ops` are the original's (see `install`).
         let source = unsafe { Self::source(vma) };
-        // SAFETY: the original VMA holds a reference for as long as this call runs.
+        // SAFETY: The original VMA holds a reference for as long as this call runs.
         let copy: Arc<T> = unsafe { ArcBorrow::from_raw(source) }.into();
         // The copy's reference, released in `close`.
         let _ = Arc::into_raw(copy);
-        // SAFETY: the kernel copies VMAs with the mmap lock held for writing.
+        // SAFETY: The kernel copies VMAs with the mmap lock held for writing.
         source.vma_opened(unsafe { VmaRef::from_raw(vma) });
     }
 
@@ -214,7 +214,7 @@ impl<T: PfnSource> Ops<T> {
     ///
     /// Called by the kernel, once, with a valid VMA of `Self` that goes away.
     unsafe extern "C" fn close(vma: *mut bindings::vm_area_struct) {
-        // SAFETY: the reference taken by `install` or `open` for this VMA, released only here.
+        // SAFETY: The reference taken by `install` or `open` for this VMA, released only here.
         let source = unsafe { Arc::from_raw((*vma).vm_private_data.cast::<T>().cast_const()) };
         source.vma_closed();
     }
@@ -223,7 +223,7 @@ impl<T: PfnSource> Ops<T> {
     ///
     /// Called by the kernel with a valid `vm_fault` of a VMA of `Self`.
     unsafe extern "C" fn fault(vmf: *mut bindings::vm_fault) -> bindings::vm_fault_t {
-        // SAFETY: same contract.
+        // SAFETY: Same contract.
         unsafe { Self::huge_fault(vmf, 0) }
     }
 
@@ -253,10 +253,10 @@ impl<T: PfnSource> Ops<T> {
                 (*vmf).flags & bindings::fault_flag_FAULT_FLAG_WRITE != 0,
             )
         };
-        // SAFETY: the faulting VMA is valid and locked (mmap or per-VMA lock) for the call.
+        // SAFETY: The faulting VMA is valid and locked (mmap or per-VMA lock) for the call.
         let locked = unsafe { VmaRef::from_raw(vma) };
         let (start, end) = (locked.start(), locked.end());
-        // SAFETY: as above; `vm_pgoff` does not change while the VMA is locked.
+        // SAFETY: As above; `vm_pgoff` does not change while the VMA is locked.
         let pgoff = unsafe { (*vma).vm_pgoff };
         let huge = match order {
             0 => false,
@@ -280,7 +280,7 @@ impl<T: PfnSource> Ops<T> {
                     // SAFETY: `vma` is the faulting VMA, a shared `VM_PFNMAP` one (`install`);
                     // `pfn` lies inside the claimed region (checked by `Entry::pfn`).
                     0 => unsafe { bindings::vmf_insert_pfn(vma, address, pfn) },
-                    // SAFETY: as above; the PMD-sized entry lies inside the VMA and the region
+                    // SAFETY: As above; the PMD-sized entry lies inside the VMA and the region
                     // and starts at a PMD-aligned PFN (checked by `Entry`).
                     #[cfg(CONFIG_ARCH_SUPPORTS_PMD_PFNMAP)]
                     PMD_ORDER => unsafe { bindings::vmf_insert_pfn_pmd(vmf, pfn, write) },

@@ -98,14 +98,14 @@ impl<'bound, T: IrqHandler> MsixHandlers<'bound, T> {
         mut handler: impl FnMut(usize) -> T,
     ) -> Result<Self> {
         let vectors = vectors.0;
-        // SAFETY: the registration lives in a box whose address does not change, and it is
+        // SAFETY: The registration lives in a box whose address does not change, and it is
         // dropped after every handler that borrows it (field order of `Self`), so extending
         // the borrow to `'bound` never lets a handler outlive the vectors.
         let vref: &'bound pci::IrqVectorRegistration<'bound> =
             unsafe { &*core::ptr::from_ref(&*vectors) };
         let mut handlers = KVec::new();
         for i in 0..vref.len() {
-            // SAFETY: the registration is kept in `handlers` and dropped normally, never
+            // SAFETY: The registration is kept in `handlers` and dropped normally, never
             // forgotten.
             let reg = unsafe {
                 irq::Registration::new(
