@@ -28,10 +28,10 @@ use crate::{
     doorbell::Seen,
     file_mappings::FileMappings,
     file_pins::FilePins,
+    mem_region::CacheMode,
     shared::Shared,
     slots::Slot,
-    uapi,
-    vma_pfn::CacheMode, //
+    uapi, //
 };
 
 /// The registration of one `/dev/ivshmemN`, with the device state its files need.

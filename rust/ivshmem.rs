@@ -30,6 +30,7 @@ mod uapi_abi;
 mod vma_pfn;
 
 use file::DeviceNode;
+use mem_region::CacheMode;
 use mem_region::MemRegion;
 use msix::{
     Interrupts,
@@ -45,7 +46,6 @@ use shared::{
     Shared, //
 };
 use slots::Slot;
-use vma_pfn::CacheMode;
 
 const NAME: &CStr = c"ivshmem";
 

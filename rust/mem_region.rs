@@ -19,7 +19,16 @@ use kernel::{
 #[cfg(CONFIG_X86_PAT)]
 use core::ptr::NonNull;
 
-use crate::vma_pfn::CacheMode;
+/// How the CPU caches a user mapping of the shared memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CacheMode {
+    /// Write-back: the default. ivshmem's BAR2 is ordinary host RAM.
+    WriteBack,
+    /// Write-combining.
+    WriteCombining,
+    /// Uncached (UC-): what the sysfs `resource2` file gives.
+    Uncached,
+}
 
 /// The cache type of a whole [`MemRegion`] and, with PAT, the kernel mapping that records it.
 struct CacheReservation {

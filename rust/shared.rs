@@ -48,13 +48,15 @@ use crate::{
         Regs, //
     },
     file_mappings::FileMappings,
-    mem_region::MemRegion,
+    mem_region::{
+        CacheMode,
+        MemRegion, //
+    },
     mm_users::has_exited,
     uapi,
     vma_pfn::{
         self,
         vma_pgoff,
-        CacheMode,
         PfnSource, //
     },
 };

@@ -38,18 +38,10 @@ use kernel::{
 
 use core::marker::PhantomData;
 
-use crate::mem_region::MemRegion;
-
-/// How the CPU caches a user mapping of the shared memory.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum CacheMode {
-    /// Write-back: the default. ivshmem's BAR2 is ordinary host RAM.
-    WriteBack,
-    /// Write-combining.
-    WriteCombining,
-    /// Uncached (UC-): what the sysfs `resource2` file gives.
-    Uncached,
-}
+use crate::mem_region::{
+    CacheMode,
+    MemRegion, //
+};
 
 /// `PMD_ORDER`. bindgen finds it where `PMD_SHIFT` is a number (x86), not on arm64, where
 /// `PMD_SHIFT` is `ARM64_HW_PGTABLE_LEVEL_SHIFT(2)`: `PAGE_SHIFT - 3` bits above `PAGE_SHIFT`
