@@ -228,12 +228,9 @@ mod tests {
         assert!(a.free(&b));
         let c = a.alloc(1, 1, Duration::from_secs(1)).unwrap();
         assert_eq!(c.head, b.head);
-        // SAFETY: as above.
-        assert_eq!(
-            unsafe { r.as_ptr().add(a.offset(&c) as usize + 5).read() },
-            0,
-            "zeroed"
-        );
+        // SAFETY: As above.
+        let byte = unsafe { r.as_ptr().add(a.offset(&c) as usize + 5).read() };
+        assert_eq!(byte, 0, "zeroed");
         assert!(Arena::new(&r, 100, 4096).is_err());
         assert!(
             Arena::new(&r, 0, 4096).is_err(),
