@@ -27,7 +27,9 @@ mod shared;
 mod slots;
 pub mod uapi;
 mod uapi_abi;
+mod vm_ops;
 mod vma_pfn;
+mod vma_pfnmap;
 
 use file::DeviceNode;
 use mem_region::CacheMode;

@@ -52,13 +52,13 @@ use crate::{
         CacheMode,
         MemRegion, //
     },
-    mm_users::has_exited,
+    mm_users::MmExited,
     uapi,
     vma_pfn::{
         self,
-        vma_pgoff,
         PfnSource, //
     },
+    vma_pfnmap::VmaRefPgoff,
 };
 
 /// What stays fixed for the life of a device.
@@ -109,7 +109,7 @@ impl State {
 /// list by the number of live processes that mapped the device, however many come and go while
 /// a file stays open.
 fn forget_exited(mms: &mut KVec<ARef<Mm>>) {
-    mms.retain(|mm| !has_exited(mm));
+    mms.retain(|mm| !mm.has_exited());
 }
 
 /// State shared by the PCI driver and the device's open files.
@@ -188,7 +188,7 @@ impl Shared {
     /// physical range, so the device has one at a time). Entries are inserted at fault time.
     pub(crate) fn map(self: &Arc<Self>, vma: &VmaNew, mode: CacheMode) -> Result {
         let size = self.desc.size;
-        let offset = (vma_pgoff(vma) as u64)
+        let offset = (vma.pgoff() as u64)
             .checked_mul(kernel::page::PAGE_SIZE as u64)
             .ok_or(ENXIO)?;
         if offset >= size {
