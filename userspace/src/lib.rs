@@ -16,6 +16,7 @@ mod error;
 mod mapping;
 pub mod message;
 pub mod pattern;
+pub mod placed;
 pub mod server;
 pub mod sys;
 mod tool_error;

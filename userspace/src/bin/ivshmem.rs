@@ -4,12 +4,8 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use ivshmem::args::{device_path, Args};
+use ivshmem::placed::{self, PlacedMapping};
 use ivshmem::{pattern, sys, uapi, CacheType, Device, ToolError};
-
-#[path = "common/aligned.rs"]
-#[allow(dead_code)]
-mod aligned;
-use aligned::Aligned;
 
 extern "C" fn ignore(_: i32) {}
 
@@ -110,7 +106,7 @@ fn window(args: &mut Args, start: u64, n: u64) -> Result<Window, ToolError> {
     let place = match (align, skew) {
         (None, None) => None,
         (a, s) => {
-            let align = a.map_or_else(|| aligned::natural_align(len as usize), |a| a as usize);
+            let align = a.map_or_else(|| placed::natural_align(len as usize), |a| a as usize);
             if !align.is_power_of_two() || align < 4096 {
                 return Err(ToolError::usage(format!(
                     "--align {align}: a power of two of at least 4096"
@@ -125,7 +121,7 @@ fn window(args: &mut Args, start: u64, n: u64) -> Result<Window, ToolError> {
 /// A mapping made by the library, or placed by the tool.
 enum Map {
     Lib(ivshmem::Mapping),
-    Own(Aligned),
+    Own(PlacedMapping),
 }
 
 impl Map {
@@ -167,13 +163,12 @@ fn map(r: &Range, w: &Window) -> Result<(Map, usize), ToolError> {
     let m = match w.place {
         None => Map::Lib(r.dev.map(w.offset, len).map_err(ToolError::Errno)?),
         Some((align, skew)) => {
-            let fd = std::os::fd::AsRawFd::as_raw_fd(&r.dev);
-            let prot = sys::PROT_READ | sys::PROT_WRITE;
+            let fd = std::os::fd::AsFd::as_fd(&r.dev);
             Map::Own(
-                Aligned::map(fd, w.offset, len, prot, align, skew).map_err(|e| {
+                PlacedMapping::new(fd, w.offset, len, align, skew).map_err(|e| {
                     ToolError::Failed(format!(
                         "{}: {}: mmap: {e}",
-                        aligned::errno_name(&e),
+                        placed::errno_name(&e),
                         r.dev.path()
                     ))
                 })?,

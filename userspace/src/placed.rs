@@ -1,56 +1,52 @@
-//! A device mapping at an address the tool picks: `address ≡ offset + skew (mod align)`.
+//! A shared mapping at an address the caller picks: `address ≡ offset + skew (mod align)`.
 //!
 //! The driver maps with 2 MiB entries only where the user address is congruent to
 //! the file offset modulo that size, and the kernel does not pick such addresses for a misc
-//! device. The tests need both kinds on purpose (skew 0 allows huge entries, a skew of 4 KiB
-//! forbids them), whatever address `Device::map` would choose: so the tool places the mapping
-//! with the library's own mechanism (`sys::map_placed`) and its own alignment and skew.
+//! device. [`crate::Device::map`] always places a mapping where huge entries can go; tests and
+//! tools that need both kinds on purpose (skew 0 allows huge entries, a skew of 4 KiB forbids
+//! them) place it themselves, with the same mechanism ([`sys::map_placed`]) and their own
+//! alignment and skew. Programs that just want the memory use [`crate::Device::map`].
 
 use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::ptr::NonNull;
 
-use ivshmem::sys;
+use crate::sys;
 
-pub const PAGE: usize = 4096;
-pub const HUGE_2M: usize = 2 << 20;
-pub const HUGE_1G: usize = 1 << 30;
+const PAGE: usize = 4096;
 
-/// The first address at or above `base` that is congruent to `offset + skew` modulo `align`
-/// (a power of two).
-pub fn place(base: usize, offset: u64, skew: usize, align: usize) -> usize {
-    let want = (offset as usize).wrapping_add(skew) & (align - 1);
-    base + (want.wrapping_sub(base) & (align - 1))
-}
-
-/// The alignment the library uses for `len` bytes (`sys::map_align`): 1 GiB from 1 GiB on,
+/// The alignment the library uses for `len` bytes ([`sys::map_align`]): 1 GiB from 1 GiB on,
 /// 2 MiB from 2 MiB on, else a page.
 pub fn natural_align(len: usize) -> usize {
     sys::map_align(len).max(PAGE)
 }
 
-/// The symbolic name of an error's errno (`EBUSY`), or its text.
+/// The symbolic name of an error's errno (`EBUSY`), or its text: how the tools name what made
+/// a [`PlacedMapping::new`] fail.
 pub fn errno_name(e: &io::Error) -> String {
     e.raw_os_error()
         .and_then(sys::errno::name)
         .map_or_else(|| e.to_string(), str::to_string)
 }
 
-/// A shared mapping placed by [`Aligned::map`], unmapped on drop.
+/// A shared, read-write mapping placed by [`PlacedMapping::new`], unmapped on drop.
+///
+/// As with [`crate::Mapping`], other processes or VMs may write the memory at any time, so
+/// this type hands out no references into it: copies in and out and single volatile words.
 #[derive(Debug)]
-pub struct Aligned {
+pub struct PlacedMapping {
     ptr: NonNull<u8>,
     len: usize,
 }
 
-impl Aligned {
-    /// Maps `len` bytes (a positive multiple of the page size) of `fd` from `offset`, shared,
-    /// with `prot`, at an address `a` with `a % align == (offset + skew) % align`; `align` is a
-    /// power of two, at least a page, and `skew` a multiple of the page size.
-    pub fn map(
-        fd: i32,
+impl PlacedMapping {
+    /// Maps `len` bytes (a positive multiple of the page size) of `fd` from `offset`, shared
+    /// and read-write, at an address `a` with `a % align == (offset + skew) % align`; `align`
+    /// is a power of two, at least a page, and `skew` a multiple of the page size.
+    pub fn new(
+        fd: BorrowedFd<'_>,
         offset: u64,
         len: usize,
-        prot: i32,
         align: usize,
         skew: usize,
     ) -> io::Result<Self> {
@@ -63,16 +59,24 @@ impl Aligned {
         if !align.is_power_of_two() || align < PAGE {
             return Err(bad("alignment must be a power of two of at least 4096"));
         }
-        let ptr = sys::map_placed(fd, len, offset, prot, align, skew)?;
+        let prot = sys::PROT_READ | sys::PROT_WRITE;
+        let ptr = sys::map_placed(fd.as_raw_fd(), len, offset, prot, align, skew)?;
         Ok(Self { ptr, len })
     }
 
+    /// The start of the mapping. Other processes or VMs may change the memory at any time.
     pub fn as_ptr(&self) -> *mut u8 {
         self.ptr.as_ptr()
     }
 
+    /// Length of the mapping in bytes.
     pub fn len(&self) -> usize {
         self.len
+    }
+
+    /// Whether the mapping is empty (never: [`PlacedMapping::new`] refuses length 0).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 
     fn check(&self, at: usize, len: usize) -> io::Result<()> {
@@ -103,7 +107,7 @@ impl Aligned {
         Ok(())
     }
 
-    /// A volatile read of the 32-bit word at `at` (rounded down to 4 bytes).
+    /// A volatile read of the 32-bit word at `at` (rounded down to 4 bytes), without a fence.
     pub fn load_u32(&self, at: usize) -> io::Result<u32> {
         let at = at & !3;
         self.check(at, 4)?;
@@ -111,7 +115,7 @@ impl Aligned {
         Ok(unsafe { std::ptr::read_volatile(self.as_ptr().add(at).cast::<u32>()) })
     }
 
-    /// A volatile write of the 32-bit word at `at` (rounded down to 4 bytes).
+    /// A volatile write of the 32-bit word at `at` (rounded down to 4 bytes), without a fence.
     pub fn store_u32(&self, at: usize, v: u32) -> io::Result<()> {
         let at = at & !3;
         self.check(at, 4)?;
@@ -121,9 +125,9 @@ impl Aligned {
     }
 }
 
-impl Drop for Aligned {
+impl Drop for PlacedMapping {
     fn drop(&mut self) {
-        // SAFETY: `ptr`/`len` is the mapping made by `map`, not unmapped since.
+        // SAFETY: `ptr`/`len` is the mapping made by `new`, not unmapped since.
         unsafe { sys::munmap(self.ptr.as_ptr().cast(), self.len) };
     }
 }
@@ -132,22 +136,10 @@ impl Drop for Aligned {
 mod tests {
     use super::*;
     use std::io::{Read, Seek, SeekFrom, Write};
-    use std::os::fd::AsRawFd;
+    use std::os::fd::AsFd;
 
-    #[test]
-    fn place_is_congruent_and_within_one_alignment() {
-        for (base, off, skew, align) in [
-            (0x7f00_0000_1000usize, 0u64, 0usize, HUGE_2M),
-            (0x7f00_0000_1000, 3 << 30, 0, HUGE_1G),
-            (0x7f00_4000_0000, (1 << 30) - 4096, 4096, HUGE_1G),
-            (0x7f00_0020_0000, 12288, 0, HUGE_2M),
-            (0x1000, 8192, 0, PAGE),
-        ] {
-            let a = place(base, off, skew, align);
-            assert!(a >= base && a - base < align, "{a:#x} {base:#x}");
-            assert_eq!(a % align, (off as usize + skew) % align, "{a:#x}");
-        }
-    }
+    const HUGE_2M: usize = 2 << 20;
+    const HUGE_1G: usize = 1 << 30;
 
     #[test]
     fn natural_alignment_follows_the_length() {
@@ -160,7 +152,7 @@ mod tests {
 
     #[test]
     fn maps_a_file_where_asked_and_shares_its_bytes() {
-        let path = std::env::temp_dir().join(format!("aligned-test-{}", std::process::id()));
+        let path = std::env::temp_dir().join(format!("placed-test-{}", std::process::id()));
         let mut f = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -170,9 +162,8 @@ mod tests {
             .unwrap();
         std::fs::remove_file(&path).unwrap();
         f.set_len(8 << 20).unwrap();
-        let rw = sys::PROT_READ | sys::PROT_WRITE;
         for skew in [0, PAGE] {
-            let m = Aligned::map(f.as_raw_fd(), 2 << 20, 4 << 20, rw, HUGE_2M, skew).unwrap();
+            let m = PlacedMapping::new(f.as_fd(), 2 << 20, 4 << 20, HUGE_2M, skew).unwrap();
             assert_eq!(m.as_ptr() as usize % HUGE_2M, skew);
             assert_eq!(m.len(), 4 << 20);
             m.write(HUGE_2M - 3, b"across").unwrap();
@@ -185,9 +176,14 @@ mod tests {
             assert_eq!(m.load_u32(0).unwrap(), skew as u32);
             assert!(m.read(4 << 20, &mut back).is_err());
         }
-        let e = Aligned::map(f.as_raw_fd(), 0, 100, rw, HUGE_2M, 0).unwrap_err();
+        let e = PlacedMapping::new(f.as_fd(), 0, 100, HUGE_2M, 0).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
-        let e = Aligned::map(-1, 0, PAGE, rw, HUGE_2M, 0).unwrap_err();
-        assert_eq!(errno_name(&e), "EBADF");
+        let e = PlacedMapping::new(f.as_fd(), 0, PAGE, 3 << 20, 0).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        // A file open read-only refuses the read-write shared mapping.
+        let ro = std::fs::File::open("/proc/self/exe").unwrap();
+        let e = PlacedMapping::new(ro.as_fd(), 0, PAGE, HUGE_2M, 0).unwrap_err();
+        assert_eq!(errno_name(&e), "EACCES");
+        assert_eq!(errno_name(&io::Error::other("no errno")), "no errno");
     }
 }
