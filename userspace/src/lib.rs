@@ -8,16 +8,25 @@
 //! # Ok::<(), ivshmem::Error>(())
 //! ```
 
-pub mod args;
 pub mod capi;
 pub mod channel;
 mod device;
 mod error;
 mod mapping;
-pub mod message;
-pub mod pattern;
-pub mod placed;
 pub mod server;
+
+// The tools' plumbing: public because the binaries of this package use it, not part of the
+// documented API (no stability promise): argument parsing, the reproducible test pattern, the
+// message encoding of read_write, placed mappings, the raw system calls, the tools' errors.
+#[doc(hidden)]
+pub mod args;
+#[doc(hidden)]
+pub mod message;
+#[doc(hidden)]
+pub mod pattern;
+#[doc(hidden)]
+pub mod placed;
+#[doc(hidden)]
 pub mod sys;
 mod tool_error;
 
@@ -29,6 +38,7 @@ pub mod uapi;
 pub use device::{CacheType, Device};
 pub use error::Error;
 pub use mapping::Mapping;
+#[doc(hidden)]
 pub use tool_error::ToolError;
 
 /// Result type of this crate.
