@@ -29,7 +29,7 @@ pub(crate) use series::{
     this_module,
     DevresBar,
     IrqLock,
-    MsixHandlers,
+    IrqRegistration,
     MsixVectors,
     ProbeIdInfo,
     MAYSHARE, //
@@ -42,4 +42,4 @@ pub(crate) trait IrqHandler: Sync + Send + 'static {
 }
 
 /// Adapts an [`IrqHandler`] to the kernel's handler trait of the series.
-struct Handler<T>(T);
+pub(crate) struct Handler<T>(T);

@@ -14,7 +14,7 @@ use kernel::{
 use crate::{
     compat::{
         IrqHandler,
-        MsixHandlers,
+        IrqRegistration,
         MsixVectors, //
     },
     shared::Shared,
@@ -52,18 +52,30 @@ impl<'bound> Vectors<'bound> {
 
 /// The MSI-X vectors of a bound doorbell device and their handlers.
 pub(crate) struct Interrupts<'bound> {
-    _handlers: MsixHandlers<'bound, VectorHandler>,
+    // Declared (so dropped) before `_vectors`: the handlers use the vectors' IRQ numbers.
+    _handlers: KVec<Pin<KBox<IrqRegistration<'bound, VectorHandler>>>>,
+    _vectors: MsixVectors<'bound>,
 }
 
 impl<'bound> Interrupts<'bound> {
     /// Requests one handler per vector, delivering to `shared`'s doorbell.
     pub(crate) fn request(vectors: Vectors<'bound>, shared: &Arc<Shared>) -> Result<Self> {
-        let handlers = MsixHandlers::request(vectors.0, |vector| VectorHandler {
-            shared: shared.clone(),
-            vector,
-        })?;
+        let vectors = vectors.0;
+        let mut handlers = KVec::new();
+        for vector in 0..vectors.len() {
+            let handler = VectorHandler {
+                shared: shared.clone(),
+                vector,
+            };
+            // SAFETY: The registration is kept in `handlers`, dropped (never forgotten) before
+            // the vectors: field order of `Self`; on an error, `handlers` is dropped here
+            // before `vectors` (reverse declaration order of the locals).
+            let reg = unsafe { vectors.register(vector, handler) }?;
+            handlers.push(KBox::pin_init(reg, GFP_KERNEL)?, GFP_KERNEL)?;
+        }
         Ok(Self {
             _handlers: handlers,
+            _vectors: vectors,
         })
     }
 }

@@ -112,31 +112,27 @@ impl<'bound> MsixVectors<'bound> {
     }
 }
 
-/// MSI-X vectors with one handler each (`'bound` as on 7.3, where they borrow the device).
-pub(crate) struct MsixHandlers<'bound, T: IrqHandler> {
-    _handlers: KVec<Pin<KBox<irq::ThreadedRegistration<Handler<T>>>>>,
-    _bound: core::marker::PhantomData<&'bound ()>,
-}
+/// The registration of one handler on one vector.
+pub(crate) type IrqRegistration<'bound, T> = irq::ThreadedRegistration<Handler<T>>;
 
-impl<'bound, T: IrqHandler> MsixHandlers<'bound, T> {
-    /// Requests a handler for each vector: `handler(i)` for vector `i`.
-    pub(crate) fn request(
-        vectors: MsixVectors<'bound>,
-        mut handler: impl FnMut(usize) -> T,
-    ) -> Result<Self> {
-        let mut handlers = KVec::new();
-        for (i, vector) in vectors.vectors.iter().enumerate() {
-            let reg = vectors.pdev.request_threaded_irq(
-                *vector,
-                irq::Flags::TRIGGER_NONE,
-                c"ivshmem",
-                Ok::<_, Error>(Handler(handler(i))),
-            );
-            handlers.push(KBox::pin_init(reg, GFP_KERNEL)?, GFP_KERNEL)?;
-        }
-        Ok(Self {
-            _handlers: handlers,
-            _bound: core::marker::PhantomData,
-        })
+impl<'bound> MsixVectors<'bound> {
+    /// The registration of `handler` on vector `i`, to be pinned.
+    ///
+    /// # Safety
+    ///
+    /// As on 7.3 (`compat/v7_3.rs`): the registration is dropped before these vectors. Here
+    /// devres frees the vectors after the handlers anyway.
+    pub(crate) unsafe fn register<T: IrqHandler>(
+        &self,
+        i: usize,
+        handler: T,
+    ) -> Result<impl PinInit<IrqRegistration<'bound, T>, Error> + 'bound> {
+        let vector = *self.vectors.get(i).ok_or(EINVAL)?;
+        Ok(self.pdev.request_threaded_irq(
+            vector,
+            irq::Flags::TRIGGER_NONE,
+            c"ivshmem",
+            Ok::<_, Error>(Handler(handler)),
+        ))
     }
 }

@@ -84,42 +84,35 @@ impl<'bound> MsixVectors<'bound> {
     }
 }
 
-/// MSI-X vectors with one handler each.
-pub(crate) struct MsixHandlers<'bound, T: IrqHandler> {
-    // Declared (so dropped) before `_vectors`: the handlers use the vectors' IRQ numbers.
-    _handlers: KVec<Pin<KBox<irq::Registration<'bound, Handler<T>>>>>,
-    _vectors: KBox<pci::IrqVectorRegistration<'bound>>,
-}
+/// The registration of one handler on one vector.
+pub(crate) type IrqRegistration<'bound, T> = irq::Registration<'bound, Handler<T>>;
 
-impl<'bound, T: IrqHandler> MsixHandlers<'bound, T> {
-    /// Requests a handler for each vector: `handler(i)` for vector `i`.
-    pub(crate) fn request(
-        vectors: MsixVectors<'bound>,
-        mut handler: impl FnMut(usize) -> T,
-    ) -> Result<Self> {
-        let vectors = vectors.0;
-        // SAFETY: The registration lives in a box whose address does not change, and it is
-        // dropped after every handler that borrows it (field order of `Self`), so extending
-        // the borrow to `'bound` never lets a handler outlive the vectors.
-        let vref: &'bound pci::IrqVectorRegistration<'bound> =
-            unsafe { &*core::ptr::from_ref(&*vectors) };
-        let mut handlers = KVec::new();
-        for i in 0..vref.len() {
-            // SAFETY: The registration is kept in `handlers` and dropped normally, never
-            // forgotten.
-            let reg = unsafe {
-                irq::Registration::new(
-                    vref.index(i)?.into(),
-                    irq::Flags::TRIGGER_NONE,
-                    c"ivshmem",
-                    Ok::<_, Error>(Handler(handler(i))),
-                )
-            };
-            handlers.push(KBox::pin_init(reg, GFP_KERNEL)?, GFP_KERNEL)?;
-        }
-        Ok(Self {
-            _handlers: handlers,
-            _vectors: vectors,
+impl<'bound> MsixVectors<'bound> {
+    /// The registration of `handler` on vector `i`, to be pinned.
+    ///
+    /// # Safety
+    ///
+    /// The registration is dropped, never forgotten, before these vectors are: it uses their
+    /// IRQ number. (The vectors may move meanwhile: they live in a box.)
+    pub(crate) unsafe fn register<T: IrqHandler>(
+        &self,
+        i: usize,
+        handler: T,
+    ) -> Result<impl PinInit<IrqRegistration<'bound, T>, Error> + 'bound> {
+        // SAFETY: The registration lives in a box whose address does not change, and the
+        // caller drops every handler before it (function contract), so extending the borrow
+        // to `'bound` never lets a handler outlive the vectors.
+        let vectors: &'bound pci::IrqVectorRegistration<'bound> =
+            unsafe { &*core::ptr::from_ref(&*self.0) };
+        let irq = vectors.index(i)?.into();
+        // SAFETY: The registration is dropped normally, never forgotten (function contract).
+        Ok(unsafe {
+            irq::Registration::new(
+                irq,
+                irq::Flags::TRIGGER_NONE,
+                c"ivshmem",
+                Ok::<_, Error>(Handler(handler)),
+            )
         })
     }
 }
