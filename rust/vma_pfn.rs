@@ -116,14 +116,63 @@ impl Entry {
     /// The entry's first PFN in `region`, if the entry lies inside it and the PFN is aligned
     /// for `order`.
     fn pfn(&self, region: &MemRegion, order: u32) -> Option<usize> {
-        let pages = usize::try_from(region.len() >> PAGE_SHIFT).ok()?;
+        self.pfn_in(region.start(), region.len(), order)
+    }
+
+    /// The entry's first PFN in the physical range `[start, start + len)`, if the entry lies
+    /// inside it and the PFN is aligned for `order`.
+    fn pfn_in(&self, start: u64, len: u64, order: u32) -> Option<usize> {
+        let pages = usize::try_from(len >> PAGE_SHIFT).ok()?;
         if self.page.checked_add(1 << order)? > pages {
             return None;
         }
-        let pfn = usize::try_from(region.start() >> PAGE_SHIFT)
+        let pfn = usize::try_from(start >> PAGE_SHIFT)
             .ok()?
             .checked_add(self.page)?;
         (pfn & ((1 << order) - 1) == 0).then_some(pfn)
+    }
+}
+
+/// The entry arithmetic, run by KUnit when the module is loaded on a kernel with
+/// `CONFIG_KUNIT=y` (the lab's debug kernel; the VM suite checks the results in dmesg).
+#[kernel::macros::kunit_tests(ivshmem_vma_pfn)]
+mod tests {
+    use super::*;
+
+    const MIB: usize = 1 << 20;
+    /// A VMA of 8 MiB at a 2 MiB-aligned address, showing the region from page 0.
+    const START: usize = 0x7f00_0000_0000;
+    const END: usize = START + 8 * MIB;
+
+    #[test]
+    fn a_page_entry_maps_its_page_of_the_region() {
+        let e = Entry::new(START, END, 3, START + 5 * PAGE_SIZE + 17, 0).unwrap();
+        assert_eq!(e.page, 3 + 5);
+        // A region at 4 GiB: its PFN 0x100000.
+        assert_eq!(e.pfn_in(1 << 32, 64 << 20, 0), Some((1 << 20) + 8));
+    }
+
+    #[test]
+    fn a_pmd_entry_must_fit_the_vma_and_be_aligned_in_the_region() {
+        let two_mib = (2 * MIB / PAGE_SIZE).trailing_zeros();
+        let e = Entry::new(START, END, 0, START + 3 * MIB + 5, two_mib).unwrap();
+        assert_eq!(e.page, 2 * MIB / PAGE_SIZE);
+        assert_eq!(e.pfn_in(1 << 32, 64 << 20, two_mib), Some((1 << 20) + 512));
+        // A region that starts 4 KiB off 2 MiB: no PFN aligned for the entry.
+        assert_eq!(e.pfn_in((1 << 32) + 4096, 64 << 20, two_mib), None);
+        // A VMA that starts 4 KiB off 2 MiB: the entry would start before it.
+        assert!(Entry::new(START + PAGE_SIZE, END, 0, START + PAGE_SIZE, two_mib).is_none());
+        // Nor may it end after the VMA.
+        assert!(Entry::new(START, START + 3 * MIB, 0, START + 2 * MIB, two_mib).is_none());
+    }
+
+    #[test]
+    fn an_entry_beyond_the_region_or_overflowing_has_no_pfn() {
+        let e = Entry::new(START, END, 16383, START, 0).unwrap();
+        assert_eq!(e.pfn_in(0, 64 << 20, 0), Some(16383));
+        let past = Entry::new(START, END, 16384, START, 0).unwrap();
+        assert_eq!(past.pfn_in(0, 64 << 20, 0), None);
+        assert!(Entry::new(START, END, usize::MAX, START + PAGE_SIZE, 0).is_none());
     }
 }
 

@@ -35,6 +35,17 @@ def test_insmod_creates_ivshmem0_and_ivshmem1_with_one_log_line_each(s):
         check("/dev/ivshmem0: 64 MiB shared memory" in out and "/dev/ivshmem1: 4 MiB shared memory" in out, out)
 
 
+def test_the_drivers_kunit_tests_pass_when_the_kernel_has_kunit(s):
+    # The debug kernel has CONFIG_KUNIT=y: loading the module ran its #[kunit_tests] suites
+    # (rust/vma_pfn.rs), whose KTAP results are in dmesg.
+    if s.kind.flavour != "debug":
+        pytest.skip("KUnit is in the debug kernel only")
+    for g in (1, 2):
+        _, out = s.sh(g, "dmesg | grep -E 'ivshmem_vma_pfn|not ok|Expected'; true")
+        check("# ivshmem_vma_pfn: pass:3 fail:0 skip:0 total:3" in out and "not ok" not in out,
+              f"guest {g}:\n{out}")
+
+
 def test_get_size_and_get_info_match_qemus_sizes(s):
     for g in (1, 2):
         for dev, size in ((0, MAIN_SIZE), (1, SMALL_SIZE)):
