@@ -377,6 +377,17 @@ fn connections_across_a_pair_are_carried_exact() {
             peer_a,
         ],
     );
+    // Connections made before the serving side listens are refused (and cut): wait for it.
+    let t = Instant::now();
+    while !ivshmem::channel::is_connections(&region(&a.0))
+        || ivshmem::channel::usage(&region(&a.0)).unwrap().listeners != ["echo"]
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the serving side never listened"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let many: Vec<_> = (1..=4u64)
         .map(|i| {
             let local = local.clone();
