@@ -220,15 +220,13 @@ impl Devices {
         &self,
         opts: &crate::channel::Options,
     ) -> Result<(crate::channel::Region, crate::channel::Options), ToolError> {
-        let r = match &self.peer {
-            None => crate::channel::open_region(&self.own, opts),
-            Some(peer) => crate::channel::open_region_pair(
-                &self.own,
-                peer,
-                self.doorbell.as_deref().map(std::path::Path::new),
-                opts,
-            ),
-        };
+        let (peer, doorbell) = (self.peer.as_deref(), self.doorbell.as_deref());
+        let r = crate::channel::open_topology(
+            &self.own,
+            peer.map(std::path::Path::new),
+            doorbell.map(std::path::Path::new),
+            opts,
+        );
         r.map_err(|e| ToolError::Failed(format!("{self}: {e}")))
     }
 }

@@ -19,8 +19,7 @@ use std::time::Duration;
 use std::path::Path;
 
 use crate::channel::{
-    open_region, open_region_pair, Channel, ChannelError, Kind, Listener, Options, Region, Wait,
-    MAX_NAME,
+    open_topology, Channel, ChannelError, Kind, Listener, Options, Region, Wait, MAX_NAME,
 };
 use crate::sys::errno::{
     E2BIG, EACCES, EADDRINUSE, EAGAIN, EBADF, EBADMSG, EBUSY, ECONNREFUSED, EINVAL, EIO, EMSGSIZE,
@@ -391,25 +390,16 @@ fn options(o: &IvshmemChannelOptions) -> Res<Options> {
 /// `o.peer_path` and `o.doorbell_path` are NULL or NUL-terminated strings.
 unsafe fn region(path: &str, o: &IvshmemChannelOptions) -> Res<(Region, Options)> {
     let opts = options(o)?;
-    if o.peer_path.is_null() {
-        if !o.doorbell_path.is_null() {
-            return Err(einval(
-                "options.doorbell_path is for a pair of devices: set options.peer_path too",
-            ));
-        }
-        return Ok(open_region(path, &opts)?);
-    }
-    // SAFETY: forwarded from this function's contract.
-    let peer = unsafe { c_str(o.peer_path, "options.peer_path") }?;
-    let doorbell = if o.doorbell_path.is_null() {
-        None
-    } else {
-        // SAFETY: as above.
-        Some(Path::new(unsafe {
-            c_str(o.doorbell_path, "options.doorbell_path")
-        }?))
+    let optional = |p: *const c_char, what| -> Res<Option<&Path>> {
+        // SAFETY: `p` is NULL or a NUL-terminated string (this function's contract).
+        Ok((!p.is_null())
+            .then(|| unsafe { c_str(p, what) })
+            .transpose()?
+            .map(Path::new))
     };
-    Ok(open_region_pair(path, peer, doorbell, &opts)?)
+    let peer = optional(o.peer_path, "options.peer_path")?;
+    let doorbell = optional(o.doorbell_path, "options.doorbell_path")?;
+    Ok(open_topology(path, peer, doorbell, &opts)?)
 }
 
 /// Opens (creating it if missing) channel `name` on `path`. See the header.

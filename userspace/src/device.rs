@@ -81,6 +81,20 @@ impl AsRawFd for Device {
     }
 }
 
+/// The size of the shared memory of the ivshmem device open as `fd` (`IVSHMEM_GET_SIZE`):
+/// [`Device::size`], and the channels' mappings of device files they did not open as a
+/// `Device` (`Region::map_pair`).
+pub(crate) fn shared_size(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    let mut size = 0u64;
+    // SAFETY: IVSHMEM_GET_SIZE writes one u64 through its argument, which points at `size`; on
+    // another file the ioctl fails (ENOTTY) without writing through it.
+    let rc = unsafe { sys::ioctl(fd.as_raw_fd(), uapi::IVSHMEM_GET_SIZE.into(), &mut size) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(size)
+}
+
 impl Device {
     /// Opens `path` (e.g. `/dev/ivshmem0`) for reading and writing.
     pub fn open(path: &str) -> Result<Self> {
@@ -117,9 +131,7 @@ impl Device {
 
     /// Size of the shared memory in bytes.
     pub fn size(&self) -> Result<u64> {
-        let mut size = 0u64;
-        self.ioctl(uapi::IVSHMEM_GET_SIZE, &mut size)?;
-        Ok(size)
+        shared_size(self.file.as_fd()).map_err(|e| Error::new(&self.path, "ioctl", e))
     }
 
     /// Everything the driver knows about the device.

@@ -143,7 +143,7 @@ pub use error::ChannelError;
 pub use layout::{ChannelInfo, Kind, MAX_NAME, MIN_REGION, VERSION};
 pub use listener::Listener;
 pub use named::list;
-pub use open_path::{open_region, open_region_pair};
+pub use open_path::{open_region, open_region_pair, open_topology};
 pub use options::{Options, Wait};
 pub use region::Region;
 pub use split::{ReadHalf, WriteHalf};

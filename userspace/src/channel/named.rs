@@ -411,7 +411,7 @@ pub(super) fn opener_left(own: &Retire, state: u8) -> Option<usize> {
         .is_none_or(|(s, _)| s != ATTACHED);
     if gone || verdict {
         let mut blocks = own.clone();
-        if arena.start() == peer.start() {
+        if own.shared() {
             blocks.blocks.insert(0, a);
         }
         blocks.free();

@@ -73,10 +73,7 @@ fn region_at(path: &Path, opts: &Options) -> Result<(Region, Options), ChannelEr
         let kind = std::fs::metadata(path)
             .map_err(|e| open_error(format!("{shown}: {e}"), e))?
             .file_type();
-        let mut opts = opts.clone();
-        if opts.wait == Wait::Spin {
-            opts = opts.waker(Arc::new(SpinWaker::default()));
-        }
+        let mut opts = spin_waker_if_asked(opts);
         let region = if kind.is_char_device() {
             let text = path
                 .to_str()
@@ -103,6 +100,16 @@ fn region_at(path: &Path, opts: &Options) -> Result<(Region, Options), ChannelEr
             )));
         };
         Ok((region, opts))
+    }
+}
+
+/// The options, with a spinning waker if [`Wait::Spin`] asks for one (else the options' waker
+/// until a doorbell replaces it).
+fn spin_waker_if_asked(opts: &Options) -> Options {
+    let opts = opts.clone();
+    match opts.wait {
+        Wait::Spin => opts.waker(Arc::new(SpinWaker::default())),
+        _ => opts,
     }
 }
 
@@ -139,10 +146,7 @@ pub fn open_region_pair(
     opts: &Options,
 ) -> Result<(Region, Options), ChannelError> {
     let (own, peer) = (own.as_ref(), peer.as_ref());
-    let mut opts = opts.clone();
-    if opts.wait == Wait::Spin {
-        opts = opts.waker(Arc::new(SpinWaker::default()));
-    }
+    let mut opts = spin_waker_if_asked(opts);
     let open = |path: &Path, write: bool| {
         File::options()
             .read(true)
@@ -173,6 +177,24 @@ pub fn open_region_pair(
         None => {}
     }
     Ok((region, opts))
+}
+
+/// One device ([`open_region`]) or, with `peer`, a pair ([`open_region_pair`]) whose wake-ups
+/// come from `doorbell`: what the tools' `-d`, `--peer-device` and `--doorbell` and the C
+/// options' `peer_path` and `doorbell_path` say. A doorbell device without a peer is an error.
+pub fn open_topology(
+    own: impl AsRef<Path>,
+    peer: Option<&Path>,
+    doorbell: Option<&Path>,
+    opts: &Options,
+) -> Result<(Region, Options), ChannelError> {
+    match peer {
+        Some(peer) => open_region_pair(own, peer, doorbell, opts),
+        None if doorbell.is_some() => Err(ChannelError::Invalid(
+            "a doorbell device is for a pair of devices: name the peer's device too".into(),
+        )),
+        None => open_region(own, opts),
+    }
 }
 
 fn no_doorbell(path: &str) -> ChannelError {

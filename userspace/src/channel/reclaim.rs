@@ -54,6 +54,11 @@ pub(super) struct Retire {
 }
 
 impl Retire {
+    /// Whether the end and its peer have their blocks in one arena (one region, not a pair).
+    pub(super) fn shared(&self) -> bool {
+        self.arena.start() == self.peer.start()
+    }
+
     /// The same, freeing nothing: the end's side sweeps its blocks later.
     pub(super) fn keeping_all(mut self) -> Self {
         self.blocks.clear();

@@ -4,7 +4,7 @@
 use std::alloc::{self, Layout as AllocLayout};
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::sync::{Arc, Mutex};
@@ -201,20 +201,7 @@ impl Region {
 fn len_of(file: &File, m: &std::fs::Metadata) -> io::Result<usize> {
     use std::os::unix::fs::FileTypeExt;
     let len = if m.file_type().is_char_device() {
-        let mut size = 0u64;
-        // SAFETY: IVSHMEM_GET_SIZE writes one u64 to the pointer, which points at `size`; on
-        // another device the ioctl fails (ENOTTY) without writing through it.
-        let rc = unsafe {
-            sys::ioctl(
-                file.as_raw_fd(),
-                crate::uapi::IVSHMEM_GET_SIZE.into(),
-                &mut size as *mut u64,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        size
+        crate::device::shared_size(file.as_fd())?
     } else {
         m.len()
     };
