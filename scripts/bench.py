@@ -71,9 +71,10 @@ class Bench:
             raise RuntimeError(f"guest {g}: '{cmd}' exited {status}:\n{out}")
         return out
 
-    def pair(self, listen, drive, timeout=900):
-        """Runs `listen` in guest 2 in the background and `drive` in guest 1; returns the lines of
-        both (the listener's must end with exit=0)."""
+    def pair(self, listen, drive, timeout=900, tag=""):
+        """Runs `listen` in guest 2 in the background and `drive` in guest 1; keeps the driver's
+        result lines (with `tag` appended) and returns them (the listener's must end with
+        exit=0)."""
         self.sh(2, f"rm -f /tmp/l.out; ({listen} > /tmp/l.out 2>&1; echo exit=$? >> /tmp/l.out) &")
         out = self.sh(1, drive, timeout)
         for _ in range(600):
@@ -83,7 +84,7 @@ class Bench:
             self.sh(2, "sleep 0.1")
         if "exit=0" not in lout:
             raise RuntimeError(f"guest 2: '{listen}' failed:\n{lout}")
-        lines = [ln for ln in out.splitlines() if re.match(r"^(stream|rtt|memcpy) ", ln)]
+        lines = [ln + tag for ln in out.splitlines() if re.match(r"^(stream|rtt|memcpy) ", ln)]
         self.raw += lines
         for ln in lines:
             print("   ", ln, flush=True)
@@ -269,24 +270,20 @@ class IsolatedLab(Bench):
         subprocess.run(["bash", os.path.join(ROOT, "scripts/stop.sh")], env=self.env(), check=False)
         lab.remove_backing(SHM)
 
-    def tagged(self, lines, topology, r):
-        tagged = [f"{ln} topology={topology} round={r}" for ln in lines]
-        self.raw = self.raw[:-len(lines)] + tagged if lines else self.raw
-
     def run(self):
         secs = self.seconds
         print("==> isolated topology beside one device (spin; rounds alternate)", flush=True)
         for r in range(self.ROUNDS):
             for topology, dev in (("shared", {1: "-d 3", 2: "-d 3"}), ("isolated", self.PAIR)):
-                self.tagged(self.pair(f"ivshmem-bench stream --listen {dev[2]} --wait spin --channel s{r}",
-                                      f"ivshmem-bench stream {dev[1]} --wait spin --channel s{r} --seconds {secs} "
-                                      "--modes copy --sizes 4K,64K,1M"), topology, r)
-                self.tagged(self.pair(f"ivshmem-bench rtt --listen {dev[2]} --wait spin --channel r{r}",
-                                      f"ivshmem-bench rtt {dev[1]} --wait spin --channel r{r} --rounds 20000"),
-                            topology, r)
-        self.tagged(self.pair(f"ivshmem-bench rtt --listen {self.PAIR[2]} --wait doorbell --channel d",
-                              f"ivshmem-bench rtt {self.PAIR[1]} --wait doorbell --channel d --rounds 5000"),
-                    "isolated", 0)
+                tag = f" topology={topology} round={r}"
+                self.pair(f"ivshmem-bench stream --listen {dev[2]} --wait spin --channel s{r}",
+                          f"ivshmem-bench stream {dev[1]} --wait spin --channel s{r} --seconds {secs} "
+                          "--modes copy --sizes 4K,64K,1M", tag=tag)
+                self.pair(f"ivshmem-bench rtt --listen {dev[2]} --wait spin --channel r{r}",
+                          f"ivshmem-bench rtt {dev[1]} --wait spin --channel r{r} --rounds 20000", tag=tag)
+        self.pair(f"ivshmem-bench rtt --listen {self.PAIR[2]} --wait doorbell --channel d",
+                  f"ivshmem-bench rtt {self.PAIR[1]} --wait doorbell --channel d --rounds 5000",
+                  tag=" topology=isolated round=0")
         return [f"meta iso_date={datetime.date.today().isoformat()}"] + self.raw
 
 

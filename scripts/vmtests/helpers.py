@@ -47,17 +47,29 @@ def pat_type(s, g, start, end):
     return None
 
 
+def start_until_go(s, g, cmd, tag, ready, secs=60):
+    """Starts `cmd GO` in the background in guest g, an `ivshmem-check` subcommand that runs
+    until the file GO (/tmp/TAG.go) exists, with its output in /tmp/TAG.out, and waits for
+    `ready` in that output."""
+    s.sh(g, f"rm -f /tmp/{tag}.go")
+    s.bg(g, f"{cmd} /tmp/{tag}.go", f"/tmp/{tag}.out")
+    s.wait_line(g, f"/tmp/{tag}.out", ready, secs)
+
+
+def stop_go(s, g, tag, secs=60):
+    """Creates the GO file of `start_until_go`'s command; its output once it exited."""
+    s.sh(g, f"touch /tmp/{tag}.go")
+    return s.wait_line(g, f"/tmp/{tag}.out", "exit=", secs)
+
+
 def hold_and_read_pat(s, g, dev, cache, bdf):
     """Maps /dev/ivshmem<dev> with `cache` in guest g and returns BAR2's PAT type meanwhile."""
     start, end = bar2_range(s, g, bdf)
-    s.sh(g, "rm -f /tmp/go")
-    s.bg(g, f"ivshmem-check hold /dev/ivshmem{dev} {cache} /tmp/go", "/tmp/hold.out")
-    s.wait_line(g, "/tmp/hold.out", "mapped", 10)
+    start_until_go(s, g, f"ivshmem-check hold /dev/ivshmem{dev} {cache}", "hold", "mapped", 10)
     try:
         return pat_type(s, g, start, end)
     finally:
-        s.sh(g, "touch /tmp/go")
-        s.wait_line(g, "/tmp/hold.out", "exit=", 10)
+        stop_go(s, g, "hold", 10)
 
 
 def place(mo, ml, align=None, skew=None):

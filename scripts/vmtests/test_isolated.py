@@ -18,7 +18,7 @@ import time
 import pytest
 from test_channel import finished, start_recv, start_send, transfer
 
-from helpers import full, measured
+from helpers import full, measured, start_until_go, stop_go
 from lab import check
 
 DOORBELL = "/dev/ivshmem0"
@@ -54,16 +54,13 @@ def file_sha(path):
 
 
 def scribble(s, g, dev, tag):
-    """Starts `ivshmem-check scribble` on `dev` in guest g until /tmp/TAG.go exists."""
-    s.sh(g, f"rm -f /tmp/{tag}.go")
-    s.bg(g, f"ivshmem-check scribble {dev} /tmp/{tag}.go", f"/tmp/{tag}.out")
-    s.wait_line(g, f"/tmp/{tag}.out", "scribbling", 30)
+    """Starts `ivshmem-check scribble` on `dev` in guest g (until `scribbled`)."""
+    start_until_go(s, g, f"ivshmem-check scribble {dev}", tag, "scribbling", 30)
 
 
 def scribbled(s, g, tag):
     """Stops the scribbler: (stores, stores that stuck)."""
-    s.sh(g, f"touch /tmp/{tag}.go")
-    out = s.wait_line(g, f"/tmp/{tag}.out", "exit=", 60)
+    out = stop_go(s, g, tag)
     m = re.search(r"^(\d+) stores, (\d+) stuck$", out, re.M)
     check(m and "exit=0" in out, f"scribbler:\n{out}")
     return int(m.group(1)), int(m.group(2))

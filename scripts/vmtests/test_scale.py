@@ -11,7 +11,7 @@ import time
 import pytest
 
 import lab
-from helpers import BIG_SIZE, bar2_range, measured, pat_type, place
+from helpers import BIG_SIZE, bar2_range, measured, pat_type, place, start_until_go, stop_go
 from lab import check, host_read, host_write
 
 BDF = "0000:00:03.0"
@@ -147,14 +147,11 @@ def test_bytes_the_host_writes_across_3_gib_and_near_the_end_read_exact_and_a_ch
 
 
 def hold(s, g, cache, tag):
-    s.sh(g, f"rm -f /tmp/go-{tag}")
-    s.bg(g, f"ivshmem-check hold /dev/ivshmem1 {cache} /tmp/go-{tag}", f"/tmp/{tag}.out")
-    s.wait_line(g, f"/tmp/{tag}.out", "mapped", 60)
+    start_until_go(s, g, f"ivshmem-check hold /dev/ivshmem1 {cache}", tag, "mapped")
 
 
 def release(s, g, tag):
-    s.sh(g, f"touch /tmp/go-{tag}")
-    out = s.wait_line(g, f"/tmp/{tag}.out", "exit=", 60)
+    out = stop_go(s, g, tag)
     check("exit=0" in out, out)
 
 
