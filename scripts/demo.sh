@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/config.sh
 export IVSHMEM_RUN="$IVSHMEM_RUN-demo"
+# The demo shows one device both guests write (the host reads it too): not the isolated topology.
+export IVSHMEM_TOPOLOGY=shared
 mkdir -p "$IVSHMEM_RUN"
 trap 'bash scripts/stop.sh' EXIT
 trap 'exit 130' INT TERM
