@@ -289,6 +289,25 @@ fn refusals_and_wrong_layouts_are_clear_errors() {
         before,
         "the version 1 header was left alone"
     );
+    // Layout version 2 (the same arena, messages published by the index alone) does not mix
+    // with version 3's in-band commit: refused, named, with the way out.
+    let v2 = Region::anonymous(1 << 20).unwrap();
+    drop(Listener::bind(&v2, "svc", &opts()).unwrap());
+    // SAFETY: the version word lies in the header; no end uses the region now.
+    unsafe { (v2.as_ptr().add(4) as *mut u32).write_unaligned(2u32.to_le()) };
+    for e in [
+        Listener::bind(&v2, "svc", &opts()).unwrap_err(),
+        Channel::connect(&v2, "svc", &opts()).unwrap_err(),
+        Channel::open(&v2, "pipe", &opts()).unwrap_err(),
+    ] {
+        assert_eq!(kind_of(&e), io::ErrorKind::InvalidData, "{e}");
+        let m = e.to_string();
+        assert!(
+            m.contains("layout version 2, this library speaks version 3"),
+            "{m}"
+        );
+        assert!(m.contains("zero the region"), "{m}");
+    }
     let tiny = Region::anonymous(0x2000).unwrap();
     let e = Listener::bind(&tiny, "svc", &opts()).unwrap_err();
     assert_eq!(kind_of(&e), io::ErrorKind::InvalidInput, "{e}");

@@ -4,7 +4,8 @@
 //! they cannot go on. Loom explores the interleavings and weak-memory outcomes: a lost wake-up
 //! leaves both sides asleep, which loom reports as a deadlock; a payload access not ordered by
 //! the indices is a data race on the `UnsafeCell` slots; the consumer checks FIFO order.
-//! Further models: the address handshake, a stale end's session check (it never delivers a
+//! Further models: message records committed in band (layout version 3), the address
+//! handshake, a stale end's session check (it never delivers a
 //! newer session's bytes), arming a non-blocking end for a poller (no lost wake-up), the page
 //! map, and the leave handshake of a connection's two ends (their blocks are always freed,
 //! each once); each with a broken variant that loom must catch, so the models can fail.
@@ -215,6 +216,146 @@ fn without_seqcst_fences_a_wakeup_is_lost() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "the broken model passed");
     assert!(err.contains("deadlock"), "not a lost wake-up: {err}");
+}
+
+/// Message records committed in band (layout version 3, `Producer::commit` and
+/// `Consumer::committed`/`consume`): a ring of record slots, each a header word (an atomic, as
+/// the channels access it) and a payload byte, positions counted in words (a record is two:
+/// header and payload). The producer needs room for its record and the next record's header
+/// word, which it clears before it stores the header (release); the consumer polls the header
+/// word at its position and never reads the producer index. Loom checks that a header the
+/// consumer sees is its record's (never an older lap's: the values name the item), that the
+/// payload read is ordered after the write (a race on the cell otherwise), FIFO order, and
+/// that no wake-up is lost (both sides sleep when they cannot go on).
+const SLOTS: u64 = 2;
+
+struct Records {
+    prod: AtomicU64,
+    cons: AtomicU64,
+    producer_wake_at: AtomicU64,
+    consumer_wake_at: AtomicU64,
+    headers: [AtomicU64; SLOTS as usize],
+    payload: [UnsafeCell<u8>; SLOTS as usize],
+    producer_bell: Doorbell,
+    consumer_bell: Doorbell,
+}
+
+/// A record's header: never 0, and naming its item.
+fn header(item: u8) -> u64 {
+    0x100 | u64::from(item)
+}
+
+/// The record slot of a word position.
+fn slot(pos: u64) -> usize {
+    (pos % (2 * SLOTS) / 2) as usize
+}
+
+fn record_producer<A: Atomics<U64 = AtomicU64>>(r: &Records, clear: bool) {
+    let mut p = Producer::new(2 * SLOTS);
+    for item in 1..=ITEMS {
+        // The record's two words and the next header word.
+        while p.space::<A>(&r.cons, 3).unwrap() < 3 {
+            p.announce_wait::<A>(&r.producer_wake_at, 3);
+            if p.space::<A>(&r.cons, 3).unwrap() < 3 {
+                r.producer_bell.wait();
+            }
+        }
+        let (this, next) = (slot(p.pos), slot(p.pos + 2));
+        r.payload[this].with_mut(|cell| {
+            // SAFETY: the slot is in the producer's free space; loom checks that the
+            // consumer's last read of it happened before (via the consumer index).
+            unsafe { *cell = item }
+        });
+        let rings = if clear {
+            p.commit::<A>(
+                2,
+                &r.headers[this],
+                &r.headers[next],
+                header(item),
+                &r.prod,
+                &r.consumer_wake_at,
+                true,
+            )
+        } else {
+            // The bug the clear prevents: the next header word keeps an older lap's header.
+            A::store(&r.headers[this], header(item), Ordering::Release);
+            p.publish::<A>(2, &r.prod, &r.consumer_wake_at, true)
+        };
+        if rings {
+            r.consumer_bell.ring();
+        }
+    }
+}
+
+fn record_consumer<A: Atomics<U64 = AtomicU64>>(r: &Records) {
+    let mut c = Consumer::new(2 * SLOTS);
+    for want in 1..=ITEMS {
+        let this = slot(c.pos);
+        let mut h = c.committed::<A>(&r.headers[this]);
+        while h == 0 {
+            // As `Channel::wait`: announce the header word's index, look again, sleep.
+            c.announce_wait::<A>(&r.consumer_wake_at, 1);
+            h = c.committed::<A>(&r.headers[this]);
+            if h == 0 {
+                r.consumer_bell.wait();
+                h = c.committed::<A>(&r.headers[this]);
+            }
+        }
+        assert_eq!(h, header(want), "a header of another record");
+        let got = r.payload[this].with(|cell| {
+            // SAFETY: the header is committed; loom checks that the producer's write of the
+            // payload happened before (via the header's release and acquire).
+            unsafe { *cell }
+        });
+        assert_eq!(got, want, "FIFO order");
+        if c.consume::<A>(2, &r.cons, &r.producer_wake_at, true) {
+            r.producer_bell.ring();
+        }
+    }
+}
+
+fn check_records(clear: bool) {
+    let mut b = loom::model::Builder::new();
+    if b.preemption_bound.is_none() && std::env::var("LOOM_FULL").is_err() {
+        b.preemption_bound = Some(5);
+    }
+    b.check(move || {
+        let ring = Arc::new(Records {
+            prod: AtomicU64::new(0),
+            cons: AtomicU64::new(0),
+            producer_wake_at: AtomicU64::new(0),
+            consumer_wake_at: AtomicU64::new(0),
+            headers: [AtomicU64::new(0), AtomicU64::new(0)],
+            payload: [UnsafeCell::new(0), UnsafeCell::new(0)],
+            producer_bell: Doorbell::new(),
+            consumer_bell: Doorbell::new(),
+        });
+        let r = ring.clone();
+        let t = loom::thread::spawn(move || record_producer::<Loom>(&r, clear));
+        record_consumer::<Loom>(&ring);
+        t.join().unwrap();
+    });
+}
+
+/// The in-band commit as the channels run it: every header seen is its record's, no race on
+/// the payload, FIFO, no lost wake-up.
+#[test]
+fn records_committed_in_band_are_seen_whole_and_in_order() {
+    check_records(true);
+}
+
+/// The model can fail: without clearing the next header word, the consumer takes an older
+/// lap's header for its record.
+#[test]
+fn without_the_clear_an_old_header_reads_as_new() {
+    let res = std::panic::catch_unwind(|| check_records(false));
+    let e = res.expect_err("the model passed without the clear");
+    let msg = e
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default();
+    assert!(msg.contains("a header of another record"), "{msg}");
 }
 
 /// The address handshake of `Channel::open` and `Channel::peer_address`: a side stores where

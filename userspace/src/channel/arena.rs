@@ -1,7 +1,8 @@
-//! An arena in a shared region (channel layout version 2, `userspace/docs/channels-v2.md`): a
-//! page map and the 4 KiB pages it describes. Reserving, publishing, freeing and scanning are
-//! [`super::pagemap`]'s; this file puts them on a region's memory, zeroes a block before it is
-//! published, and takes back reservations that stand still (their allocator died half-way).
+//! An arena in a shared region (the channel layout since version 2,
+//! `userspace/docs/channels-v2.md`): a page map and the 4 KiB pages it describes. Reserving,
+//! publishing, freeing and scanning are [`super::pagemap`]'s; this file puts them on a region's
+//! memory, zeroes a block before it is published, and takes back reservations that stand still
+//! (their allocator died half-way).
 //!
 //! Connections (`conn_layout.rs`) allocate their listener and connection blocks here.
 

@@ -65,13 +65,15 @@ pub(super) struct Ring {
 }
 
 impl Ring {
-    /// A ring whose producer line (index, wake-at, closed), consumer line (index, wake-at)
-    /// and payload of `cap` bytes lie at these offsets: a connection's, in two blocks.
-    pub(super) fn on_lines(prod: u64, cons: u64, data: u64, cap: u64) -> Self {
+    /// A ring whose producer line (index, wake-at), closed flag, consumer line (index,
+    /// wake-at) and payload of `cap` bytes lie at these offsets: a connection's, in two
+    /// blocks. The flag lies apart from the index, which moves with every publish: a reader
+    /// that looks at the flag while it waits does not pull the producer's line away.
+    pub(super) fn on_lines(prod: u64, closed: u64, cons: u64, data: u64, cap: u64) -> Self {
         Self {
             prod: prod as usize,
             prod_wake: prod as usize + 8,
-            closed: prod as usize + 16,
+            closed: closed as usize,
             cons: cons as usize,
             cons_wake: cons as usize + 8,
             data: data as usize,
@@ -410,7 +412,8 @@ impl Channel {
 
     /// The largest message [`send`](Self::send) takes.
     pub fn max_message(&self) -> usize {
-        (self.out.cap - MSG_HDR) as usize
+        // A record and the header word of the next one, which its commit clears.
+        (self.out.cap - 2 * MSG_HDR) as usize
     }
 
     /// Whether operations return `WouldBlock` instead of waiting.

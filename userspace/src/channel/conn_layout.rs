@@ -1,11 +1,12 @@
-//! Layout version 2 (`userspace/docs/channels-v2.md`): a header page, then an arena
+//! Layout version 3 (`userspace/docs/channels-v2.md`: version 2's arena and blocks, with
+//! messages committed in band): a header page, then an arena
 //! ([`Arena`]) of listener blocks and the blocks of channel ends, for named channels
 //! ([`super::Channel::open`], `named.rs`) and connections alike, on one region.
 //!
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0x0000 | 4 | magic: 0 fresh, `"ivc2"` being initialised, `"IVC2"` ready |
-//! | 0x0004 | 4 | version (2) |
+//! | 0x0004 | 4 | version (3) |
 //! | 0x0018 | 8 | region size the initialiser saw |
 //! | 0x0020 | 8 | blocks announced: every allocator of the arena adds one once its block is ready, so a listener or a connector scans the map again only when it changed |
 //! | 0x1000 | | the arena: its page map, then its pages |
@@ -29,12 +30,21 @@
 //! | 0x000 | state word (`control.rs`): generation, state, verdict on the peer |
 //! | 0x008 | the block it names: head page u32, generation u32 at 0x00c (the listener's for a connector, the connector's for an acceptor) |
 //! | 0x010 | role u32 (1 connector, 2 acceptor, 3 opener of a named channel); kind u32 at 0x014; capacity of its ring u32 at 0x018 |
+//! | 0x020 | closed u32: 1 once its end closed its write side (version 3; version 2 kept it at 0x090, on the line of the index, which a waiting reader then pulled from the writer with every look) |
 //! | 0x040 | its side line, as a channel's; epoch = the connection's session, the connector block's generation |
-//! | 0x080 | producer line of its ring: index u64, wake-at u64 at 0x088, closed u32 at 0x090 |
+//! | 0x080 | producer line of its ring: index u64, wake-at u64 at 0x088 |
 //! | 0x0c0 | consumer line of the peer's ring: index u64, wake-at u64 at 0x0c8 |
 //! | 0x100 | opener: name length u32 (1 to 32), name at 0x104 |
-//! | 0x200 | opener: zeroes nobody writes, read as its peer's lines until a peer joins (side line at 0x200, producer line at 0x240, consumer line at 0x280) |
+//! | 0x200 | opener: zeroes nobody writes, read as its peer's lines until a peer joins (side line at 0x200, producer line at 0x240 and closed flag at 0x250, consumer line at 0x280, first record header at 0x2c0) |
 //! | 0x1000 | its ring's payload |
+//!
+//! Messages (kind 2) are records in the ring: an 8-byte header (length u32, its complement
+//! u32), the payload, padding to 8 bytes. Version 3 commits them in band: the producer clears
+//! the header word after the record, then stores the record's header last (release); the
+//! consumer polls the header word at its position and never needs the producer index (see
+//! `protocol::Producer::commit`). Version 2 published records by the index alone, so its
+//! rings hold old laps' bytes where a version 3 reader would look for a header: the versions
+//! do not mix.
 //!
 //! Connecting: the connector allocates its block, publishes its state word (release), adds
 //! one to the blocks announced and rings the listener; the listener, seeing the count move,
@@ -59,8 +69,9 @@ use super::reclaim::Retire;
 use super::region::{Mem, Region};
 use super::ChannelError;
 
-/// The layout version of regions that carry connections.
-pub const VERSION: u32 = 2;
+/// The layout version of regions that carry connections: 3 since message records are
+/// committed in band (the arena and blocks are version 2's).
+pub const VERSION: u32 = 3;
 const MAGIC: u32 = u32::from_le_bytes(*b"IVC2");
 const MAGIC_INIT: u32 = u32::from_le_bytes(*b"ivc2");
 /// Magic of layout version 1 (named channels), for a clear error.
@@ -87,6 +98,8 @@ pub(super) const E_NAMES: u64 = 0x008;
 pub(super) const E_ROLE: u64 = 0x010;
 pub(super) const E_KIND: u64 = 0x014;
 pub(super) const E_CAP: u64 = 0x018;
+/// u32: 1 once its end closed its write side (apart from the producer line: see `Ring`).
+pub(super) const E_CLOSED: u64 = 0x020;
 pub(super) const E_SIDE: u64 = 0x040;
 pub(super) const E_PROD: u64 = 0x080;
 pub(super) const E_CONS: u64 = 0x0c0;
@@ -101,6 +114,11 @@ pub(super) const E_NAME: u64 = 0x104;
 pub(super) const E_NO_SIDE: u64 = 0x200;
 pub(super) const E_NO_PROD: u64 = 0x240;
 pub(super) const E_NO_CONS: u64 = 0x280;
+/// An opener's peer's closed flag before a peer joins: a zero word nobody writes.
+pub(super) const E_NO_CLOSED: u64 = 0x250;
+/// An opener's peer ring before a peer joins: a zero word in its own first page, never
+/// written, read as the header of the first message record (none committed).
+pub(super) const E_NO_DATA: u64 = 0x2c0;
 
 /// The arenas an end works in: `own`, where it allocates its blocks (the only memory it
 /// writes), and `peer`, where it finds the other side's (listeners, connectors, acceptors,
@@ -228,7 +246,7 @@ fn attach_own(mem: &Mem, len: u64, timeout: Duration) -> Result<(), ChannelError
             MAGIC_V1 => {
                 return Err(ChannelError::BadLayout(
                     "the region holds layout version 1 (named channels of an older \
-                     ivshmem-rs): this one reads version 2 only; zero the region to reuse it"
+                     ivshmem-rs): this one reads version 3 only; zero the region to reuse it"
                         .into(),
                 ))
             }
@@ -449,13 +467,13 @@ pub struct Usage {
     pub pages: u32,
 }
 
-/// The blocks in a region of connections. Fails on a region that does not hold layout
-/// version 2; does not initialise a zeroed one.
+/// The blocks in a region of connections. Fails on a region that does not hold this layout
+/// version; does not initialise a zeroed one.
 pub fn usage(region: &Region) -> Result<Usage, ChannelError> {
     if !is_connections(region) {
-        return Err(ChannelError::BadLayout(
-            "the region does not hold connections (layout version 2)".into(),
-        ));
+        return Err(ChannelError::BadLayout(format!(
+            "the region does not hold connections (layout version {VERSION})"
+        )));
     }
     let arena = attach(region, Duration::ZERO)?.own;
     let mut u = Usage {

@@ -17,7 +17,7 @@ use super::pagemap::Block;
 use super::{Channel, ChannelError, Options, Region};
 
 impl Channel {
-    /// Connects to the listener of `service` in `region` (layout version 2, see
+    /// Connects to the listener of `service` in `region` (layout version 3, see
     /// [`super::Listener`]) and returns this end once the listener accepted, with rings of
     /// [`Options::capacity`] bytes each way.
     ///

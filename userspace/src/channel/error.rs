@@ -113,7 +113,8 @@ impl fmt::Display for ChannelError {
             Self::BadLayout(m) => write!(f, "not a usable channel layout: {m}"),
             Self::Version { found, supported } => write!(
                 f,
-                "channel layout version {found}, this library speaks version {supported}"
+                "channel layout version {found}, this library speaks version {supported}: zero \
+                 the region to reuse it, or use the ivshmem-rs that laid it out"
             ),
             Self::TooSmall { need, have } => write!(
                 f,
@@ -191,7 +192,8 @@ mod tests {
                 supported: 2
             }
             .to_string(),
-            "channel layout version 7, this library speaks version 2"
+            "channel layout version 7, this library speaks version 2: zero the region to \
+             reuse it, or use the ivshmem-rs that laid it out"
         );
     }
 }

@@ -1,5 +1,5 @@
 //! What every channel shares, whoever made it: its kind, the limits of names and rings, and
-//! what [`super::list`] reports. The layout itself (layout version 2: a header, a page map and
+//! what [`super::list`] reports. The layout itself (layout version 3: a header, a page map and
 //! the blocks of ends and listeners) is `conn_layout.rs`'s.
 
 /// The layout version this library writes and reads.

@@ -14,8 +14,8 @@ use super::chan::{
 };
 use super::conn_layout::Arenas;
 use super::conn_layout::{
-    self as cl, BlockView, EndHeader, ACCEPTOR, CONNECTION, CONNECTOR, E_CONS, E_DATA, E_PROD,
-    E_SIDE, E_STATE, LISTENER, L_KIND, L_NAME, L_NAME_LEN, L_SIDE, L_STATE,
+    self as cl, BlockView, EndHeader, ACCEPTOR, CONNECTION, CONNECTOR, E_CLOSED, E_CONS, E_DATA,
+    E_PROD, E_SIDE, E_STATE, LISTENER, L_KIND, L_NAME, L_NAME_LEN, L_SIDE, L_STATE,
 };
 use super::control::{end_state, end_word, Control, Hold};
 use super::heartbeat::Beat;
@@ -204,7 +204,7 @@ pub(super) fn line_address(v: &BlockView<'_>, line: u64, gen: u32) -> Option<u32
 
 impl Listener {
     /// Listens for connections to `service` (1 to 32 bytes) in `region`, laying out a zeroed
-    /// region as version 2 first. Connections carry `opts`'s kind; accepted ends get `opts`'s
+    /// region as version 3 first. Connections carry `opts`'s kind; accepted ends get `opts`'s
     /// waiting and liveness settings.
     ///
     /// A live listener of the same name makes this fail with `AddrInUse`; one whose heartbeat
@@ -517,7 +517,8 @@ pub(super) fn end_channel(
     for v in ends {
         v.w64(E_STATE)?;
         v.w64(E_SIDE + SIDE_HEARTBEAT)?;
-        v.w64(E_PROD + 16)?;
+        v.w64(E_PROD + 8)?;
+        v.w32(E_CLOSED)?;
         v.w64(E_CONS + 8)?;
     }
     let ctl = Control::Owned {
@@ -529,12 +530,14 @@ pub(super) fn end_channel(
     let sides = ends.map(|v| (v.off + E_SIDE) as usize);
     let out = Ring::on_lines(
         mine.off + E_PROD,
+        mine.off + E_CLOSED,
         peer.off + E_CONS,
         mine.off + E_DATA,
         caps[side],
     );
     let inp = Ring::on_lines(
         peer.off + E_PROD,
+        peer.off + E_CLOSED,
         mine.off + E_CONS,
         peer.off + E_DATA,
         caps[1 - side],

@@ -1,7 +1,7 @@
 //! Channels: byte streams and messages between two ends (processes, VMs) over one shared
 //! region, such as an ivshmem BAR.
 //!
-//! A region holds a versioned header, a page map and blocks (layout version 2,
+//! A region holds a versioned header, a page map and blocks (layout version 3,
 //! `conn_layout.rs`), so independent applications share one device: named channels
 //! ([`Channel::open`], either end first, `named.rs`) and connections to services
 //! ([`Listener::bind`], [`Listener::accept`], [`Channel::connect`]) side by side. Every channel
@@ -39,14 +39,19 @@
 //! map and the blocks are described in `conn_layout.rs`, the state words in `control.rs`. Each
 //! end's block holds, in its first page, its state word, its side line (epoch: the session it
 //! belongs to, heartbeat, doorbell address, whether it notifies, liveness timeout), the
-//! producer line of its ring (index, wake-at, closed flag), and its consumer line for its
-//! peer's ring (index, wake-at); its ring's payload follows from the second page. Each line is
-//! a 64-byte cache line with one writer.
+//! producer line of its ring (index, wake-at; its closed flag lies on the state word's quiet
+//! line), and its consumer line for its peer's ring (index, wake-at); its ring's payload
+//! follows from the second page. Each line is a 64-byte cache line with one writer.
 //!
 //! Indices are free-running byte counts (`u64`, wrapping); `prod - cons` is the fill level,
-//! at most the capacity. A message is an 8-byte header (length, and its complement as a check)
-//! and the payload padded to 8 bytes, published with one index store, so it is never split; a
-//! header never straddles the wrap because records are 8-aligned in a ring of 2^n ≥ 64 bytes.
+//! at most the capacity. A message is an 8-byte header (length, and its complement as a check;
+//! never 0) and the payload padded to 8 bytes, committed in band: the producer writes the
+//! payload, clears the header word after the record (its free space: a record needs 8 bytes
+//! more than it takes), then stores the header, then its index; the consumer polls the header
+//! word at its position (0: nothing yet) and never reads the producer index, one cache miss
+//! per message instead of two in a row. So a message is never split, and the word at the
+//! consumer's position is never an older lap's bytes. A header never straddles the wrap
+//! because records are 8-aligned in a ring of 2^n ≥ 64 bytes.
 //!
 //! # Sessions and liveness
 //!
@@ -84,9 +89,10 @@
 //! | page map head entry, after zeroing the block | head entry in a scan | a zeroed block |
 //! | state word `ATTACHED`, after the block's header | state word, before reading the header | block header |
 //! | state word `CLOSED`/`DEAD`, then a SeqCst fence, then the peer's state word | the same on the other side | who frees the blocks (`control::leave`) |
-//! | producer index, after the payload | producer index, before reading payload | payload |
+//! | producer index, after the payload | producer index, before reading payload | payload (byte streams) |
+//! | message header, after the payload and the next header word's clearing | message header at the consumer's position, before reading payload | payload, and the next header word's 0 (messages) |
 //! | consumer index, after reading payload | consumer index, before overwriting | ring space reuse |
-//! | closed flag, after the last producer index | closed flag, then the index again | end of stream |
+//! | closed flag, after the last producer index or header | closed flag, then the index or header again | end of stream |
 //! | side address, then a SeqCst fence, before any wake-at announcement | wake-at word, then an acquire fence, then the address | whom to ring |
 //!
 //! Waking ([`Waker`]) uses event suppression with event indices, as virtio's `EVENT_IDX`: a

@@ -1,4 +1,4 @@
-//! Named channels on layout version 2: [`Channel::open`] is a rendezvous of two ends on a
+//! Named channels on layout version 3: [`Channel::open`] is a rendezvous of two ends on a
 //! name, either end first, on the blocks connections use (`conn_layout.rs`).
 //!
 //! - The first end publishes an *opener* block with the name, kind and capacity and returns at
@@ -28,8 +28,9 @@ use super::arena::Arena;
 use super::chan::{Ring, ATTACHED, CLOSED, DEAD};
 use super::conn_layout::Arenas;
 use super::conn_layout::{
-    self as cl, BlockView, EndHeader, ACCEPTOR, CONNECTION, E_CONS, E_DATA, E_NAME, E_NAME_LEN,
-    E_NO_CONS, E_NO_PROD, E_NO_SIDE, E_PROD, E_SIDE, E_STATE, OPENER,
+    self as cl, BlockView, EndHeader, ACCEPTOR, CONNECTION, E_CLOSED, E_CONS, E_DATA, E_NAME,
+    E_NAME_LEN, E_NO_CLOSED, E_NO_CONS, E_NO_DATA, E_NO_PROD, E_NO_SIDE, E_PROD, E_SIDE, E_STATE,
+    OPENER,
 };
 use super::control::{end_state, end_word, Control};
 use super::layout::{ChannelInfo, Kind};
@@ -187,7 +188,7 @@ fn jitter() {
 
 impl Channel {
     /// Opens the channel `name` (1 to 32 bytes) in `region`, laying out a zeroed region as
-    /// version 2 first. Either end may come first: the first returns at once and may write
+    /// version 3 first. Either end may come first: the first returns at once and may write
     /// before its peer comes (up to its ring's capacity); the second joins it, with a ring of
     /// the same capacity, and must ask for the same [`Kind`]. A third waits while a pair with
     /// an attached end holds the name, then gets `Busy` after [`Options::open_timeout`]; ends
@@ -264,15 +265,17 @@ pub(super) fn joiner(own: &Retire, seen: &mut Option<u64>) -> Option<Joiner> {
     let v = BlockView::new(arena, arena.mem(), &a);
     // Every word below is inside the joiner's block (checked) and so the region; its ring's
     // payload was checked with its capacity (`EndHeader::read`).
-    for at in [E_STATE, E_SIDE + 0x18, E_PROD + 16, E_CONS + 8] {
+    for at in [E_STATE, E_SIDE + 0x18, E_PROD + 8, E_CONS + 8] {
         v.w64(at).ok()?;
     }
+    v.w32(E_CLOSED).ok()?;
     Some(Joiner {
         state: (v.off + E_STATE) as usize,
         word: end_word(a.gen, ATTACHED),
         side: (v.off + E_SIDE) as usize,
         cons: v.off + E_CONS,
         prod: v.off + E_PROD,
+        closed: v.off + E_CLOSED,
         data: v.off + E_DATA,
         cap,
     })
@@ -285,6 +288,7 @@ pub(super) struct Joiner {
     pub side: usize,
     pub cons: u64,
     pub prod: u64,
+    pub closed: u64,
     pub data: u64,
     pub cap: u64,
 }
@@ -319,9 +323,22 @@ fn create(arenas: &Arenas, name: &str, opts: &Options) -> Result<Option<Channel>
         own_word,
     };
     let sides = [(v.off + E_SIDE) as usize, (v.off + E_NO_SIDE) as usize];
-    let out = Ring::on_lines(v.off + E_PROD, v.off + E_NO_CONS, v.off + E_DATA, cap);
-    // Nothing to read until a peer joins: its producer line reads zeroes.
-    let inp = Ring::on_lines(v.off + E_NO_PROD, v.off + E_CONS, v.off + E_DATA, cap);
+    let out = Ring::on_lines(
+        v.off + E_PROD,
+        v.off + E_CLOSED,
+        v.off + E_NO_CONS,
+        v.off + E_DATA,
+        cap,
+    );
+    // Nothing to read until a peer joins: its producer line and first record header read
+    // zeroes.
+    let inp = Ring::on_lines(
+        v.off + E_NO_PROD,
+        v.off + E_NO_CLOSED,
+        v.off + E_CONS,
+        v.off + E_NO_DATA,
+        cap,
+    );
     let mut chan = Channel::on_lines(mem, name, opts.kind_value(), ctl, sides, [out, inp], opts);
     chan.start(0, b.gen, Some(arenas.retire(b, None)))?;
     Ok(Some(chan))
@@ -427,7 +444,7 @@ fn kind_name(k: Kind) -> &'static str {
 }
 
 /// The named channels of `region` (for tools and diagnostics): each opener block, whether
-/// joined or not. Fails on a region that does not hold layout version 2; does not initialise
+/// joined or not. Fails on a region that does not hold layout version 3; does not initialise
 /// a zeroed one (an empty list).
 pub fn list(region: &Region) -> Result<Vec<ChannelInfo>, ChannelError> {
     if region.mem.u32_at(0)?.load(Acquire) == 0 {

@@ -1,7 +1,7 @@
-//! The page map of an arena (channel layout version 2, `userspace/docs/channels-v2.md`): one
-//! word per page says whether the page is free, the head of a block (its kind, length and
-//! generation), the body of one, or reserved by an allocation in progress. Only this module
-//! writes the map, and the map is never payload, so a scan never takes data for metadata.
+//! The page map of an arena (the channel layout since version 2, `userspace/docs/channels-v2.md`):
+//! one word per page says whether the page is free, the head of a block (its kind, length and
+//! generation), the body of one, or reserved by an allocation in progress. Only this module writes
+//! the map, and the map is never payload, so a scan never takes data for metadata.
 //!
 //! Generic over the atomics, as [`super::protocol`] is, so that the loom model in
 //! `tests/channel_loom.rs` checks this very code. Public only for that model; not a stable

@@ -123,6 +123,35 @@ impl Producer {
         wakeups && crossed::<A>(consumer_wake_at, old, self.pos)
     }
 
+    /// Commits a message record of `n` bytes at `pos` in band (layout version 3): clears
+    /// `next`, the header word of the record after it (at `pos + n`), then stores `header`
+    /// (never 0) into `this`, the record's header word, with release (pairs with the
+    /// consumer's acquire in [`Consumer::committed`], so the payload and the cleared word are
+    /// visible before the header); then publishes the index as [`publish`](Self::publish)
+    /// does (the wake-up decision, flow control and the stream's end go by it; the consumer
+    /// of messages never reads it).
+    ///
+    /// So the header word at the consumer's position holds 0 or its record's committed
+    /// header, never an older lap's bytes: the producer cleared it before committing the
+    /// record before it, in its free space, where the consumer reads nothing. `n + 8` must
+    /// not exceed the last [`space`](Self::space).
+    #[allow(clippy::too_many_arguments)]
+    pub fn commit<A: Atomics>(
+        &mut self,
+        n: u64,
+        this: &A::U64,
+        next: &A::U64,
+        header: u64,
+        prod: &A::U64,
+        consumer_wake_at: &A::U64,
+        wakeups: bool,
+    ) -> bool {
+        debug_assert!(header != 0 && self.pos.wrapping_sub(self.seen) + n + 8 <= self.cap);
+        A::store(next, 0, Ordering::Relaxed);
+        A::store(this, header, Ordering::Release);
+        self.publish::<A>(n, prod, consumer_wake_at, wakeups)
+    }
+
     /// After the closed flag (stored by the caller): whether the consumer sleeps waiting for
     /// bytes beyond what was published, and must be woken to see the end.
     pub fn consumer_waits<A: Atomics>(&self, consumer_wake_at: &A::U64) -> bool {
@@ -201,6 +230,32 @@ impl Consumer {
         self.pos = self.pos.wrapping_add(n);
         A::store(cons, self.pos, Ordering::Release);
         wakeups && crossed::<A>(producer_wake_at, old, self.pos)
+    }
+}
+
+impl Consumer {
+    /// The header of the message record at `pos` (`this`, its header word), once committed;
+    /// 0 while it is not (acquire: pairs with the release in [`Producer::commit`], so the
+    /// record's payload is visible). The in-band commit: one load, on the line the payload
+    /// starts on, where the index protocol needs two (the index, then the record).
+    pub fn committed<A: Atomics>(&self, this: &A::U64) -> u64 {
+        A::load(this, Ordering::Acquire)
+    }
+
+    /// Gives back a message record of `n` bytes whose header [`committed`](Self::committed)
+    /// returned: as [`release`](Self::release), with the record counted as published.
+    pub fn consume<A: Atomics>(
+        &mut self,
+        n: u64,
+        cons: &A::U64,
+        producer_wake_at: &A::U64,
+        wakeups: bool,
+    ) -> bool {
+        debug_assert!(n <= self.cap);
+        if self.seen.wrapping_sub(self.pos) < n {
+            self.seen = self.pos.wrapping_add(n);
+        }
+        self.release::<A>(n, cons, producer_wake_at, wakeups)
     }
 }
 

@@ -58,7 +58,7 @@ pub(crate) struct Mem {
     /// end's own memory, `[peer_at, len)` its peer's, mapped read-only. `None`: one region
     /// that both ends write.
     pub(crate) peer_at: Option<usize>,
-    /// What this process saw of the region's arena over time (layout version 2).
+    /// What this process saw of the region's arena over time (layout version 3).
     pub(crate) sightings: Mutex<Sightings>,
 }
 

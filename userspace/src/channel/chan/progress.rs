@@ -92,9 +92,7 @@ impl Channel {
             }
             i = i.saturating_add(1);
             if i <= self.spin {
-                if self.spin_hint {
-                    std::hint::spin_loop();
-                }
+                pace(self.spin_hint);
                 if !i.is_multiple_of(CHECK_EVERY) {
                     continue;
                 }
@@ -217,7 +215,9 @@ impl Channel {
         unsafe {
             let data = self.mem.base().add(r.data);
             std::ptr::copy_nonoverlapping(src.as_ptr(), data.add(off), first);
-            std::ptr::copy_nonoverlapping(src.as_ptr().add(first), data, src.len() - first);
+            if first < src.len() {
+                std::ptr::copy_nonoverlapping(src.as_ptr().add(first), data, src.len() - first);
+            }
         }
     }
 
@@ -232,7 +232,9 @@ impl Channel {
         unsafe {
             let data = self.mem.base().add(r.data);
             std::ptr::copy_nonoverlapping(data.add(off), dst, first);
-            std::ptr::copy_nonoverlapping(data, dst.add(first), len - first);
+            if first < len {
+                std::ptr::copy_nonoverlapping(data, dst.add(first), len - first);
+            }
         }
     }
 
@@ -330,7 +332,7 @@ impl Channel {
         self.sides[1 - self.side] = j.side;
         self.out.cons = j.cons as usize;
         self.out.cons_wake = j.cons as usize + 8;
-        self.inp = Ring::on_lines(j.prod, self.inp.cons as u64, j.data, j.cap);
+        self.inp = Ring::on_lines(j.prod, j.closed, self.inp.cons as u64, j.data, j.cap);
         self.rx = Consumer::new(j.cap);
         self.peer_sleeps = None;
         self.peer_hb = None;
@@ -394,4 +396,25 @@ impl Channel {
             _ => Ok(()),
         }
     }
+}
+
+/// Between two looks at the ring while spinning: the pause hint if asked for, else (on x86)
+/// an `lfence`, so that each look waits for the one before it. Without it the core keeps many
+/// loads of the peer's line in flight: they pull the line back while the peer is still writing
+/// the record on it, and the first look that sees the record costs a pipeline flush. Measured
+/// on this project's 2-core EPYC host (two threads, 64-byte messages, 20 alternating rounds of
+/// 100,000 against a bare spin ping-pong): round trip 1.3-1.4x the bare one without, 1.0-1.1x
+/// with `lfence` or `pause`. Unlike `pause`, which leaves QEMU's translated code (367 ns a
+/// round in the TCG lab), `lfence` is a plain barrier there.
+#[inline(always)]
+fn pace(hint: bool) {
+    if hint {
+        std::hint::spin_loop();
+        return;
+    }
+    // SAFETY: `lfence` only orders instructions; SSE2, which it needs, is part of x86_64.
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        std::arch::x86_64::_mm_lfence()
+    };
 }

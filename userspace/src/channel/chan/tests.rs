@@ -89,35 +89,38 @@ fn empty_ring_would_block_or_time_out() {
 fn messages_keep_their_boundaries() {
     let opts = Options::new().kind(Kind::Messages).capacity(128);
     let (r, mut a, mut b) = pair(&opts);
-    assert_eq!(a.max_message(), 120);
+    // The record's header and the next one's, which the commit clears, take 16 bytes.
+    assert_eq!(a.max_message(), 112);
     let mut buf = Vec::new();
     for round in 0..50usize {
-        let len = (round * 7) % 121;
+        let len = (round * 7) % 113;
         let msg: Vec<u8> = (0..len).map(|i| (i + round) as u8).collect();
         a.send(&msg).unwrap();
         assert_eq!(b.recv(&mut buf).unwrap(), Some(len));
         assert_eq!(buf, msg);
     }
-    let e = a.send(&[0u8; 121]).unwrap_err();
+    let e = a.send(&[0u8; 113]).unwrap_err();
     assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
-    assert!(e.to_string().contains("121 bytes is larger"), "{e}");
-    // Two that fit together, the third waits.
+    assert!(e.to_string().contains("113 bytes is larger"), "{e}");
+    // Two that fit together (56-byte records and the next header word), the third waits.
     a.set_nonblocking(true);
-    a.send(&[1; 50]).unwrap();
-    a.send(&[2; 50]).unwrap();
+    a.send(&[1; 44]).unwrap();
+    a.send(&[2; 44]).unwrap();
     assert_eq!(
-        a.send(&[3; 50]).unwrap_err().kind(),
+        a.send(&[3; 44]).unwrap_err().kind(),
         io::ErrorKind::WouldBlock
     );
-    assert_eq!(b.recv(&mut buf).unwrap(), Some(50));
-    assert_eq!(buf, [1; 50]);
-    a.send(&[3; 50]).unwrap();
-    a.send(b"").unwrap_err(); // full again: the empty message needs its header
+    assert_eq!(b.recv(&mut buf).unwrap(), Some(44));
+    assert_eq!(buf, [1; 44]);
+    a.send(&[3; 44]).unwrap();
+    a.send(b"").unwrap(); // the last 16 bytes: its header and the next one's
+    a.send(b"").unwrap_err(); // full: the empty message needs its header too
     drop(a);
-    assert_eq!(b.recv(&mut buf).unwrap(), Some(50));
-    assert_eq!(buf, [2; 50]);
-    assert_eq!(b.recv(&mut buf).unwrap(), Some(50));
-    assert_eq!(buf, [3; 50]);
+    assert_eq!(b.recv(&mut buf).unwrap(), Some(44));
+    assert_eq!(buf, [2; 44]);
+    assert_eq!(b.recv(&mut buf).unwrap(), Some(44));
+    assert_eq!(buf, [3; 44]);
+    assert_eq!(b.recv(&mut buf).unwrap(), Some(0));
     assert_eq!(b.recv(&mut buf).unwrap(), None);
     // The wrong API and the wrong kind are clear errors.
     let mut c = [0u8; 1];
@@ -376,7 +379,8 @@ fn a_stale_reader_takes_nothing_from_the_next_session() {
         stall(&b); // alive, but silent
         let fill = |c: &mut Channel, byte: u8| match kind {
             Kind::Stream => c.write_all(&[byte; 64]),
-            Kind::Messages => c.send(&[byte; 56]),
+            // A 56-byte record and the next header word: the whole ring.
+            Kind::Messages => c.send(&[byte; 48]),
         };
         fill(&mut a, 1).unwrap();
         a.set_write_timeout(Some(Duration::from_secs(5)));
@@ -403,8 +407,8 @@ fn a_stale_reader_takes_nothing_from_the_next_session() {
                 assert_eq!(buf, [2u8; 64]);
             }
             Kind::Messages => {
-                assert_eq!(d.recv(&mut msg).unwrap(), Some(56));
-                assert_eq!(msg, [2u8; 56]);
+                assert_eq!(d.recv(&mut msg).unwrap(), Some(48));
+                assert_eq!(msg, [2u8; 48]);
             }
         }
         fill(&mut c, 3).unwrap();
@@ -416,8 +420,8 @@ fn a_stale_reader_takes_nothing_from_the_next_session() {
                 assert_eq!(rest, [3u8; 64]);
             }
             Kind::Messages => {
-                assert_eq!(d.recv(&mut msg).unwrap(), Some(56));
-                assert_eq!(msg, [3u8; 56]);
+                assert_eq!(d.recv(&mut msg).unwrap(), Some(48));
+                assert_eq!(msg, [3u8; 48]);
                 assert_eq!(d.recv(&mut msg).unwrap(), None);
             }
         }

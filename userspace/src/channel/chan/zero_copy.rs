@@ -219,8 +219,8 @@ impl MessageView<'_> {
         let r = self.chan.inp;
         let [(a, la), (b, lb)] = parts(r.data, r.cap, self.pos, self.len);
         let base = self.chan.mem.base();
-        // SAFETY: both parts lie in published bytes of the ring (`peek` checked the record
-        // against what the producer published), which are this end's until it releases them;
+        // SAFETY: both parts lie in committed bytes of the ring (`peek` saw the record's
+        // header committed and checked its length against the ring), which are this end's until it releases them;
         // unchanged while the caller upholds the trust above.
         unsafe {
             (
@@ -233,7 +233,7 @@ impl MessageView<'_> {
     /// Consumes the message. An error (`BrokenPipe`, "detached") means the bytes seen may have
     /// been a newer session's: this end left its session meanwhile.
     pub fn release(self) -> io::Result<()> {
-        self.chan.release(self.need)
+        self.chan.release_message(self.need)
     }
 }
 
