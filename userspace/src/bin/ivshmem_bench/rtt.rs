@@ -83,13 +83,14 @@ fn ping(e: &mut dyn Echo, rounds: usize, size: usize) -> Result<Vec<u64>, ToolEr
 fn print_rtt(transport: &str, wait: &str, pause: &str, size: usize, ns: &[u64]) {
     let us = |v: u64| v as f64 / 1e3;
     println!(
-        "rtt transport={transport} wait={wait} pause={pause} size={size} rounds={} min_us={:.3} p50_us={:.3} p90_us={:.3} p99_us={:.3} max_us={:.3}",
+        "rtt transport={transport} wait={wait} pause={pause} size={size} rounds={} min_us={:.3} p50_us={:.3} p90_us={:.3} p99_us={:.3} max_us={:.3} mean_us={:.4}",
         ns.len(),
         us(ns[0]),
         us(percentile(ns, 0.5)),
         us(percentile(ns, 0.9)),
         us(percentile(ns, 0.99)),
         us(ns[ns.len() - 1]),
+        ns.iter().sum::<u64>() as f64 / ns.len() as f64 / 1e3,
     );
 }
 
