@@ -2,8 +2,8 @@
 //! message and zero-copy operations.
 
 use std::io;
-use std::mem::MaybeUninit;
 use std::os::fd::RawFd;
+use std::ptr::NonNull;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64};
 use std::sync::Arc;
@@ -94,27 +94,47 @@ enum Dir {
 ///
 /// Callers pass only offsets of words in the channel's blocks, which were checked against the
 /// region's size (`listener::end_channel`): inside the region and aligned for the word.
+/// `base` is `mem.base()`, kept beside it so that a word's address costs one load on the hot
+/// path, not two.
 #[derive(Clone)]
-pub(super) struct Shm(Arc<Mem>);
+pub(super) struct Shm {
+    mem: Arc<Mem>,
+    base: NonNull<u8>,
+}
+
+// SAFETY: `Shm` is an `Arc<Mem>`, which is `Send` and `Sync`, and a copy of its base pointer,
+// used only as `Mem` uses it.
+unsafe impl Send for Shm {}
+// SAFETY: as above.
+unsafe impl Sync for Shm {}
 
 impl Shm {
+    fn new(mem: Arc<Mem>) -> Self {
+        // INVARIANT: `base` is the region's.
+        let base = NonNull::new(mem.base()).expect("a region's base is not null");
+        Self { mem, base }
+    }
+
     /// The 64-bit word at `off`.
+    #[inline]
     pub(super) fn w64(&self, off: usize) -> &AtomicU64 {
-        debug_assert!(off + 8 <= self.0.len() && off.is_multiple_of(8));
-        // SAFETY: by the type invariant `off` is inside the region and 8-aligned; `self.0`
+        debug_assert!(off + 8 <= self.mem.len() && off.is_multiple_of(8));
+        // SAFETY: by the type invariant `off` is inside the region and 8-aligned; `self.mem`
         // keeps the region alive; both sides only access this word as an `AtomicU64`.
-        unsafe { AtomicU64::from_ptr(self.0.base().add(off).cast()) }
+        unsafe { AtomicU64::from_ptr(self.base.as_ptr().add(off).cast()) }
     }
 
     /// The 32-bit word at `off`.
+    #[inline]
     fn w32(&self, off: usize) -> &AtomicU32 {
-        debug_assert!(off + 4 <= self.0.len() && off.is_multiple_of(4));
+        debug_assert!(off + 4 <= self.mem.len() && off.is_multiple_of(4));
         // SAFETY: as in `w64`, with 4-byte alignment.
-        unsafe { AtomicU32::from_ptr(self.0.base().add(off).cast()) }
+        unsafe { AtomicU32::from_ptr(self.base.as_ptr().add(off).cast()) }
     }
 
+    #[inline]
     fn base(&self) -> *mut u8 {
-        self.0.base()
+        self.base.as_ptr()
     }
 }
 
@@ -280,7 +300,7 @@ impl Channel {
     ) -> Self {
         let [out, inp] = rings;
         Self {
-            mem: Shm(mem),
+            mem: Shm::new(mem),
             name: name.to_string(),
             kind,
             side: 0,
@@ -343,7 +363,7 @@ impl Channel {
         fence(SeqCst);
         let every = self.liveness / 10;
         let heartbeat = Beat::start(
-            self.mem.0.clone(),
+            self.mem.mem.clone(),
             self.ctl.hold(),
             (line as u64) + SIDE_HEARTBEAT,
             every,
@@ -381,7 +401,7 @@ impl Channel {
     /// The region the channel lives in (for tools: listing, diagnostics).
     pub fn region(&self) -> Region {
         Region {
-            mem: self.mem.0.clone(),
+            mem: self.mem.mem.clone(),
         }
     }
 

@@ -70,9 +70,9 @@ impl Channel {
         };
         buf.clear();
         buf.reserve(len);
-        let spare: &mut [MaybeUninit<u8>] = &mut buf.spare_capacity_mut()[..len];
-        self.copy_from_ring(self.rx.pos + MSG_HDR, spare.as_mut_ptr().cast(), len);
-        // SAFETY: the copy above initialised the first `len` bytes of the spare capacity.
+        // `reserve` made room for `len` bytes after the (empty) contents.
+        self.copy_from_ring(self.rx.pos + MSG_HDR, buf.as_mut_ptr(), len);
+        // SAFETY: the capacity is at least `len`, and the copy above initialised `len` bytes.
         unsafe { buf.set_len(len) };
         if let Err(e) = self.release_message(need) {
             // The bytes may be a newer session's: none is delivered.
@@ -176,7 +176,7 @@ impl Channel {
     /// Writes the header of a message of `len` bytes at the producer position and commits its
     /// record (header, payload written by the caller, padding), if this end is still in its
     /// session.
-    #[inline]
+    #[inline(always)]
     pub(super) fn commit_message(&mut self, len: u32) -> io::Result<()> {
         // One word: the length in the low half, its complement in the high half (both
         // little-endian, as the layout says); never 0.

@@ -204,6 +204,7 @@ impl Channel {
 
     /// Copies `src` into the outgoing ring at free-running position `pos`, in two parts when
     /// it wraps. `src` must fit the free space there.
+    #[inline(always)]
     pub(super) fn copy_to_ring(&self, pos: u64, src: &[u8]) {
         let r = self.out;
         debug_assert!(src.len() as u64 <= r.cap);
@@ -214,14 +215,15 @@ impl Channel {
         // space `[pos, seen + cap)` until it publishes, and `src` is private memory.
         unsafe {
             let data = self.mem.base().add(r.data);
-            std::ptr::copy_nonoverlapping(src.as_ptr(), data.add(off), first);
+            copy(src.as_ptr(), data.add(off), first);
             if first < src.len() {
-                std::ptr::copy_nonoverlapping(src.as_ptr().add(first), data, src.len() - first);
+                copy(src.as_ptr().add(first), data, src.len() - first);
             }
         }
     }
 
     /// Copies bytes at free-running position `pos` of the incoming ring into `dst`.
+    #[inline(always)]
     pub(super) fn copy_from_ring(&self, pos: u64, dst: *mut u8, len: usize) {
         let r = self.inp;
         debug_assert!(len as u64 <= r.cap);
@@ -231,9 +233,9 @@ impl Channel {
         // consumer's until it releases them; `dst` is valid for `len` bytes (callers).
         unsafe {
             let data = self.mem.base().add(r.data);
-            std::ptr::copy_nonoverlapping(data.add(off), dst, first);
+            copy(data.add(off), dst, first);
             if first < len {
-                std::ptr::copy_nonoverlapping(data, dst.add(first), len - first);
+                copy(data, dst.add(first), len - first);
             }
         }
     }
@@ -417,4 +419,59 @@ fn pace(hint: bool) {
     unsafe {
         std::arch::x86_64::_mm_lfence()
     };
+}
+
+/// Copies `n` bytes from `src` to `dst`: up to 64 (a message's usual size) inline, as two
+/// overlapping parts of a power-of-two size, longer ones with `memcpy`: a call into libc costs
+/// more than a short copy (under TCG above all, where the call and its return each leave the
+/// translated block).
+///
+/// # Safety
+///
+/// As [`std::ptr::copy_nonoverlapping`]: `src` readable and `dst` writable for `n` bytes, not
+/// overlapping.
+#[inline(always)]
+unsafe fn copy(src: *const u8, dst: *mut u8, n: usize) {
+    /// Copies `N` bytes at offset `at`.
+    ///
+    /// # Safety
+    ///
+    /// `at + N <= n`, with the caller's guarantees for `n` bytes.
+    #[inline(always)]
+    unsafe fn part<const N: usize>(src: *const u8, dst: *mut u8, at: usize) {
+        // SAFETY: `[at, at + N)` lies within the `n` bytes the caller vouches for.
+        unsafe {
+            let v = src.add(at).cast::<[u8; N]>().read_unaligned();
+            dst.add(at).cast::<[u8; N]>().write_unaligned(v);
+        }
+    }
+    // SAFETY: each part lies within `[0, n)` (the arms bound `n`); the caller vouches for the
+    // `n` bytes.
+    unsafe {
+        match n {
+            65.. => std::ptr::copy_nonoverlapping(src, dst, n),
+            32.. => {
+                part::<32>(src, dst, 0);
+                part::<32>(src, dst, n - 32);
+            }
+            16.. => {
+                part::<16>(src, dst, 0);
+                part::<16>(src, dst, n - 16);
+            }
+            8.. => {
+                part::<8>(src, dst, 0);
+                part::<8>(src, dst, n - 8);
+            }
+            4.. => {
+                part::<4>(src, dst, 0);
+                part::<4>(src, dst, n - 4);
+            }
+            1.. => {
+                part::<1>(src, dst, 0);
+                part::<1>(src, dst, n / 2);
+                part::<1>(src, dst, n - 1);
+            }
+            0 => {}
+        }
+    }
 }
