@@ -6,7 +6,7 @@ use std::ffi::c_long;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::sys;
 
@@ -62,8 +62,12 @@ pub trait Waker: Send + Sync {
     }
 }
 
-/// Waiting without a doorbell (ivshmem-plain): the channel spins its budget, then sleeps here
-/// in slices it doubles from 1 us, each at most `max`. No notifications.
+/// Waits of a [`SpinWaker`] shorter than this yield the CPU instead of sleeping.
+const YIELD_BELOW: Duration = Duration::from_micros(100);
+
+/// Waiting without a doorbell (ivshmem-plain): the channel spins its budget, then waits here
+/// in slices it doubles from 1 us, each at most `max`: yielding the CPU below 100 us
+/// (`YIELD_BELOW`), sleeping above. No notifications.
 #[derive(Debug, Clone)]
 pub struct SpinWaker {
     /// Longest sleep between two looks at the ring.
@@ -83,11 +87,23 @@ impl Waker for SpinWaker {
         false
     }
 
+    /// Waits below `YIELD_BELOW` by yielding until the time is up, longer by sleeping: a sleep
+    /// that short overshoots to the kernel's timer tick where there are no high-resolution
+    /// timers (the lab's guests: 4 ms), and the first sleeps of the back-off were then a
+    /// guest's 64-byte round trip at p90 whenever its peer's vCPU was away for longer than the
+    /// spin rounds (which got short once a waiter's look at the ring stopped missing the cache).
     fn wait(&self, timeout: Duration) -> io::Result<()> {
-        if timeout.is_zero() {
-            std::thread::yield_now();
+        let t = timeout.min(self.max);
+        if t < YIELD_BELOW {
+            let end = Instant::now() + t;
+            loop {
+                std::thread::yield_now();
+                if Instant::now() >= end {
+                    break;
+                }
+            }
         } else {
-            std::thread::sleep(timeout.min(self.max));
+            std::thread::sleep(t);
         }
         Ok(())
     }
@@ -136,7 +152,7 @@ impl FdWaker {
 
     /// A new non-blocking, close-on-exec eventfd.
     pub fn eventfd() -> io::Result<OwnedFd> {
-        // SAFETY: plain syscall without pointers.
+        // SAFETY: Plain syscall without pointers.
         let fd = unsafe { sys::eventfd(0, sys::EFD_NONBLOCK | sys::EFD_CLOEXEC) };
         if fd < 0 {
             return Err(io::Error::last_os_error());
