@@ -232,7 +232,7 @@ fn main() -> io::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--peer") {
         let fd: Vec<RawFd> = args[2..5].iter().map(|a| a.parse().unwrap()).collect();
-        // SAFETY: the parent passed us this memfd.
+        // SAFETY: The parent passed us this memfd.
         let file = unsafe { File::from_raw_fd(fd[0]) };
         let ctx = Ctx {
             region: Region::map_file(&file)?,
@@ -242,19 +242,19 @@ fn main() -> io::Result<()> {
         return run(&ctx, true);
     }
     let secs = args.get(1).map_or(0.5, |s| s.parse().expect("seconds"));
-    // SAFETY: a NUL-terminated name.
+    // SAFETY: A NUL-terminated name.
     let fd = unsafe { memfd_create(c"channel-bench".as_ptr(), MFD_CLOEXEC) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: a fresh descriptor.
+    // SAFETY: A fresh descriptor.
     let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
     file.set_len(3 * SIZES.len() as u64 * (2 * RING + 4096) + (8 << 20))?;
     let (a, b) = (FdWaker::eventfd()?, FdWaker::eventfd()?);
     let fds = [file.as_raw_fd(), b.as_raw_fd(), a.as_raw_fd()];
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.arg("--peer").args(fds.iter().map(|f| f.to_string()));
-    // SAFETY: only fcntl, async-signal-safe, between fork and exec.
+    // SAFETY: Only fcntl, async-signal-safe, between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
             for fd in fds {

@@ -244,7 +244,7 @@ impl std::fmt::Display for Devices {
 /// (`ivshmem info | head -2`), as `cat` does. Rust ignores the signal, so without this the
 /// next `println!` panics. A process that writes to sockets (`ivshmem-server`) keeps ignoring it.
 pub fn die_on_closed_output() {
-    // SAFETY: restores the default action of one signal; no handler runs.
+    // SAFETY: Restores the default action of one signal; no handler runs.
     unsafe { sys::signal(sys::SIGPIPE, sys::SIG_DFL) };
 }
 

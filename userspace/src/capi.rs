@@ -259,7 +259,7 @@ fn einval(msg: impl Into<String>) -> Failure {
 /// `ch` is NULL or a handle from [`ivshmem_channel_open`] not yet closed, used by no other
 /// thread during the call.
 unsafe fn handle<'a>(ch: *mut IvshmemChannel) -> Res<&'a mut IvshmemChannel> {
-    // SAFETY: by the caller's contract a non-NULL `ch` is a live, unshared `Box` allocation.
+    // SAFETY: By the caller's contract a non-NULL `ch` is a live, unshared `Box` allocation.
     unsafe { ch.as_mut() }.ok_or_else(|| einval("channel handle is NULL"))
 }
 
@@ -272,7 +272,7 @@ unsafe fn c_str<'a>(s: *const c_char, what: &str) -> Res<&'a str> {
     if s.is_null() {
         return Err(einval(format!("{what} is NULL")));
     }
-    // SAFETY: non-NULL and NUL-terminated by the caller's contract; not written during the call.
+    // SAFETY: Non-NULL and NUL-terminated by the caller's contract; not written during the call.
     let s = unsafe { CStr::from_ptr(s) };
     s.to_str()
         .map_err(|_| einval(format!("{what} is not valid UTF-8")))
@@ -293,7 +293,7 @@ unsafe fn bytes<'a>(buf: *const c_void, len: usize) -> Res<&'a [u8]> {
     if len > isize::MAX as usize {
         return Err(einval(format!("length {len} exceeds SSIZE_MAX")));
     }
-    // SAFETY: non-NULL, `len` readable initialised bytes by the caller's contract, `len` at
+    // SAFETY: Non-NULL, `len` readable initialised bytes by the caller's contract, `len` at
     // most isize::MAX (checked), and u8 needs no alignment.
     Ok(unsafe { std::slice::from_raw_parts(buf.cast::<u8>(), len) })
 }
@@ -304,7 +304,7 @@ unsafe fn bytes<'a>(buf: *const c_void, len: usize) -> Res<&'a [u8]> {
 ///
 /// `s` is NULL or points to a NUL-terminated string.
 unsafe fn name_arg<'a>(s: *const c_char, what: &str) -> Res<&'a str> {
-    // SAFETY: forwarded from this function's contract.
+    // SAFETY: Forwarded from this function's contract.
     let name = unsafe { c_str(s, what) }?;
     if name.is_empty() {
         return Err(einval(format!("{what} is empty")));
@@ -328,7 +328,7 @@ unsafe fn read_options(opts: *const IvshmemChannelOptions) -> Res<IvshmemChannel
     if opts.is_null() {
         return Ok(IvshmemChannelOptions::default());
     }
-    // SAFETY: non-NULL; the caller's struct starts with the u32 `size` and is aligned for it.
+    // SAFETY: Non-NULL; the caller's struct starts with the u32 `size` and is aligned for it.
     let size = unsafe { opts.cast::<u32>().read() };
     let ours = std::mem::size_of::<IvshmemChannelOptions>() as u32;
     if !(OPTIONS_V1_SIZE..=OPTIONS_MAX_SIZE).contains(&size) {
@@ -415,13 +415,13 @@ pub unsafe extern "C" fn ivshmem_channel_open(
     opts: *const IvshmemChannelOptions,
 ) -> *mut IvshmemChannel {
     guard(std::ptr::null_mut(), || {
-        // SAFETY: forwarded from this function's contract.
+        // SAFETY: Forwarded from this function's contract.
         let path = unsafe { c_str(path, "path") }?;
-        // SAFETY: as above.
+        // SAFETY: As above.
         let name = unsafe { name_arg(name, "channel name") }?;
-        // SAFETY: forwarded from this function's contract.
+        // SAFETY: Forwarded from this function's contract.
         let o = unsafe { read_options(opts) }?;
-        // SAFETY: the options' paths are NULL or strings by this function's contract.
+        // SAFETY: The options' paths are NULL or strings by this function's contract.
         let (region, opts) = unsafe { region(path, &o) }?;
         let chan = Channel::open(&region, name, &opts).map_err(|e| {
             let f = Failure::from(e);
@@ -442,7 +442,7 @@ pub unsafe extern "C" fn ivshmem_channel_open(
 pub unsafe extern "C" fn ivshmem_channel_close(ch: *mut IvshmemChannel) {
     guard((), || {
         if !ch.is_null() {
-            // SAFETY: a non-NULL `ch` came from `Box::into_raw` in `ivshmem_channel_open` and is
+            // SAFETY: A non-NULL `ch` came from `Box::into_raw` in `ivshmem_channel_open` and is
             // given back exactly once (the caller's contract).
             drop(unsafe { Box::from_raw(ch) });
         }
@@ -460,7 +460,7 @@ pub unsafe extern "C" fn ivshmem_channel_close(ch: *mut IvshmemChannel) {
 pub unsafe extern "C" fn ivshmem_channel_abort(ch: *mut IvshmemChannel) {
     guard((), || {
         if !ch.is_null() {
-            // SAFETY: as in `ivshmem_channel_close`.
+            // SAFETY: As in `ivshmem_channel_close`.
             let h = unsafe { Box::from_raw(ch) };
             h.chan.abort();
         }
@@ -480,10 +480,10 @@ pub unsafe extern "C" fn ivshmem_channel_write(
     len: usize,
 ) -> isize {
     guard(-1, || {
-        // SAFETY: forwarded from this function's contract.
+        // SAFETY: Forwarded from this function's contract.
         let h = unsafe { handle(ch) }?;
         // A write may be partial: never more than SSIZE_MAX, so the count fits the return.
-        // SAFETY: forwarded; `len.min(..)` only shortens the range.
+        // SAFETY: Forwarded; `len.min(..)` only shortens the range.
         let data = unsafe { bytes(buf, len.min(isize::MAX as usize)) }?;
         Ok(h.writer()?.write(data)? as isize)
     })
@@ -502,7 +502,7 @@ pub unsafe extern "C" fn ivshmem_channel_read(
     len: usize,
 ) -> isize {
     guard(-1, || {
-        // SAFETY: forwarded from this function's contract.
+        // SAFETY: Forwarded from this function's contract.
         let h = unsafe { handle(ch) }?;
         if len == 0 {
             return Ok(0);
@@ -531,7 +531,7 @@ pub unsafe extern "C" fn ivshmem_channel_read(
 #[no_mangle]
 pub unsafe extern "C" fn ivshmem_channel_close_write(ch: *mut IvshmemChannel) -> c_int {
     guard(-1, || {
-        // SAFETY: forwarded from this function's contract.
+        // SAFETY: Forwarded from this function's contract.
         let h = unsafe { handle(ch) }?;
         h.writer()?.close_write()?;
         Ok(0)
@@ -546,7 +546,7 @@ pub unsafe extern "C" fn ivshmem_channel_close_write(ch: *mut IvshmemChannel) ->
 #[no_mangle]
 pub unsafe extern "C" fn ivshmem_channel_flush(ch: *mut IvshmemChannel) -> c_int {
     guard(-1, || {
-        // SAFETY: forwarded from this function's contract.
+        // SAFETY: Forwarded from this function's contract.
         let h = unsafe { handle(ch) }?;
         h.writer()?.drain()?;
         Ok(0)
@@ -561,7 +561,7 @@ pub unsafe extern "C" fn ivshmem_channel_flush(ch: *mut IvshmemChannel) -> c_int
 #[no_mangle]
 pub unsafe extern "C" fn ivshmem_channel_wait_peer(ch: *mut IvshmemChannel) -> c_int {
     guard(-1, || {
-        // SAFETY: forwarded from this function's contract.
+        // SAFETY: Forwarded from this function's contract.
         let h = unsafe { handle(ch) }?;
         h.writer()?.wait_peer()?;
         Ok(0)
@@ -580,13 +580,13 @@ pub unsafe extern "C" fn ivshmem_channel_send(
     len: usize,
 ) -> c_int {
     guard(-1, || {
-        // SAFETY: forwarded from this function's contract.
+        // SAFETY: Forwarded from this function's contract.
         let h = unsafe { handle(ch) }?;
         let max = h.writer()?.max_message();
         if len > max {
             return Err(ChannelError::MessageTooLarge { len, max }.into());
         }
-        // SAFETY: forwarded from this function's contract.
+        // SAFETY: Forwarded from this function's contract.
         let data = unsafe { bytes(msg, len) }?;
         h.writer()?.send(data)?;
         Ok(0)
@@ -608,14 +608,14 @@ pub unsafe extern "C" fn ivshmem_channel_recv(
     len: *mut usize,
 ) -> c_int {
     guard(-1, || {
-        // SAFETY: forwarded from this function's contract.
+        // SAFETY: Forwarded from this function's contract.
         let h = unsafe { handle(ch) }?;
         if buf.is_null() && cap != 0 {
             return Err(einval(format!("buffer is NULL with capacity {cap}")));
         }
         let set_len = |n: usize| {
             if !len.is_null() {
-                // SAFETY: a non-NULL `len` is writable (contract).
+                // SAFETY: A non-NULL `len` is writable (contract).
                 unsafe { len.write(n) };
             }
         };
@@ -653,7 +653,7 @@ pub unsafe extern "C" fn ivshmem_channel_recv(
 #[no_mangle]
 pub unsafe extern "C" fn ivshmem_channel_max_message(ch: *mut IvshmemChannel) -> isize {
     guard(-1, || {
-        // SAFETY: forwarded from this function's contract.
+        // SAFETY: Forwarded from this function's contract.
         let h = unsafe { handle(ch) }?;
         Ok(h.chan.max_message().min(isize::MAX as usize) as isize)
     })
@@ -670,7 +670,7 @@ pub unsafe extern "C" fn ivshmem_channel_set_nonblocking(
     on: c_int,
 ) -> c_int {
     guard(-1, || {
-        // SAFETY: forwarded from this function's contract.
+        // SAFETY: Forwarded from this function's contract.
         let h = unsafe { handle(ch) }?;
         h.chan.set_nonblocking(on != 0);
         Ok(0)
@@ -689,7 +689,7 @@ pub unsafe extern "C" fn ivshmem_channel_set_timeouts(
     write_ms: c_int,
 ) -> c_int {
     guard(-1, || {
-        // SAFETY: forwarded from this function's contract.
+        // SAFETY: Forwarded from this function's contract.
         let h = unsafe { handle(ch) }?;
         let t = |ms: c_int| u64::try_from(ms).ok().map(Duration::from_millis);
         h.chan.set_read_timeout(t(read_ms));
@@ -707,7 +707,7 @@ pub unsafe extern "C" fn ivshmem_channel_set_timeouts(
 #[no_mangle]
 pub unsafe extern "C" fn ivshmem_channel_fd(ch: *mut IvshmemChannel) -> c_int {
     guard(-1, || {
-        // SAFETY: forwarded from this function's contract.
+        // SAFETY: Forwarded from this function's contract.
         let h = unsafe { handle(ch) }?;
         h.chan.as_raw_fd().ok_or_else(|| {
             Failure::new(
@@ -732,7 +732,7 @@ pub unsafe extern "C" fn ivshmem_channel_split(
     reader: *mut *mut IvshmemChannel,
 ) -> c_int {
     guard(-1, || {
-        // SAFETY: forwarded from this function's contract.
+        // SAFETY: Forwarded from this function's contract.
         let h = unsafe { handle(ch) }?;
         if reader.is_null() {
             return Err(einval("reader is NULL"));
@@ -746,7 +746,7 @@ pub unsafe extern "C" fn ivshmem_channel_split(
         let half = h.chan.split_reader();
         h.reads = false;
         let r = Box::into_raw(Box::new(IvshmemChannel::new(half, true, false)));
-        // SAFETY: non-NULL (checked) and writable by the caller's contract.
+        // SAFETY: Non-NULL (checked) and writable by the caller's contract.
         unsafe { reader.write(r) };
         Ok(0)
     })
@@ -761,7 +761,7 @@ pub unsafe extern "C" fn ivshmem_channel_split(
 #[no_mangle]
 pub unsafe extern "C" fn ivshmem_channel_poll_interval_ms(ch: *mut IvshmemChannel) -> c_int {
     guard(-1, || {
-        // SAFETY: forwarded from this function's contract.
+        // SAFETY: Forwarded from this function's contract.
         let h = unsafe { handle(ch) }?;
         Ok(h.chan.poll_interval().as_millis().min(i32::MAX as u128) as c_int)
     })
@@ -795,13 +795,13 @@ pub unsafe extern "C" fn ivshmem_listener_bind(
     opts: *const IvshmemChannelOptions,
 ) -> *mut IvshmemListener {
     guard(std::ptr::null_mut(), || {
-        // SAFETY: forwarded from this function's contract.
+        // SAFETY: Forwarded from this function's contract.
         let path = unsafe { c_str(path, "path") }?;
-        // SAFETY: as above.
+        // SAFETY: As above.
         let service = unsafe { name_arg(service, "service name") }?;
-        // SAFETY: as above.
+        // SAFETY: As above.
         let o = unsafe { read_options(opts) }?;
-        // SAFETY: the options' paths are NULL or strings by this function's contract.
+        // SAFETY: The options' paths are NULL or strings by this function's contract.
         let (region, opts) = unsafe { region(path, &o) }?;
         let listener = Listener::bind(&region, service, &opts).map_err(|e| {
             let f = Failure::from(e);
@@ -822,7 +822,7 @@ pub unsafe extern "C" fn ivshmem_listener_accept(
     timeout_ms: c_int,
 ) -> *mut IvshmemChannel {
     guard(std::ptr::null_mut(), || {
-        // SAFETY: by the contract a non-NULL `l` is a live `Box` allocation nobody else uses.
+        // SAFETY: By the contract a non-NULL `l` is a live `Box` allocation nobody else uses.
         let h = unsafe { l.as_mut() }.ok_or_else(|| einval("listener handle is NULL"))?;
         if timeout_ms < -1 {
             return Err(einval(format!("timeout {timeout_ms} ms: -1, 0 or more")));
@@ -846,7 +846,7 @@ pub unsafe extern "C" fn ivshmem_listener_accept(
 #[no_mangle]
 pub unsafe extern "C" fn ivshmem_listener_fd(l: *mut IvshmemListener) -> c_int {
     guard(-1, || {
-        // SAFETY: as in `ivshmem_listener_accept`.
+        // SAFETY: As in `ivshmem_listener_accept`.
         let h = unsafe { l.as_mut() }.ok_or_else(|| einval("listener handle is NULL"))?;
         h.listener.as_raw_fd().ok_or_else(|| {
             Failure::new(
@@ -866,7 +866,7 @@ pub unsafe extern "C" fn ivshmem_listener_fd(l: *mut IvshmemListener) -> c_int {
 pub unsafe extern "C" fn ivshmem_listener_close(l: *mut IvshmemListener) {
     guard((), || {
         if !l.is_null() {
-            // SAFETY: a non-NULL `l` came from `Box::into_raw` in `ivshmem_listener_bind` and
+            // SAFETY: A non-NULL `l` came from `Box::into_raw` in `ivshmem_listener_bind` and
             // is given back exactly once (the caller's contract).
             drop(unsafe { Box::from_raw(l) });
         }
@@ -888,13 +888,13 @@ pub unsafe extern "C" fn ivshmem_channel_connect(
     opts: *const IvshmemChannelOptions,
 ) -> *mut IvshmemChannel {
     guard(std::ptr::null_mut(), || {
-        // SAFETY: forwarded from this function's contract.
+        // SAFETY: Forwarded from this function's contract.
         let path = unsafe { c_str(path, "path") }?;
-        // SAFETY: as above.
+        // SAFETY: As above.
         let service = unsafe { name_arg(service, "service name") }?;
-        // SAFETY: as above.
+        // SAFETY: As above.
         let o = unsafe { read_options(opts) }?;
-        // SAFETY: the options' paths are NULL or strings by this function's contract.
+        // SAFETY: The options' paths are NULL or strings by this function's contract.
         let (region, opts) = unsafe { region(path, &o) }?;
         let chan = Channel::connect(&region, service, &opts).map_err(|e| {
             let f = Failure::from(e);

@@ -20,9 +20,9 @@ pub struct Mapping {
     path: String,
 }
 
-// SAFETY: the mapping is plain shared memory; every access goes through raw pointers.
+// SAFETY: The mapping is plain shared memory; every access goes through raw pointers.
 unsafe impl Send for Mapping {}
-// SAFETY: as above: `&Mapping` methods only do raw, bounds-checked copies.
+// SAFETY: As above: `&Mapping` methods only do raw, bounds-checked copies.
 unsafe impl Sync for Mapping {}
 
 impl Mapping {
@@ -71,7 +71,7 @@ impl Mapping {
     /// Copies `buf.len()` bytes from the mapping at `at` into `buf`.
     pub fn read(&self, at: usize, buf: &mut [u8]) -> Result<()> {
         self.check(at, buf.len(), "read")?;
-        // SAFETY: the range is inside the mapping (checked) and `buf` is a distinct buffer.
+        // SAFETY: The range is inside the mapping (checked) and `buf` is a distinct buffer.
         unsafe {
             std::ptr::copy_nonoverlapping(self.as_ptr().add(at), buf.as_mut_ptr(), buf.len())
         };
@@ -81,7 +81,7 @@ impl Mapping {
     /// Copies `data` into the mapping at `at`.
     pub fn write(&self, at: usize, data: &[u8]) -> Result<()> {
         self.check(at, data.len(), "write")?;
-        // SAFETY: the range is inside the mapping (checked) and `data` is a distinct buffer.
+        // SAFETY: The range is inside the mapping (checked) and `data` is a distinct buffer.
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.as_ptr().add(at), data.len()) };
         Ok(())
     }
@@ -89,7 +89,7 @@ impl Mapping {
     /// Sets `len` bytes at `at` to `byte`.
     pub fn fill(&self, at: usize, len: usize, byte: u8) -> Result<()> {
         self.check(at, len, "fill")?;
-        // SAFETY: the range is inside the mapping (checked).
+        // SAFETY: The range is inside the mapping (checked).
         unsafe { std::ptr::write_bytes(self.as_ptr().add(at), byte, len) };
         Ok(())
     }
@@ -98,7 +98,7 @@ impl Mapping {
     /// fence: what a flag or header word written by another VM needs.
     pub fn load_u32(&self, at: usize) -> Result<u32> {
         self.check_word(at, "load")?;
-        // SAFETY: in bounds and aligned (checked).
+        // SAFETY: In bounds and aligned (checked).
         let v = unsafe { std::ptr::read_volatile(self.as_ptr().add(at).cast::<u32>()) };
         fence(Ordering::Acquire);
         Ok(v)
@@ -109,7 +109,7 @@ impl Mapping {
     pub fn store_u32(&self, at: usize, v: u32) -> Result<()> {
         self.check_word(at, "store")?;
         fence(Ordering::Release);
-        // SAFETY: in bounds and aligned (checked).
+        // SAFETY: In bounds and aligned (checked).
         unsafe { std::ptr::write_volatile(self.as_ptr().add(at).cast::<u32>(), v) };
         Ok(())
     }

@@ -92,7 +92,7 @@ impl PlacedMapping {
     /// Copies `buf.len()` bytes from the mapping at `at`.
     pub fn read(&self, at: usize, buf: &mut [u8]) -> io::Result<()> {
         self.check(at, buf.len())?;
-        // SAFETY: in bounds (checked); `buf` is a distinct buffer.
+        // SAFETY: In bounds (checked); `buf` is a distinct buffer.
         unsafe {
             std::ptr::copy_nonoverlapping(self.as_ptr().add(at), buf.as_mut_ptr(), buf.len())
         };
@@ -102,7 +102,7 @@ impl PlacedMapping {
     /// Copies `data` into the mapping at `at`.
     pub fn write(&self, at: usize, data: &[u8]) -> io::Result<()> {
         self.check(at, data.len())?;
-        // SAFETY: in bounds (checked); `data` is a distinct buffer.
+        // SAFETY: In bounds (checked); `data` is a distinct buffer.
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.as_ptr().add(at), data.len()) };
         Ok(())
     }
@@ -111,7 +111,7 @@ impl PlacedMapping {
     pub fn load_u32(&self, at: usize) -> io::Result<u32> {
         let at = at & !3;
         self.check(at, 4)?;
-        // SAFETY: in bounds and aligned.
+        // SAFETY: In bounds and aligned.
         Ok(unsafe { std::ptr::read_volatile(self.as_ptr().add(at).cast::<u32>()) })
     }
 
@@ -119,7 +119,7 @@ impl PlacedMapping {
     pub fn store_u32(&self, at: usize, v: u32) -> io::Result<()> {
         let at = at & !3;
         self.check(at, 4)?;
-        // SAFETY: in bounds and aligned.
+        // SAFETY: In bounds and aligned.
         unsafe { std::ptr::write_volatile(self.as_ptr().add(at).cast::<u32>(), v) };
         Ok(())
     }

@@ -197,7 +197,7 @@ pub fn map_placed(
         std::io::Error::new(std::io::ErrorKind::InvalidInput, "mmap offset too large")
     })?;
     if align <= page_size() {
-        // SAFETY: a fresh shared mapping chosen by the kernel (no address hint, no MAP_FIXED):
+        // SAFETY: A fresh shared mapping chosen by the kernel (no address hint, no MAP_FIXED):
         // no existing memory is touched; a bad `fd`, length or offset only makes the call fail.
         let ptr = unsafe { mmap(std::ptr::null_mut(), len, prot, MAP_SHARED, fd, off) };
         return mapped(ptr);
@@ -304,7 +304,7 @@ pub fn map_pair(
 /// Reserves `span` bytes of address space (no memory) for the callers above to place
 /// mappings in with `MAP_FIXED`; its start is page-aligned.
 fn reserve(span: usize) -> std::io::Result<usize> {
-    // SAFETY: a fresh private anonymous mapping chosen by the kernel: no existing memory is
+    // SAFETY: A fresh private anonymous mapping chosen by the kernel: no existing memory is
     // touched. PROT_NONE and MAP_NORESERVE: it takes address space only.
     let reserved = unsafe {
         mmap(
@@ -335,7 +335,7 @@ pub fn map_align(len: usize) -> usize {
 
 /// The system's page size.
 pub fn page_size() -> usize {
-    // SAFETY: sysconf only reads the value.
+    // SAFETY: `sysconf` only reads the value.
     let n = unsafe { sysconf(SC_PAGESIZE) };
     usize::try_from(n).unwrap_or(4096)
 }
@@ -353,7 +353,7 @@ fn unmap(at: usize, len: usize) -> std::io::Result<()> {
     if len == 0 {
         return Ok(());
     }
-    // SAFETY: callers pass a part of their own reservation that holds nothing handed out.
+    // SAFETY: Callers pass a part of their own reservation that holds nothing handed out.
     if unsafe { munmap(at as *mut c_void, len) } != 0 {
         return Err(std::io::Error::last_os_error());
     }

@@ -293,7 +293,7 @@ fn refusals_and_wrong_layouts_are_clear_errors() {
     // with version 3's in-band commit: refused, named, with the way out.
     let v2 = Region::anonymous(1 << 20).unwrap();
     drop(Listener::bind(&v2, "svc", &opts()).unwrap());
-    // SAFETY: the version word lies in the header; no end uses the region now.
+    // SAFETY: The version word lies in the header; no end uses the region now.
     unsafe { (v2.as_ptr().add(4) as *mut u32).write_unaligned(2u32.to_le()) };
     for e in [
         Listener::bind(&v2, "svc", &opts()).unwrap_err(),
@@ -316,7 +316,7 @@ fn refusals_and_wrong_layouts_are_clear_errors() {
 /// The first 0x40 bytes of `r`.
 fn channel_header(r: &Region) -> Vec<u8> {
     let mut h = vec![0u8; 0x40];
-    // SAFETY: the region has more than 0x40 bytes; no end uses it meanwhile.
+    // SAFETY: The region has more than 0x40 bytes; no end uses it meanwhile.
     unsafe { std::ptr::copy_nonoverlapping(r.as_ptr(), h.as_mut_ptr(), h.len()) };
     h
 }
@@ -643,7 +643,7 @@ fn a_resumed_stale_reader_leaves_the_connection_that_reuses_its_memory_alone() {
                 Err(e) => break e,
             }
             if !stopped && sent > 1 << 20 {
-                // SAFETY: a plain syscall on our own child.
+                // SAFETY: A plain syscall on our own child.
                 assert_eq!(unsafe { libc_kill(pid, 19) }, 0, "SIGSTOP");
                 stopped = true;
             }
@@ -673,7 +673,7 @@ fn a_resumed_stale_reader_leaves_the_connection_that_reuses_its_memory_alone() {
             }
         });
         let mut s = l.accept().unwrap();
-        // SAFETY: as above.
+        // SAFETY: As above.
         assert_eq!(unsafe { libc_kill(pid, 18) }, 0, "SIGCONT");
         let total = 16u64 << 20;
         let mut pos = 0u64;

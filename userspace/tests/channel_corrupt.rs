@@ -33,7 +33,7 @@ const ROUND: Duration = Duration::from_secs(2);
 
 fn word(r: &Region, off: u64) -> &AtomicU64 {
     assert!(off + 8 <= r.len() as u64 && off.is_multiple_of(8));
-    // SAFETY: in bounds and aligned (asserted); the region outlives the reference and every
+    // SAFETY: In bounds and aligned (asserted); the region outlives the reference and every
     // access to its control words is atomic.
     unsafe { AtomicU64::from_ptr(r.as_ptr().add(off as usize).cast()) }
 }

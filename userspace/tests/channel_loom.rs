@@ -145,7 +145,7 @@ fn producer<A: Atomics<U64 = AtomicU64>>(r: &Ring) {
             }
         }
         r.slots[(p.pos % CAP) as usize].with_mut(|slot| {
-            // SAFETY: the slot is in the producer's free space; loom checks that the
+            // SAFETY: The slot is in the producer's free space; loom checks that the
             // consumer's last read of it happened before (via the consumer index).
             unsafe { *slot = item }
         });
@@ -165,7 +165,7 @@ fn consumer<A: Atomics<U64 = AtomicU64>>(r: &Ring) {
             }
         }
         let got = r.slots[(c.pos % CAP) as usize].with(|slot| {
-            // SAFETY: the slot is published; loom checks that the producer's write
+            // SAFETY: The slot is published; loom checks that the producer's write
             // happened before (via the producer index).
             unsafe { *slot }
         });
@@ -262,7 +262,7 @@ fn record_producer<A: Atomics<U64 = AtomicU64>>(r: &Records, clear: bool) {
         }
         let (this, next) = (slot(p.pos), slot(p.pos + 2));
         r.payload[this].with_mut(|cell| {
-            // SAFETY: the slot is in the producer's free space; loom checks that the
+            // SAFETY: The slot is in the producer's free space; loom checks that the
             // consumer's last read of it happened before (via the consumer index).
             unsafe { *cell = item }
         });
@@ -303,7 +303,7 @@ fn record_consumer<A: Atomics<U64 = AtomicU64>>(r: &Records) {
         }
         assert_eq!(h, header(want), "a header of another record");
         let got = r.payload[this].with(|cell| {
-            // SAFETY: the header is committed; loom checks that the producer's write of the
+            // SAFETY: The header is committed; loom checks that the producer's write of the
             // payload happened before (via the header's release and acquire).
             unsafe { *cell }
         });
@@ -483,7 +483,7 @@ fn poller<A: Atomics<U64 = AtomicU64>>(r: &Ring, drain_first: bool) {
             r.consumer_bell.wait();
         }
         let got = r.slots[(c.pos % CAP) as usize].with(|slot| {
-            // SAFETY: as in `consumer`.
+            // SAFETY: As in `consumer`.
             unsafe { *slot }
         });
         assert_eq!(got, want, "FIFO order");
@@ -579,14 +579,14 @@ fn allocator<A: Atomics<U64 = AtomicU64>>(p: &Pages, id: u32, n: u32) {
         };
         for i in b.head..b.head + b.pages {
             p.data[i as usize].with_mut(|d| {
-                // SAFETY: the block's pages are this allocator's alone; loom reports a race
+                // SAFETY: The block's pages are this allocator's alone; loom reports a race
                 // if another thread's access is not ordered with this one.
                 unsafe { *d = id }
             });
         }
         for i in b.head..b.head + b.pages {
             let v = p.data[i as usize].with(|d| {
-                // SAFETY: as above.
+                // SAFETY: As above.
                 unsafe { *d }
             });
             assert_eq!(v, id, "page {i} changed under its owner");

@@ -19,10 +19,10 @@ use ivshmem::sys::{dup, fcntl, memfd_create, F_SETFD, MFD_CLOEXEC};
 const BOUND: Duration = Duration::from_secs(40);
 
 fn memfd(len: u64) -> File {
-    // SAFETY: a NUL-terminated name; plain syscall.
+    // SAFETY: A NUL-terminated name; plain syscall.
     let fd = unsafe { memfd_create(c"channel-test".as_ptr(), MFD_CLOEXEC) };
     assert!(fd >= 0, "memfd_create: {}", io::Error::last_os_error());
-    // SAFETY: a fresh descriptor nobody else owns.
+    // SAFETY: A fresh descriptor nobody else owns.
     let f = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
     f.set_len(len).unwrap();
     f
@@ -94,7 +94,7 @@ impl End {
         match self.waker {
             WakerKind::Spin => o.spin(2_000),
             WakerKind::Eventfd => {
-                // SAFETY: descriptors 1 and 2 of the list are eventfds this process owns and
+                // SAFETY: Descriptors 1 and 2 of the list are eventfds this process owns and
                 // uses only here.
                 let (mine, peers) = unsafe {
                     (
@@ -109,7 +109,7 @@ impl End {
 }
 
 fn libc_dup(fd: RawFd) -> RawFd {
-    // SAFETY: plain syscall.
+    // SAFETY: Plain syscall.
     let d = unsafe { dup(fd) };
     assert!(d >= 0);
     d
@@ -169,7 +169,7 @@ impl Setup {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        // SAFETY: between fork and exec the closure only calls fcntl, which is
+        // SAFETY: Between fork and exec the closure only calls fcntl, which is
         // async-signal-safe, on descriptors this process owns.
         unsafe {
             cmd.pre_exec(move || {
@@ -366,7 +366,7 @@ fn peer_entry() {
         .split(',')
         .map(|s| s.parse().unwrap())
         .collect();
-    // SAFETY: the parent passed us this memfd; nothing else here owns it.
+    // SAFETY: The parent passed us this memfd; nothing else here owns it.
     let file = unsafe { File::from_raw_fd(fds[0]) };
     let waker = match std::env::var("CHANNEL_WAKER").unwrap().as_str() {
         "Eventfd" => WakerKind::Eventfd,
@@ -431,7 +431,7 @@ fn peer(role: &str, end: &End) -> i32 {
         },
         "fork" => {
             // This process has a heartbeat thread now (for `ch`); a forked child has none.
-            // SAFETY: plain syscall; the child below only opens a channel, sleeps and writes.
+            // SAFETY: Plain syscall; the child below only opens a channel, sleeps and writes.
             let pid = unsafe { ivshmem::sys::fork() };
             if pid == 0 {
                 let name2 = std::env::var("NAME2").unwrap();
@@ -717,7 +717,7 @@ fn scribbled_control_words_end_the_transfer() {
             std::thread::spawn(move || {
                 std::thread::sleep(Duration::from_millis(50));
                 let mut rng = Rng(off);
-                // SAFETY: the word is inside the region and 8-aligned; every access to it
+                // SAFETY: The word is inside the region and 8-aligned; every access to it
                 // is atomic.
                 let w = unsafe {
                     AtomicU64::from_ptr(region.as_ptr().add((block + off) as usize).cast())
@@ -765,7 +765,7 @@ const SIGSTOP: i32 = 19;
 const SIGCONT: i32 = 18;
 
 fn signal(peer: &Peer, sig: i32) {
-    // SAFETY: plain syscall on our own child, which is alive (it is reaped only in `wait`).
+    // SAFETY: Plain syscall on our own child, which is alive (it is reaped only in `wait`).
     let rc = unsafe { ivshmem::sys::kill(peer.0.id() as i32, sig) };
     assert_eq!(rc, 0, "kill: {}", io::Error::last_os_error());
 }

@@ -17,7 +17,7 @@ const M2: usize = 2 << 20;
 const G1: usize = 1 << 30;
 
 fn memfd(len: u64) -> File {
-    // SAFETY: a NUL-terminated name; the new descriptor is owned by the File below.
+    // SAFETY: A NUL-terminated name; the new descriptor is owned by the File below.
     let fd = unsafe { sys::memfd_create(c"map-align".as_ptr(), sys::MFD_CLOEXEC) };
     assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
     // SAFETY: `fd` is a fresh descriptor nothing else owns.

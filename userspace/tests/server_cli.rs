@@ -38,7 +38,7 @@ fn greeting(sock: &Path) -> (i64, i64) {
 }
 
 fn kill(pid: i32, sig: i32) {
-    // SAFETY: plain syscall on a pid this test started.
+    // SAFETY: Plain syscall on a pid this test started.
     unsafe { ivshmem::sys::kill(pid, sig) };
 }
 

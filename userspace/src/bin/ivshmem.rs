@@ -12,7 +12,7 @@ extern "C" fn ignore(_: i32) {}
 /// Installs a do-nothing SIGUSR1 handler, so the signal interrupts a wait (EINTR).
 fn catch_sigusr1() {
     let handler: extern "C" fn(i32) = ignore;
-    // SAFETY: the handler does nothing, so it is safe to run at any point.
+    // SAFETY: The handler does nothing, so it is safe to run at any point.
     unsafe { sys::signal(sys::SIGUSR1, handler as usize) };
 }
 

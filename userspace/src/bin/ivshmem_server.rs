@@ -138,7 +138,7 @@ fn open_shm(o: &Opts) -> io::Result<File> {
             f
         }
         Backing::Memfd => {
-            // SAFETY: a NUL-terminated name; the fd is checked and owned below.
+            // SAFETY: A NUL-terminated name; the fd is checked and owned below.
             let fd = unsafe {
                 sys::memfd_create(c"ivshmem".as_ptr(), 1 /* MFD_CLOEXEC */)
             };
@@ -171,11 +171,11 @@ fn bind(path: &str) -> io::Result<UnixListener> {
 }
 
 fn daemonize() -> io::Result<()> {
-    // SAFETY: called before any thread exists, so the child is a full copy of this process.
+    // SAFETY: Called before any thread exists, so the child is a full copy of this process.
     match unsafe { sys::fork() } {
         -1 => Err(io::Error::last_os_error()),
         0 => {
-            // SAFETY: plain syscall in the child.
+            // SAFETY: Plain syscall in the child.
             unsafe { sys::setsid() };
             let null = OpenOptions::new()
                 .read(true)
@@ -183,7 +183,7 @@ fn daemonize() -> io::Result<()> {
                 .open("/dev/null")?;
             use std::os::fd::AsRawFd;
             for fd in 0..3 {
-                // SAFETY: replaces stdio with /dev/null; `null` is open.
+                // SAFETY: Replaces stdio with /dev/null; `null` is open.
                 unsafe { sys::dup2(null.as_raw_fd(), fd) };
             }
             Ok(())
@@ -211,11 +211,11 @@ fn run(o: Opts) -> Result<(), ToolError> {
     }
     write_pid_file(&o.pidfile).map_err(|e| ToolError::sys(format!("pid file {}", o.pidfile), e))?;
     // Peers that hang up must not kill the server: keep SIGPIPE ignored (run_tool restored it).
-    // SAFETY: sets the action of one signal to "ignore"; no handler runs.
+    // SAFETY: Sets the action of one signal to "ignore"; no handler runs.
     unsafe { sys::signal(sys::SIGPIPE, sys::SIG_IGN) };
     let handler: extern "C" fn(c_int) = on_signal;
     for sig in [sys::SIGINT, sys::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic.
+        // SAFETY: The handler only stores to an atomic.
         unsafe { sys::signal(sig, handler as usize) };
     }
     let server = Server::new(shm, o.vectors, o.verbose)?;

@@ -47,7 +47,7 @@ impl Words<Std> for Arena {
 
     fn word(&self, i: u32) -> &AtomicU64 {
         assert!(i < self.pages, "page {i} of {}", self.pages);
-        // SAFETY: inside the map by the type invariant (`i < pages`), 8-byte aligned; every
+        // SAFETY: Inside the map by the type invariant (`i < pages`), 8-byte aligned; every
         // access to map words is atomic; `self.mem` keeps the region mapped.
         unsafe { AtomicU64::from_ptr(self.mem.base().add(self.map + 8 * i as usize).cast()) }
     }
@@ -224,7 +224,7 @@ mod tests {
         assert_eq!(a.pages(), 1022, "two pages of map for 1022 pages");
         let b = a.alloc(1, 3, Duration::from_secs(1)).unwrap();
         assert_eq!(a.offset(&b), 2 * PAGE);
-        // SAFETY: inside the block just allocated, which nobody else uses.
+        // SAFETY: Inside the block just allocated, which nobody else uses.
         unsafe { r.as_ptr().add(a.offset(&b) as usize + 5).write(0xee) };
         assert!(a.free(&b));
         let c = a.alloc(1, 1, Duration::from_secs(1)).unwrap();
@@ -270,7 +270,7 @@ mod tests {
             let stamp = me << 32 | i;
             let word = |p: u32| {
                 let off = a.offset(&b) as usize + (p - b.head) as usize * PAGE as usize;
-                // SAFETY: the first word of a page of a block this process holds, 8-aligned.
+                // SAFETY: The first word of a page of a block this process holds, 8-aligned.
                 unsafe { AtomicU64::from_ptr(r.as_ptr().add(off).cast()) }
             };
             for p in b.head..b.head + b.pages {

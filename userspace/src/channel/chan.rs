@@ -105,7 +105,7 @@ pub(super) struct Shm {
 // SAFETY: `Shm` is an `Arc<Mem>`, which is `Send` and `Sync`, and a copy of its base pointer,
 // used only as `Mem` uses it.
 unsafe impl Send for Shm {}
-// SAFETY: as above.
+// SAFETY: As above.
 unsafe impl Sync for Shm {}
 
 impl Shm {
@@ -119,7 +119,7 @@ impl Shm {
     #[inline]
     pub(super) fn w64(&self, off: usize) -> &AtomicU64 {
         debug_assert!(off + 8 <= self.mem.len() && off.is_multiple_of(8));
-        // SAFETY: by the type invariant `off` is inside the region and 8-aligned; `self.mem`
+        // SAFETY: By the type invariant `off` is inside the region and 8-aligned; `self.mem`
         // keeps the region alive; both sides only access this word as an `AtomicU64`.
         unsafe { AtomicU64::from_ptr(self.base.as_ptr().add(off).cast()) }
     }
@@ -128,7 +128,7 @@ impl Shm {
     #[inline]
     fn w32(&self, off: usize) -> &AtomicU32 {
         debug_assert!(off + 4 <= self.mem.len() && off.is_multiple_of(4));
-        // SAFETY: as in `w64`, with 4-byte alignment.
+        // SAFETY: As in `w64`, with 4-byte alignment.
         unsafe { AtomicU32::from_ptr(self.base.as_ptr().add(off).cast()) }
     }
 

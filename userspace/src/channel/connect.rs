@@ -181,7 +181,7 @@ mod tests {
     /// Maps `c`'s peer block read-only in this process: a write to it is a SIGSEGV.
     fn protect_peer(region: &Region, c: &Channel) {
         let (off, len) = c.peer_block().expect("a connection's end");
-        // SAFETY: a page-aligned range inside this process's mapping of the region (the
+        // SAFETY: A page-aligned range inside this process's mapping of the region (the
         // block lies in the region); only its protection changes.
         let rc = unsafe {
             crate::sys::mprotect(region.as_ptr().add(off).cast(), len, crate::sys::PROT_READ)

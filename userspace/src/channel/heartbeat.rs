@@ -104,7 +104,7 @@ static REGISTRY: AtomicPtr<Registry> = AtomicPtr::new(std::ptr::null_mut());
 fn registry() -> io::Result<&'static Registry> {
     let pid = std::process::id();
     let cur = REGISTRY.load(Acquire);
-    // SAFETY: a non-null pointer in `REGISTRY` came from `Box::leak` below and is never freed.
+    // SAFETY: A non-null pointer in `REGISTRY` came from `Box::leak` below and is never freed.
     if let Some(r) = unsafe { cur.as_ref() } {
         if r.pid == pid {
             return Ok(r);
@@ -133,7 +133,7 @@ fn registry() -> io::Result<&'static Registry> {
         // Another thread of this process made one first: use it; ours (never published)
         // ends its thread when `tx` drops and stays leaked, which is small and once.
         Err(now) => {
-            // SAFETY: as above: a pointer published in `REGISTRY`.
+            // SAFETY: As above: a pointer published in `REGISTRY`.
             let r = unsafe { &*now };
             if r.pid == pid {
                 Ok(r)

@@ -65,7 +65,7 @@ pub(crate) struct Mem {
 // SAFETY: `Mem` is a pointer to shared memory that every user accesses through atomics and raw
 // copies only (see the invariants); no thread-local state is involved.
 unsafe impl Send for Mem {}
-// SAFETY: as above: `&Mem` only gives atomics and bounds-checked raw copies.
+// SAFETY: As above: `&Mem` only gives atomics and bounds-checked raw copies.
 unsafe impl Sync for Mem {}
 
 impl Drop for Mem {
@@ -90,7 +90,7 @@ impl Region {
     pub fn anonymous(len: usize) -> io::Result<Self> {
         let layout = AllocLayout::from_size_align(len.max(1), 4096)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "region size too large"))?;
-        // SAFETY: the layout has a non-zero size.
+        // SAFETY: The layout has a non-zero size.
         let ptr = unsafe { alloc::alloc_zeroed(layout) };
         let base = NonNull::new(ptr).ok_or_else(|| io::Error::from(io::ErrorKind::OutOfMemory))?;
         Ok(Self::with(base, len, Owner::Heap(layout)))
@@ -235,7 +235,7 @@ impl Mem {
     /// The 32-bit word at `off`.
     pub(crate) fn u32_at(&self, off: u64) -> Result<&AtomicU32, ChannelError> {
         let off = self.check(off, 4, 4)?;
-        // SAFETY: the word is inside the region and 4-aligned (checked, base is 8-aligned); the
+        // SAFETY: The word is inside the region and 4-aligned (checked, base is 8-aligned); the
         // region outlives `&self`, and its words are only ever accessed as atomics of this size
         // or copied raw under the layout's protocol.
         Ok(unsafe { AtomicU32::from_ptr(self.base().add(off).cast()) })
@@ -244,14 +244,14 @@ impl Mem {
     /// The 64-bit word at `off`.
     pub(crate) fn u64_at(&self, off: u64) -> Result<&AtomicU64, ChannelError> {
         let off = self.check(off, 8, 8)?;
-        // SAFETY: as in `u32_at`, with 8-byte alignment checked.
+        // SAFETY: As in `u32_at`, with 8-byte alignment checked.
         Ok(unsafe { AtomicU64::from_ptr(self.base().add(off).cast()) })
     }
 
     /// Copies `buf.len()` bytes at `off` into `buf`.
     pub(crate) fn copy_out(&self, off: u64, buf: &mut [u8]) -> Result<(), ChannelError> {
         let off = self.check(off, buf.len() as u64, 1)?;
-        // SAFETY: the range is inside the region (checked) and `buf` is private memory.
+        // SAFETY: The range is inside the region (checked) and `buf` is private memory.
         unsafe { std::ptr::copy_nonoverlapping(self.base().add(off), buf.as_mut_ptr(), buf.len()) };
         Ok(())
     }
@@ -259,7 +259,7 @@ impl Mem {
     /// Copies `data` to `off`.
     pub(crate) fn copy_in(&self, off: u64, data: &[u8]) -> Result<(), ChannelError> {
         let off = self.check(off, data.len() as u64, 1)?;
-        // SAFETY: the range is inside the region (checked) and `data` is private memory.
+        // SAFETY: The range is inside the region (checked) and `data` is private memory.
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.base().add(off), data.len()) };
         Ok(())
     }
@@ -267,7 +267,7 @@ impl Mem {
     /// Sets `len` bytes at `off` to zero.
     pub(crate) fn zero(&self, off: u64, len: u64) -> Result<(), ChannelError> {
         let off = self.check(off, len, 1)?;
-        // SAFETY: the range is inside the region (checked).
+        // SAFETY: The range is inside the region (checked).
         unsafe { std::ptr::write_bytes(self.base().add(off), 0, len as usize) };
         Ok(())
     }
@@ -299,7 +299,7 @@ mod tests {
 
     #[test]
     fn from_raw_refuses_null_and_misaligned() {
-        // SAFETY: both calls fail before the pointer is used.
+        // SAFETY: Both calls fail before the pointer is used.
         unsafe {
             assert!(Region::from_raw(std::ptr::null_mut(), 8).is_err());
             assert!(Region::from_raw(4 as *mut u8, 8).is_err());

@@ -90,7 +90,7 @@ pub fn recv_msg(stream: &UnixStream) -> io::Result<Option<(i64, Option<std::os::
     let mut fd = None;
     if msg.controllen >= CMSG_LEN_FD {
         let buf = control.as_ptr().cast::<u8>();
-        // SAFETY: the kernel filled a cmsghdr of at least CMSG_LEN_FD bytes into `control`.
+        // SAFETY: The kernel filled a cmsghdr of at least CMSG_LEN_FD bytes into `control`.
         let (level, kind, raw) = unsafe {
             (
                 buf.add(8).cast::<c_int>().read(),

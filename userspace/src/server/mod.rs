@@ -42,7 +42,7 @@ const PEER_THREAD_STACK: usize = 64 << 10;
 use crate::sys::{eventfd, EFD_CLOEXEC};
 
 fn new_eventfd() -> io::Result<OwnedFd> {
-    // SAFETY: plain syscall; the result is checked and owned.
+    // SAFETY: Plain syscall; the result is checked and owned.
     let fd = unsafe { eventfd(0, EFD_CLOEXEC) };
     if fd < 0 {
         return Err(io::Error::last_os_error());

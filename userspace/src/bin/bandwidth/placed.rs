@@ -41,7 +41,7 @@ impl Anon {
     }
 
     fn map(addr: *mut u8, len: usize, flags: i32) -> Option<Self> {
-        // SAFETY: a fresh private anonymous mapping; MAP_FIXED_NOREPLACE never replaces one.
+        // SAFETY: A fresh private anonymous mapping; MAP_FIXED_NOREPLACE never replaces one.
         let p = unsafe {
             sys::mmap(
                 addr.cast(),
@@ -85,7 +85,7 @@ impl std::ops::Deref for Anon {
 
 impl std::ops::DerefMut for Anon {
     fn deref_mut(&mut self) -> &mut [u8] {
-        // SAFETY: as in `deref`, and `&mut self` makes the access exclusive.
+        // SAFETY: As in `deref`, and `&mut self` makes the access exclusive.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
 }

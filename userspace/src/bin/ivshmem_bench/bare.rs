@@ -101,7 +101,7 @@ impl Area {
                         "bare area: the rings of channel {name} are too small"
                     ));
                 }
-                // SAFETY: inside the region (checked), which `self.chan` keeps mapped.
+                // SAFETY: Inside the region (checked), which `self.chan` keeps mapped.
                 return Ok(unsafe { region.as_ptr().add(lines as usize) });
             }
             if start.elapsed() > STUCK {
@@ -118,7 +118,7 @@ impl Area {
     fn words(&self) -> Result<[&AtomicU64; 4], ToolError> {
         let lines = self.lines()?;
         Ok(std::array::from_fn(|i| {
-            // SAFETY: line `i` is inside the control lines (type invariant), 64-byte aligned;
+            // SAFETY: Line `i` is inside the control lines (type invariant), 64-byte aligned;
             // both sides access it only as an atomic.
             unsafe { AtomicU64::from_ptr(lines.add(64 * i).cast()) }
         }))
@@ -160,7 +160,7 @@ impl Area {
                 }
                 let mut done = 0;
                 for (off, len) in self.parts(pos, msg.len()) {
-                    // SAFETY: inside the ring (`parts`); the consumer is done with these bytes
+                    // SAFETY: Inside the ring (`parts`); the consumer is done with these bytes
                     // (its index, acquired above, is past them).
                     unsafe {
                         ptr::copy_nonoverlapping(msg.as_ptr().add(done), self.ring.add(off), len)
@@ -202,7 +202,7 @@ impl Area {
             let n = ((p - pos) as usize).min(size);
             let mut done = 0;
             for (off, len) in self.parts(pos, n) {
-                // SAFETY: inside the ring (`parts`); published by the producer (its index,
+                // SAFETY: Inside the ring (`parts`); published by the producer (its index,
                 // acquired above, is past them); `buf` holds `size >= n` bytes.
                 unsafe {
                     ptr::copy_nonoverlapping(self.ring.add(off), buf.as_mut_ptr().add(done), len)

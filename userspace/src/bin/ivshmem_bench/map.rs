@@ -75,7 +75,7 @@ fn call_cost(
 ) -> Result<(Duration, Duration), ToolError> {
     use ivshmem::sys;
     let t = Instant::now();
-    // SAFETY: a fresh mapping chosen by the kernel (no address, no MAP_FIXED): nothing
+    // SAFETY: A fresh mapping chosen by the kernel (no address, no MAP_FIXED): nothing
     // existing is touched, and nothing reads or writes it before the munmap below.
     let p = unsafe { sys::mmap(std::ptr::null_mut(), len, prot, flags, fd, 0) };
     let mapped = t.elapsed();

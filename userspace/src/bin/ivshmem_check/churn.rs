@@ -20,7 +20,7 @@ fn mem_available_kb() -> Option<i64> {
 fn churn_children(dev: &Device, path: &str, n: usize) -> usize {
     let mut bad = 0;
     for i in 0..n {
-        // SAFETY: this process is single-threaded; the child maps, touches and `_exit`s.
+        // SAFETY: This process is single-threaded; the child maps, touches and `_exit`s.
         let pid = unsafe { sys::fork() };
         if pid == 0 {
             let own = if i % 2 == 0 {
@@ -34,11 +34,11 @@ fn churn_children(dev: &Device, path: &str, n: usize) -> usize {
                 .map(0, PAGE)
                 .and_then(|m| m.store_u32(0, i as u32))
                 .is_ok();
-            // SAFETY: leave the child without running the parent's destructors.
+            // SAFETY: Leave the child without running the parent's destructors.
             unsafe { sys::_exit(i32::from(!ok)) };
         }
         let mut status = 0;
-        // SAFETY: waits for the child just forked.
+        // SAFETY: Waits for the child just forked.
         if pid < 0 || unsafe { sys::waitpid(pid, &mut status, 0) } != pid || status != 0 {
             bad += 1;
         }

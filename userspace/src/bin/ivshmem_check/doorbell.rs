@@ -19,7 +19,7 @@ pub(crate) fn eventfd_poll(path: &str, vector: u32, ms: i32) -> i32 {
     let Some(dev) = open_or_report(path) else {
         return 1;
     };
-    // SAFETY: plain syscall; the fd is owned by `efd` below.
+    // SAFETY: Plain syscall; the fd is owned by `efd` below.
     let raw = unsafe { sys::eventfd(0, 0) };
     // SAFETY: `raw` is a fresh eventfd nobody else owns.
     let mut efd = unsafe { std::fs::File::from_raw_fd(raw) };
@@ -45,7 +45,7 @@ pub(crate) fn eventfd_poll(path: &str, vector: u32, ms: i32) -> i32 {
         events: sys::POLLIN,
         revents: 0,
     };
-    // SAFETY: one valid pollfd.
+    // SAFETY: One valid pollfd.
     let n = unsafe { sys::poll(&mut pfd, 1, ms) };
     if n == 1 {
         let mut buf = [0u8; 8];

@@ -13,13 +13,13 @@ use ivshmem::{pattern, sys, uapi, CacheType, Device, ToolError};
 use crate::common::{errno, expect_errno, open_or_report, Checker, PAGE};
 
 fn raw_ioctl(fd: i32, cmd: u32, arg: usize) -> bool {
-    // SAFETY: the kernel validates `arg`; a bad pointer must give EFAULT, not corrupt us.
+    // SAFETY: The kernel validates `arg`; a bad pointer must give EFAULT, not corrupt us.
     unsafe { sys::ioctl(fd, cmd.into(), arg) < 0 }
 }
 
 /// mmap that returns whether it failed, unmapping on success.
 fn try_mmap(fd: i32, len: usize, flags: i32, offset: i64, prot: i32) -> bool {
-    // SAFETY: a fresh mapping chosen by the kernel; unmapped right away.
+    // SAFETY: A fresh mapping chosen by the kernel; unmapped right away.
     let p = unsafe { sys::mmap(std::ptr::null_mut(), len, prot, flags, fd, offset) };
     if p == sys::MAP_FAILED {
         return true;
@@ -212,7 +212,7 @@ pub(crate) fn run(path: &str) -> i32 {
 /// mapping stays usable.
 fn mprotect_exec(dev: &Device) -> Result<(), ToolError> {
     let map = dev.map(0, PAGE)?;
-    // SAFETY: changes the protection of our own mapping; on success the page would merely
+    // SAFETY: Changes the protection of our own mapping; on success the page would merely
     // become executable, and we never execute it.
     let failed =
         unsafe { sys::mprotect(map.as_ptr().cast(), PAGE, sys::PROT_READ | sys::PROT_EXEC) } < 0;
@@ -283,7 +283,7 @@ fn unknown_commands(fd: i32) -> Result<(), ToolError> {
 /// Growing a mapping must fail (VM_DONTEXPAND): the kernel answers EFAULT.
 fn mremap_grow(dev: &Device) -> Result<(), ToolError> {
     let m = dev.map(0, PAGE)?;
-    // SAFETY: remapping our own mapping; on the expected failure nothing changes.
+    // SAFETY: Remapping our own mapping; on the expected failure nothing changes.
     let p = unsafe {
         sys::mremap(
             m.as_ptr().cast::<c_void>(),
@@ -293,7 +293,7 @@ fn mremap_grow(dev: &Device) -> Result<(), ToolError> {
         )
     };
     if p != sys::MAP_FAILED {
-        // SAFETY: the mremap moved our mapping to `p`; unmap it and forget the old one.
+        // SAFETY: The mremap moved our mapping to `p`; unmap it and forget the old one.
         unsafe { sys::munmap(p, 2 * PAGE) };
         std::mem::forget(m);
         return Err(ToolError::Check(

@@ -101,7 +101,7 @@ pub(crate) fn revoke_huge(path: &str, go: &str, offset: u64, len: usize, touched
             return Ok(1);
         }
         println!("touching offset {:#x}", offset + at as u64);
-        // SAFETY: the default action for SIGBUS (std's handler would call the fault a stack
+        // SAFETY: The default action for SIGBUS (std's handler would call the fault a stack
         // overflow); this process is single-threaded.
         unsafe { sys::signal(sys::SIGBUS, sys::SIG_DFL) };
         // Must raise SIGBUS: the mapping was revoked.
@@ -159,19 +159,19 @@ pub(crate) fn race(path: &str, go: &str) -> i32 {
     let maps = maps.into_inner().unwrap();
     let (mut revoked, mut stale) = (0, 0);
     for m in &maps {
-        // SAFETY: the process is single-threaded again (the scope joined its threads); the
+        // SAFETY: The process is single-threaded again (the scope joined its threads); the
         // child only reads one word and exits.
         let pid = unsafe { sys::fork() };
         if pid == 0 {
             // Default SIGBUS action: std's handler would report the fault as a stack overflow.
-            // SAFETY: the default action for SIGBUS, in the single-threaded child.
+            // SAFETY: The default action for SIGBUS, in the single-threaded child.
             unsafe { sys::signal(sys::SIGBUS, sys::SIG_DFL) };
             let _ = m.load_u32(0);
-            // SAFETY: leave the child without running the parent's destructors.
+            // SAFETY: Leave the child without running the parent's destructors.
             unsafe { sys::_exit(0) };
         }
         let mut status = 0;
-        // SAFETY: waits for the child just forked.
+        // SAFETY: Waits for the child just forked.
         unsafe { sys::waitpid(pid, &mut status, 0) };
         // WIFSIGNALED && WTERMSIG == SIGBUS.
         if status & 0x7f == sys::SIGBUS {

@@ -28,25 +28,25 @@ fn split_pages(len: usize) -> (Vec<usize>, usize, usize) {
 
 /// Whether a child that reads (or, with `write`, writes) the word at `addr` dies of SIGSEGV.
 fn child_segfaults(addr: *mut u8, write: bool) -> bool {
-    // SAFETY: this process is single-threaded; the child does one access and `_exit`s.
+    // SAFETY: This process is single-threaded; the child does one access and `_exit`s.
     let pid = unsafe { sys::fork() };
     if pid == 0 {
-        // SAFETY: the default action for SIGSEGV (std's handler would report a stack
+        // SAFETY: The default action for SIGSEGV (std's handler would report a stack
         // overflow), in the single-threaded child.
         unsafe { sys::signal(sys::SIGSEGV, sys::SIG_DFL) };
         if write {
-            // SAFETY: a page of the parent's mapping that must fault: that is the test. Had
+            // SAFETY: A page of the parent's mapping that must fault: that is the test. Had
             // it been writable, the word written is the child's to change.
             unsafe { std::ptr::write_volatile(addr.cast::<u32>(), 1) };
         } else {
-            // SAFETY: as above, a read.
+            // SAFETY: As above, a read.
             unsafe { std::ptr::read_volatile(addr.cast::<u32>()) };
         }
-        // SAFETY: leave the child without running the parent's destructors.
+        // SAFETY: Leave the child without running the parent's destructors.
         unsafe { sys::_exit(0) }
     }
     let mut status = 0;
-    // SAFETY: waits for the child just forked.
+    // SAFETY: Waits for the child just forked.
     pid > 0 && unsafe { sys::waitpid(pid, &mut status, 0) } == pid && status & 0x7f == sys::SIGSEGV
 }
 
@@ -78,14 +78,14 @@ pub(crate) fn run(path: &str, offset: u64, len: usize) -> i32 {
     }
     let base = m.as_ptr() as usize;
     let at = |k: usize| (base + k) as *mut std::ffi::c_void;
-    // SAFETY: a page inside our own mapping, which holds no Rust object; `PlacedMapping`
+    // SAFETY: A page inside our own mapping, which holds no Rust object; `PlacedMapping`
     // unmaps its whole range on drop, the hole included, and no access of ours goes there.
     let unmapped = unsafe { sys::munmap(at(hole), PAGE) } == 0;
     c.check("munmap-one-page", ok_or_errno("munmap", unmapped));
-    // SAFETY: as above; the page is only read afterwards (and written by a child, which dies).
+    // SAFETY: As above; the page is only read afterwards (and written by a child, which dies).
     let protected = unsafe { sys::mprotect(at(ro), PAGE, sys::PROT_READ) } == 0;
     c.check("mprotect-one-page", ok_or_errno("mprotect", protected));
-    // SAFETY: as above; had it succeeded, device memory keeps its bytes and the entries are
+    // SAFETY: As above; had it succeeded, device memory keeps its bytes and the entries are
     // faulted in again.
     let dropped = unsafe { sys::madvise(at(len / 8), 3 << 20, sys::MADV_DONTNEED) } == 0;
     // The kernel refuses to drop entries of a VM_PFNMAP mapping (madvise.c), huge or not.

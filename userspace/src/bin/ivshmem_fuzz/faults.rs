@@ -44,7 +44,7 @@ pub(crate) fn set_handler(sig: c_int, handler: usize, flags: c_int) -> io::Resul
 /// an anonymous page and retried; any other fault is fatal, as without this handler. Only
 /// async-signal-safe work: atomics, `mmap`, `sigaction`.
 pub(crate) extern "C" fn on_fault(sig: c_int, info: *mut c_void, _context: *mut c_void) {
-    // SAFETY: installed with SA_SIGINFO, so `info` points to the siginfo_t of this SIGBUS or
+    // SAFETY: Installed with SA_SIGINFO, so `info` points to the siginfo_t of this SIGBUS or
     // SIGSEGV, whose `si_addr` (the faulting address) is at this offset.
     let addr = unsafe {
         info.cast::<u8>()
@@ -56,7 +56,7 @@ pub(crate) extern "C" fn on_fault(sig: c_int, info: *mut c_void, _context: *mut 
         .iter()
         .any(|w| w.start.load(SeqCst) <= addr && addr < w.end.load(SeqCst));
     if ours {
-        // SAFETY: the page is inside a touch window, i.e. inside a mapping the touching
+        // SAFETY: The page is inside a touch window, i.e. inside a mapping the touching
         // thread made for fuzzing and tracks; no Rust object lives there, and replacing it
         // is what an munmap followed by an mmap would do.
         let p = unsafe {

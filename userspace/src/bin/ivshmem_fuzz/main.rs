@@ -196,7 +196,7 @@ fn run(o: Opts) -> Result<(), ToolError> {
             io::Error::last_os_error()
         )));
     }
-    // SAFETY: a fresh mapping chosen by the kernel, unmapped right away.
+    // SAFETY: A fresh mapping chosen by the kernel, unmapped right away.
     let probe = unsafe {
         sys::mmap(
             ptr::null_mut(),
@@ -207,7 +207,7 @@ fn run(o: Opts) -> Result<(), ToolError> {
             0,
         )
     };
-    // SAFETY: the page just mapped.
+    // SAFETY: The page just mapped.
     unsafe { sys::munmap(probe, PAGE) };
     if (probe as usize) < ARENA_BASE + arena_len {
         return Err(ToolError::Failed(format!(
@@ -307,7 +307,7 @@ fn run(o: Opts) -> Result<(), ToolError> {
             for (i, _) in workers.iter().enumerate().filter(|(_, w)| !w.is_finished()) {
                 let t = sh.threads[i].load(SeqCst);
                 if t != 0 {
-                    // SAFETY: the id of a thread of this scope, not joined yet: still valid.
+                    // SAFETY: The id of a thread of this scope, not joined yet: still valid.
                     unsafe { sys::pthread_kill(t, sys::SIGUSR1) };
                 }
             }
@@ -321,7 +321,7 @@ fn run(o: Opts) -> Result<(), ToolError> {
     for slot in &sh.fds {
         let fd = slot.swap(-1, SeqCst);
         if fd >= 0 {
-            // SAFETY: every worker is done: the slot's fd is ours alone.
+            // SAFETY: Every worker is done: the slot's fd is ours alone.
             unsafe { sys::close(fd) };
         }
     }

@@ -50,7 +50,7 @@ impl<'a> Worker<'a> {
         sh: &'a Shared,
         trace: Option<BufWriter<File>>,
     ) -> io::Result<Self> {
-        // SAFETY: a fresh private mapping chosen by the kernel.
+        // SAFETY: A fresh private mapping chosen by the kernel.
         let p = unsafe {
             sys::mmap(
                 ptr::null_mut(),
@@ -65,7 +65,7 @@ impl<'a> Worker<'a> {
             return Err(io::Error::last_os_error());
         }
         let scratch = p as usize;
-        // SAFETY: the last page of the mapping just made: the guard page.
+        // SAFETY: The last page of the mapping just made: the guard page.
         if unsafe { sys::mprotect((scratch + SCRATCH_LEN) as *mut c_void, PAGE, sys::PROT_NONE) }
             < 0
         {
@@ -89,7 +89,7 @@ impl<'a> Worker<'a> {
     }
 
     pub(crate) fn run(mut self) {
-        // SAFETY: plain libc call.
+        // SAFETY: Plain libc call.
         let me = unsafe { sys::pthread_self() };
         self.sh.threads[self.id].store(me, SeqCst);
         while !self.sh.stop.load(Relaxed) {
@@ -104,7 +104,7 @@ impl<'a> Worker<'a> {
             self.n += 1;
         }
         for fd in std::mem::take(&mut self.efds) {
-            // SAFETY: the thread's own eventfd, closed once.
+            // SAFETY: The thread's own eventfd, closed once.
             unsafe { sys::close(fd) };
         }
         while !self.segs.is_empty() {
@@ -162,7 +162,7 @@ impl<'a> Worker<'a> {
                 prot,
             } => {
                 if let Some((_, a, l)) = self.pick_range(map, at, pages) {
-                    // SAFETY: a range of a mapping of ours that holds no Rust object; faults
+                    // SAFETY: A range of a mapping of ours that holds no Rust object; faults
                     // on it later are repaired (see `on_fault`).
                     let rc = unsafe { sys::mprotect(a as *mut c_void, l, prot) };
                     self.note(rc < 0);
@@ -175,7 +175,7 @@ impl<'a> Worker<'a> {
                 advice,
             } => {
                 if let Some((_, a, l)) = self.pick_range(map, at, pages) {
-                    // SAFETY: as for mprotect; discarding the contents is fine, the fuzzer
+                    // SAFETY: As for mprotect; discarding the contents is fine, the fuzzer
                     // keeps nothing there it needs.
                     let rc = unsafe { sys::madvise(a as *mut c_void, l, advice) };
                     self.note(rc < 0);
@@ -191,7 +191,7 @@ impl<'a> Worker<'a> {
             Op::Read { slot, ptr, len } => {
                 let fd = self.fd(slot);
                 let r = self.resolve(ptr, 16, false);
-                // SAFETY: the kernel may write only into the scratch area (stopping at its
+                // SAFETY: The kernel may write only into the scratch area (stopping at its
                 // guard page) or gets an address where nothing is mapped.
                 let rc = unsafe { sys::read(fd, r.addr as *mut c_void, len as usize) };
                 self.note(rc < 0);
@@ -199,7 +199,7 @@ impl<'a> Worker<'a> {
             Op::Write { slot, ptr, len } => {
                 let fd = self.fd(slot);
                 let r = self.resolve(ptr, 16, true);
-                // SAFETY: write only reads our memory (EFAULT where nothing is mapped).
+                // SAFETY: Write only reads our memory (EFAULT where nothing is mapped).
                 let rc = unsafe { sys::write(fd, r.addr as *const c_void, len as usize) };
                 self.note(rc < 0);
             }
@@ -208,11 +208,11 @@ impl<'a> Worker<'a> {
             Op::EventfdNew => {
                 if self.efds.len() >= MAX_EFDS {
                     let fd = self.efds.remove(0);
-                    // SAFETY: the thread's own eventfd, closed once.
+                    // SAFETY: The thread's own eventfd, closed once.
                     let rc = unsafe { sys::close(fd) };
                     self.note(rc < 0);
                 }
-                // SAFETY: plain system call.
+                // SAFETY: Plain system call.
                 let fd = unsafe { sys::eventfd(0, sys::EFD_NONBLOCK | sys::EFD_CLOEXEC) };
                 self.note(fd < 0);
                 if fd >= 0 {
@@ -222,7 +222,7 @@ impl<'a> Worker<'a> {
             Op::EventfdClose(k) => {
                 if !self.efds.is_empty() {
                     let fd = self.efds.remove(k as usize % self.efds.len());
-                    // SAFETY: the thread's own eventfd, closed once (the driver holds its
+                    // SAFETY: The thread's own eventfd, closed once (the driver holds its
                     // own reference if it was registered).
                     let rc = unsafe { sys::close(fd) };
                     self.note(rc < 0);

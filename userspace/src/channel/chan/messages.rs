@@ -72,7 +72,7 @@ impl Channel {
         buf.reserve(len);
         // `reserve` made room for `len` bytes after the (empty) contents.
         self.copy_from_ring(self.rx.pos + MSG_HDR, buf.as_mut_ptr(), len);
-        // SAFETY: the capacity is at least `len`, and the copy above initialised `len` bytes.
+        // SAFETY: The capacity is at least `len`, and the copy above initialised `len` bytes.
         unsafe { buf.set_len(len) };
         if let Err(e) = self.release_message(need) {
             // The bytes may be a newer session's: none is delivered.

@@ -229,7 +229,7 @@ impl Channel {
         debug_assert!(len as u64 <= r.cap);
         let off = (pos & (r.cap - 1)) as usize;
         let first = len.min(r.cap as usize - off);
-        // SAFETY: as in `copy_to_ring`; the bytes `[pos, pos + len)` are published and the
+        // SAFETY: As in `copy_to_ring`; the bytes `[pos, pos + len)` are published and the
         // consumer's until it releases them; `dst` is valid for `len` bytes (callers).
         unsafe {
             let data = self.mem.base().add(r.data);
@@ -445,7 +445,7 @@ unsafe fn copy(src: *const u8, dst: *mut u8, n: usize) {
             dst.add(at).cast::<[u8; N]>().write_unaligned(v);
         }
     }
-    // SAFETY: each part lies within `[0, n)` (the arms bound `n`); the caller vouches for the
+    // SAFETY: Each part lies within `[0, n)` (the arms bound `n`); the caller vouches for the
     // `n` bytes.
     unsafe {
         match n {

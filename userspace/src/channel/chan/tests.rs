@@ -150,7 +150,7 @@ fn zero_copy_slices() {
     let mut got = [0u8; 4];
     r.copy_to(5, &mut got);
     assert_eq!(&got, b"copy");
-    // SAFETY: both ends are in this test; nobody writes the ring meanwhile.
+    // SAFETY: Both ends are in this test; nobody writes the ring meanwhile.
     assert_eq!(unsafe { r.as_slice() }, b"zero-copy");
     r.release(9).unwrap();
     let w = a.write_slice().unwrap();
@@ -176,7 +176,7 @@ fn zero_copy_messages_across_the_wrap() {
             slot.copy_from(0, &msg[..5]);
             slot.copy_from(5, &msg[5..]);
         } else {
-            // SAFETY: both ends are in this test; the peer does not write our free space.
+            // SAFETY: Both ends are in this test; the peer does not write our free space.
             let (p, q) = unsafe { slot.as_mut_slices() };
             assert_eq!(p.len() + q.len(), len);
             let n = p.len();
@@ -189,7 +189,7 @@ fn zero_copy_messages_across_the_wrap() {
         let mut got = vec![0u8; len];
         view.copy_to(0, &mut got);
         assert_eq!(got, msg, "round {round}");
-        // SAFETY: as above.
+        // SAFETY: As above.
         let (p, q) = unsafe { view.as_slices() };
         assert_eq!([p, q].concat(), msg);
         wrapped += usize::from(!q.is_empty());

@@ -146,7 +146,7 @@ impl MessageSlot<'_> {
     pub unsafe fn as_mut_slices(&mut self) -> (&mut [u8], &mut [u8]) {
         let [(a, la), (b, lb)] = self.parts();
         let base = self.chan.mem.base();
-        // SAFETY: both parts lie in the ring's free space, which the protocol gives to this
+        // SAFETY: Both parts lie in the ring's free space, which the protocol gives to this
         // end until it commits (`reserve` waited for it); they do not overlap (`parts`), and
         // `&mut self` keeps them exclusive here while the caller upholds the trust above.
         unsafe {
@@ -219,7 +219,7 @@ impl MessageView<'_> {
         let r = self.chan.inp;
         let [(a, la), (b, lb)] = parts(r.data, r.cap, self.pos, self.len);
         let base = self.chan.mem.base();
-        // SAFETY: both parts lie in committed bytes of the ring (`peek` saw the record's
+        // SAFETY: Both parts lie in committed bytes of the ring (`peek` saw the record's
         // header committed and checked its length against the ring), which are this end's until it releases them;
         // unchanged while the caller upholds the trust above.
         unsafe {
@@ -280,7 +280,7 @@ impl WriteSlice<'_> {
     /// If `at + src.len()` exceeds [`len`](Self::len).
     pub fn copy_from(&mut self, at: usize, src: &[u8]) {
         assert_within(at, src.len(), self.len, "slice");
-        // SAFETY: the range is inside the slice (asserted), which the protocol gives to us;
+        // SAFETY: The range is inside the slice (asserted), which the protocol gives to us;
         // `src` is private memory.
         unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.as_mut_ptr().add(at), src.len()) }
     }
@@ -293,7 +293,7 @@ impl WriteSlice<'_> {
     /// A hostile peer writing concurrently makes this a data race (undefined behaviour: the
     /// compiler may assume the bytes do not change under the reference).
     pub unsafe fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: in bounds (see `as_mut_ptr`), exclusive by the protocol and by `&mut self`
+        // SAFETY: In bounds (see `as_mut_ptr`), exclusive by the protocol and by `&mut self`
         // while the caller upholds the trust above.
         unsafe { std::slice::from_raw_parts_mut(self.as_mut_ptr(), self.len) }
     }
@@ -354,7 +354,7 @@ impl ReadSlice<'_> {
     /// If `at + dst.len()` exceeds [`len`](Self::len).
     pub fn copy_to(&self, at: usize, dst: &mut [u8]) {
         assert_within(at, dst.len(), self.len, "slice");
-        // SAFETY: the range is inside the slice (asserted); `dst` is private memory.
+        // SAFETY: The range is inside the slice (asserted); `dst` is private memory.
         unsafe { std::ptr::copy_nonoverlapping(self.as_ptr().add(at), dst.as_mut_ptr(), dst.len()) }
     }
 
@@ -366,7 +366,7 @@ impl ReadSlice<'_> {
     /// hostile peer writing concurrently makes this a data race, and code that checks a byte
     /// and then uses it may see two different values.
     pub unsafe fn as_slice(&self) -> &[u8] {
-        // SAFETY: in bounds (see `as_ptr`); unchanged while the caller upholds the trust above.
+        // SAFETY: In bounds (see `as_ptr`); unchanged while the caller upholds the trust above.
         unsafe { std::slice::from_raw_parts(self.as_ptr(), self.len) }
     }
 

@@ -35,7 +35,7 @@ impl Worker<'_> {
     /// what was there).
     pub(super) fn clear_slot(&mut self, k: usize) {
         let (a, len) = self.slot(k);
-        // SAFETY: the slot is this thread's (see the module documentation).
+        // SAFETY: The slot is this thread's (see the module documentation).
         let p = unsafe {
             sys::mmap(
                 a as *mut c_void,
@@ -93,7 +93,7 @@ impl Worker<'_> {
     pub(super) fn release(&mut self, i: usize) {
         let seg = self.segs[i];
         if Self::in_arena(seg.addr, seg.len) {
-            // SAFETY: the mapping is ours; replaced by a reservation in one step.
+            // SAFETY: The mapping is ours; replaced by a reservation in one step.
             unsafe {
                 sys::mmap(
                     seg.addr as *mut c_void,
@@ -105,7 +105,7 @@ impl Worker<'_> {
                 )
             };
         } else {
-            // SAFETY: the mapping is ours and holds no Rust object.
+            // SAFETY: The mapping is ours and holds no Rust object.
             unsafe { sys::munmap(seg.addr as *mut c_void, seg.len) };
         }
         forget(&mut self.segs, seg.addr, seg.len);

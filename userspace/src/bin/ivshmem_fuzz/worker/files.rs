@@ -16,7 +16,7 @@ impl Worker<'_> {
     pub(super) fn close_slot(&mut self, slot: u8) {
         let old = self.sh.fds[slot as usize % FD_SLOTS].swap(-1, SeqCst);
         if old >= 0 {
-            // SAFETY: the swap made us the only owner of `old`; other threads may still use
+            // SAFETY: The swap made us the only owner of `old`; other threads may still use
             // the number (that is the test), but nobody else closes it.
             let rc = unsafe { sys::close(old) };
             self.note(rc < 0);
@@ -48,7 +48,7 @@ impl Worker<'_> {
                 Ok(f) => {
                     let old = self.sh.fds[slot as usize % FD_SLOTS].swap(f.into_raw_fd(), SeqCst);
                     if old >= 0 {
-                        // SAFETY: the swap made us the only owner of `old` (see `close_slot`).
+                        // SAFETY: The swap made us the only owner of `old` (see `close_slot`).
                         let rc = unsafe { sys::close(old) };
                         self.note(rc < 0);
                     }

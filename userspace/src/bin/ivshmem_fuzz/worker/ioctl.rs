@@ -95,7 +95,7 @@ impl Worker<'_> {
         let r = self.resolve(ptr, arg.len(), may_map);
         self.prefill(&r, &arg);
         let start = Instant::now();
-        // SAFETY: the kernel writes at most 64 bytes at `r.addr`, which is the scratch area,
+        // SAFETY: The kernel writes at most 64 bytes at `r.addr`, which is the scratch area,
         // bytes 8..PAGE of a page of a device mapping of ours (no Rust object, see `MAGIC`),
         // or an address where nothing is mapped.
         let rc = unsafe { sys::ioctl(fd, nr as c_ulong, r.addr) };
@@ -114,7 +114,7 @@ impl Worker<'_> {
         if rc == 0 && r.fill == arg.len() && matches!(cmd, Cmd::GetSize | Cmd::GetInfo) {
             let mut b = [0u8; 8];
             for (i, x) in b.iter_mut().enumerate() {
-                // SAFETY: inside the scratch area (`fill` is only non-zero there).
+                // SAFETY: Inside the scratch area (`fill` is only non-zero there).
                 *x = unsafe { ptr::read_volatile((r.addr + i) as *const u8) };
             }
             let size = u64::from_ne_bytes(b);

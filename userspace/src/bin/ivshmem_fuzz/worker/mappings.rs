@@ -70,7 +70,7 @@ impl Worker<'_> {
                 (0, 0)
             }
         };
-        // SAFETY: either the kernel chooses the place, or it is an arena slot of this thread
+        // SAFETY: Either the kernel chooses the place, or it is an arena slot of this thread
         // (see the module documentation), which holds no Rust object.
         let p = unsafe {
             sys::mmap(
@@ -154,7 +154,7 @@ impl Worker<'_> {
             1 => (a, 0),
             _ => (a, l),
         };
-        // SAFETY: inside a mapping of ours that holds no Rust object; it is forgotten below.
+        // SAFETY: Inside a mapping of ours that holds no Rust object; it is forgotten below.
         let rc = unsafe { sys::munmap(addr as *mut c_void, len) };
         self.note(rc < 0);
         if rc == 0 {
@@ -177,7 +177,7 @@ impl Worker<'_> {
         let seg = self.segs[i];
         let off = seg.off + (a - seg.addr) as u64;
         let remap = |a: usize, l: usize, n: usize, flags: c_int, to: usize| {
-            // SAFETY: the source is a mapping of ours (no Rust object), the destination is
+            // SAFETY: The source is a mapping of ours (no Rust object), the destination is
             // chosen by the kernel or an arena slot of this thread.
             let p = unsafe { sys::mremap(a as *mut c_void, l, n, flags, to as *mut c_void) };
             (p != sys::MAP_FAILED).then_some(p as usize)

@@ -22,9 +22,9 @@ use crate::{header_ok, MAGIC, PAGE};
 /// holds no Rust object.
 unsafe fn access<const N: usize>(addr: usize, value: Option<[u8; N]>) {
     match value {
-        // SAFETY: per the contract; `[u8; N]` needs no alignment.
+        // SAFETY: Per the contract; `[u8; N]` needs no alignment.
         Some(v) => unsafe { ptr::write_volatile(addr as *mut [u8; N], v) },
-        // SAFETY: as above.
+        // SAFETY: As above.
         None => drop(unsafe { ptr::read_volatile(addr as *const [u8; N]) }),
     }
 }
@@ -71,7 +71,7 @@ impl Worker<'_> {
                         ));
                     }
                 }
-                // SAFETY: as above.
+                // SAFETY: As above.
                 1 => unsafe { ptr::write_volatile(base as *mut u64, MAGIC ^ off) },
                 k => {
                     let v = (k == 3).then(|| r.next().to_ne_bytes());
@@ -109,7 +109,7 @@ impl Worker<'_> {
             }
         }
         let fresh = self.sh.fresh;
-        // SAFETY: the child only runs async-signal-safe code below and leaves with `_exit`.
+        // SAFETY: The child only runs async-signal-safe code below and leaves with `_exit`.
         let pid = unsafe { sys::fork() };
         self.note(pid < 0);
         if pid == 0 {
@@ -118,16 +118,16 @@ impl Worker<'_> {
             let _ = set_handler(sys::SIGSEGV, sys::SIG_DFL, 0);
             let mut code = 0;
             for &(addr, off) in &plan {
-                // SAFETY: page headers of the parent's mappings, inherited; no Rust object
+                // SAFETY: Page headers of the parent's mappings, inherited; no Rust object
                 // lives there; a fault kills this child only.
                 let v = unsafe { ptr::read_volatile(addr as *const u64) };
                 if !header_ok(v, off, fresh) {
                     code = 3;
                 }
-                // SAFETY: as above.
+                // SAFETY: As above.
                 unsafe { ptr::write_volatile(addr as *mut u64, MAGIC ^ off) };
             }
-            // SAFETY: leaves the child without running anything of the parent's.
+            // SAFETY: Leaves the child without running anything of the parent's.
             unsafe { sys::_exit(code) };
         }
         if pid < 0 {
@@ -135,7 +135,7 @@ impl Worker<'_> {
         }
         self.sh.forks.fetch_add(1, Relaxed);
         let mut status = 0;
-        // SAFETY: waits for our own child; retried when SIGUSR1 interrupts it.
+        // SAFETY: Waits for our own child; retried when SIGUSR1 interrupts it.
         while unsafe { sys::waitpid(pid, &mut status, 0) } < 0 {
             if io::Error::last_os_error().raw_os_error() != Some(4) {
                 self.sh.impossible(format!(
