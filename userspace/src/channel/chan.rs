@@ -52,6 +52,15 @@ const MSG_HDR: u64 = 8;
 /// Spin iterations between two looks at the clock (deadline, peer heartbeat).
 const CHECK_EVERY: u32 = 4096;
 
+/// How long an end whose waker does not sleep (ivshmem-plain) yields the CPU after its spin
+/// rounds before it backs off with sleeps. Without a doorbell the peer's answer is seen only
+/// when this end looks: once both ends sleep between looks, every message waits for the
+/// other's next wake-up, which lasts a timer tick in a kernel without high-resolution timers
+/// (4 ms in the lab's guests), and they stay in that lockstep (`make bench` under TCG: every
+/// 64-byte round trip 4 ms). Yielding for longer than a tick lets a sleeping peer's answer
+/// find this end awake, which breaks the lockstep.
+const YIELD_FOR: Duration = Duration::from_millis(10);
+
 /// Absolute offsets of one ring's words and payload in the region.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Ring {

@@ -84,6 +84,8 @@ impl Channel {
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let mut i = 0u32;
         let mut backoff = Duration::from_micros(1);
+        // A waker that does not sleep (ivshmem-plain): yield until then, back off after.
+        let mut yield_until = None;
         loop {
             if let Some(v) = ready(self)? {
                 // It waited: it may have been stopped past the bound meanwhile.
@@ -133,6 +135,8 @@ impl Channel {
                     // The halves share the waker: one sleeps on it, the other on the gate.
                     self.gate.wait(&*self.waker, seen, slice)?;
                 }
+            } else if now < *yield_until.get_or_insert(now + YIELD_FOR) {
+                self.waker.wait(Duration::ZERO)?;
             } else {
                 self.waker.wait(backoff.min(slice))?;
                 backoff = (backoff * 2).min(slice);
