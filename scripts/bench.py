@@ -12,14 +12,18 @@ populated-at-mmap path). Writes userspace/bench/README.md (tables), throughput.s
 map.svg and results.txt (the raw lines). Then the isolated topology (issue 19): two guests in
 IVSHMEM_TOPOLOGY=isolated with a shared 64 MiB plain device beside, streaming and 64-byte round
 trips between them through a pair (each guest's own device and its peer's, read-only) and through
-the shared device, alternately in one boot. Needs the module and tools built (make all). Run dir:
-$IVSHMEM_RUN-bench.
+the shared device, alternately in one boot. Last the host part (issue 21), the stand-in for KVM
+guests: two processes on this host on one file in /dev/shm with the same tools, channel and bare
+round trips and streaming, TCP over loopback, and callgrind's count of instructions per 64-byte
+send + recv. Needs the module and tools built (make all). Run dir: $IVSHMEM_RUN-bench.
 
     scripts/bench.py [--seconds S] [--out DIR]
     scripts/bench.py map [--big SIZE] [--rounds N] [--out DIR]   only the mapping cost: its lines
                                       in DIR/results.txt are replaced, the report rewritten
     scripts/bench.py isolated [--seconds S] [--out DIR]   only the isolated topology: its lines
                                       in DIR/results.txt are replaced, the report rewritten
+    scripts/bench.py host [--seconds S] [--out DIR]   only the host part (two processes on one
+                                      file): its lines replaced likewise
     scripts/bench.py --report-only RESULTS.txt [--out DIR]   rewrite the report from raw lines
 """
 
@@ -27,6 +31,7 @@ import datetime
 import math
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -341,6 +346,141 @@ def isolated_section(rows, meta):
     return out
 
 
+class HostBench:
+    """The stand-in for KVM guests (issue 21): two processes on this host on one shared file in
+    /dev/shm, running the guests' tools (statically linked, they run here too) with the host's
+    real cache coherence and no emulation: channel and bare round trips and streaming, TCP over
+    loopback, alternately in rounds; and instructions per 64-byte send + recv counted with
+    callgrind (repeatable where timings are not), when valgrind is installed."""
+
+    ROUNDS = 5
+
+    def __init__(self, seconds):
+        self.seconds = seconds
+        self.raw = []
+        self.file = SHM + "-host"
+        # The two processes on two CPUs, as two guests' vCPUs would be.
+        two = (os.cpu_count() or 1) >= 2
+        self.cpus = (["taskset", "-c", "1"], ["taskset", "-c", "0"]) if two else ([], [])
+
+    def pair(self, listen, drive, tag):
+        exe = os.path.join(TOOLS, "ivshmem-bench")
+        lis = subprocess.Popen(self.cpus[0] + [exe] + listen, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+        try:
+            out = subprocess.run(self.cpus[1] + [exe] + drive, capture_output=True, text=True, timeout=600)
+            lout, _ = lis.communicate(timeout=60)
+        finally:
+            if lis.poll() is None:
+                lis.kill()
+        if out.returncode != 0 or lis.returncode != 0:
+            raise RuntimeError(f"host: ivshmem-bench {' '.join(drive)} exited {out.returncode} "
+                               f"(listener {lis.returncode}):\n{out.stdout}{out.stderr}{lout}")
+        lines = [ln + tag for ln in out.stdout.splitlines() if re.match(r"^(stream|rtt) ", ln)]
+        self.raw += lines
+        for ln in lines:
+            print("   ", ln, flush=True)
+
+    def instructions(self):
+        """Instructions per 64-byte send + recv (examples/channel_instructions.rs: the difference of
+        two counts cancels start-up)."""
+        if shutil.which("valgrind") is None:
+            print("    (no valgrind: no instruction counts)", flush=True)
+            return
+        subprocess.run(["cargo", "build", "--quiet", "--release", "--locked", "--example", "channel_instructions"],
+                       cwd=os.path.join(ROOT, "userspace"), check=True)
+        exe = os.path.join(ROOT, "userspace/target/release/examples/channel_instructions")
+
+        def refs(n, what):
+            out = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", exe, str(n), what],
+                                 capture_output=True, text=True, check=True).stderr
+            return int(re.search(r"refs:\s+([\d,]+)", out).group(1).replace(",", ""))
+        for what in ("pipe", "connection"):
+            n = (refs(200_000, what) - refs(100_000, what)) / 100_000
+            line = f"instructions what=send_recv_64 channel={what} count={n:.0f} host=1"
+            self.raw.append(line)
+            print("   ", line, flush=True)
+
+    def run(self):
+        print("==> on the host: two processes on one file (rounds alternate)", flush=True)
+        lab.remove_backing(self.file)
+        with open(self.file, "wb") as f:
+            f.truncate(64 << 20)
+        try:
+            for r in range(self.ROUNDS):
+                tag = f" host=1 round={r}"
+                d = ["-d", self.file, "--wait", "spin"]
+                self.pair(["rtt", "--listen"] + d + ["--bare", "--channel", f"r{r}"],
+                          ["rtt"] + d + ["--bare", "--channel", f"r{r}", "--rounds", "100000"], tag)
+                tcp = f"127.0.0.1:{5400 + 2 * r}"
+                self.pair(["rtt", "--listen", "--tcp-only", "--tcp", tcp] + d,
+                          ["rtt", "--tcp-only", "--tcp", tcp, "--rounds", "20000"] + d, tag)
+                tcp = f"127.0.0.1:{5401 + 2 * r}"
+                self.pair(["stream", "--listen", "--tcp", tcp, "--channel", f"s{r}"] + d,
+                          ["stream", "--tcp", tcp, "--channel", f"s{r}", "--seconds", str(self.seconds / 2),
+                           "--modes", "copy,bare", "--sizes", "64,4K,64K,1M"] + d, tag)
+        finally:
+            lab.remove_backing(self.file)
+        self.instructions()
+        cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
+        return [f"meta host_date={datetime.date.today().isoformat()}", f"meta host_cpu={os.cpu_count()} × {cpu}",
+                f"meta host_load={os.getloadavg()[0]:.1f}"] + self.raw
+
+
+def host_section(rows, meta):
+    """The report's lines on the host part, from the rows tagged host=1."""
+    rows = [(k, f) for k, f in rows if "host" in f]
+    if not rows:
+        return []
+
+    def vals(kind, transport, key, size=None, rnd=None):
+        return [f[key] for k, f in rows if k == kind and f.get("transport") == transport and key in f
+                and (size is None or int(f["size"]) == size) and (rnd is None or int(f["round"]) == rnd)]
+
+    def med(kind, transport, key, size=None):
+        v = vals(kind, transport, key, size)
+        return statistics.median(v) if v else None
+
+    def ratios(kind, a, b, key, size=None):
+        out = []
+        for r in range(HostBench.ROUNDS):
+            x, y = vals(kind, a, key, size, r), vals(kind, b, key, size, r)
+            if x and y and y[0]:
+                out.append(x[0] / y[0])
+        return out
+
+    out = ["", f"## On the host: two processes on one file, the stand-in for KVM guests ({meta.get('host_date', '?')})",
+           "",
+           f"Host: {meta.get('host_cpu', '?')}, load average {meta.get('host_load', '?')}. The same tools as in the "
+           "guests, two processes on one 64 MiB file in /dev/shm (each pinned to a CPU of its own), spinning: real "
+           "cache coherence and no emulation, which is what KVM guests on one host share. "
+           f"{HostBench.ROUNDS} rounds, alternating; medians, with the range of the per-round ratios (each ratio "
+           "from one round, measured back to back). The bare references are the physical limit of this protocol "
+           "shape: a one-word spin ping-pong (round trip) and a ring with two indices and nothing else (streaming, "
+           "the same copies).", "",
+           "| figure | channel | bare | channel / bare | per round | TCP (loopback) |",
+           "|---|---:|---:|---:|---|---:|"]
+    a, b, t = med("rtt", "channel", "p50_us"), med("rtt", "bare", "p50_us"), med("rtt", "tcp", "p50_us")
+    if a and b:
+        rs = ratios("rtt", "channel", "bare", "p50_us")
+        out.append(f"| 64-byte round trip p50, µs | {a:.3f} | {b:.3f} | {a / b:.2f} | "
+                   f"{min(rs):.2f} to {max(rs):.2f} | {t:.1f} |" if rs and t else
+                   f"| 64-byte round trip p50, µs | {a:.3f} | {b:.3f} | {a / b:.2f} | – | – |")
+    for size in (64, 4 << 10, 64 << 10, 1 << 20):
+        a, b, t = (med("stream", x, "mbps", size) for x in ("channel", "bare", "tcp"))
+        if a and b:
+            rs = ratios("stream", "channel", "bare", "mbps", size)
+            spread = f"{min(rs):.2f} to {max(rs):.2f}" if rs else "–"
+            out.append(f"| streaming {size_name(size)} messages, MB/s | {a:,.0f} | {b:,.0f} | {a / b:.2f} | {spread} | "
+                       f"{f'{t:,.0f}' if t else '–'} |")
+    ins = [f for k, f in rows if k == "instructions"]
+    if ins:
+        out += ["", "Instructions per 64-byte send + recv, counted with callgrind (`examples/channel_instructions.rs`, "
+                "one thread, both ends spinning): " + ", ".join(f"{f['count']:.0f} ({f['channel']})" for f in ins)
+                + "."]
+    return out
+
+
 def map_lab(big, rounds):
     """Boots the mapping lab, measures, stops; returns its raw lines (meta first)."""
     m = MapLab(big, rounds)
@@ -568,8 +708,8 @@ def report(raw, meta, out_dir):
     caller writes results.txt, with the meta lines); returns the headline figures."""
     os.makedirs(out_dir, exist_ok=True)
     all_rows = [(ln.split()[0], fields(ln)) for ln in raw]
-    # The isolated topology's lines have a section of their own.
-    rows = [(k, f) for k, f in all_rows if "topology" not in f]
+    # The isolated topology's lines and the host's have sections of their own.
+    rows = [(k, f) for k, f in all_rows if "topology" not in f and "host" not in f]
     memcpy = {}
     for kind, f in rows:
         if kind == "memcpy":
@@ -703,6 +843,7 @@ def report(raw, meta, out_dir):
            bool(head["doorbell"] and head["tcp_rtt"] and head["doorbell"] < head["tcp_rtt"]))
     md += map_section(rows, meta, out_dir)
     md += isolated_section(all_rows, meta)
+    md += host_section(all_rows, meta)
     md += ["", "Raw lines: [results.txt](results.txt).", ""]
     with open(os.path.join(out_dir, "README.md"), "w") as f:
         f.write("\n".join(md))
@@ -743,6 +884,10 @@ def is_isolated_line(ln):
     return " topology=" in ln or ln.startswith("meta iso_")
 
 
+def is_host_line(ln):
+    return " host=1" in ln or ln.startswith("meta host_")
+
+
 def main():
     args = sys.argv[1:]
     seconds = 2.0
@@ -750,7 +895,8 @@ def main():
     rewrite = None
     only_map = bool(args) and args[0] == "map"
     only_iso = bool(args) and args[0] == "isolated"
-    if only_map or only_iso:
+    only_host = bool(args) and args[0] == "host"
+    if only_map or only_iso or only_host:
         args = args[1:]
     big, rounds = "4G", 5
     while args:
@@ -773,12 +919,14 @@ def main():
         # Rewrites the report from a results.txt (e.g. after a change to this script).
         rewrite_report(open(rewrite).read().splitlines(), out_dir)
         return 0
-    if only_map or only_iso:
+    if only_map or only_iso or only_host:
         # The other sections keep their lines: only this section's lines of results.txt are replaced.
         results = os.path.join(out_dir, "results.txt")
         kept = open(results).read().splitlines() if os.path.exists(results) else []
         if only_map:
             raw = [ln for ln in kept if not is_map_line(ln)] + map_lab(big, rounds)
+        elif only_host:
+            raw = [ln for ln in kept if not is_host_line(ln)] + HostBench(seconds).run()
         else:
             raw = [ln for ln in kept if not is_isolated_line(ln)] + isolated_lab(seconds)
         rewrite_report(raw, out_dir)
@@ -796,7 +944,8 @@ def main():
         b.stop()
         if os.path.exists(SHM):
             os.unlink(SHM)
-    raw = [f"meta {k}={v}" for k, v in meta.items()] + b.raw + map_lab(big, rounds) + isolated_lab(seconds)
+    raw = ([f"meta {k}={v}" for k, v in meta.items()] + b.raw + map_lab(big, rounds) + isolated_lab(seconds)
+           + HostBench(seconds).run())
     head = rewrite_report(raw, out_dir)
     print(f"report: {os.path.relpath(out_dir, ROOT)}/README.md")
     for k, v in head.items():
