@@ -14,8 +14,8 @@ IVSHMEM_TOPOLOGY=isolated with a shared 64 MiB plain device beside, streaming an
 trips between them through a pair (each guest's own device and its peer's, read-only) and through
 the shared device, alternately in one boot. Last the host part (issue 21), the stand-in for KVM
 guests: two processes on this host on one file in /dev/shm with the same tools, channel and bare
-round trips and streaming, TCP over loopback, and callgrind's count of instructions per 64-byte
-send + recv. Needs the module and tools built (make all). Run dir: $IVSHMEM_RUN-bench.
+round trips and streaming, TCP over loopback and a UNIX socket, and callgrind's count of
+instructions per 64-byte send + recv. Needs the module and tools built (make all). Run dir: $IVSHMEM_RUN-bench.
 
     scripts/bench.py [--seconds S] [--out DIR]
     scripts/bench.py map [--big SIZE] [--rounds N] [--out DIR]   only the mapping cost: its lines
@@ -35,6 +35,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lab  # noqa: E402
@@ -350,7 +351,7 @@ class HostBench:
     """The stand-in for KVM guests (issue 21): two processes on this host on one shared file in
     /dev/shm, running the guests' tools (statically linked, they run here too) with the host's
     real cache coherence and no emulation: channel and bare round trips and streaming, TCP over
-    loopback, alternately in rounds; and instructions per 64-byte send + recv counted with
+    loopback and a UNIX socket, alternately in rounds; and instructions per 64-byte send + recv counted with
     callgrind (repeatable where timings are not), when valgrind is installed."""
 
     ROUNDS = 5
@@ -419,6 +420,12 @@ class HostBench:
                 self.pair(["stream", "--listen", "--tcp", tcp, "--channel", f"s{r}"] + d,
                           ["stream", "--tcp", tcp, "--channel", f"s{r}", "--seconds", str(self.seconds / 2),
                            "--modes", "copy,bare", "--sizes", "64,4K,64K,1M"] + d, tag)
+                unix = "unix:" + os.path.join(tempfile.gettempdir(), f"ivshmem-bench-host-{os.getpid()}-{r}.sock")
+                self.pair(["rtt", "--listen", "--tcp-only", "--tcp", unix] + d,
+                          ["rtt", "--tcp-only", "--tcp", unix, "--rounds", "20000"] + d, tag)
+                self.pair(["stream", "--listen", "--tcp-only", "--tcp", unix] + d,
+                          ["stream", "--tcp-only", "--tcp", unix, "--seconds", str(self.seconds / 2),
+                           "--sizes", "64,4K,64K,1M"] + d, tag)
         finally:
             lab.remove_backing(self.file)
         self.instructions()
@@ -458,21 +465,25 @@ def host_section(rows, meta):
            "from one round, measured back to back). The bare references are the physical limit of this protocol "
            "shape: a one-word spin ping-pong (round trip) and a ring with two indices and nothing else (streaming, "
            "the same copies).", "",
-           "| figure | channel | bare | channel / bare | per round | TCP (loopback) |",
-           "|---|---:|---:|---:|---|---:|"]
-    a, b, t = med("rtt", "channel", "p50_us"), med("rtt", "bare", "p50_us"), med("rtt", "tcp", "p50_us")
+           "| figure | channel | bare | channel / bare | per round | TCP (loopback) | UNIX socket |",
+           "|---|---:|---:|---:|---|---:|---:|"]
+
+    def cell(v, fmt):
+        return format(v, fmt) if v else "–"
+    a, b = med("rtt", "channel", "p50_us"), med("rtt", "bare", "p50_us")
     if a and b:
         rs = ratios("rtt", "channel", "bare", "p50_us")
-        out.append(f"| 64-byte round trip p50, µs | {a:.3f} | {b:.3f} | {a / b:.2f} | "
-                   f"{min(rs):.2f} to {max(rs):.2f} | {t:.1f} |" if rs and t else
-                   f"| 64-byte round trip p50, µs | {a:.3f} | {b:.3f} | {a / b:.2f} | – | – |")
+        spread = f"{min(rs):.2f} to {max(rs):.2f}" if rs else "–"
+        out.append(f"| 64-byte round trip p50, µs | {a:.3f} | {b:.3f} | {a / b:.2f} | {spread} | "
+                   f"{cell(med('rtt', 'tcp', 'p50_us'), '.1f')} | {cell(med('rtt', 'unix', 'p50_us'), '.1f')} |")
     for size in (64, 4 << 10, 64 << 10, 1 << 20):
-        a, b, t = (med("stream", x, "mbps", size) for x in ("channel", "bare", "tcp"))
+        a, b = med("stream", "channel", "mbps", size), med("stream", "bare", "mbps", size)
         if a and b:
             rs = ratios("stream", "channel", "bare", "mbps", size)
             spread = f"{min(rs):.2f} to {max(rs):.2f}" if rs else "–"
             out.append(f"| streaming {size_name(size)} messages, MB/s | {a:,.0f} | {b:,.0f} | {a / b:.2f} | {spread} | "
-                       f"{f'{t:,.0f}' if t else '–'} |")
+                       f"{cell(med('stream', 'tcp', 'mbps', size), ',.0f')} | "
+                       f"{cell(med('stream', 'unix', 'mbps', size), ',.0f')} |")
     ins = [f for k, f in rows if k == "instructions"]
     if ins:
         out += ["", "Instructions per 64-byte send + recv, counted with callgrind (`examples/channel_instructions.rs`, "

@@ -61,6 +61,7 @@ map: for each size (default 64M,1G,4G; sizes beyond the memory become its size),
   and anonymous PROT_NONE memory of the same size (the floor of any mmap here).
 With --tcp ADDR:PORT, stream and rtt repeat the workload over TCP after the
 channel (TCP_NODELAY for rtt): the listener binds ADDR:PORT, the other connects.
+With --tcp unix:PATH, over a UNIX stream socket at PATH instead (transport=unix).
 
 COMMON:
   --listen           the receiving / echoing side (start it first or second)
@@ -75,8 +76,8 @@ COMMON:
                      rtt --wait doorbell, so it measures the doorbell)
   --pause on|off     the CPU pause hint in spin loops (default: the library's)
   --capacity BYTES   ring size per direction when creating (default 2M)
-  --tcp ADDR:PORT    also run the workload over TCP
-  --tcp-only         only TCP (needs --tcp)
+  --tcp ADDR:PORT    also run the workload over TCP (unix:PATH: a UNIX socket)
+  --tcp-only         only the socket (needs --tcp)
 Output (driving side): lines of key=value, e.g.
   stream transport=channel mode=copy size=4096 bytes=N secs=S mbps=X
   rtt transport=tcp wait=- pause=- size=64 rounds=N min_us=.. p50_us=.. p90_us=.. p99_us=.. max_us=..
@@ -349,6 +350,33 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// Both sides of the socket baseline over a UNIX socket, in two threads.
+    #[test]
+    fn stream_and_rtt_over_a_unix_socket() {
+        let sock =
+            std::env::temp_dir().join(format!("ivshmem-bench-test-{}.sock", std::process::id()));
+        let addr = format!("unix:{}", sock.display());
+        let common = |listen: bool| {
+            let mut a = vec!["--tcp", &addr, "--tcp-only"];
+            if listen {
+                a.push("--listen");
+            }
+            parse_common(&mut Args::new(a)).unwrap()
+        };
+        let server = {
+            let c = common(true);
+            std::thread::spawn(move || {
+                stream(&c, &[64, 100_000], 0.05, &[Mode::Copy]).unwrap();
+                rtt(&c, 50, 64, false).unwrap();
+            })
+        };
+        let c = common(false);
+        stream(&c, &[64, 100_000], 0.05, &[Mode::Copy]).unwrap();
+        rtt(&c, 50, 64, false).unwrap();
+        server.join().unwrap();
+        assert!(!sock.exists(), "the listener removed its socket file");
     }
 
     /// Both sides of the stream and rtt workloads over TCP on the loopback, and over a

@@ -2,7 +2,6 @@
 //! ping-pong reference and TCP, printed as percentiles.
 
 use std::io::{self, ErrorKind, Read, Write};
-use std::net::TcpStream;
 use std::time::Instant;
 
 use ivshmem::channel::{Channel, Kind};
@@ -10,7 +9,7 @@ use ivshmem::ToolError;
 
 use crate::common::Common;
 use crate::figures::percentile;
-use crate::link::{accept, connect, io_err, listen_tcp, Link};
+use crate::link::{accept, connect, io_err, listen_tcp, transport, Link, Socket};
 
 /// Untimed round trips first: page faults, caches, the peer's first wake-up.
 const WARMUP: usize = 100;
@@ -44,7 +43,7 @@ impl Echo for Channel {
 }
 
 /// Over TCP the echo has the length of the message: the first message fixes it.
-impl Echo for TcpStream {
+impl Echo for Socket {
     fn round(&mut self, msg: &[u8], buf: &mut Vec<u8>) -> io::Result<()> {
         self.write_all(msg)?;
         buf.resize(msg.len(), 0);
@@ -123,16 +122,18 @@ pub(crate) fn rtt(c: &Common, rounds: usize, size: usize, bare: bool) -> Result<
             }
         }
     }
-    if let Some(l) = &listener {
-        let mut s = accept(l)?;
-        s.set_nodelay(true).map_err(&err)?;
+    if let Some(l) = listener {
+        let mut s = accept(&l)?;
+        // One connection: the port or path is free again for the next run.
+        drop(l);
+        s.no_delay().map_err(&err)?;
         let mut buf = vec![0u8; size];
         while s.serve(&mut buf).map_err(&err)? {}
     } else if c.tcp.is_some() {
         let mut s = connect(c.tcp_addr())?;
-        s.set_nodelay(true).map_err(&err)?;
+        s.no_delay().map_err(&err)?;
         let ns = ping(&mut s, rounds, size)?;
-        print_rtt("tcp", "-", "-", size, &ns);
+        print_rtt(transport(c.tcp_addr()), "-", "-", size, &ns);
         s.close_write().map_err(&err)?;
         let _ = s.read(&mut [0u8; 1]);
     }

@@ -11,7 +11,7 @@ use ivshmem::ToolError;
 use crate::bare;
 use crate::common::Common;
 use crate::figures::mbps;
-use crate::link::{accept, connect, io_err, listen_tcp, Link};
+use crate::link::{accept, connect, io_err, listen_tcp, transport, Link};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Mode {
@@ -248,10 +248,13 @@ pub(crate) fn stream(
     if c.tcp.is_none() {
         return Ok(());
     }
-    if let Some(l) = &listener {
+    if let Some(l) = listener {
         loop {
-            let mut s = accept(l)?;
+            let mut s = accept(&l)?;
             if !stream_recv(&mut s, None)? {
+                // The listener goes first: the driver waits for this socket to close, then
+                // may connect to the next run's (a UNIX socket's path, a TCP port).
+                drop(l);
                 break;
             }
         }
@@ -262,7 +265,7 @@ pub(crate) fn stream(
         for &size in sizes {
             let mut s = connect(c.tcp_addr())?;
             let (bytes, t) = stream_send(&mut s, Mode::Copy, size, secs, &src, None)?;
-            print_stream("tcp", "copy", size, bytes, t);
+            print_stream(transport(c.tcp_addr()), "copy", size, bytes, t);
         }
         let mut s = connect(c.tcp_addr())?;
         quit(&mut s)?;
