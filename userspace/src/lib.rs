@@ -17,9 +17,12 @@ pub mod server;
 
 // The tools' plumbing: public because the binaries of this package use it, not part of the
 // documented API (no stability promise): argument parsing, the reproducible test pattern, the
-// message encoding of read_write, placed mappings, the raw system calls, the tools' errors.
+// message encoding of read_write, placed mappings, the raw system calls, the tools' errors,
+// the local sockets that ivshmem-socket carries and ivshmem-bench measures against.
 #[doc(hidden)]
 pub mod args;
+#[doc(hidden)]
+pub mod local_socket;
 #[doc(hidden)]
 pub mod message;
 #[doc(hidden)]

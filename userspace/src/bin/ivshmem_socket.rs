@@ -4,12 +4,12 @@
 //! in the other VM and connects each to the real server's socket there.
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::net::Shutdown;
 use std::time::Duration;
 
 use ivshmem::args::{run_tool, Args, Devices, DEVICES_HELP};
 use ivshmem::channel::{Channel, ChannelError, Kind, Listener, Options, ReadHalf, Wait, WriteHalf};
+use ivshmem::local_socket::{Addr, Listener as Local, Stream};
 use ivshmem::ToolError;
 
 const PROG: &str = "ivshmem-socket";
@@ -50,43 +50,6 @@ a service name in use); 2 on a usage error.";
 enum Role {
     Server,
     Client,
-}
-
-/// A local socket address.
-#[derive(Debug, Clone)]
-enum Addr {
-    Tcp(String),
-    Unix(String),
-}
-
-impl std::str::FromStr for Addr {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        if let Some(p) = s.strip_prefix("unix:") {
-            return if p.is_empty() {
-                Err("unix: needs a path".into())
-            } else {
-                Ok(Self::Unix(p.into()))
-            };
-        }
-        let a = s.strip_prefix("tcp:").unwrap_or(s);
-        match a.rsplit_once(':') {
-            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
-                Ok(Self::Tcp(a.into()))
-            }
-            _ => Err(format!("'{s}' is neither tcp:HOST:PORT nor unix:PATH")),
-        }
-    }
-}
-
-impl std::fmt::Display for Addr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Tcp(a) => write!(f, "tcp:{a}"),
-            Self::Unix(p) => write!(f, "unix:{p}"),
-        }
-    }
 }
 
 #[derive(Debug)]
@@ -156,90 +119,9 @@ fn parse(mut args: Args) -> Result<Option<Opts>, ToolError> {
     }))
 }
 
-/// A connected local socket.
-enum Sock {
-    Tcp(TcpStream),
-    Unix(UnixStream),
-}
-
-impl Sock {
-    fn connect(a: &Addr) -> io::Result<Self> {
-        Ok(match a {
-            Addr::Tcp(s) => {
-                let t = TcpStream::connect(s)?;
-                t.set_nodelay(true)?;
-                Self::Tcp(t)
-            }
-            Addr::Unix(p) => Self::Unix(UnixStream::connect(p)?),
-        })
-    }
-
-    fn try_clone(&self) -> io::Result<Self> {
-        Ok(match self {
-            Self::Tcp(t) => Self::Tcp(t.try_clone()?),
-            Self::Unix(u) => Self::Unix(u.try_clone()?),
-        })
-    }
-
-    fn shutdown(&self, how: Shutdown) {
-        let _ = match self {
-            Self::Tcp(t) => t.shutdown(how),
-            Self::Unix(u) => u.shutdown(how),
-        };
-    }
-}
-
-impl Read for Sock {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Self::Tcp(t) => t.read(buf),
-            Self::Unix(u) => u.read(buf),
-        }
-    }
-}
-
-impl Write for Sock {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Self::Tcp(t) => t.write(buf),
-            Self::Unix(u) => u.write(buf),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// A local listening socket.
-enum Local {
-    Tcp(TcpListener),
-    Unix(UnixListener),
-}
-
-impl Local {
-    fn bind(a: &Addr) -> io::Result<Self> {
-        Ok(match a {
-            Addr::Tcp(s) => Self::Tcp(TcpListener::bind(s)?),
-            Addr::Unix(p) => Self::Unix(UnixListener::bind(p)?),
-        })
-    }
-
-    fn accept(&self) -> io::Result<Sock> {
-        Ok(match self {
-            Self::Tcp(l) => {
-                let (t, _) = l.accept()?;
-                t.set_nodelay(true)?;
-                Sock::Tcp(t)
-            }
-            Self::Unix(l) => Sock::Unix(l.accept()?.0),
-        })
-    }
-}
-
 /// Socket to channel: the socket's end of stream closes the channel's write side; an error
 /// aborts it, so the peer sees the connection cut, not a clean end.
-fn upstream(mut sock: Sock, mut w: WriteHalf) -> io::Result<u64> {
+fn upstream(mut sock: Stream, mut w: WriteHalf) -> io::Result<u64> {
     let mut buf = vec![0u8; CHUNK];
     let mut total = 0u64;
     loop {
@@ -261,7 +143,7 @@ fn upstream(mut sock: Sock, mut w: WriteHalf) -> io::Result<u64> {
 
 /// Channel to socket: the channel's end of stream shuts the socket's write side; a dead or
 /// aborted peer resets the socket both ways, so the local program sees the cut.
-fn downstream(mut r: ReadHalf, mut sock: Sock) -> io::Result<u64> {
+fn downstream(mut r: ReadHalf, mut sock: Stream) -> io::Result<u64> {
     let mut buf = vec![0u8; CHUNK];
     let mut total = 0u64;
     loop {
@@ -270,22 +152,22 @@ fn downstream(mut r: ReadHalf, mut sock: Sock) -> io::Result<u64> {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
-                sock.shutdown(Shutdown::Both);
+                let _ = sock.shutdown(Shutdown::Both);
                 return Err(e);
             }
         };
         if let Err(e) = sock.write_all(&buf[..n]) {
-            sock.shutdown(Shutdown::Both);
+            let _ = sock.shutdown(Shutdown::Both);
             return Err(e);
         }
         total += n as u64;
     }
-    sock.shutdown(Shutdown::Write);
+    let _ = sock.shutdown(Shutdown::Write);
     Ok(total)
 }
 
 /// Carries one connection both ways until both directions ended.
-fn forward(id: u64, chan: Channel, sock: Sock, verbose: bool) -> Result<(), String> {
+fn forward(id: u64, chan: Channel, sock: Stream, verbose: bool) -> Result<(), String> {
     let reader = sock.try_clone().map_err(|e| format!("socket: {e}"))?;
     let (w, r) = chan.split();
     let up = std::thread::spawn(move || upstream(reader, w));
@@ -330,7 +212,7 @@ fn options(o: &Opts) -> Options {
 fn start(
     o: &Opts,
     id: u64,
-    setup: impl FnOnce() -> Result<(Channel, Sock), String> + Send + 'static,
+    setup: impl FnOnce() -> Result<(Channel, Stream), String> + Send + 'static,
 ) -> Option<Result<(), ToolError>> {
     let verbose = o.verbose;
     let life = move || {
@@ -365,7 +247,7 @@ fn run(o: Opts) -> Result<(), ToolError> {
                     .map_err(|e| ToolError::Failed(format!("accept: {e}")))?;
                 let id = next.next().unwrap_or_default();
                 let (addr, verbose) = (o.addr.clone(), o.verbose);
-                let setup = move || match Sock::connect(&addr) {
+                let setup = move || match Stream::connect(&addr) {
                     Ok(sock) => {
                         if verbose {
                             eprintln!("{PROG}: connection {id} to {addr}");
@@ -406,7 +288,7 @@ fn run(o: Opts) -> Result<(), ToolError> {
                     }
                     Err(e) => {
                         // The local program sees the connection closed at once.
-                        sock.shutdown(Shutdown::Both);
+                        let _ = sock.shutdown(Shutdown::Both);
                         Err(format!("service '{service}': {e}"))
                     }
                 };

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use ivshmem::args::{Args, Devices};
 use ivshmem::channel::{Channel, Kind, Options, Wait};
+use ivshmem::local_socket::Addr;
 use ivshmem::ToolError;
 
 use crate::bare;
@@ -18,7 +19,7 @@ pub(crate) struct Common {
     spin: Option<u32>,
     pub(crate) pause: Option<bool>,
     capacity: u64,
-    pub(crate) tcp: Option<String>,
+    pub(crate) tcp: Option<Addr>,
     pub(crate) tcp_only: bool,
 }
 
@@ -44,9 +45,13 @@ pub(crate) fn parse_common(a: &mut Args) -> Result<Common, ToolError> {
             "--capacity must be a power of two from 64 to 1G",
         ));
     }
-    let tcp = a.value(&["--tcp"])?;
+    let tcp = a
+        .value(&["--tcp"])?
+        .map(|t| t.parse::<Addr>())
+        .transpose()
+        .map_err(|e| ToolError::usage(format!("--tcp: {e}")))?;
     if tcp_only && tcp.is_none() {
-        return Err(ToolError::usage("--tcp-only needs --tcp ADDR:PORT"));
+        return Err(ToolError::usage("--tcp-only needs --tcp ADDR"));
     }
     Ok(Common {
         listen,
@@ -109,10 +114,6 @@ impl Common {
             ));
         }
         bare::Area::new(self.open("bare", Kind::Stream, false)?)
-    }
-
-    pub(crate) fn tcp_addr(&self) -> &str {
-        self.tcp.as_deref().unwrap_or_default()
     }
 
     pub(crate) fn wait_name(&self) -> &'static str {

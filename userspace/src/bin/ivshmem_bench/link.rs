@@ -1,14 +1,13 @@
 //! What the `stream` and `rtt` workloads run over: the [`Link`] trait (a channel or a socket),
 //! the socket baseline's listener and connections (TCP, or a UNIX stream socket with
-//! `--tcp unix:PATH`), and I/O errors as tool errors.
+//! `--tcp unix:PATH`: `ivshmem::local_socket`), and I/O errors as tool errors.
 
 use std::io::{self, ErrorKind, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::PathBuf;
+use std::net::Shutdown;
 use std::time::{Duration, Instant};
 
 use ivshmem::channel::Channel;
+use ivshmem::local_socket::{Addr, Listener, Stream};
 use ivshmem::ToolError;
 
 use crate::common::Common;
@@ -35,106 +34,31 @@ impl Link for Channel {
     }
 }
 
-/// The socket baseline: a TCP connection, or a UNIX stream socket's.
-pub(crate) enum Socket {
-    Tcp(TcpStream),
-    Unix(UnixStream),
-}
-
-impl Socket {
-    /// Sends small writes at once (TCP_NODELAY; a UNIX socket has no Nagle to turn off).
-    pub(crate) fn no_delay(&self) -> io::Result<()> {
-        match self {
-            Socket::Tcp(s) => s.set_nodelay(true),
-            Socket::Unix(_) => Ok(()),
-        }
-    }
-}
-
-impl Read for Socket {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Socket::Tcp(s) => s.read(buf),
-            Socket::Unix(s) => s.read(buf),
-        }
-    }
-}
-
-impl Write for Socket {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Socket::Tcp(s) => s.write(buf),
-            Socket::Unix(s) => s.write(buf),
-        }
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Link for Socket {
+impl Link for Stream {
     fn close_write(&mut self) -> io::Result<()> {
-        match self {
-            Socket::Tcp(s) => s.shutdown(Shutdown::Write),
-            Socket::Unix(s) => s.shutdown(Shutdown::Write),
-        }
+        self.shutdown(Shutdown::Write)
     }
 }
 
-/// The socket baseline's listener; a UNIX one removes its socket file when dropped.
-pub(crate) enum SocketListener {
-    Tcp(TcpListener),
-    Unix(UnixListener, PathBuf),
-}
-
-impl Drop for SocketListener {
-    fn drop(&mut self) {
-        if let SocketListener::Unix(_, path) = self {
-            let _ = std::fs::remove_file(path);
-        }
-    }
-}
-
-/// The path of a `unix:PATH` address, `None` for a TCP one.
-fn unix_path(addr: &str) -> Option<&str> {
-    addr.strip_prefix("unix:")
-}
-
-/// The transport name the results print for the socket baseline at `addr`.
-pub(crate) fn transport(addr: &str) -> &'static str {
-    if unix_path(addr).is_some() {
-        "unix"
-    } else {
-        "tcp"
-    }
-}
-
-pub(crate) fn listen_tcp(c: &Common) -> Result<Option<SocketListener>, ToolError> {
-    let Some(addr) = c.tcp.as_deref().filter(|_| c.listen) else {
+/// The socket baseline's listener, when this side listens and `--tcp` is given.
+pub(crate) fn listen_tcp(c: &Common) -> Result<Option<Listener>, ToolError> {
+    let Some(addr) = c.tcp.as_ref().filter(|_| c.listen) else {
         return Ok(None);
     };
-    let bound = match unix_path(addr) {
-        Some(path) => {
-            // A socket file a killed run left behind would make bind fail.
-            let _ = std::fs::remove_file(path);
-            UnixListener::bind(path).map(|l| SocketListener::Unix(l, path.into()))
-        }
-        None => TcpListener::bind(addr).map(SocketListener::Tcp),
-    };
-    bound
+    if let Addr::Unix(path) = addr {
+        // A socket file a killed run left behind would make bind fail.
+        let _ = std::fs::remove_file(path);
+    }
+    Listener::bind(addr)
         .map(Some)
         .map_err(|e| ToolError::sys(format!("bind {addr}"), e))
 }
 
 /// Connects to the listener, retrying while it is not up yet.
-pub(crate) fn connect(addr: &str) -> Result<Socket, ToolError> {
+pub(crate) fn connect(addr: &Addr) -> Result<Stream, ToolError> {
     let start = Instant::now();
     loop {
-        let r = match unix_path(addr) {
-            Some(path) => UnixStream::connect(path).map(Socket::Unix),
-            None => TcpStream::connect(addr).map(Socket::Tcp),
-        };
-        match r {
+        match Stream::connect(addr) {
             Ok(s) => return Ok(s),
             Err(e)
                 if start.elapsed() < CONNECT_PATIENCE
@@ -150,12 +74,8 @@ pub(crate) fn connect(addr: &str) -> Result<Socket, ToolError> {
     }
 }
 
-pub(crate) fn accept(l: &SocketListener) -> Result<Socket, ToolError> {
-    match l {
-        SocketListener::Tcp(l) => l.accept().map(|(s, _)| Socket::Tcp(s)),
-        SocketListener::Unix(l, _) => l.accept().map(|(s, _)| Socket::Unix(s)),
-    }
-    .map_err(|e| ToolError::sys("accept", e))
+pub(crate) fn accept(l: &Listener) -> Result<Stream, ToolError> {
+    l.accept().map_err(|e| ToolError::sys("accept", e))
 }
 
 pub(crate) fn io_err(what: &str) -> impl Fn(io::Error) -> ToolError + '_ {

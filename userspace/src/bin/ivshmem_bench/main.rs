@@ -272,6 +272,7 @@ mod tests {
     use std::net::TcpListener;
 
     use ivshmem::channel::Wait;
+    use ivshmem::local_socket::Addr;
 
     fn p(a: &[&str]) -> Result<Option<Cmd>, ToolError> {
         parse(Args::new(a.iter().copied()))
@@ -290,7 +291,7 @@ mod tests {
             Ok(Some(Cmd::Stream {
                 c, sizes, modes, ..
             })) => {
-                assert!(c.listen && c.tcp.as_deref() == Some("10.0.7.1:5000"));
+                assert!(c.listen && c.tcp == Some(Addr::Tcp("10.0.7.1:5000".into())));
                 assert_eq!(sizes, [64, 4096]);
                 assert_eq!(modes, [Mode::Copy, Mode::Zero]);
             }
@@ -321,6 +322,10 @@ mod tests {
         usage(&["rtt", "--wait", "sleep"], "'sleep' is not a wait mode");
         usage(&["rtt", "--capacity", "1000"], "power of two");
         usage(&["rtt", "--tcp-only"], "needs --tcp");
+        usage(
+            &["rtt", "--tcp", "localhost"],
+            "--tcp: 'localhost' is neither",
+        );
         usage(&["rtt", "--pause", "yes"], "bad --pause 'yes'");
         usage(&["memcpy", "--seconds", "0"], "out of range");
         usage(&["pause", "--rounds", "0"], "out of range");

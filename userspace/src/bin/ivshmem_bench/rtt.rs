@@ -5,11 +5,12 @@ use std::io::{self, ErrorKind, Read, Write};
 use std::time::Instant;
 
 use ivshmem::channel::{Channel, Kind};
+use ivshmem::local_socket::Stream;
 use ivshmem::ToolError;
 
 use crate::common::Common;
 use crate::figures::percentile;
-use crate::link::{accept, connect, io_err, listen_tcp, transport, Link, Socket};
+use crate::link::{accept, connect, io_err, listen_tcp, Link};
 
 /// Untimed round trips first: page faults, caches, the peer's first wake-up.
 const WARMUP: usize = 100;
@@ -43,7 +44,7 @@ impl Echo for Channel {
 }
 
 /// Over TCP the echo has the length of the message: the first message fixes it.
-impl Echo for Socket {
+impl Echo for Stream {
     fn round(&mut self, msg: &[u8], buf: &mut Vec<u8>) -> io::Result<()> {
         self.write_all(msg)?;
         buf.resize(msg.len(), 0);
@@ -126,14 +127,12 @@ pub(crate) fn rtt(c: &Common, rounds: usize, size: usize, bare: bool) -> Result<
         let mut s = accept(&l)?;
         // One connection: the port or path is free again for the next run.
         drop(l);
-        s.no_delay().map_err(&err)?;
         let mut buf = vec![0u8; size];
         while s.serve(&mut buf).map_err(&err)? {}
-    } else if c.tcp.is_some() {
-        let mut s = connect(c.tcp_addr())?;
-        s.no_delay().map_err(&err)?;
+    } else if let Some(addr) = &c.tcp {
+        let mut s = connect(addr)?;
         let ns = ping(&mut s, rounds, size)?;
-        print_rtt(transport(c.tcp_addr()), "-", "-", size, &ns);
+        print_rtt(addr.transport(), "-", "-", size, &ns);
         s.close_write().map_err(&err)?;
         let _ = s.read(&mut [0u8; 1]);
     }

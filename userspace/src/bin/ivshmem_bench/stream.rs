@@ -11,7 +11,7 @@ use ivshmem::ToolError;
 use crate::bare;
 use crate::common::Common;
 use crate::figures::mbps;
-use crate::link::{accept, connect, io_err, listen_tcp, transport, Link};
+use crate::link::{accept, connect, io_err, listen_tcp, Link};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Mode {
@@ -245,9 +245,9 @@ pub(crate) fn stream(
             quit(&mut ch)?;
         }
     }
-    if c.tcp.is_none() {
+    let Some(addr) = &c.tcp else {
         return Ok(());
-    }
+    };
     if let Some(l) = listener {
         loop {
             let mut s = accept(&l)?;
@@ -263,11 +263,11 @@ pub(crate) fn stream(
             .map(|i| i as u8)
             .collect();
         for &size in sizes {
-            let mut s = connect(c.tcp_addr())?;
+            let mut s = connect(addr)?;
             let (bytes, t) = stream_send(&mut s, Mode::Copy, size, secs, &src, None)?;
-            print_stream(transport(c.tcp_addr()), "copy", size, bytes, t);
+            print_stream(addr.transport(), "copy", size, bytes, t);
         }
-        let mut s = connect(c.tcp_addr())?;
+        let mut s = connect(addr)?;
         quit(&mut s)?;
         // Wait for the listener to close, so it is gone before the next run binds the port.
         let _ = s.read(&mut [0u8; 1]);
