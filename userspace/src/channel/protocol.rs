@@ -242,8 +242,17 @@ impl Consumer {
         A::load(this, Ordering::Acquire)
     }
 
+    /// Counts a message record of `n` bytes whose header [`committed`](Self::committed)
+    /// returned as published, so that [`release`](Self::release) can give it back.
+    pub fn record_committed(&mut self, n: u64) {
+        debug_assert!(n <= self.cap);
+        if self.seen.wrapping_sub(self.pos) < n {
+            self.seen = self.pos.wrapping_add(n);
+        }
+    }
+
     /// Gives back a message record of `n` bytes whose header [`committed`](Self::committed)
-    /// returned: as [`release`](Self::release), with the record counted as published.
+    /// returned: [`record_committed`](Self::record_committed), then [`release`](Self::release).
     pub fn consume<A: Atomics>(
         &mut self,
         n: u64,
@@ -251,10 +260,7 @@ impl Consumer {
         producer_wake_at: &A::U64,
         wakeups: bool,
     ) -> bool {
-        debug_assert!(n <= self.cap);
-        if self.seen.wrapping_sub(self.pos) < n {
-            self.seen = self.pos.wrapping_add(n);
-        }
+        self.record_committed(n);
         self.release::<A>(n, cons, producer_wake_at, wakeups)
     }
 }

@@ -200,17 +200,11 @@ impl Channel {
     }
 
     /// Gives a message record of `need` bytes back, if this end is still in its session (as
-    /// `release`).
+    /// `release`; the record was seen committed in band, not through the producer index).
     #[inline]
     pub(super) fn release_message(&mut self, need: u64) -> io::Result<()> {
-        self.check_session()?;
-        let wakeups = self.wakeups();
-        let cons = self.mem.w64(self.inp.cons);
-        let wake = self.mem.w64(self.inp.prod_wake);
-        if self.rx.consume::<Std>(need, cons, wake, wakeups) {
-            self.notify_peer();
-        }
-        Ok(())
+        self.rx.record_committed(need);
+        self.release(need)
     }
 
     /// The 8-byte word at free-running position `pos` of ring `r`: a message header, which is
