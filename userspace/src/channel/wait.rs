@@ -6,7 +6,7 @@ use std::ffi::c_long;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::sys;
 
@@ -62,12 +62,9 @@ pub trait Waker: Send + Sync {
     }
 }
 
-/// Waits of a [`SpinWaker`] shorter than this yield the CPU instead of sleeping.
-const YIELD_BELOW: Duration = Duration::from_micros(100);
-
-/// Waiting without a doorbell (ivshmem-plain): the channel spins its budget, then waits here
-/// in slices it doubles from 1 us, each at most `max`: yielding the CPU below 100 us
-/// (`YIELD_BELOW`), sleeping above. No notifications.
+/// Waiting without a doorbell (ivshmem-plain): the channel spins its budget, yields the CPU
+/// for a while, then sleeps here in slices it doubles from 1 us, each at most `max`. No
+/// notifications.
 #[derive(Debug, Clone)]
 pub struct SpinWaker {
     /// Longest sleep between two looks at the ring.
@@ -87,24 +84,8 @@ impl Waker for SpinWaker {
         false
     }
 
-    /// Waits below `YIELD_BELOW` by yielding until the time is up, longer by sleeping: a sleep
-    /// that short overshoots to the kernel's timer tick where there are no high-resolution
-    /// timers (the lab's guests: 4 ms), and the first sleeps of the back-off were then a
-    /// guest's 64-byte round trip at p90 whenever its peer's vCPU was away for longer than the
-    /// spin rounds (which got short once a waiter's look at the ring stopped missing the cache).
     fn wait(&self, timeout: Duration) -> io::Result<()> {
-        let t = timeout.min(self.max);
-        if t < YIELD_BELOW {
-            let end = Instant::now() + t;
-            loop {
-                std::thread::yield_now();
-                if Instant::now() >= end {
-                    break;
-                }
-            }
-        } else {
-            std::thread::sleep(t);
-        }
+        std::thread::sleep(timeout.min(self.max));
         Ok(())
     }
 

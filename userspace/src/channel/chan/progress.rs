@@ -136,7 +136,7 @@ impl Channel {
                     self.gate.wait(&*self.waker, seen, slice)?;
                 }
             } else if now < *yield_until.get_or_insert(now + YIELD_FOR) {
-                self.waker.wait(Duration::ZERO)?;
+                std::thread::yield_now();
             } else {
                 self.waker.wait(backoff.min(slice))?;
                 backoff = (backoff * 2).min(slice);
