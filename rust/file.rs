@@ -161,8 +161,7 @@ impl MiscDevice for IvshmemFile {
                     .write(&size)?;
             }
             uapi::IVSHMEM_GET_INFO => {
-                this.shared.check_alive()?;
-                let info = this.shared.info(this.cache.load(Relaxed));
+                let info = this.shared.info(this.cache_mode())?;
                 UserSlice::new(user, size_of::<uapi::IvshmemInfo>())
                     .writer()
                     .write(&info)?;

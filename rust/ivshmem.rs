@@ -32,8 +32,11 @@ mod vma_pfn;
 mod vma_pfnmap;
 
 use file::DeviceNode;
-use mem_region::CacheMode;
-use mem_region::MemRegion;
+use mem_region::{
+    CacheMode,
+    Granted,
+    MemRegion, //
+};
 use msix::{
     Interrupts,
     Vectors, //
@@ -110,9 +113,23 @@ impl pci::Driver for IvshmemDriver {
                 pdev.resource_len(SHM_BAR)?,
                 NAME,
             )?;
-            // User mappings are write-back unless a file asks otherwise (`IVSHMEM_SET_CACHE`).
-            shm.set_cache_mode(CacheMode::WriteBack)
+            // User mappings are write-back unless a file asks otherwise (`IVSHMEM_SET_CACHE`);
+            // what PAT grants each type is learnt now, for `IVSHMEM_GET_INFO`.
+            shm.learn_cache_types()
                 .inspect_err(|e| dev_err!(pdev, "cannot record BAR2's cache type: {e:?}\n"))?;
+            if let Some(got) = shm
+                .granted(CacheMode::WriteBack)
+                .filter(|&g| g != Granted::WriteBack)
+            {
+                dev_warn!(
+                    pdev,
+                    "BAR2 [mem {:#x}-{:#x}]: write-back mappings get {} (the MTRRs make the \
+                     range uncachable): place BAR2 above 4 GiB (README: cache types)\n",
+                    shm.start(),
+                    shm.start() + shm.len() - 1,
+                    got.name()
+                );
+            }
             let slot = Slot::take()?;
             // Doorbell devices interrupt us through MSI-X; without it they work as plain ones.
             let vectors = if doorbell {

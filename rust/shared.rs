@@ -50,6 +50,7 @@ use crate::{
     file_mappings::FileMappings,
     mem_region::{
         CacheMode,
+        Granted,
         MemRegion, //
     },
     mm_users::MmExited,
@@ -254,23 +255,48 @@ impl Shared {
         drop(region);
     }
 
-    /// What `IVSHMEM_GET_INFO` reports for a file whose next mmap uses `cache`.
-    pub(crate) fn info(&self, cache: u32) -> uapi::IvshmemInfo {
+    /// What `IVSHMEM_GET_INFO` reports for a file whose next mmap uses `mode`, or `ENODEV`
+    /// once the device is gone.
+    pub(crate) fn info(&self, mode: CacheMode) -> Result<uapi::IvshmemInfo> {
+        let granted = self
+            .state
+            .lock()
+            .region
+            .as_ref()
+            .ok_or(ENODEV)?
+            .granted(mode);
         let vectors = self.doorbell.vectors();
-        uapi::IvshmemInfo {
+        // A doorbell is what the vectors actually set up make of the device.
+        let mut flags = if vectors > 0 {
+            uapi::IVSHMEM_FLAG_DOORBELL
+        } else {
+            0
+        };
+        if granted.is_some() {
+            flags |= uapi::IVSHMEM_FLAG_GRANTED;
+        }
+        Ok(uapi::IvshmemInfo {
             size: self.desc.size,
             peer_id: self.desc.peer_id,
             vectors,
-            // A doorbell is what the vectors actually set up make of the device.
-            flags: if vectors > 0 {
-                uapi::IVSHMEM_FLAG_DOORBELL
-            } else {
-                0
+            flags,
+            cache: match mode {
+                CacheMode::WriteBack => uapi::IVSHMEM_CACHE_WB,
+                CacheMode::WriteCombining => uapi::IVSHMEM_CACHE_WC,
+                CacheMode::Uncached => uapi::IVSHMEM_CACHE_UC,
             },
-            cache,
             pci_name: self.desc.pci_name,
-            reserved: [0; 3],
-        }
+            granted: match granted {
+                None | Some(Granted::WriteBack) => uapi::IVSHMEM_CACHE_WB,
+                Some(Granted::WriteCombining) => uapi::IVSHMEM_CACHE_WC,
+                Some(Granted::UncachedMinus) => uapi::IVSHMEM_CACHE_UC,
+                Some(Granted::Uncached) => uapi::IVSHMEM_CACHE_UC_STRONG,
+                Some(Granted::WriteThrough) => uapi::IVSHMEM_CACHE_WT,
+                Some(Granted::WriteProtect) => uapi::IVSHMEM_CACHE_WP,
+            },
+            reserved0: 0,
+            reserved: [0; 2],
+        })
     }
 }
 

@@ -56,9 +56,17 @@ pub const IVSHMEM_CACHE_WB: u32 = 0;
 pub const IVSHMEM_CACHE_WC: u32 = 1;
 /// Cache type: uncached (UC-), as the sysfs `resource2` path maps it.
 pub const IVSHMEM_CACHE_UC: u32 = 2;
+/// Granted cache type only (not a request): uncached (strong UC).
+pub const IVSHMEM_CACHE_UC_STRONG: u32 = 3;
+/// Granted cache type only: write-through.
+pub const IVSHMEM_CACHE_WT: u32 = 4;
+/// Granted cache type only: write-protect.
+pub const IVSHMEM_CACHE_WP: u32 = 5;
 
 /// [`IvshmemInfo::flags`]: the device has a doorbell (BAR1 with MSI-X: `ivshmem-doorbell`).
 pub const IVSHMEM_FLAG_DOORBELL: u32 = 1 << 0;
+/// [`IvshmemInfo::flags`]: [`IvshmemInfo::granted`] is known (older drivers leave the flag clear).
+pub const IVSHMEM_FLAG_GRANTED: u32 = 1 << 1;
 
 /// [`IvshmemInfo::peer_id`] when the device has no peer id (`ivshmem-plain`).
 pub const IVSHMEM_NO_PEER: u32 = u32::MAX;
@@ -79,8 +87,14 @@ pub struct IvshmemInfo {
     pub cache: u32,
     /// PCI address of the device (`0000:00:04.0`), NUL-padded: which node is which device.
     pub pci_name: [u8; 16],
+    /// The cache type (`IVSHMEM_CACHE_*`) that mmap really gets, with
+    /// [`IVSHMEM_FLAG_GRANTED`]: on x86 the type PAT granted `cache` (write-back becomes UC-
+    /// where the MTRRs make BAR2's range uncachable), elsewhere `cache`.
+    pub granted: u32,
+    /// Zero.
+    pub reserved0: u32,
     /// Zero; room to grow without changing the ioctl number.
-    pub reserved: [u64; 3],
+    pub reserved: [u64; 2],
 }
 
 /// Argument of `IVSHMEM_RING`.

@@ -25,7 +25,7 @@ use crate::uapi::{
 };
 
 // SAFETY: `IvshmemInfo` is `repr(C)` with integer fields only and no padding (8 + 4 * 4 + 16 +
-// 24 bytes, checked below), so every byte of it is initialised.
+// 2 * 4 + 16 bytes, checked below), so every byte of it is initialised.
 unsafe impl AsBytes for IvshmemInfo {}
 // SAFETY: Any bit pattern is a valid `IvshmemInfo`: it holds integers only.
 unsafe impl FromBytes for IvshmemInfo {}

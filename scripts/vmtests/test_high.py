@@ -38,6 +38,14 @@ def test_offsets_past_3_gib_of_a_4_gib_region_map_to_the_right_bytes(s):
     check(status != 0 and "mismatch" in out, f"verify with a wrong seed: status {status}: {out}")
 
 
+def test_info_says_write_back_is_granted_above_4_gib_and_probe_did_not_warn(s):
+    for dev in (0, 1):
+        _, out = s.sh(1, f"ivshmem info -d {dev}")
+        check("cache wb\npat wb\n" in out, out)
+    _, out = s.sh(1, "dmesg | grep 'mappings get'; true")
+    check(out.strip() == "", out)
+
+
 def test_pat_memtype_of_bar2_is_write_back_by_default_above_4_gib(s):
     got = {c: hold_and_read_pat(s, 1, 0, c, "0000:00:02.0") for c in ("wb", "wc", "uc")}
     check(got == {"wb": "write-back", "wc": "write-combining", "uc": "uncached-minus"}, str(got))

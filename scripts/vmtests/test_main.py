@@ -159,6 +159,24 @@ def test_bandwidth_prints_its_figure_and_the_ratio_and_refuses_a_small_region(s)
     check(out.count("usage:") >= 5, out)
 
 
+def test_info_names_the_type_mappings_get_and_probe_warns_of_uncached_write_back_below_4_gib(s):
+    # x86: what PAT granted, as the PAT list shows it while a mapping exists (next test);
+    # arm64: the memory attribute, which nothing overrides.
+    if s.kind.arch == "x86_64":
+        want = {"wb": "pat uc- (wb requested: BAR2 lies where the MTRRs make memory uncachable",
+                "wc": "pat wc\n", "uc": "pat uc-\n"}
+    else:
+        want = {"wb": "attr normal (write-back)\n", "wc": "attr normal-nc\n", "uc": "attr device-ngnrne\n"}
+    for c, w in want.items():
+        _, out = s.sh(1, f"ivshmem info -d 0 --cache {c}")
+        check(f"cache {c}\n" in out and w in out, out)
+    _, out = s.sh(1, "dmesg | grep 'mappings get'; true")
+    for bdf in ("0000:00:02.0", "0000:00:03.0"):
+        warned = re.search(rf"ivshmem {bdf}: BAR2 \[mem 0x[0-9a-f]+-0x[0-9a-f]+\]: write-back mappings get "
+                           r"uncached-minus \(the MTRRs make the range uncachable\): place BAR2 above 4 GiB", out)
+        check(bool(warned) == (s.kind.arch == "x86_64"), f"{bdf}, probe warnings:\n{out}")
+
+
 @pytest.mark.x86
 def test_pat_memtype_of_bar2_follows_the_cache_type_below_4_gib(s):
     # BARs below 4 GiB sit in the range SeaBIOS's MTRRs make uncachable: x86 PAT then grants

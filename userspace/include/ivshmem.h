@@ -18,7 +18,9 @@ struct ivshmem_info {
 	__u32 flags;    /* IVSHMEM_FLAG_* */
 	__u32 cache;    /* IVSHMEM_CACHE_* of this file's next mmap */
 	char pci_name[16]; /* PCI address, e.g. "0000:00:04.0", NUL-padded */
-	__u64 reserved[3];
+	__u32 granted;  /* with IVSHMEM_FLAG_GRANTED: IVSHMEM_CACHE_* that mmap really gets */
+	__u32 reserved0;
+	__u64 reserved[2];
 };
 
 struct ivshmem_ring {
@@ -50,8 +52,13 @@ struct ivshmem_eventfd {
 #define IVSHMEM_CACHE_WB 0
 #define IVSHMEM_CACHE_WC 1
 #define IVSHMEM_CACHE_UC 2
+/* Granted types only (in ivshmem_info.granted, never a request): */
+#define IVSHMEM_CACHE_UC_STRONG 3
+#define IVSHMEM_CACHE_WT 4
+#define IVSHMEM_CACHE_WP 5
 
 #define IVSHMEM_FLAG_DOORBELL (1u << 0)
+#define IVSHMEM_FLAG_GRANTED (1u << 1)
 #define IVSHMEM_NO_PEER 0xffffffffu
 
 #endif /* IVSHMEM_H */

@@ -48,6 +48,61 @@ impl CacheType {
     }
 }
 
+/// The cache type a mapping really gets ([`Device::granted_cache`]): on x86 what PAT granted
+/// the requested [`CacheType`], elsewhere the requested one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GrantedCache {
+    /// Write-back.
+    WriteBack,
+    /// Write-combining.
+    WriteCombining,
+    /// Uncached-minus: what [`CacheType::Uncached`] asks for, and what PAT grants a
+    /// write-back request where the MTRRs make BAR2's range uncachable.
+    UncachedMinus,
+    /// Uncached (strong), left by another record of the range.
+    Uncached,
+    /// Write-through, left by another record of the range.
+    WriteThrough,
+    /// Write-protect, left by another record of the range.
+    WriteProtect,
+}
+
+impl GrantedCache {
+    /// From the ABI value (`IvshmemInfo::granted`).
+    pub fn from_raw(raw: u32) -> Option<Self> {
+        Some(match raw {
+            uapi::IVSHMEM_CACHE_WB => Self::WriteBack,
+            uapi::IVSHMEM_CACHE_WC => Self::WriteCombining,
+            uapi::IVSHMEM_CACHE_UC => Self::UncachedMinus,
+            uapi::IVSHMEM_CACHE_UC_STRONG => Self::Uncached,
+            uapi::IVSHMEM_CACHE_WT => Self::WriteThrough,
+            uapi::IVSHMEM_CACHE_WP => Self::WriteProtect,
+            _ => return None,
+        })
+    }
+
+    /// `wb`, `wc`, `uc-`, `uc`, `wt` or `wp`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::WriteBack => "wb",
+            Self::WriteCombining => "wc",
+            Self::UncachedMinus => "uc-",
+            Self::Uncached => "uc",
+            Self::WriteThrough => "wt",
+            Self::WriteProtect => "wp",
+        }
+    }
+
+    /// Whether this is the type `requested` asks for (not a downgrade).
+    pub fn is(self, requested: CacheType) -> bool {
+        self == match requested {
+            CacheType::WriteBack => Self::WriteBack,
+            CacheType::WriteCombining => Self::WriteCombining,
+            CacheType::Uncached => Self::UncachedMinus,
+        }
+    }
+}
+
 impl std::str::FromStr for CacheType {
     type Err = String;
 
@@ -139,6 +194,16 @@ impl Device {
         let mut info = uapi::IvshmemInfo::default();
         self.ioctl(uapi::IVSHMEM_GET_INFO, &mut info)?;
         Ok(info)
+    }
+
+    /// The cache type this open file's next [`Device::map`] really gets (x86: what PAT
+    /// granted its [`CacheType`]); `None` from a driver that does not say.
+    pub fn granted_cache(&self) -> Result<Option<GrantedCache>> {
+        let info = self.info()?;
+        if info.flags & uapi::IVSHMEM_FLAG_GRANTED == 0 {
+            return Ok(None);
+        }
+        Ok(GrantedCache::from_raw(info.granted))
     }
 
     /// Selects the cache type of later [`Device::map`] calls on this open file.

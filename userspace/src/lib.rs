@@ -38,7 +38,7 @@ mod tool_error;
 #[allow(dead_code)]
 pub mod uapi;
 
-pub use device::{CacheType, Device};
+pub use device::{CacheType, Device, GrantedCache};
 pub use error::Error;
 pub use mapping::Mapping;
 #[doc(hidden)]

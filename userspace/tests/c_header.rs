@@ -24,12 +24,14 @@ int main(void) {
            sizeof(struct ivshmem_ring), offsetof(struct ivshmem_ring, vector),
            sizeof(struct ivshmem_wait), offsetof(struct ivshmem_wait, count),
            sizeof(struct ivshmem_eventfd), offsetof(struct ivshmem_eventfd, fd));
-    printf("%d %d %d %u %u\n", IVSHMEM_CACHE_WB, IVSHMEM_CACHE_WC, IVSHMEM_CACHE_UC,
-           IVSHMEM_FLAG_DOORBELL, IVSHMEM_NO_PEER);
-    printf("%zu %zu %zu %zu %zu %zu %zu %zu\n", sizeof(struct ivshmem_info),
+    printf("%d %d %d %d %d %d %u %u %u\n", IVSHMEM_CACHE_WB, IVSHMEM_CACHE_WC, IVSHMEM_CACHE_UC,
+           IVSHMEM_CACHE_UC_STRONG, IVSHMEM_CACHE_WT, IVSHMEM_CACHE_WP,
+           IVSHMEM_FLAG_DOORBELL, IVSHMEM_FLAG_GRANTED, IVSHMEM_NO_PEER);
+    printf("%zu %zu %zu %zu %zu %zu %zu %zu %zu %zu\n", sizeof(struct ivshmem_info),
            offsetof(struct ivshmem_info, size), offsetof(struct ivshmem_info, peer_id),
            offsetof(struct ivshmem_info, vectors), offsetof(struct ivshmem_info, flags),
            offsetof(struct ivshmem_info, cache), offsetof(struct ivshmem_info, pci_name),
+           offsetof(struct ivshmem_info, granted), offsetof(struct ivshmem_info, reserved0),
            offsetof(struct ivshmem_info, reserved));
     return 0;
 }
@@ -76,16 +78,20 @@ int main(void) {
         "doorbell constants and structs"
     );
     let want = format!(
-        "{} {} {} {} {}",
+        "{} {} {} {} {} {} {} {} {}",
         uapi::IVSHMEM_CACHE_WB,
         uapi::IVSHMEM_CACHE_WC,
         uapi::IVSHMEM_CACHE_UC,
+        uapi::IVSHMEM_CACHE_UC_STRONG,
+        uapi::IVSHMEM_CACHE_WT,
+        uapi::IVSHMEM_CACHE_WP,
         uapi::IVSHMEM_FLAG_DOORBELL,
+        uapi::IVSHMEM_FLAG_GRANTED,
         uapi::IVSHMEM_NO_PEER
     );
     assert_eq!(lines.next().unwrap(), want, "constants");
     let want = format!(
-        "{} {} {} {} {} {} {} {}",
+        "{} {} {} {} {} {} {} {} {} {}",
         std::mem::size_of::<uapi::IvshmemInfo>(),
         std::mem::offset_of!(uapi::IvshmemInfo, size),
         std::mem::offset_of!(uapi::IvshmemInfo, peer_id),
@@ -93,6 +99,8 @@ int main(void) {
         std::mem::offset_of!(uapi::IvshmemInfo, flags),
         std::mem::offset_of!(uapi::IvshmemInfo, cache),
         std::mem::offset_of!(uapi::IvshmemInfo, pci_name),
+        std::mem::offset_of!(uapi::IvshmemInfo, granted),
+        std::mem::offset_of!(uapi::IvshmemInfo, reserved0),
         std::mem::offset_of!(uapi::IvshmemInfo, reserved),
     );
     assert_eq!(lines.next().unwrap(), want, "struct ivshmem_info layout");

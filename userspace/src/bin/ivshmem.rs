@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use ivshmem::args::{device_path, Args};
 use ivshmem::placed::{self, PlacedMapping};
-use ivshmem::{pattern, sys, uapi, CacheType, Device, ToolError};
+use ivshmem::{pattern, sys, uapi, CacheType, Device, GrantedCache, ToolError};
 
 extern "C" fn ignore(_: i32) {}
 
@@ -19,7 +19,7 @@ fn catch_sigusr1() {
 const PROG: &str = "ivshmem";
 
 const HELP: &str = "\
-usage: ivshmem info   [-d DEVICE]
+usage: ivshmem info   [-d DEVICE] [--cache wb|wc|uc]
        ivshmem fill   [-d DEVICE] --seed N [--offset O] [--len L] [--cache wb|wc|uc] [PLACE]
        ivshmem verify [-d DEVICE] --seed N [--offset O] [--len L] [--cache wb|wc|uc] [PLACE]
        ivshmem touch  [-d DEVICE] [--offset O] [--len L] [--cache wb|wc|uc] [PLACE]
@@ -27,7 +27,9 @@ usage: ivshmem info   [-d DEVICE]
        ivshmem wait   [-d DEVICE] [--vector V] [--timeout MS] [--catch-signal]
        ivshmem pattern --seed N [--offset O] --len L | --check
 
-  info     size, PCI address, peer id, vectors, mode and cache type of the device
+  info     size, PCI address, peer id, vectors, mode and cache type of the device, and
+           the type mappings really get (x86: `pat`, what PAT granted the cache type,
+           which --cache selects; arm64: `attr`, the memory attribute it selects)
   fill     write pattern N over [O, O+L) (byte i of the region gets pattern(N, i))
   verify   check [O, O+L) holds pattern N; exit 1 at the first difference
   touch    time mmap of [O, O+L) and a first read of each of its pages; print the
@@ -223,10 +225,43 @@ fn check_pattern(seed: u64, offset: u64) -> Result<(), ToolError> {
     Ok(())
 }
 
+/// `info`'s line on the type mappings really get: on x86 the type PAT granted (`pat wb`, or
+/// `pat uc- (wb requested: ...)` where the MTRRs refuse write-back), on arm64 the memory
+/// attribute the type selects (nothing there overrides it).
+fn granted_line(cache: Option<CacheType>, info: &uapi::IvshmemInfo) -> String {
+    let Some(cache) = cache else {
+        return "pat unknown".into();
+    };
+    if cfg!(target_arch = "aarch64") {
+        return match cache {
+            CacheType::WriteBack => "attr normal (write-back)",
+            CacheType::WriteCombining => "attr normal-nc",
+            CacheType::Uncached => "attr device-ngnrne",
+        }
+        .into();
+    }
+    let granted = (info.flags & uapi::IVSHMEM_FLAG_GRANTED != 0)
+        .then(|| GrantedCache::from_raw(info.granted))
+        .flatten();
+    match granted {
+        None => "pat unknown (the driver does not report it)".into(),
+        Some(g) if g.is(cache) => format!("pat {}", g.name()),
+        Some(g) if cache == CacheType::WriteBack && g == GrantedCache::UncachedMinus => {
+            "pat uc- (wb requested: BAR2 lies where the MTRRs make memory uncachable; place \
+             it above 4 GiB, see README's troubleshooting)"
+                .into()
+        }
+        Some(g) => format!("pat {} ({} requested)", g.name(), cache.name()),
+    }
+}
+
 fn run(cmd: &str, mut args: Args) -> Result<(), ToolError> {
     match cmd {
         "info" => {
             let dev = Device::open(&device_path(args.value(&["-d", "--device"])?))?;
+            if let Some(c) = args.parsed::<CacheType>(&["--cache"])? {
+                dev.set_cache(c)?;
+            }
             args.finish()?;
             let info = dev.info()?;
             println!("device {}", dev.path());
@@ -241,8 +276,9 @@ fn run(cmd: &str, mut args: Args) -> Result<(), ToolError> {
             println!("vectors {}", info.vectors);
             let doorbell = info.flags & uapi::IVSHMEM_FLAG_DOORBELL != 0;
             println!("mode {}", if doorbell { "doorbell" } else { "plain" });
-            let cache = CacheType::from_raw(info.cache).map_or("unknown", |c| c.name());
-            println!("cache {cache}");
+            let cache = CacheType::from_raw(info.cache);
+            println!("cache {}", cache.map_or("unknown", |c| c.name()));
+            println!("{}", granted_line(cache, &info));
         }
         "fill" | "verify" => {
             let seed = args
