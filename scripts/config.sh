@@ -4,6 +4,7 @@
 
 : "${IVSHMEM_KERNEL_SERIES:=7.3}"          # Debian linux-source-<series> package: 7.3 or 7.2
 : "${IVSHMEM_ARCH:=x86_64}"                  # guest architecture: x86_64, or arm64 (qemu-system-aarch64 -M virt)
+: "${IVSHMEM_MACHINE:=pc}"                   # x86: pc (i440fx: BAR2 in the 32-bit hole, uncachable per the MTRRs) | q35 (each device behind a root port: BAR2 above 4 GiB, write-back for real)
 : "${IVSHMEM_KERNEL_SUITE:=trixie-backports}" # Debian suite that ships it
 : "${IVSHMEM_GUESTS:=2}"                     # number of guests started by start.sh
 : "${IVSHMEM_SHM_SIZE:=64M}"                 # size of the shared memory (QEMU syntax: 64M, 1G)
@@ -111,6 +112,10 @@ esac
 case "$IVSHMEM_KERNEL_SERIES" in
 7.3 | 7.2) ;;
 *) die "IVSHMEM_KERNEL_SERIES must be 7.3 or 7.2, not '$IVSHMEM_KERNEL_SERIES'" ;;
+esac
+case "$IVSHMEM_MACHINE" in
+pc | q35) ;;
+*) die "IVSHMEM_MACHINE must be pc or q35, not '$IVSHMEM_MACHINE'" ;;
 esac
 case "$IVSHMEM_ARCH" in
 x86_64) ;;

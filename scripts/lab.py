@@ -171,19 +171,21 @@ class Lab:
         self.shm = shm
         self.size = "64M"
         self.topology = "shared"
+        self.machine = "pc"
 
     def env(self, **kw):
         return dict(os.environ, **self.kernel_env, IVSHMEM_RUN=self.run_dir, IVSHMEM_SHM_SIZE="64M",
                     IVSHMEM_SHM_PATH=self.main_shm, **kw)
 
-    def boot(self, guests, extra, mode="plain", shm=None, size="64M", topology="shared"):
+    def boot(self, guests, extra, mode="plain", shm=None, size="64M", topology="shared", machine="pc"):
         """Boots `guests` guests on fresh backing files: the main one of `size` at `shm` (in
         doorbell mode the server's), one more per size in `extra` at shm.1, shm.2, ...; in the
         isolated topology each guest N's own device of `size` at shm.ownN instead of the main
-        one (scripts/start.sh)."""
+        one; on `machine` (x86: pc or q35; scripts/start.sh)."""
         self.stop()
         self.mode = mode
         self.topology = topology
+        self.machine = machine
         self.shm = shm or self.main_shm
         self.size = size
         remove_backing(self.shm)
@@ -195,7 +197,8 @@ class Lab:
 
     def start(self, guests, extra, only=""):
         env = self.env(IVSHMEM_GUESTS=str(guests), IVSHMEM_EXTRA_SHM=extra, IVSHMEM_MODE=self.mode,
-                       IVSHMEM_VECTORS="2", IVSHMEM_ONLY=only, IVSHMEM_TOPOLOGY=self.topology)
+                       IVSHMEM_VECTORS="2", IVSHMEM_ONLY=only, IVSHMEM_TOPOLOGY=self.topology,
+                       IVSHMEM_MACHINE=self.machine)
         env["IVSHMEM_SHM_PATH"] = self.shm
         env["IVSHMEM_SHM_SIZE"] = self.size
         subprocess.run(["bash", os.path.join(ROOT, "scripts/start.sh"), self.image], env=env, check=True)

@@ -42,6 +42,7 @@ if [ "$IVSHMEM_ARCH" = arm64 ]; then
 else
 	qemu=qemu-system-x86_64
 	machine=()
+	[ "$IVSHMEM_MACHINE" = pc ] || machine=(-M "$IVSHMEM_MACHINE")
 	kargs="console=ttyS0 tsc=reliable$kargs"
 fi
 command -v $qemu >/dev/null || die "$qemu missing: IVSHMEM_ARCH=$IVSHMEM_ARCH scripts/setup.sh host"
@@ -170,9 +171,33 @@ for b in "${backing[@]}"; do
 	k=$((k + 1))
 done
 
+# q35: the room each root port reserves for 64-bit prefetchable BARs, which SeaBIOS places above
+# 4 GiB: the largest device's BAR2 (a power of two), at least 1 GiB.
+pref64=$((1 << 30))
+for size in "$IVSHMEM_SHM_SIZE" $IVSHMEM_EXTRA_SHM; do
+	bytes=$(numfmt --from=iec "$size")
+	while [ "$pref64" -lt "$bytes" ]; do pref64=$((pref64 * 2)); done
+done
+# Prints the device arguments $@ one per line; on q35 each ivshmem device goes behind a PCIe
+# root port of its own, whose 64-bit window puts BAR2 above 4 GiB (in the 32-bit hole, which
+# SeaBIOS's MTRRs make uncachable, PAT grants write-back only as UC-).
+devices() {
+	local n=0 prev=""
+	for a in "$@"; do
+		if [ "$IVSHMEM_MACHINE" = q35 ] && [ "$prev" = -device ] && [[ "$a" == ivshmem-* ]]; then
+			n=$((n + 1))
+			printf '%s\n' "pcie-root-port,id=rp$n,chassis=$n,pref64-reserve=$pref64" -device "$a,bus=rp$n"
+		else
+			printf '%s\n' "$a"
+		fi
+		prev=$a
+	done
+}
+
 for i in $guests; do
 	rm -f "$IVSHMEM_RUN/guest$i.sock" "$IVSHMEM_RUN/guest$i.console"
 	mapfile -t own_args < <(own_devices "$i")
+	mapfile -t guest_devs < <(devices "${dev_args[@]:0:$first_plain}" "${own_args[@]}" "${dev_args[@]:$first_plain}")
 	net_args=()
 	if [ "$IVSHMEM_NET" = 1 ] && { [ "$i" = 1 ] || [ "$i" = 2 ]; }; then
 		peer=$((3 - i))
@@ -192,8 +217,8 @@ for i in $guests; do
 		-append "ivshmem_lab.guest=$i panic=-1 $kargs" \
 		-serial "file:$IVSHMEM_RUN/guest$i.console" \
 		"${agent[@]}" \
-		"${dev_args[@]:0:$first_plain}" "${own_args[@]}" "${dev_args[@]:$first_plain}" "${net_args[@]}" \
+		"${guest_devs[@]}" "${net_args[@]}" \
 		-daemonize -pidfile "$IVSHMEM_RUN/guest$i.pid" ||
 		{ "$IVSHMEM_ROOT/scripts/stop.sh"; die "QEMU failed to start guest $i"; }
 done
-echo "started guest(s) $(echo $guests) ($accel, $IVSHMEM_MODE, $IVSHMEM_TOPOLOGY, $IVSHMEM_SHM_SIZE:$IVSHMEM_SHM_PATH ${backing[*]}) in $IVSHMEM_RUN" >&2
+echo "started guest(s) $(echo $guests) ($accel, ${machine[1]:-pc}, $IVSHMEM_MODE, $IVSHMEM_TOPOLOGY, $IVSHMEM_SHM_SIZE:$IVSHMEM_SHM_PATH ${backing[*]}) in $IVSHMEM_RUN" >&2

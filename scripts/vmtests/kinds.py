@@ -14,12 +14,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 HOST_TOOLS = os.path.join(ROOT, "userspace/target/x86_64-unknown-linux-gnu/release")
 
 # Every scenario, in the order a kind runs them (test_<name>.py).
-SCENARIOS = ["main", "high", "scale", "doorbell", "hugetlb", "channel", "isolated", "fuzz", "install"]
+SCENARIOS = ["main", "high", "q35", "scale", "doorbell", "hugetlb", "channel", "isolated", "fuzz", "install"]
 # The check tier (make check): the scenarios that exercise every path of the driver and the
 # channels (memory, errno contract, revocation, huge entries, many devices, doorbells, channels,
 # channels in the isolated topology, the fuzzer). The others add a BAR above 4 GiB with a figure
-# (scale has one too), another backing store and installing, none of which a driver change is
-# likely to break unseen.
+# (scale has one too), the q35 machine (root ports), another backing store and installing, none
+# of which a driver change is likely to break unseen.
 CHECK_SCENARIOS = ["main", "scale", "doorbell", "channel", "isolated", "fuzz"]
 
 
