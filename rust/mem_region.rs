@@ -53,6 +53,7 @@ impl CacheMode {
 /// [`CacheMode`]: what PAT granted it on x86, the requested one elsewhere (nothing there
 /// overrides the attribute the page protection selects).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(not(CONFIG_X86_PAT), expect(dead_code))] // Only PAT grants another type.
 pub(crate) enum Granted {
     WriteBack,
     WriteCombining,
