@@ -260,7 +260,9 @@ impl Channel {
 
     /// Gives `n` read bytes back, if this end is still in its session; an error means the
     /// bytes read since the last check may be a newer session's, so the caller delivers none.
-    #[inline]
+    /// Always inlined: `recv`'s hot path (callgrind: 272 instructions per 64-byte send + recv
+    /// when it was called, 259 inlined).
+    #[inline(always)]
     pub(super) fn release(&mut self, n: u64) -> io::Result<()> {
         self.check_session()?;
         let wakeups = self.wakeups();
