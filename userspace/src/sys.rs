@@ -371,6 +371,23 @@ pub fn vm_pte_kb() -> std::io::Result<u64> {
         .ok_or_else(|| std::io::Error::other("no VmPTE in /proc/self/status"))
 }
 
+/// Makes the named pipe (FIFO) `path`, readable and writable by its owner only.
+pub fn mkfifo(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: `c` is a NUL-terminated path that outlives the call.
+    if unsafe { raw_mkfifo(c.as_ptr(), 0o600) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+extern "C" {
+    #[link_name = "mkfifo"]
+    fn raw_mkfifo(path: *const std::ffi::c_char, mode: c_uint) -> c_int;
+}
+
 /// `sysconf` name of the page size (glibc's value on Linux).
 pub const SC_PAGESIZE: c_int = 30;
 

@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use ivshmem::args::{Args, Devices};
 use ivshmem::channel::{Channel, Kind, Options, Wait};
-use ivshmem::local_socket::Addr;
 use ivshmem::ToolError;
 
 use crate::bare;
+use crate::link::Baseline;
 
 #[derive(Debug)]
 pub(crate) struct Common {
@@ -19,7 +19,7 @@ pub(crate) struct Common {
     spin: Option<u32>,
     pub(crate) pause: Option<bool>,
     capacity: u64,
-    pub(crate) tcp: Option<Addr>,
+    pub(crate) tcp: Option<Baseline>,
     pub(crate) tcp_only: bool,
 }
 
@@ -47,7 +47,7 @@ pub(crate) fn parse_common(a: &mut Args) -> Result<Common, ToolError> {
     }
     let tcp = a
         .value(&["--tcp"])?
-        .map(|t| t.parse::<Addr>())
+        .map(|t| t.parse::<Baseline>())
         .transpose()
         .map_err(|e| ToolError::usage(format!("--tcp: {e}")))?;
     if tcp_only && tcp.is_none() {

@@ -61,7 +61,9 @@ map: for each size (default 64M,1G,4G; sizes beyond the memory become its size),
   and anonymous PROT_NONE memory of the same size (the floor of any mmap here).
 With --tcp ADDR:PORT, stream and rtt repeat the workload over TCP after the
 channel (TCP_NODELAY for rtt): the listener binds ADDR:PORT, the other connects.
-With --tcp unix:PATH, over a UNIX stream socket at PATH instead (transport=unix).
+With --tcp unix:PATH, over a UNIX stream socket at PATH instead (transport=unix);
+with --tcp pipe:PATH, over two named pipes, PATH.N.up and PATH.N.down for the Nth
+connection, which the listener makes and removes (transport=pipe).
 
 COMMON:
   --listen           the receiving / echoing side (start it first or second)
@@ -76,8 +78,9 @@ COMMON:
                      rtt --wait doorbell, so it measures the doorbell)
   --pause on|off     the CPU pause hint in spin loops (default: the library's)
   --capacity BYTES   ring size per direction when creating (default 2M)
-  --tcp ADDR:PORT    also run the workload over TCP (unix:PATH: a UNIX socket)
-  --tcp-only         only the socket (needs --tcp)
+  --tcp ADDR:PORT    also run the workload over TCP (unix:PATH: a UNIX socket;
+                     pipe:PATH: named pipes)
+  --tcp-only         only the kernel baseline (needs --tcp)
 Output (driving side): lines of key=value, e.g.
   stream transport=channel mode=copy size=4096 bytes=N secs=S mbps=X
   rtt transport=tcp wait=- pause=- size=64 rounds=N min_us=.. p50_us=.. p90_us=.. p99_us=.. max_us=..
@@ -274,6 +277,8 @@ mod tests {
     use ivshmem::channel::Wait;
     use ivshmem::local_socket::Addr;
 
+    use crate::link::Baseline;
+
     fn p(a: &[&str]) -> Result<Option<Cmd>, ToolError> {
         parse(Args::new(a.iter().copied()))
     }
@@ -291,7 +296,9 @@ mod tests {
             Ok(Some(Cmd::Stream {
                 c, sizes, modes, ..
             })) => {
-                assert!(c.listen && c.tcp == Some(Addr::Tcp("10.0.7.1:5000".into())));
+                assert!(
+                    c.listen && c.tcp == Some(Baseline::Socket(Addr::Tcp("10.0.7.1:5000".into())))
+                );
                 assert_eq!(sizes, [64, 4096]);
                 assert_eq!(modes, [Mode::Copy, Mode::Zero]);
             }
@@ -357,31 +364,44 @@ mod tests {
         }
     }
 
-    /// Both sides of the socket baseline over a UNIX socket, in two threads.
+    /// Both sides of the kernel baselines without a network, a UNIX socket and named pipes,
+    /// in two threads.
     #[test]
-    fn stream_and_rtt_over_a_unix_socket() {
-        let sock =
-            std::env::temp_dir().join(format!("ivshmem-bench-test-{}.sock", std::process::id()));
-        let addr = format!("unix:{}", sock.display());
-        let common = |listen: bool| {
-            let mut a = vec!["--tcp", &addr, "--tcp-only"];
-            if listen {
-                a.push("--listen");
-            }
-            parse_common(&mut Args::new(a)).unwrap()
-        };
-        let server = {
-            let c = common(true);
-            std::thread::spawn(move || {
-                stream(&c, &[64, 100_000], 0.05, &[Mode::Copy]).unwrap();
-                rtt(&c, 50, 64, false).unwrap();
-            })
-        };
-        let c = common(false);
-        stream(&c, &[64, 100_000], 0.05, &[Mode::Copy]).unwrap();
-        rtt(&c, 50, 64, false).unwrap();
-        server.join().unwrap();
-        assert!(!sock.exists(), "the listener removed its socket file");
+    fn stream_and_rtt_over_a_unix_socket_and_named_pipes() {
+        let base =
+            std::env::temp_dir().join(format!("ivshmem-bench-baseline-{}", std::process::id()));
+        for kind in ["unix", "pipe"] {
+            let addr = format!("{kind}:{}.{kind}", base.display());
+            let common = |listen: bool| {
+                let mut a = vec!["--tcp", &addr, "--tcp-only"];
+                if listen {
+                    a.push("--listen");
+                }
+                parse_common(&mut Args::new(a)).unwrap()
+            };
+            let server = {
+                let c = common(true);
+                std::thread::spawn(move || {
+                    stream(&c, &[64, 100_000], 0.05, &[Mode::Copy]).unwrap();
+                    rtt(&c, 50, 64, false).unwrap();
+                })
+            };
+            let c = common(false);
+            stream(&c, &[64, 100_000], 0.05, &[Mode::Copy]).unwrap();
+            rtt(&c, 50, 64, false).unwrap();
+            server.join().unwrap();
+            let dir = std::env::temp_dir();
+            let left: Vec<_> = std::fs::read_dir(&dir)
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .filter(|e| {
+                    e.path()
+                        .to_string_lossy()
+                        .starts_with(&*base.to_string_lossy())
+                })
+                .collect();
+            assert!(left.is_empty(), "{kind}: left behind: {left:?}");
+        }
     }
 
     /// Both sides of the stream and rtt workloads over TCP on the loopback, and over a

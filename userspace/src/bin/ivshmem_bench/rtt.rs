@@ -5,12 +5,11 @@ use std::io::{self, ErrorKind, Read, Write};
 use std::time::Instant;
 
 use ivshmem::channel::{Channel, Kind};
-use ivshmem::local_socket::Stream;
 use ivshmem::ToolError;
 
 use crate::common::Common;
 use crate::figures::percentile;
-use crate::link::{accept, connect, io_err, listen_tcp, Link};
+use crate::link::{accept, connect, io_err, listen_tcp, Conn, Link};
 
 /// Untimed round trips first: page faults, caches, the peer's first wake-up.
 const WARMUP: usize = 100;
@@ -44,7 +43,7 @@ impl Echo for Channel {
 }
 
 /// Over TCP the echo has the length of the message: the first message fixes it.
-impl Echo for Stream {
+impl Echo for Conn {
     fn round(&mut self, msg: &[u8], buf: &mut Vec<u8>) -> io::Result<()> {
         self.write_all(msg)?;
         buf.resize(msg.len(), 0);
