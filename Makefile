@@ -210,9 +210,11 @@ tokio-example:
 demo: all
 	IVSHMEM_FLAVOUR=release bash scripts/demo.sh
 
-# Release kernel only: timings on the debug kernel mean nothing.
+# Release kernel only: timings on the debug kernel mean nothing. The test environment's Python
+# draws the plots (matplotlib, scripts/vmtests/requirements.txt).
 bench: all
-	IVSHMEM_FLAVOUR=release python3 scripts/bench.py
+	venv=$$($(VENV_CMD)) && { [ -f $$venv/.ivshmem-complete ] || bash scripts/setup.sh host >/dev/null; } && \
+		IVSHMEM_FLAVOUR=release $$venv/bin/python scripts/bench.py
 
 # The VM suite alone (scripts/vmtest.sh, pytest) on every guest kernel, as make test runs it;
 # vm-test-release on the release one only. Each kind's modules and tools are built first.

@@ -14,8 +14,9 @@ IVSHMEM_TOPOLOGY=isolated with a shared 64 MiB plain device beside, streaming an
 trips between them through a pair (each guest's own device and its peer's, read-only) and through
 the shared device, alternately in one boot. Last the host part (issue 21), the stand-in for KVM
 guests: two processes on this host on one file in /dev/shm with the same tools, channel and bare
-round trips and streaming, TCP over loopback and a UNIX socket, and callgrind's count of
-instructions per 64-byte send + recv. Needs the module and tools built (make all). Run dir: $IVSHMEM_RUN-bench.
+round trips and streaming, TCP over loopback, a UNIX socket and named pipes, and callgrind's count
+of instructions per 64-byte send + recv and per KiB streamed. Needs the module and tools built
+(make all) and matplotlib (the test environment's Python: make bench). Run dir: $IVSHMEM_RUN-bench.
 
     scripts/bench.py [--seconds S] [--out DIR]
     scripts/bench.py map [--big SIZE] [--rounds N] [--out DIR]   only the mapping cost: its lines
@@ -28,7 +29,6 @@ instructions per 64-byte send + recv. Needs the module and tools built (make all
 """
 
 import datetime
-import math
 import os
 import re
 import shutil
@@ -351,8 +351,9 @@ class HostBench:
     """The stand-in for KVM guests (issue 21): two processes on this host on one shared file in
     /dev/shm, running the guests' tools (statically linked, they run here too) with the host's
     real cache coherence and no emulation: channel and bare round trips and streaming, TCP over
-    loopback and a UNIX socket, alternately in rounds; and instructions per 64-byte send + recv counted with
-    callgrind (repeatable where timings are not), when valgrind is installed."""
+    loopback, a UNIX socket and named pipes, alternately in rounds; and instructions per 64-byte
+    send + recv and per KiB streamed, counted with callgrind (repeatable where timings are not),
+    when valgrind is installed."""
 
     ROUNDS = 5
 
@@ -396,9 +397,13 @@ class HostBench:
             out = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", exe, str(n), what],
                                  capture_output=True, text=True, check=True).stderr
             return int(re.search(r"refs:\s+([\d,]+)", out).group(1).replace(",", ""))
-        for what in ("pipe", "connection"):
-            n = (refs(200_000, what) - refs(100_000, what)) / 100_000
-            line = f"instructions what=send_recv_64 channel={what} count={n:.0f} host=1"
+        counts = [("send_recv_64", what, (refs(200_000, what) - refs(100_000, what)) / 100_000)
+                  for what in ("pipe", "connection")]
+        # 64 KiB per round: the difference of 2,000 rounds, per KiB.
+        counts += [("per_kib", what, (refs(4_000, what) - refs(2_000, what)) / (2_000 * 64))
+                   for what in ("stream", "stream-bare")]
+        for what, channel, n in counts:
+            line = f"instructions what={what} channel={channel} count={n:.1f} host=1"
             self.raw.append(line)
             print("   ", line, flush=True)
 
@@ -425,6 +430,12 @@ class HostBench:
                           ["rtt", "--tcp-only", "--tcp", unix, "--rounds", "20000"] + d, tag)
                 self.pair(["stream", "--listen", "--tcp-only", "--tcp", unix] + d,
                           ["stream", "--tcp-only", "--tcp", unix, "--seconds", str(self.seconds / 2),
+                           "--sizes", "64,4K,64K,1M"] + d, tag)
+                pipe = "pipe:" + os.path.join(tempfile.gettempdir(), f"ivshmem-bench-host-{os.getpid()}-{r}")
+                self.pair(["rtt", "--listen", "--tcp-only", "--tcp", pipe] + d,
+                          ["rtt", "--tcp-only", "--tcp", pipe, "--rounds", "20000"] + d, tag)
+                self.pair(["stream", "--listen", "--tcp-only", "--tcp", pipe] + d,
+                          ["stream", "--tcp-only", "--tcp", pipe, "--seconds", str(self.seconds / 2),
                            "--sizes", "64,4K,64K,1M"] + d, tag)
         finally:
             lab.remove_backing(self.file)
@@ -465,8 +476,8 @@ def host_section(rows, meta):
            "from one round, measured back to back). The bare references are the physical limit of this protocol "
            "shape: a one-word spin ping-pong (round trip) and a ring with two indices and nothing else (streaming, "
            "the same copies).", "",
-           "| figure | channel | bare | channel / bare | per round | TCP (loopback) | UNIX socket |",
-           "|---|---:|---:|---:|---|---:|---:|"]
+           "| figure | channel | bare | channel / bare | per round | TCP (loopback) | UNIX socket | pipe |",
+           "|---|---:|---:|---:|---|---:|---:|---:|"]
 
     def cell(v, fmt):
         return format(v, fmt) if v else "–"
@@ -475,7 +486,8 @@ def host_section(rows, meta):
         rs = ratios("rtt", "channel", "bare", "p50_us")
         spread = f"{min(rs):.2f} to {max(rs):.2f}" if rs else "–"
         out.append(f"| 64-byte round trip p50, µs | {a:.3f} | {b:.3f} | {a / b:.2f} | {spread} | "
-                   f"{cell(med('rtt', 'tcp', 'p50_us'), '.1f')} | {cell(med('rtt', 'unix', 'p50_us'), '.1f')} |")
+                   f"{cell(med('rtt', 'tcp', 'p50_us'), '.1f')} | {cell(med('rtt', 'unix', 'p50_us'), '.1f')} | "
+                   f"{cell(med('rtt', 'pipe', 'p50_us'), '.1f')} |")
     for size in (64, 4 << 10, 64 << 10, 1 << 20):
         a, b = med("stream", "channel", "mbps", size), med("stream", "bare", "mbps", size)
         if a and b:
@@ -483,12 +495,21 @@ def host_section(rows, meta):
             spread = f"{min(rs):.2f} to {max(rs):.2f}" if rs else "–"
             out.append(f"| streaming {size_name(size)} messages, MB/s | {a:,.0f} | {b:,.0f} | {a / b:.2f} | {spread} | "
                        f"{cell(med('stream', 'tcp', 'mbps', size), ',.0f')} | "
-                       f"{cell(med('stream', 'unix', 'mbps', size), ',.0f')} |")
+                       f"{cell(med('stream', 'unix', 'mbps', size), ',.0f')} | "
+                       f"{cell(med('stream', 'pipe', 'mbps', size), ',.0f')} |")
     ins = [f for k, f in rows if k == "instructions"]
-    if ins:
-        out += ["", "Instructions per 64-byte send + recv, counted with callgrind (`examples/channel_instructions.rs`, "
-                "one thread, both ends spinning): " + ", ".join(f"{f['count']:.0f} ({f['channel']})" for f in ins)
-                + "."]
+    msg = [f for f in ins if f.get("what", "send_recv_64") == "send_recv_64"]
+    kib = {f["channel"]: f["count"] for f in ins if f.get("what") == "per_kib"}
+    if msg:
+        names = {"pipe": "named channel", "connection": "connection"}
+        per_msg = ", ".join(f"{f['count']:.0f} ({names.get(f['channel'], f['channel'])})" for f in msg)
+        out += ["", "Instructions counted with callgrind (`examples/channel_instructions.rs`, one thread, both ends "
+                f"spinning): per 64-byte send + recv {per_msg}"
+                + (f"; per KiB streamed in 64 KiB writes and reads {kib['stream']:.1f}, against "
+                   f"{kib['stream-bare']:.1f} for the same two copies into and out of a plain buffer: the channel "
+                   f"adds {kib['stream'] - kib['stream-bare']:.1f} per KiB ({kib['stream'] / kib['stream-bare']:.3f}×; "
+                   "callgrind counts every byte of glibc's `rep movsb` as an instruction, so the copies' own count "
+                   "is about one per byte each)" if "stream" in kib and kib.get("stream-bare") else "") + "."]
     return out
 
 
@@ -511,119 +532,70 @@ def size_name(n):
     return f"{n} B"
 
 
-def esc(s):
-    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#7f7f7f", "#9467bd", "#ff7f0e"]
 
 
-def log_ticks(lo, hi):
-    ticks = []
-    e = math.floor(math.log10(lo))
-    while 10 ** e <= hi * 1.0001:
-        for m in (1, 2, 5):
-            v = m * 10 ** e
-            if lo <= v <= hi:
-                ticks.append(v)
-        e += 1
-    return ticks
+def pyplot():
+    """matplotlib's pyplot on the file-only backend, set up for reproducible SVG (no date, fixed
+    ids). matplotlib comes from the test environment's venv (scripts/vmtests/requirements.txt),
+    which `make bench` runs this script with."""
+    try:
+        import matplotlib
+    except ImportError:
+        sys.exit("bench.py: no matplotlib: run it with the test environment's Python (make bench does; "
+                 "scripts/setup.sh host installs it)")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    plt.rcParams.update({"svg.hashsalt": "ivshmem-rs", "svg.fonttype": "none", "font.size": 10})
+    return plt
 
 
-def fmt_num(v):
-    if v >= 1000:
-        return f"{v / 1000:g}k"
-    return f"{v:g}"
-
-
-def svg_frame(w, h, left, pw, title, lo, hi, py):
-    """The start of a chart: the SVG element, a white background, the title and the log10 y
-    grid with its labels from lo to hi (py maps a value to its y)."""
-    o = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
-         f'<rect width="{w}" height="{h}" fill="white"/>',
-         f'<text x="{left + pw / 2}" y="22" text-anchor="middle" font-size="15">{esc(title)}</text>']
-    for v in log_ticks(lo, hi):
-        y = py(v)
-        o.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + pw}" y2="{y:.1f}" stroke="#ddd"/>')
-        o.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{fmt_num(v)}</text>')
-    return o
+def svg(fig):
+    """The figure as SVG text, closed afterwards."""
+    import io
+    plt = pyplot()
+    out = io.StringIO()
+    fig.savefig(out, format="svg", metadata={"Date": None}, bbox_inches="tight")
+    plt.close(fig)
+    return out.getvalue()
 
 
 def line_chart(title, xlabel, ylabel, xs, series, xfmt):
-    """An SVG line chart, log2 x (values xs), log10 y; series: [(name, [y or None]), ...]."""
-    w, h, left, right, top, bottom = 760, 440, 80, 190, 40, 60
-    pw, ph = w - left - right, h - top - bottom
-    ys = [y for _, vals in series for y in vals if y]
-    lo, hi = min(ys) / 1.5, max(ys) * 1.5
-    lo = 10 ** math.floor(math.log10(lo))
-    hi = 10 ** math.ceil(math.log10(hi))
-    x0, x1 = math.log2(xs[0]), math.log2(xs[-1])
-
-    def px(x):
-        return left + (math.log2(x) - x0) / (x1 - x0) * pw
-
-    def py(y):
-        return top + ph - (math.log10(y) - math.log10(lo)) / (math.log10(hi) - math.log10(lo)) * ph
-
-    o = svg_frame(w, h, left, pw, title, lo, hi, py)
-    for x in xs:
-        o.append(f'<line x1="{px(x):.1f}" y1="{top}" x2="{px(x):.1f}" y2="{top + ph}" stroke="#eee"/>')
-        o.append(f'<text x="{px(x):.1f}" y="{top + ph + 18}" text-anchor="middle">{esc(xfmt(x))}</text>')
-    o.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#333"/>')
-    o.append(f'<text x="{left + pw / 2}" y="{h - 15}" text-anchor="middle">{esc(xlabel)}</text>')
-    o.append(f'<text transform="translate(20,{top + ph / 2}) rotate(-90)" text-anchor="middle">{esc(ylabel)}</text>')
+    """A line chart, log2 x (values xs), log10 y; series: [(name, [y or None]), ...]."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
     for i, (name, vals) in enumerate(series):
-        c = COLORS[i % len(COLORS)]
-        pts = [(px(x), py(y)) for x, y in zip(xs, vals, strict=True) if y]
-        dash = ' stroke-dasharray="6,4"' if name.startswith("memcpy") else ""
-        o.append(f'<polyline fill="none" stroke="{c}" stroke-width="2"{dash} points="'
-                 + " ".join(f"{a:.1f},{b:.1f}" for a, b in pts) + '"/>')
-        for a, b in pts:
-            o.append(f'<circle cx="{a:.1f}" cy="{b:.1f}" r="3" fill="{c}"/>')
-        ly = top + 10 + 20 * i
-        o.append(f'<line x1="{left + pw + 15}" y1="{ly}" x2="{left + pw + 40}" y2="{ly}" stroke="{c}" '
-                 f'stroke-width="2"{dash}/>')
-        o.append(f'<text x="{left + pw + 45}" y="{ly + 4}">{esc(name)}</text>')
-    o.append("</svg>")
-    return "\n".join(o) + "\n"
+        pts = [(x, y) for x, y in zip(xs, vals, strict=True) if y]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), marker="o", color=COLORS[i % len(COLORS)], label=name,
+                    linestyle="--" if name.startswith("memcpy") else "-")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(xs, [xfmt(x) for x in xs])
+    ax.minorticks_off()
+    ax.grid(True, which="major", color="#ddd")
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+    return svg(fig)
 
 
 def bar_chart(title, ylabel, groups, bars):
-    """An SVG grouped bar chart, log10 y: groups = names along x; bars = [(name, [v per group])]."""
-    w, h, left, right, top, bottom = 760, 420, 80, 150, 40, 50
-    pw, ph = w - left - right, h - top - bottom
-    vals = [v for _, vs in bars for v in vs if v]
-    lo = 10 ** math.floor(math.log10(min(vals) / 1.5))
-    hi = 10 ** math.ceil(math.log10(max(vals) * 1.5))
-
-    def py(y):
-        return top + ph - (math.log10(y) - math.log10(lo)) / (math.log10(hi) - math.log10(lo)) * ph
-
-    o = svg_frame(w, h, left, pw, title, lo, hi, py)
-    gw = pw / len(groups)
-    bw = gw * 0.8 / len(bars)
-    for gi, gname in enumerate(groups):
-        gx = left + gi * gw + gw * 0.1
-        o.append(f'<text x="{left + gi * gw + gw / 2:.1f}" y="{top + ph + 18}" text-anchor="middle">'
-                 f'{esc(gname)}</text>')
-        for bi, (_name, vs) in enumerate(bars):
-            v = vs[gi]
-            if not v:
-                continue
-            y = py(v)
-            o.append(f'<rect x="{gx + bi * bw:.1f}" y="{y:.1f}" width="{bw * 0.9:.1f}" height="{top + ph - y:.1f}" '
-                     f'fill="{COLORS[bi % len(COLORS)]}"/>')
-            label = f"{v:.0f}" if v >= 100 else f"{v:.3g}"
-            o.append(f'<text x="{gx + bi * bw + bw * 0.45:.1f}" y="{y - 3:.1f}" text-anchor="middle" font-size="10">'
-                     f'{label}</text>')
-    o.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#333"/>')
-    o.append(f'<text transform="translate(20,{top + ph / 2}) rotate(-90)" text-anchor="middle">{esc(ylabel)}</text>')
-    for bi, (name, _) in enumerate(bars):
-        ly = top + 10 + 20 * bi
-        o.append(f'<rect x="{left + pw + 15}" y="{ly - 8}" width="14" height="12" fill="{COLORS[bi % len(COLORS)]}"/>')
-        o.append(f'<text x="{left + pw + 35}" y="{ly + 2}">{esc(name)}</text>')
-    o.append("</svg>")
-    return "\n".join(o) + "\n"
+    """A grouped bar chart, log10 y: groups = names along x; bars = [(name, [v per group])]."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    width = 0.8 / len(bars)
+    for bi, (name, vs) in enumerate(bars):
+        xs = [gi + (bi - (len(bars) - 1) / 2) * width for gi, v in enumerate(vs) if v]
+        ys = [v for v in vs if v]
+        rects = ax.bar(xs, ys, width * 0.9, color=COLORS[bi % len(COLORS)], label=name)
+        ax.bar_label(rects, labels=[f"{v:.0f}" if v >= 100 else f"{v:.3g}" for v in ys], fontsize=7)
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(groups)), groups)
+    ax.grid(True, axis="y", which="major", color="#ddd")
+    ax.set_axisbelow(True)
+    ax.set(title=title, ylabel=ylabel)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+    return svg(fig)
 
 
 def map_section(rows, meta, out_dir):

@@ -61,14 +61,14 @@ rust_tools() {
 	fi
 }
 
-# The VM suite's pytest and the Python linter, from PyPI into a virtual environment in the
-# cache (ivshmem_venv): test-only, so the tools' runtime stays std alone. Older environments of
-# other requirements are removed.
+# The VM suite's pytest, the Python linter and make bench's plots (matplotlib), from PyPI into a
+# virtual environment in the cache (ivshmem_venv): test-only, so the tools' runtime stays std
+# alone. Older environments of other requirements are removed.
 python_venv() {
 	local venv log=$IVSHMEM_CACHE/venv-install.log
 	venv=$(ivshmem_venv)
 	[ -f "$venv/.ivshmem-complete" ] && return 0
-	step "installing pytest and ruff (scripts/vmtests/requirements.txt) into $venv"
+	step "installing pytest, ruff and matplotlib (scripts/vmtests/requirements.txt) into $venv"
 	rm -rf "$venv"
 	python3 -m venv "$venv" >"$log" 2>&1 ||
 		die "python3 -m venv failed (Debian's python3: apt-get install python3-venv); see $log"
