@@ -4,7 +4,7 @@
 
 : "${IVSHMEM_KERNEL_SERIES:=7.3}"          # Debian linux-source-<series> package: 7.3 or 7.2
 : "${IVSHMEM_ARCH:=x86_64}"                  # guest architecture: x86_64, or arm64 (qemu-system-aarch64 -M virt)
-: "${IVSHMEM_MACHINE:=pc}"                   # x86: pc (i440fx: BAR2 in the 32-bit hole, uncachable per the MTRRs) | q35 (each device behind a root port: BAR2 above 4 GiB, write-back for real)
+: "${IVSHMEM_MACHINE:=q35}"                  # x86: q35 (each ivshmem device behind a PCIe root port: BAR2 above 4 GiB, write-back for real) | pc (i440fx: BAR2 in the 32-bit hole, which the MTRRs make uncachable; the VM suite's default)
 : "${IVSHMEM_KERNEL_SUITE:=trixie-backports}" # Debian suite that ships it
 : "${IVSHMEM_GUESTS:=2}"                     # number of guests started by start.sh
 : "${IVSHMEM_SHM_SIZE:=64M}"                 # size of the shared memory (QEMU syntax: 64M, 1G)

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # `make demo`: boots two guests sharing memory, loads the driver in both, passes a message from
 # guest 1 to guest 2 with read_write, and measures bandwidth in each. Stops the guests on exit.
-# The guests are q35 machines with the device behind a PCIe root port, which puts BAR2 above
-# 4 GiB: there the MTRRs let PAT grant write-back (`ivshmem info` prints what it granted).
+# The guests are the lab's default q35 machines with the device behind a PCIe root port, which
+# puts BAR2 above 4 GiB: there the MTRRs let PAT grant write-back (`ivshmem info` prints what it
+# granted).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export IVSHMEM_MACHINE=${IVSHMEM_MACHINE:-q35}
 source scripts/config.sh
 export IVSHMEM_RUN="$IVSHMEM_RUN-demo"
 # The demo shows one device both guests write (the host reads it too): not the isolated topology.

@@ -178,13 +178,13 @@ for size in "$IVSHMEM_SHM_SIZE" $IVSHMEM_EXTRA_SHM; do
 	bytes=$(numfmt --from=iec "$size")
 	while [ "$pref64" -lt "$bytes" ]; do pref64=$((pref64 * 2)); done
 done
-# Prints the device arguments $@ one per line; on q35 each ivshmem device goes behind a PCIe
+# Prints the device arguments $@ one per line; on x86 q35 each ivshmem device goes behind a PCIe
 # root port of its own, whose 64-bit window puts BAR2 above 4 GiB (in the 32-bit hole, which
 # SeaBIOS's MTRRs make uncachable, PAT grants write-back only as UC-).
 devices() {
 	local n=0 prev=""
 	for a in "$@"; do
-		if [ "$IVSHMEM_MACHINE" = q35 ] && [ "$prev" = -device ] && [[ "$a" == ivshmem-* ]]; then
+		if [ "$IVSHMEM_ARCH" = x86_64 ] && [ "$IVSHMEM_MACHINE" = q35 ] && [ "$prev" = -device ] && [[ "$a" == ivshmem-* ]]; then
 			n=$((n + 1))
 			printf '%s\n' "pcie-root-port,id=rp$n,chassis=$n,pref64-reserve=$pref64" -device "$a,bus=rp$n"
 		else
