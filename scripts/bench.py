@@ -425,18 +425,15 @@ class HostBench:
                 self.pair(["stream", "--listen", "--tcp", tcp, "--channel", f"s{r}"] + d,
                           ["stream", "--tcp", tcp, "--channel", f"s{r}", "--seconds", str(self.seconds / 2),
                            "--modes", "copy,bare", "--sizes", "64,4K,64K,1M"] + d, tag)
-                unix = "unix:" + os.path.join(tempfile.gettempdir(), f"ivshmem-bench-host-{os.getpid()}-{r}.sock")
-                self.pair(["rtt", "--listen", "--tcp-only", "--tcp", unix] + d,
-                          ["rtt", "--tcp-only", "--tcp", unix, "--rounds", "20000"] + d, tag)
-                self.pair(["stream", "--listen", "--tcp-only", "--tcp", unix] + d,
-                          ["stream", "--tcp-only", "--tcp", unix, "--seconds", str(self.seconds / 2),
-                           "--sizes", "64,4K,64K,1M"] + d, tag)
-                pipe = "pipe:" + os.path.join(tempfile.gettempdir(), f"ivshmem-bench-host-{os.getpid()}-{r}")
-                self.pair(["rtt", "--listen", "--tcp-only", "--tcp", pipe] + d,
-                          ["rtt", "--tcp-only", "--tcp", pipe, "--rounds", "20000"] + d, tag)
-                self.pair(["stream", "--listen", "--tcp-only", "--tcp", pipe] + d,
-                          ["stream", "--tcp-only", "--tcp", pipe, "--seconds", str(self.seconds / 2),
-                           "--sizes", "64,4K,64K,1M"] + d, tag)
+                # The kernel's local baselines: a UNIX socket, then named pipes.
+                for kind in ("unix", "pipe"):
+                    path = os.path.join(tempfile.gettempdir(), f"ivshmem-bench-host-{os.getpid()}-{r}.{kind}")
+                    addr = f"{kind}:{path}"
+                    self.pair(["rtt", "--listen", "--tcp-only", "--tcp", addr] + d,
+                              ["rtt", "--tcp-only", "--tcp", addr, "--rounds", "20000"] + d, tag)
+                    self.pair(["stream", "--listen", "--tcp-only", "--tcp", addr] + d,
+                              ["stream", "--tcp-only", "--tcp", addr, "--seconds", str(self.seconds / 2),
+                               "--sizes", "64,4K,64K,1M"] + d, tag)
         finally:
             lab.remove_backing(self.file)
         self.instructions()

@@ -364,34 +364,37 @@ mod tests {
         }
     }
 
-    /// Both sides of the kernel baselines without a network, a UNIX socket and named pipes,
-    /// in two threads.
+    /// Runs `stream` (copying and `modes` at 64 B and 100,000 B) and `rtt` (with or without
+    /// the bare reference) with the options `args`, the listening side on a thread.
+    fn both_sides(args: &[&str], modes: &'static [Mode], bare: bool) {
+        let common = |listen: bool| {
+            let mut a = args.to_vec();
+            if listen {
+                a.push("--listen");
+            }
+            parse_common(&mut Args::new(a)).unwrap()
+        };
+        let run = move |c: &Common| {
+            stream(c, &[64, 100_000], 0.05, modes).unwrap();
+            rtt(c, 50, 64, bare).unwrap();
+        };
+        let server = {
+            let c = common(true);
+            std::thread::spawn(move || run(&c))
+        };
+        run(&common(false));
+        server.join().unwrap();
+    }
+
+    /// Both sides of the kernel baselines without a network, a UNIX socket and named pipes.
     #[test]
     fn stream_and_rtt_over_a_unix_socket_and_named_pipes() {
         let base =
             std::env::temp_dir().join(format!("ivshmem-bench-baseline-{}", std::process::id()));
         for kind in ["unix", "pipe"] {
             let addr = format!("{kind}:{}.{kind}", base.display());
-            let common = |listen: bool| {
-                let mut a = vec!["--tcp", &addr, "--tcp-only"];
-                if listen {
-                    a.push("--listen");
-                }
-                parse_common(&mut Args::new(a)).unwrap()
-            };
-            let server = {
-                let c = common(true);
-                std::thread::spawn(move || {
-                    stream(&c, &[64, 100_000], 0.05, &[Mode::Copy]).unwrap();
-                    rtt(&c, 50, 64, false).unwrap();
-                })
-            };
-            let c = common(false);
-            stream(&c, &[64, 100_000], 0.05, &[Mode::Copy]).unwrap();
-            rtt(&c, 50, 64, false).unwrap();
-            server.join().unwrap();
-            let dir = std::env::temp_dir();
-            let left: Vec<_> = std::fs::read_dir(&dir)
+            both_sides(&["--tcp", &addr, "--tcp-only"], &[Mode::Copy], false);
+            let left: Vec<_> = std::fs::read_dir(std::env::temp_dir())
                 .unwrap()
                 .filter_map(|e| e.ok())
                 .filter(|e| {
@@ -405,7 +408,7 @@ mod tests {
     }
 
     /// Both sides of the stream and rtt workloads over TCP on the loopback, and over a
-    /// channel on a file, in two threads.
+    /// channel on a file (copying, zero-copy, the bare references).
     #[test]
     fn stream_and_rtt_on_the_host() {
         let path = std::env::temp_dir().join(format!("ivshmem-bench-test-{}", std::process::id()));
@@ -414,36 +417,11 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap().to_string();
         drop(l);
-        let common = |listen: bool| {
-            let mut a = vec!["-d", &dev, "--tcp", &addr, "--wait", "spin"];
-            if listen {
-                a.push("--listen");
-            }
-            parse_common(&mut Args::new(a)).unwrap()
-        };
-        let server = {
-            let c = common(true);
-            std::thread::spawn(move || {
-                stream(
-                    &c,
-                    &[64, 100_000],
-                    0.05,
-                    &[Mode::Copy, Mode::Zero, Mode::Bare],
-                )
-                .unwrap();
-                rtt(&c, 50, 64, true).unwrap();
-            })
-        };
-        let c = common(false);
-        stream(
-            &c,
-            &[64, 100_000],
-            0.05,
+        both_sides(
+            &["-d", &dev, "--tcp", &addr, "--wait", "spin"],
             &[Mode::Copy, Mode::Zero, Mode::Bare],
-        )
-        .unwrap();
-        rtt(&c, 50, 64, true).unwrap();
-        server.join().unwrap();
+            true,
+        );
         std::fs::remove_file(&path).unwrap();
     }
 }
