@@ -10,7 +10,7 @@
 
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::sync::Arc;
@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use ivshmem::channel::{Channel, FdWaker, Kind, Options, Region};
 
-use ivshmem::sys::{dup, fcntl, memfd_create, F_SETFD, MFD_CLOEXEC};
+use ivshmem::os;
 
 const SIZES: [usize; 9] = [
     64,
@@ -54,14 +54,18 @@ impl Ctx {
         if !sleeping {
             return o;
         }
-        // SAFETY: `dup` of descriptors this process owns; the copies are owned by the waker.
+        // SAFETY: Descriptors this process owns and keeps open for its whole life; the
+        // copies are owned by the waker.
         let (a, b) = unsafe {
             (
-                OwnedFd::from_raw_fd(dup(self.efd.0)),
-                OwnedFd::from_raw_fd(dup(self.efd.1)),
+                BorrowedFd::borrow_raw(self.efd.0).try_clone_to_owned(),
+                BorrowedFd::borrow_raw(self.efd.1).try_clone_to_owned(),
             )
         };
-        o.spin(0).waker(Arc::new(FdWaker::eventfds(a, b)))
+        o.spin(0).waker(Arc::new(FdWaker::eventfds(
+            a.expect("dup"),
+            b.expect("dup"),
+        )))
     }
 }
 
@@ -242,25 +246,18 @@ fn main() -> io::Result<()> {
         return run(&ctx, true);
     }
     let secs = args.get(1).map_or(0.5, |s| s.parse().expect("seconds"));
-    // SAFETY: A NUL-terminated name.
-    let fd = unsafe { memfd_create(c"channel-bench".as_ptr(), MFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: A fresh descriptor.
-    let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    let file = File::from(os::memfd_create(c"channel-bench")?);
     file.set_len(3 * SIZES.len() as u64 * (2 * RING + 4096) + (8 << 20))?;
     let (a, b) = (FdWaker::eventfd()?, FdWaker::eventfd()?);
     let fds = [file.as_raw_fd(), b.as_raw_fd(), a.as_raw_fd()];
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.arg("--peer").args(fds.iter().map(|f| f.to_string()));
-    // SAFETY: Only fcntl, async-signal-safe, between fork and exec.
+    // SAFETY: Only fcntl, async-signal-safe, between fork and exec, on descriptors this
+    // process owns (open until the spawn returns).
     unsafe {
         cmd.pre_exec(move || {
             for fd in fds {
-                if fcntl(fd, F_SETFD, 0) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
+                os::set_inheritable(BorrowedFd::borrow_raw(fd))?;
             }
             Ok(())
         });

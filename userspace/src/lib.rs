@@ -17,8 +17,9 @@ pub mod server;
 
 // The tools' plumbing: public because the binaries of this package use it, not part of the
 // documented API (no stability promise): argument parsing, the reproducible test pattern, the
-// message encoding of read_write, placed mappings, the raw system calls, the tools' errors,
-// the local sockets that ivshmem-socket carries and ivshmem-bench measures against.
+// message encoding of read_write, placed mappings, the system calls beyond std as typed
+// wrappers (`os`; the raw ones in `sys` are the library's own), errno values, the tools'
+// errors, the local sockets that ivshmem-socket carries and ivshmem-bench measures against.
 #[doc(hidden)]
 pub mod args;
 #[doc(hidden)]
@@ -26,11 +27,14 @@ pub mod local_socket;
 #[doc(hidden)]
 pub mod message;
 #[doc(hidden)]
+pub mod os;
+#[doc(hidden)]
 pub mod pattern;
 #[doc(hidden)]
 pub mod placed;
+mod sys;
 #[doc(hidden)]
-pub mod sys;
+pub use sys::errno;
 mod tool_error;
 
 /// The ioctl ABI, shared with the kernel module: one source file for both.

@@ -4,11 +4,12 @@
 //! the poll times out and the test fails.
 
 use std::io::{self, Read, Write};
+use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ivshmem::channel::{Channel, FdWaker, Kind, Options, Region};
-use ivshmem::sys::{ppoll, PollFd, Timespec, POLLIN};
+use ivshmem::os::{self, PollFd};
 
 const CHANNELS: usize = 16;
 const MESSAGES: u64 = 1500;
@@ -136,20 +137,15 @@ fn a_poll_loop_over_16_channels_never_misses_a_wakeup() {
     while rxs.iter().any(|r| !r.done) {
         let mut fds: Vec<PollFd> = rxs
             .iter()
-            .map(|r| PollFd {
-                fd: r.ch.as_raw_fd().unwrap(),
-                events: if r.done { 0 } else { POLLIN },
-                revents: 0,
+            .map(|r| {
+                // SAFETY: The channel's descriptor stays open while the channel lives, longer
+                // than this poll.
+                let fd = unsafe { BorrowedFd::borrow_raw(r.ch.as_raw_fd().unwrap()) };
+                PollFd::new(fd, !r.done)
             })
             .collect();
-        let ts = Timespec {
-            tv_sec: STUCK.as_secs() as _,
-            tv_nsec: 0,
-        };
         let t = Instant::now();
-        // SAFETY: `fds` and `ts` are valid for the call; no signal mask.
-        let n = unsafe { ppoll(fds.as_mut_ptr(), fds.len() as _, &ts, std::ptr::null()) };
-        assert!(n >= 0, "ppoll: {}", io::Error::last_os_error());
+        let n = os::poll(&mut fds, STUCK).expect("ppoll");
         let waiting: Vec<_> = rxs
             .iter()
             .enumerate()
@@ -163,7 +159,7 @@ fn a_poll_loop_over_16_channels_never_misses_a_wakeup() {
         );
         loops += 1;
         for (c, fd) in fds.iter().enumerate() {
-            if fd.revents & POLLIN != 0 {
+            if fd.readable() {
                 wakeups += 1;
                 rxs[c].drain(c, &mut buf);
             }

@@ -4,7 +4,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -13,17 +13,13 @@ use std::time::{Duration, Instant};
 
 use ivshmem::channel::{self, Channel, ChannelError, FdWaker, Kind, Options, Region};
 
-use ivshmem::sys::{dup, fcntl, memfd_create, F_SETFD, MFD_CLOEXEC};
+use ivshmem::os::{self, Signal};
 
 /// Bound on any single test step.
 const BOUND: Duration = Duration::from_secs(40);
 
 fn memfd(len: u64) -> File {
-    // SAFETY: A NUL-terminated name; plain syscall.
-    let fd = unsafe { memfd_create(c"channel-test".as_ptr(), MFD_CLOEXEC) };
-    assert!(fd >= 0, "memfd_create: {}", io::Error::last_os_error());
-    // SAFETY: A fresh descriptor nobody else owns.
-    let f = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    let f = File::from(os::memfd_create(c"channel-test").unwrap());
     f.set_len(len).unwrap();
     f
 }
@@ -94,25 +90,22 @@ impl End {
         match self.waker {
             WakerKind::Spin => o.spin(2_000),
             WakerKind::Eventfd => {
-                // SAFETY: Descriptors 1 and 2 of the list are eventfds this process owns and
-                // uses only here.
+                // SAFETY: Descriptors 1 and 2 of the list are eventfds this process inherited
+                // and keeps open for its whole life.
                 let (mine, peers) = unsafe {
                     (
-                        OwnedFd::from_raw_fd(libc_dup(self.fds[1])),
-                        OwnedFd::from_raw_fd(libc_dup(self.fds[2])),
+                        BorrowedFd::borrow_raw(self.fds[1])
+                            .try_clone_to_owned()
+                            .unwrap(),
+                        BorrowedFd::borrow_raw(self.fds[2])
+                            .try_clone_to_owned()
+                            .unwrap(),
                     )
                 };
                 o.spin(0).waker(Arc::new(FdWaker::eventfds(mine, peers)))
             }
         }
     }
-}
-
-fn libc_dup(fd: RawFd) -> RawFd {
-    // SAFETY: Plain syscall.
-    let d = unsafe { dup(fd) };
-    assert!(d >= 0);
-    d
 }
 
 /// A parent end: a fresh memfd (and eventfds), and the descriptor list a child inherits.
@@ -170,13 +163,11 @@ impl Setup {
             cmd.env(k, v);
         }
         // SAFETY: Between fork and exec the closure only calls fcntl, which is
-        // async-signal-safe, on descriptors this process owns.
+        // async-signal-safe, on descriptors this process owns (open until the spawn returns).
         unsafe {
             cmd.pre_exec(move || {
                 for &fd in &fds {
-                    if fcntl(fd, F_SETFD, 0) < 0 {
-                        return Err(io::Error::last_os_error());
-                    }
+                    os::set_inheritable(BorrowedFd::borrow_raw(fd))?;
                 }
                 Ok(())
             });
@@ -431,9 +422,10 @@ fn peer(role: &str, end: &End) -> i32 {
         },
         "fork" => {
             // This process has a heartbeat thread now (for `ch`); a forked child has none.
-            // SAFETY: Plain syscall; the child below only opens a channel, sleeps and writes.
-            let pid = unsafe { ivshmem::sys::fork() };
-            if pid == 0 {
+            // SAFETY: The child below only opens a channel, sleeps and writes (what a forked
+            // child of a process with threads may do: this test's own code, no locks held).
+            let forked = unsafe { os::fork() }.expect("fork");
+            if forked == os::Forked::Child {
                 let name2 = std::env::var("NAME2").unwrap();
                 let mut c = Channel::open(&end.region, &name2, &opts).unwrap();
                 std::thread::sleep(liveness * 4);
@@ -442,7 +434,6 @@ fn peer(role: &str, end: &End) -> i32 {
                 c.drain().unwrap();
                 std::process::exit(0);
             }
-            assert!(pid > 0, "fork: {}", io::Error::last_os_error());
             std::thread::sleep(liveness * 8);
             drop(ch);
             0
@@ -760,14 +751,9 @@ fn scribbled_control_words_end_the_transfer() {
     }
 }
 
-/// Linux's stop and continue signals (the same numbers on x86-64 and arm64).
-const SIGSTOP: i32 = 19;
-const SIGCONT: i32 = 18;
-
-fn signal(peer: &Peer, sig: i32) {
-    // SAFETY: Plain syscall on our own child, which is alive (it is reaped only in `wait`).
-    let rc = unsafe { ivshmem::sys::kill(peer.0.id() as i32, sig) };
-    assert_eq!(rc, 0, "kill: {}", io::Error::last_os_error());
+/// Signals our own child, which is alive (it is reaped only in `wait`).
+fn signal(peer: &Peer, sig: Signal) {
+    os::kill(peer.0.id(), sig).expect("kill");
 }
 
 /// The stale end of issue 18: a receiver with a full ring is stopped (as a paused VM) past the
@@ -796,7 +782,7 @@ fn a_resumed_stale_receiver_leaves_the_new_session_alone() {
                 Err(e) => break e,
             }
             if !stopped && sent > 1 << 20 {
-                signal(&stale, SIGSTOP);
+                signal(&stale, Signal::STOP);
                 stopped = true;
             }
         };
@@ -824,7 +810,7 @@ fn a_resumed_stale_receiver_leaves_the_new_session_alone() {
             std::thread::sleep(Duration::from_millis(1));
         }
         std::thread::sleep(Duration::from_millis(50));
-        signal(&stale, SIGCONT);
+        signal(&stale, Signal::CONT);
         let (status, msg) = stale.wait(BOUND);
         assert_eq!(
             status.code(),

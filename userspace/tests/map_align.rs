@@ -6,22 +6,18 @@
 //! would change.
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::FileExt;
 
-use ivshmem::sys::{self, errno};
 use ivshmem::Device;
+use ivshmem::{errno, os};
 
 const K4: usize = 4 << 10;
 const M2: usize = 2 << 20;
 const G1: usize = 1 << 30;
 
 fn memfd(len: u64) -> File {
-    // SAFETY: A NUL-terminated name; the new descriptor is owned by the File below.
-    let fd = unsafe { sys::memfd_create(c"map-align".as_ptr(), sys::MFD_CLOEXEC) };
-    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
-    // SAFETY: `fd` is a fresh descriptor nothing else owns.
-    let f = unsafe { File::from_raw_fd(fd) };
+    let f = File::from(os::memfd_create(c"map-align").unwrap());
     f.set_len(len).unwrap(); // sparse: only the pages written below take memory
     f
 }
@@ -115,7 +111,7 @@ fn aligned_addresses_exact_bytes_no_leftover_reservation() {
     // nothing behind either, and says why.
     let ro = File::open(format!("/proc/self/fd/{}", file.as_raw_fd())).unwrap();
     for len in [K4, M2, G1] {
-        let e = sys::map_shared(ro.as_raw_fd(), len, 0).unwrap_err();
+        let e = os::map_shared(ro.as_fd(), len, 0).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(errno::EACCES), "len {len:#x}: {e}");
         assert_eq!(
             prot_none(),

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use ivshmem::os::Signal;
 use ivshmem::server::recv_msg;
 
 const SERVER: &str = env!("CARGO_BIN_EXE_ivshmem-server");
@@ -37,9 +38,9 @@ fn greeting(sock: &Path) -> (i64, i64) {
     (version, id)
 }
 
-fn kill(pid: i32, sig: i32) {
-    // SAFETY: Plain syscall on a pid this test started.
-    unsafe { ivshmem::sys::kill(pid, sig) };
+/// Signals a process this test started.
+fn kill(pid: u32, sig: Signal) {
+    let _ = ivshmem::os::kill(pid, sig);
 }
 
 #[test]
@@ -65,7 +66,7 @@ fn daemon_with_pid_file_stops_cleanly_on_sigterm() {
         "the foreground part exits 0 after forking"
     );
     wait_until("the pid file", || pidfile.exists());
-    let pid: i32 = std::fs::read_to_string(&pidfile)
+    let pid: u32 = std::fs::read_to_string(&pidfile)
         .unwrap()
         .trim()
         .parse()
@@ -75,7 +76,7 @@ fn daemon_with_pid_file_stops_cleanly_on_sigterm() {
         Path::new(&format!("/dev/shm/{name}")).exists(),
         "-M NAME is /dev/shm/NAME"
     );
-    kill(pid, 15);
+    kill(pid, Signal::TERM);
     wait_until("socket and pid file removal", || {
         !sock.exists() && !pidfile.exists()
     });
@@ -111,7 +112,7 @@ fn foreground_memfd_and_refusals() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("already listening"));
     greeting(&sock);
-    kill(child.id() as i32, 2);
+    kill(child.id(), Signal::INT);
     assert!(child.wait().unwrap().success());
     assert!(!sock.exists() && !pidfile.exists());
     // Bad options are usage errors (exit 2) with a message.

@@ -1,7 +1,7 @@
 //! The ivshmem server speaks QEMU's protocol: checked with fake QEMU clients on a real socket.
 
 use std::fs::OpenOptions;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -238,12 +238,7 @@ fn expect_hangup(c: &UnixStream) -> Vec<i64> {
 
 /// Bytes waiting unread in `c`'s receive queue (FIONREAD).
 fn unread_bytes(c: &UnixStream) -> usize {
-    let mut n: i32 = 0;
-    // SAFETY: FIONREAD stores one int through the pointer, which points to `n`.
-    let r =
-        unsafe { ivshmem::sys::ioctl(c.as_raw_fd(), ivshmem::sys::FIONREAD, &mut n as *mut i32) };
-    assert_eq!(r, 0, "FIONREAD: {}", std::io::Error::last_os_error());
-    n as usize
+    ivshmem::os::bytes_to_read(c.as_fd()).expect("FIONREAD")
 }
 
 /// A newcomer that never reads its greeting is dropped, and the peers it was announced to are

@@ -5,15 +5,14 @@ use std::time::{Duration, Instant};
 
 use ivshmem::args::{device_path, Args};
 use ivshmem::placed::{self, PlacedMapping};
-use ivshmem::{pattern, sys, uapi, CacheType, Device, GrantedCache, ToolError};
+use ivshmem::{os, pattern, uapi, CacheType, Device, GrantedCache, ToolError};
 
 extern "C" fn ignore(_: i32) {}
 
 /// Installs a do-nothing SIGUSR1 handler, so the signal interrupts a wait (EINTR).
 fn catch_sigusr1() {
-    let handler: extern "C" fn(i32) = ignore;
     // SAFETY: The handler does nothing, so it is safe to run at any point.
-    unsafe { sys::signal(sys::SIGUSR1, handler as usize) };
+    unsafe { os::set_signal_handler(os::Signal::USR1, ignore) };
 }
 
 const PROG: &str = "ivshmem";
@@ -343,7 +342,7 @@ fn run(cmd: &str, mut args: Args) -> Result<(), ToolError> {
                 r.dev.set_cache(c)?;
             }
             let pte =
-                || ivshmem::sys::vm_pte_kb().map_err(|e| ToolError::sys("/proc/self/status", e));
+                || ivshmem::os::vm_pte_kb().map_err(|e| ToolError::sys("/proc/self/status", e));
             let pte_before = pte()?;
             let t = Instant::now();
             let (m, at) = map(&r, &w)?;
@@ -416,7 +415,7 @@ fn main() {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ivshmem::sys::errno::{ENOENT, ENOTTY};
+    use ivshmem::errno::{ENOENT, ENOTTY};
 
     fn run_args(cmd: &str, a: &[&str]) -> Result<(), ToolError> {
         run(cmd, Args::new(a.iter().copied()))

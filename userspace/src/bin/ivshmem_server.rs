@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use ivshmem::args::{parse_size, run_tool, Args};
 use ivshmem::server::{Server, MAX_VECTORS};
-use ivshmem::{sys, ToolError};
+use ivshmem::{os, ToolError};
 
 const PROG: &str = "ivshmem-server";
 
@@ -137,17 +137,7 @@ fn open_shm(o: &Opts) -> io::Result<File> {
             fs::remove_file(&path)?;
             f
         }
-        Backing::Memfd => {
-            // SAFETY: A NUL-terminated name; the fd is checked and owned below.
-            let fd = unsafe {
-                sys::memfd_create(c"ivshmem".as_ptr(), 1 /* MFD_CLOEXEC */)
-            };
-            if fd < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // SAFETY: `fd` is a fresh descriptor nobody else owns.
-            unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) }
-        }
+        Backing::Memfd => File::from(os::memfd_create(c"ivshmem")?),
     };
     file.set_len(o.size)?;
     Ok(file)
@@ -172,23 +162,22 @@ fn bind(path: &str) -> io::Result<UnixListener> {
 
 fn daemonize() -> io::Result<()> {
     // SAFETY: Called before any thread exists, so the child is a full copy of this process.
-    match unsafe { sys::fork() } {
-        -1 => Err(io::Error::last_os_error()),
-        0 => {
-            // SAFETY: Plain syscall in the child.
-            unsafe { sys::setsid() };
+    match unsafe { os::fork() }? {
+        os::Forked::Child => {
+            os::setsid()?;
             let null = OpenOptions::new()
                 .read(true)
                 .write(true)
                 .open("/dev/null")?;
-            use std::os::fd::AsRawFd;
+            use std::os::fd::AsFd;
             for fd in 0..3 {
-                // SAFETY: Replaces stdio with /dev/null; `null` is open.
-                unsafe { sys::dup2(null.as_raw_fd(), fd) };
+                // SAFETY: Standard input, output and error, which nothing owns as a `File`:
+                // they become /dev/null.
+                unsafe { os::dup2(null.as_fd(), fd) }?;
             }
             Ok(())
         }
-        _ => std::process::exit(0),
+        os::Forked::Parent(_) => std::process::exit(0),
     }
 }
 
@@ -211,12 +200,10 @@ fn run(o: Opts) -> Result<(), ToolError> {
     }
     write_pid_file(&o.pidfile).map_err(|e| ToolError::sys(format!("pid file {}", o.pidfile), e))?;
     // Peers that hang up must not kill the server: keep SIGPIPE ignored (run_tool restored it).
-    // SAFETY: Sets the action of one signal to "ignore"; no handler runs.
-    unsafe { sys::signal(sys::SIGPIPE, sys::SIG_IGN) };
-    let handler: extern "C" fn(c_int) = on_signal;
-    for sig in [sys::SIGINT, sys::SIGTERM] {
+    os::ignore_signal(os::Signal::PIPE);
+    for sig in [os::Signal::INT, os::Signal::TERM] {
         // SAFETY: The handler only stores to an atomic.
-        unsafe { sys::signal(sig, handler as usize) };
+        unsafe { os::set_signal_handler(sig, on_signal) };
     }
     let server = Server::new(shm, o.vectors, o.verbose)?;
     if o.verbose {

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use ivshmem::args::{device_path, run_tool, Args};
-use ivshmem::sys::errno::ETIMEDOUT;
+use ivshmem::errno::ETIMEDOUT;
 use ivshmem::{Device, Mapping, ToolError};
 
 const PROG: &str = "pingpong";

@@ -4,8 +4,8 @@
 use std::time::{Duration, Instant};
 
 use ivshmem::args::{device_path, run_tool, Args};
+use ivshmem::errno::ETIMEDOUT;
 use ivshmem::message::{self, Slot};
-use ivshmem::sys::errno::ETIMEDOUT;
 use ivshmem::{Device, ToolError};
 
 const PROG: &str = "read_write";
@@ -157,7 +157,7 @@ fn main() {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ivshmem::sys::errno::ENOENT;
+    use ivshmem::errno::ENOENT;
 
     fn p(a: &[&str]) -> Result<Option<Opts>, ToolError> {
         parse(Args::new(a.iter().copied()))

@@ -219,7 +219,7 @@ fn main() {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ivshmem::sys::errno::ENOENT;
+    use ivshmem::errno::ENOENT;
 
     fn p(a: &[&str]) -> Result<Option<Opts>, ToolError> {
         parse(Args::new(a.iter().copied()))

@@ -12,7 +12,7 @@
 use std::io;
 use std::ptr::NonNull;
 
-use ivshmem::sys;
+use ivshmem::os::{self, MapFlags, ProtFlags};
 
 /// A multiple of the span of every address-indexed structure above (16 GiB).
 pub const STRIDE: usize = 1 << 34;
@@ -30,35 +30,27 @@ pub struct Anon {
 impl Anon {
     /// `len` bytes anywhere (page-aligned).
     pub fn new(len: usize) -> io::Result<Self> {
-        Self::map(std::ptr::null_mut(), len, 0).ok_or_else(io::Error::last_os_error)
+        Self::map(std::ptr::null_mut(), len, MapFlags::PRIVATE)
     }
 
     /// `len` bytes at `addr` exactly, if that range is free.
     fn at(addr: usize, len: usize) -> Option<Self> {
-        let m = Self::map(addr as *mut u8, len, sys::MAP_FIXED_NOREPLACE)?;
+        let m = Self::map(
+            addr as *mut u8,
+            len,
+            MapFlags::PRIVATE | MapFlags::FIXED_NOREPLACE,
+        )
+        .ok()?;
         // A kernel without MAP_FIXED_NOREPLACE takes the address as a hint only.
         (m.ptr.as_ptr() as usize == addr).then_some(m)
     }
 
-    fn map(addr: *mut u8, len: usize, flags: i32) -> Option<Self> {
-        // SAFETY: A fresh private anonymous mapping; MAP_FIXED_NOREPLACE never replaces one.
-        let p = unsafe {
-            sys::mmap(
-                addr.cast(),
-                len,
-                sys::PROT_READ | sys::PROT_WRITE,
-                sys::MAP_PRIVATE | sys::MAP_ANONYMOUS | flags,
-                -1,
-                0,
-            )
-        };
-        if p == sys::MAP_FAILED {
-            return None;
-        }
-        Some(Self {
-            ptr: NonNull::new(p.cast())?,
-            len,
-        })
+    fn map(addr: *mut u8, len: usize, flags: MapFlags) -> io::Result<Self> {
+        let rw = ProtFlags::READ | ProtFlags::WRITE;
+        // SAFETY: A fresh private anonymous mapping, which only this value reaches;
+        // MAP_FIXED_NOREPLACE never replaces one.
+        let p = unsafe { os::mmap(addr.cast(), len, rw, flags, None, 0) }?;
+        Ok(Self { ptr: p.cast(), len })
     }
 
     /// `len` bytes at `like` plus or minus `gap` plus a multiple of [`STRIDE`], the nearest
@@ -92,8 +84,9 @@ impl std::ops::DerefMut for Anon {
 
 impl Drop for Anon {
     fn drop(&mut self) {
-        // SAFETY: `ptr`/`len` is the mapping made by `map`, not unmapped since.
-        unsafe { sys::munmap(self.ptr.as_ptr().cast(), self.len) };
+        // SAFETY: `ptr`/`len` is the mapping made by `map`, not unmapped since, and no
+        // reference into it outlives `self`.
+        let _ = unsafe { os::munmap(self.ptr.cast(), self.len) };
     }
 }
 

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use ivshmem::channel::Channel;
 use ivshmem::local_socket::{Addr, Listener, Stream};
-use ivshmem::{sys, ToolError};
+use ivshmem::{os, ToolError};
 
 use crate::common::Common;
 
@@ -206,7 +206,7 @@ pub(crate) fn accept(l: &BaselineListener) -> Result<Conn, ToolError> {
             for p in [&up, &down] {
                 // A killed run's pipe would hold the driver's ends of another run.
                 let _ = std::fs::remove_file(p);
-                sys::mkfifo(p).map_err(|e| ToolError::sys(format!("mkfifo {}", p.display()), e))?;
+                os::mkfifo(p).map_err(|e| ToolError::sys(format!("mkfifo {}", p.display()), e))?;
             }
             // Both opens block until the driver opens its ends, in the same order.
             let rd = File::open(&up).map_err(err)?;

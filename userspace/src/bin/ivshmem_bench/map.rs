@@ -2,11 +2,11 @@
 //! table growth) through the library, beside one bare mmap call of the same path and one of
 //! anonymous memory.
 
-use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
 use ivshmem::args::parse_size;
+use ivshmem::os::{self, MapFlags, ProtFlags};
 use ivshmem::{Device, ToolError};
 
 /// Sizes mapped by default: the 64 MiB, 1 GiB and 4 GiB.
@@ -30,7 +30,7 @@ pub(crate) fn map_sizes(v: String) -> Result<Vec<u64>, ToolError> {
 /// regular file (no ivshmem ioctls: ENOTTY), the file's size.
 fn mem_size(dev: &Device) -> Result<u64, ToolError> {
     match dev.size() {
-        Err(e) if e.errno() == Some(ivshmem::sys::errno::ENOTTY) => std::fs::metadata(dev.path())
+        Err(e) if e.errno() == Some(ivshmem::errno::ENOTTY) => std::fs::metadata(dev.path())
             .map(|m| m.len())
             .map_err(|e| ToolError::sys(dev.path(), e)),
         r => Ok(r?),
@@ -50,7 +50,7 @@ fn capped(want: &[u64], total: u64) -> Vec<u64> {
 
 /// This process's page tables (`VmPTE` of /proc/self/status), in kB.
 fn vm_pte_kb() -> Result<u64, ToolError> {
-    ivshmem::sys::vm_pte_kb().map_err(|e| ToolError::sys("/proc/self/status", e))
+    ivshmem::os::vm_pte_kb().map_err(|e| ToolError::sys("/proc/self/status", e))
 }
 
 /// The largest power of two (up to 1 GiB) that divides `addr`.
@@ -63,38 +63,32 @@ fn us(d: Duration) -> f64 {
 }
 
 /// The time of one mmap call of `len` bytes at the kernel's address, `prot` and `flags` of
-/// `fd` (-1: anonymous), and of its munmap, with nothing touched in between. Anonymous
+/// `fd` (none: anonymous), and of its munmap, with nothing touched in between. Anonymous
 /// `PROT_NONE` memory is the floor of what an mmap costs here, whatever the size (under TCG,
 /// and on a busy host, far more than on hardware).
 fn call_cost(
     len: usize,
-    prot: i32,
-    flags: i32,
-    fd: i32,
+    prot: ProtFlags,
+    flags: MapFlags,
+    fd: Option<BorrowedFd<'_>>,
     what: &str,
 ) -> Result<(Duration, Duration), ToolError> {
-    use ivshmem::sys;
     let t = Instant::now();
     // SAFETY: A fresh mapping chosen by the kernel (no address, no MAP_FIXED): nothing
     // existing is touched, and nothing reads or writes it before the munmap below.
-    let p = unsafe { sys::mmap(std::ptr::null_mut(), len, prot, flags, fd, 0) };
+    let p = unsafe { os::mmap(std::ptr::null_mut(), len, prot, flags, fd, 0) };
     let mapped = t.elapsed();
-    if p == sys::MAP_FAILED {
-        return Err(ToolError::sys(what, io::Error::last_os_error()));
-    }
+    let p = p.map_err(|e| ToolError::sys(what, e))?;
     let t = Instant::now();
     // SAFETY: `p`/`len` is the mapping just made, used by nothing.
-    unsafe { sys::munmap(p, len) };
+    unsafe { os::munmap(p, len) }.map_err(|e| ToolError::sys(what, e))?;
     Ok((mapped, t.elapsed()))
 }
 
 /// Per size and round, a line of mmap, first read of every page, munmap, VmPTE growth; and
 /// one of the references ([`call_cost`]).
 pub(crate) fn map_cost(path: &str, sizes: Option<&[u64]>, rounds: u32) -> Result<(), ToolError> {
-    use ivshmem::sys::{MAP_ANONYMOUS, MAP_NORESERVE, MAP_PRIVATE, MAP_SHARED};
-    use ivshmem::sys::{PROT_NONE, PROT_READ, PROT_WRITE};
     let dev = Device::open(path)?;
-    let fd = dev.as_raw_fd();
     let total = mem_size(&dev)?;
     for size in capped(sizes.unwrap_or(&MAP_SIZES), total) {
         let len = usize::try_from(size)
@@ -122,9 +116,10 @@ pub(crate) fn map_cost(path: &str, sizes: Option<&[u64]>, rounds: u32) -> Result
                 us(touched),
                 us(unmapped)
             );
-            let (cm, cu) = call_cost(len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, path)?;
-            let anon = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE;
-            let (am, au) = call_cost(len, PROT_NONE, anon, -1, "anonymous mmap")?;
+            let rw = ProtFlags::READ | ProtFlags::WRITE;
+            let (cm, cu) = call_cost(len, rw, MapFlags::SHARED, Some(dev.as_fd()), path)?;
+            let anon = MapFlags::PRIVATE | MapFlags::NORESERVE;
+            let (am, au) = call_cost(len, ProtFlags::NONE, anon, None, "anonymous mmap")?;
             println!(
                 "mapref size={size} round={round} call_mmap_us={:.1} call_munmap_us={:.1} anon_mmap_us={:.1} anon_munmap_us={:.1}",
                 us(cm),

@@ -3,7 +3,9 @@
 //! printed, and the test bounds it per child: a driver that kept each departed process's
 //! address space until the last close (issue 8) cost about 5 kB per child.
 
-use ivshmem::{sys, Device};
+use ivshmem::Device;
+
+use crate::sys;
 
 use crate::common::{open_or_report, PAGE};
 

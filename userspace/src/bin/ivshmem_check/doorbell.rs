@@ -5,8 +5,10 @@
 
 use std::time::Duration;
 
-use ivshmem::sys::errno::{EAGAIN, EBADF, EBUSY};
-use ivshmem::{sys, Device, ToolError};
+use ivshmem::errno::{EAGAIN, EBADF, EBUSY};
+use ivshmem::{Device, ToolError};
+
+use crate::sys;
 
 use crate::common::{open_or_report, wait_for_file, Checker};
 

@@ -7,8 +7,10 @@
 use std::ffi::c_void;
 use std::os::fd::AsRawFd;
 
-use ivshmem::sys::errno::{EACCES, EFAULT, EINVAL, ENOTTY, ENXIO, EPERM};
-use ivshmem::{pattern, sys, uapi, CacheType, Device, ToolError};
+use ivshmem::errno::{EACCES, EFAULT, EINVAL, ENOTTY, ENXIO, EPERM};
+use ivshmem::{pattern, uapi, CacheType, Device, ToolError};
+
+use crate::sys;
 
 use crate::common::{errno, expect_errno, open_or_report, Checker, PAGE};
 

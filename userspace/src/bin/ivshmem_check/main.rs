@@ -18,6 +18,7 @@ mod poll;
 mod revoke;
 mod scribble;
 mod split;
+mod sys;
 
 use common::PAGE;
 

@@ -9,7 +9,8 @@ use std::io;
 use std::time::{Duration, Instant};
 
 use ivshmem::channel::{Channel, Kind, Options, Wait};
-use ivshmem::sys;
+
+use crate::sys;
 
 /// A poll that waits this long (with messages outstanding) missed a wake-up.
 const STUCK: Duration = Duration::from_secs(60);

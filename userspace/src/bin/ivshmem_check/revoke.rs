@@ -9,9 +9,11 @@
 use std::os::fd::AsFd;
 use std::path::Path;
 
+use ivshmem::errno::ENODEV;
 use ivshmem::placed::{self, PlacedMapping};
-use ivshmem::sys::errno::ENODEV;
-use ivshmem::{sys, CacheType, Device, ToolError};
+use ivshmem::{CacheType, Device, ToolError};
+
+use crate::sys;
 
 use crate::common::{open_or_report, wait_for_file, Checker, PAGE};
 

@@ -5,9 +5,11 @@
 
 use std::os::fd::AsFd;
 
+use ivshmem::errno::EINVAL;
 use ivshmem::placed::{self, PlacedMapping};
-use ivshmem::sys::errno::EINVAL;
-use ivshmem::{pattern, sys, Device, ToolError};
+use ivshmem::{pattern, Device, ToolError};
+
+use crate::sys;
 
 use crate::common::{errno, expect_errno, Checker, PAGE};
 

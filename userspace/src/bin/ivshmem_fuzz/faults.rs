@@ -7,7 +7,7 @@ use std::io;
 use std::ptr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 
-use ivshmem::sys;
+use crate::sys;
 
 use crate::{MAX_THREADS, PAGE};
 

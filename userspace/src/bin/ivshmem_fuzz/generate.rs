@@ -3,7 +3,9 @@
 //! the same order per thread. Also the dice themselves, used by the workers and the rebinder too.
 
 use ivshmem::pattern::SplitMix64;
-use ivshmem::{sys, uapi};
+use ivshmem::uapi;
+
+use crate::sys;
 
 use crate::ops::{Cmd, EfdArg, Fixed, Op, OpenMode, Ptr, Remap};
 use crate::{FD_SLOTS, HUGE, HUGE_2M, PAGE, SCRATCH_LEN, SLOTS};

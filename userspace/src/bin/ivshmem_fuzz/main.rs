@@ -61,6 +61,7 @@ mod ops;
 mod options;
 mod report;
 mod shared;
+mod sys;
 mod worker;
 
 use std::ffi::c_void;
@@ -72,7 +73,7 @@ use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
 use ivshmem::args::run_tool;
-use ivshmem::{sys, ToolError};
+use ivshmem::ToolError;
 
 use devices::{bind_all, bound_devices, device_nodes, rebinder, DRIVER};
 use faults::{on_fault, on_nudge, set_handler};

@@ -16,7 +16,7 @@ use std::io::{self, BufWriter, Write as _};
 use std::ptr;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 
-use ivshmem::sys;
+use crate::sys;
 
 use crate::generate::{gen_op, thread_seed, GenEnv, Rng};
 use crate::ops::Op;

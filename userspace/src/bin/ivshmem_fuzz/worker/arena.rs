@@ -4,7 +4,7 @@
 use std::ffi::c_void;
 use std::sync::atomic::Ordering::Relaxed;
 
-use ivshmem::sys;
+use crate::sys;
 
 use super::segs::forget;
 use super::Worker;

@@ -6,7 +6,7 @@ use std::os::fd::IntoRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 
-use ivshmem::sys;
+use crate::sys;
 
 use super::Worker;
 use crate::ops::OpenMode;

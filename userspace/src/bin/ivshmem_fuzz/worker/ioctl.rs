@@ -7,7 +7,9 @@ use std::ptr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
-use ivshmem::{sys, uapi};
+use ivshmem::uapi;
+
+use crate::sys;
 
 use super::Worker;
 use crate::ops::{Cmd, EfdArg, Ptr};

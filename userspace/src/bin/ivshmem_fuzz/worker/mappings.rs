@@ -5,7 +5,7 @@
 use std::ffi::{c_int, c_void};
 use std::sync::atomic::Ordering::Relaxed;
 
-use ivshmem::sys;
+use crate::sys;
 
 use super::segs::{forget, huge_capable, Seg};
 use super::Worker;

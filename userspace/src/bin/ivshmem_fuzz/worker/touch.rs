@@ -7,7 +7,7 @@ use std::io;
 use std::ptr;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 
-use ivshmem::sys;
+use crate::sys;
 
 use super::Worker;
 use crate::faults::{set_handler, WINDOWS};
