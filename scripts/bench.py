@@ -876,7 +876,28 @@ def is_host_line(ln):
     return " host=1" in ln or ln.startswith("meta host_")
 
 
+def with_matplotlib():
+    """Runs this script again with the test environment's Python when this one lacks matplotlib
+    (the report's plots need it), so that every way README shows works with any python3: before
+    anything is measured."""
+    try:
+        import matplotlib  # noqa: F401
+        return
+    except ImportError:
+        pass
+    venv = subprocess.run(["bash", "-c", f"source {ROOT}/scripts/config.sh && ivshmem_venv"],
+                          capture_output=True, text=True).stdout.strip()
+    python = os.path.join(venv, "bin", "python")
+    # A venv's python links to the system's: tell them apart by their prefix.
+    if venv and os.path.exists(os.path.join(venv, ".ivshmem-complete")) and \
+            os.path.realpath(sys.prefix) != os.path.realpath(venv):
+        os.execv(python, [python, os.path.abspath(__file__)] + sys.argv[1:])
+    sys.exit("bench.py: no matplotlib for the report's plots: scripts/setup.sh host installs the test "
+             f"environment ({venv or 'ivshmem_venv'}), make bench runs with it")
+
+
 def main():
+    with_matplotlib()
     args = sys.argv[1:]
     seconds = 2.0
     out_dir = os.path.join(ROOT, "userspace/bench")
