@@ -68,6 +68,15 @@ pub enum GrantedCache {
 }
 
 impl GrantedCache {
+    /// What `info` says mappings get: `None` when the driver does not say
+    /// (`IVSHMEM_FLAG_GRANTED` clear) or names a type this library does not know.
+    pub fn from_info(info: &uapi::IvshmemInfo) -> Option<Self> {
+        if info.flags & uapi::IVSHMEM_FLAG_GRANTED == 0 {
+            return None;
+        }
+        Self::from_raw(info.granted)
+    }
+
     /// From the ABI value (`IvshmemInfo::granted`).
     pub fn from_raw(raw: u32) -> Option<Self> {
         Some(match raw {
@@ -199,11 +208,7 @@ impl Device {
     /// The cache type this open file's next [`Device::map`] really gets (x86: what PAT
     /// granted its [`CacheType`]); `None` from a driver that does not say.
     pub fn granted_cache(&self) -> Result<Option<GrantedCache>> {
-        let info = self.info()?;
-        if info.flags & uapi::IVSHMEM_FLAG_GRANTED == 0 {
-            return Ok(None);
-        }
-        Ok(GrantedCache::from_raw(info.granted))
+        Ok(GrantedCache::from_info(&self.info()?))
     }
 
     /// Selects the cache type of later [`Device::map`] calls on this open file.

@@ -239,10 +239,7 @@ fn granted_line(cache: Option<CacheType>, info: &uapi::IvshmemInfo) -> String {
         }
         .into();
     }
-    let granted = (info.flags & uapi::IVSHMEM_FLAG_GRANTED != 0)
-        .then(|| GrantedCache::from_raw(info.granted))
-        .flatten();
-    match granted {
+    match GrantedCache::from_info(info) {
         None => "pat unknown (the driver does not report it)".into(),
         Some(g) if g.is(cache) => format!("pat {}", g.name()),
         Some(g) if cache == CacheType::WriteBack && g == GrantedCache::UncachedMinus => {

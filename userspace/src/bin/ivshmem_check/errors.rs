@@ -56,8 +56,7 @@ pub(crate) fn run(path: &str) -> i32 {
             Ok(i)
                 if i.size == size
                     && i.cache == uapi::IVSHMEM_CACHE_WB
-                    && i.flags & uapi::IVSHMEM_FLAG_GRANTED != 0
-                    && ivshmem::GrantedCache::from_raw(i.granted).is_some()
+                    && ivshmem::GrantedCache::from_info(&i).is_some()
                     && i.reserved0 == 0
                     && i.reserved == [0; 2]
                     && i.pci_name.starts_with(b"0000:") =>
