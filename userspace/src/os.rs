@@ -5,17 +5,17 @@
 //! `ivshmem-check`, which call the kernel with hostile arguments on purpose and declare their
 //! own).
 
-use std::ffi::{c_int, c_long, c_void, CStr};
+use std::ffi::{c_int, c_long, c_void, CStr, CString};
 use std::io;
 use std::marker::PhantomData;
 use std::ops::BitOr;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 use std::ptr::NonNull;
 use std::time::Duration;
 
 use crate::sys;
-
-pub use crate::sys::{map_align, mkfifo, page_size, vm_pte_kb};
 
 /// The result of a call that returns 0 or -1 with `errno`.
 fn check(r: c_int) -> io::Result<()> {
@@ -23,6 +23,25 @@ fn check(r: c_int) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// The size of this process's page tables (`VmPTE` of /proc/self/status), in kB: what a
+/// mapping's huge entries save.
+pub fn vm_pte_kb() -> io::Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmPTE:"))
+        .and_then(|v| v.trim().strip_suffix("kB")?.trim().parse().ok())
+        .ok_or_else(|| io::Error::other("no VmPTE in /proc/self/status"))
+}
+
+/// Makes the named pipe (FIFO) `path`, readable and writable by its owner only.
+pub fn mkfifo(path: &Path) -> io::Result<()> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: `c` is a NUL-terminated path that outlives the call.
+    check(unsafe { sys::mkfifo(c.as_ptr(), 0o600) })
 }
 
 /// Memory protection of a mapping (`PROT_*`).

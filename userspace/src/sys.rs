@@ -353,34 +353,6 @@ fn unmap(at: usize, len: usize) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The size of this process's page tables (`VmPTE` of /proc/self/status), in kB: what a
-/// mapping's huge entries save.
-pub fn vm_pte_kb() -> std::io::Result<u64> {
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmPTE:"))
-        .and_then(|v| v.trim().strip_suffix("kB")?.trim().parse().ok())
-        .ok_or_else(|| std::io::Error::other("no VmPTE in /proc/self/status"))
-}
-
-/// Makes the named pipe (FIFO) `path`, readable and writable by its owner only.
-pub fn mkfifo(path: &std::path::Path) -> std::io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-    // SAFETY: `c` is a NUL-terminated path that outlives the call.
-    if unsafe { raw_mkfifo(c.as_ptr(), 0o600) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-extern "C" {
-    #[link_name = "mkfifo"]
-    fn raw_mkfifo(path: *const std::ffi::c_char, mode: c_uint) -> c_int;
-}
-
 /// `sysconf` name of the page size (glibc's value on Linux).
 pub const SC_PAGESIZE: c_int = 30;
 
@@ -433,6 +405,7 @@ extern "C" {
     pub fn recvmsg(fd: c_int, msg: *mut MsgHdr, flags: c_int) -> isize;
     pub fn setsid() -> c_int;
     pub fn memfd_create(name: *const std::ffi::c_char, flags: c_uint) -> c_int;
+    pub fn mkfifo(path: *const std::ffi::c_char, mode: c_uint) -> c_int;
     pub fn dup2(old: c_int, new: c_int) -> c_int;
     pub fn kill(pid: c_int, sig: c_int) -> c_int;
 }
