@@ -535,12 +535,8 @@ COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#7f7f7f", "#9467bd", "#ff7f0e"]
 def pyplot():
     """matplotlib's pyplot on the file-only backend, set up for reproducible SVG (no date, fixed
     ids). matplotlib comes from the test environment's venv (scripts/vmtests/requirements.txt),
-    which `make bench` runs this script with."""
-    try:
-        import matplotlib
-    except ImportError:
-        sys.exit("bench.py: no matplotlib: run it with the test environment's Python (make bench does; "
-                 "scripts/setup.sh host installs it)")
+    which main() switches to first (`with_matplotlib`)."""
+    import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     plt.rcParams.update({"svg.hashsalt": "ivshmem-rs", "svg.fonttype": "none", "font.size": 10})

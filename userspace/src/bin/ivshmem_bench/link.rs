@@ -164,25 +164,29 @@ pub(crate) fn listen_tcp(c: &Common) -> Result<Option<BaselineListener>, ToolErr
 
 /// Connects to the listener, retrying while it is not up yet.
 pub(crate) fn connect(addr: &Baseline) -> Result<Conn, ToolError> {
-    let pipe = match addr {
-        Baseline::Pipe(path) => Some(fifos(path, NEXT_CONNECT.fetch_add(1, Relaxed))),
-        Baseline::Socket(_) => None,
-    };
-    let start = Instant::now();
-    loop {
-        let r = match (addr, &pipe) {
+    let r = match addr {
+        Baseline::Socket(a) => retry(|| Stream::connect(a).map(Conn::Socket)),
+        Baseline::Pipe(path) => {
+            let (up, down) = fifos(path, NEXT_CONNECT.fetch_add(1, Relaxed));
             // Opening blocks until the listener opens the other end.
-            (_, Some((up, down))) => OpenOptions::new().write(true).open(up).and_then(|wr| {
+            retry(|| {
+                let wr = OpenOptions::new().write(true).open(&up)?;
                 Ok(Conn::Pipe {
-                    rd: File::open(down)?,
+                    rd: File::open(&down)?,
                     wr: Some(wr),
                 })
-            }),
-            (Baseline::Socket(a), None) => Stream::connect(a).map(Conn::Socket),
-            (Baseline::Pipe(_), None) => unreachable!("a pipe address has its pipes"),
-        };
-        match r {
-            Ok(s) => return Ok(s),
+            })
+        }
+    };
+    r.map_err(|e| ToolError::sys(format!("connect {addr}"), e))
+}
+
+/// Calls `open` until it succeeds, or fails otherwise than a listener that is not up yet
+/// would make it, or for [`CONNECT_PATIENCE`].
+fn retry(mut open: impl FnMut() -> io::Result<Conn>) -> io::Result<Conn> {
+    let start = Instant::now();
+    loop {
+        match open() {
             Err(e)
                 if start.elapsed() < CONNECT_PATIENCE
                     && matches!(
@@ -192,7 +196,7 @@ pub(crate) fn connect(addr: &Baseline) -> Result<Conn, ToolError> {
             {
                 std::thread::sleep(Duration::from_millis(50))
             }
-            Err(e) => return Err(ToolError::sys(format!("connect {addr}"), e)),
+            r => return r,
         }
     }
 }
