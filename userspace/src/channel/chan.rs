@@ -390,10 +390,12 @@ impl Channel {
         Ok(())
     }
 
+    #[inline]
     fn w64(&self, off: usize) -> &AtomicU64 {
         self.mem.w64(off)
     }
 
+    #[inline]
     fn w32(&self, off: usize) -> &AtomicU32 {
         self.mem.w32(off)
     }
@@ -517,9 +519,9 @@ impl Channel {
 
     /// Whether this end still belongs to the session in the control word: an error
     /// (`PeerGone`) once it was declared dead or a newer session took the channel, whose rings
-    /// it must not touch. Checked after every load of the peer's index and before every store
-    /// into the rings; after a copy out of the ring, the acquire fence before the check makes it
-    /// a validation (as a seqlock reader's): if the copy read a newer session's bytes, whose
+    /// it must not touch. Checked before every store into the rings (indices, copies, commits)
+    /// and before bytes read out of them are delivered or lent; after a copy out of the ring,
+    /// the acquire fence before the check makes it a validation (as a seqlock reader's): if the copy read a newer session's bytes, whose
     /// writer attached (changing the control word) and fenced before writing them, the check
     /// sees that session.
     ///

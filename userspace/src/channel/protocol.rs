@@ -38,15 +38,19 @@ pub enum Std {}
 
 impl Atomics for Std {
     type U64 = AtomicU64;
+    #[inline(always)]
     fn load(w: &AtomicU64, o: Ordering) -> u64 {
         w.load(o)
     }
+    #[inline(always)]
     fn store(w: &AtomicU64, v: u64, o: Ordering) {
         w.store(v, o)
     }
+    #[inline(always)]
     fn cas(w: &AtomicU64, c: u64, n: u64, s: Ordering, f: Ordering) -> Result<u64, u64> {
         w.compare_exchange(c, n, s, f)
     }
+    #[inline(always)]
     fn fence(o: Ordering) {
         std::sync::atomic::fence(o)
     }
@@ -109,6 +113,7 @@ impl Producer {
     /// [`Consumer::avail`], so the payload is visible before the index). With `wakeups`, says
     /// whether this publish crossed the index the consumer asked to be woken at. `n` must not
     /// exceed the last [`space`](Self::space).
+    #[inline]
     pub fn publish<A: Atomics>(
         &mut self,
         n: u64,
@@ -136,6 +141,7 @@ impl Producer {
     /// record before it, in its free space, where the consumer reads nothing. `n + 8` must
     /// not exceed the last [`space`](Self::space).
     #[allow(clippy::too_many_arguments)]
+    #[inline]
     pub fn commit<A: Atomics>(
         &mut self,
         n: u64,
@@ -218,6 +224,7 @@ impl Consumer {
     /// [`Producer::space`], so our reads of those bytes happen before the producer reuses
     /// them). With `wakeups`, says whether this release crossed the index the producer asked to
     /// be woken at. `n` must not exceed the last [`avail`](Self::avail).
+    #[inline]
     pub fn release<A: Atomics>(
         &mut self,
         n: u64,
@@ -238,12 +245,14 @@ impl Consumer {
     /// 0 while it is not (acquire: pairs with the release in [`Producer::commit`], so the
     /// record's payload is visible). The in-band commit: one load, on the line the payload
     /// starts on, where the index protocol needs two (the index, then the record).
+    #[inline]
     pub fn committed<A: Atomics>(&self, this: &A::U64) -> u64 {
         A::load(this, Ordering::Acquire)
     }
 
     /// Counts a message record of `n` bytes whose header [`committed`](Self::committed)
     /// returned as published, so that [`release`](Self::release) can give it back.
+    #[inline]
     pub fn record_committed(&mut self, n: u64) {
         debug_assert!(n <= self.cap);
         if self.seen.wrapping_sub(self.pos) < n {
@@ -280,6 +289,7 @@ fn announce<A: Atomics>(wake_at: &A::U64, at: u64) {
 /// store: the sleeper sees the new index and does not sleep, or the waker sees the wake-up
 /// index. Only the first index move past the announced one rings: a stale announcement lies
 /// behind every later move and costs nothing, so nobody has to clear it.
+#[inline]
 fn crossed<A: Atomics>(wake_at: &A::U64, old: u64, new: u64) -> bool {
     A::fence(Ordering::SeqCst);
     let w = A::load(wake_at, Ordering::Relaxed);

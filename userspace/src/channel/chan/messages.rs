@@ -11,35 +11,39 @@ use super::*;
 
 impl Channel {
     /// Sends one message (blocking as configured). It arrives whole or not at all.
-    pub fn send(&mut self, msg: &[u8]) -> io::Result<()> {
-        if let Some(r) = self.send_now(msg) {
-            return r;
-        }
-        self.reserve_message(msg.len())?;
-        self.copy_to_ring(self.tx.pos + MSG_HDR, msg);
-        self.commit_message(msg.len() as u32)
-    }
-
-    /// `send` when it needs neither a wait nor an error before the copy (the common case):
-    /// the checks of `reserve_message` that pass on its first look, with the free space this
-    /// end saw last. `None` when anything needs the full path, which has done nothing yet.
+    ///
+    /// Inlined into the caller: the common case (room in the ring, this end in its session) is
+    /// a straight line of checks, the copy and the commit, without a call; waiting and errors
+    /// are `send_slow`'s.
     #[inline]
-    fn send_now(&mut self, msg: &[u8]) -> Option<io::Result<()>> {
-        let len = msg.len() as u64;
-        if self.broken.is_some()
-            || self.kind != Kind::Messages
-            || self.write_closed
-            || len > self.out.cap - 2 * MSG_HDR
-            || self.tx.cap - self.tx.pos.wrapping_sub(self.tx.seen)
-                < 2 * MSG_HDR + len.next_multiple_of(8)
-            || !self.check.holds(&self.mem)
-        {
-            return None;
+    pub fn send(&mut self, msg: &[u8]) -> io::Result<()> {
+        if !self.send_ready(msg.len() as u64) {
+            return self.send_slow(msg);
         }
         // As in `check_write`.
         fence(Acquire);
         self.copy_to_ring(self.tx.pos + MSG_HDR, msg);
-        Some(self.commit_message(len as u32))
+        self.commit_message(msg.len() as u32)
+    }
+
+    /// Whether `send` needs neither a wait nor an error before the copy: the checks of
+    /// `reserve_message` that pass on its first look, with the free space this end saw last.
+    #[inline(always)]
+    fn send_ready(&self, len: u64) -> bool {
+        self.broken.is_none()
+            && self.kind == Kind::Messages
+            && !self.write_closed
+            && len <= self.out.cap - 2 * MSG_HDR
+            && self.tx.cap - self.tx.pos.wrapping_sub(self.tx.seen) >= MSG_HDR + record_len(len)
+            && self.check.holds(&self.mem)
+    }
+
+    /// `send` when `send_ready` said no: waits, or says why not.
+    #[inline(never)]
+    fn send_slow(&mut self, msg: &[u8]) -> io::Result<()> {
+        self.reserve_message(msg.len())?;
+        self.copy_to_ring(self.tx.pos + MSG_HDR, msg);
+        self.commit_message(msg.len() as u32)
     }
 
     /// Waits (as configured) until a message of `len` bytes fits in the outgoing ring.
@@ -52,7 +56,7 @@ impl Channel {
             return Err(ChannelError::MessageTooLarge { len, max }.into());
         }
         // Room for the record and for the next one's header word, which the commit clears.
-        let need = 2 * MSG_HDR + (len as u64).next_multiple_of(8);
+        let need = MSG_HDR + record_len(len as u64);
         self.wait(Dir::Out, need, |c| c.writable(need))
             .map_err(|e| self.fail(e))?;
         Ok(())
@@ -60,19 +64,41 @@ impl Channel {
 
     /// Receives the next message into `buf` (replacing its contents): `Some(len)`, or `None`
     /// once the peer closed and every message was read.
+    ///
+    /// Inlined into the caller as `send` is: a committed message that fits `buf` is taken
+    /// without a call; waiting, growing `buf` and errors are `recv_slow`'s.
+    #[inline]
     pub fn recv(&mut self, buf: &mut Vec<u8>) -> io::Result<Option<usize>> {
-        let (len, need) = match self.message_now() {
-            Some(m) => m,
-            None => match self.next_message()? {
-                Some(m) => m,
-                None => return Ok(None),
-            },
+        match self.message_now() {
+            Some((len, need)) if len <= buf.capacity() => self.take_message(buf, len, need),
+            _ => self.recv_slow(buf),
+        }
+    }
+
+    /// `recv` when no message was there, or `buf` must grow.
+    #[inline(never)]
+    fn recv_slow(&mut self, buf: &mut Vec<u8>) -> io::Result<Option<usize>> {
+        let Some((len, need)) = self.next_message()? else {
+            return Ok(None);
         };
         buf.clear();
         buf.reserve(len);
-        // `reserve` made room for `len` bytes after the (empty) contents.
+        self.take_message(buf, len, need)
+    }
+
+    /// Copies the message of `len` bytes (a record of `need`) at the consumer position into
+    /// `buf`, whose capacity is at least `len`, and releases it; on an error `buf` is empty.
+    #[inline(always)]
+    fn take_message(
+        &mut self,
+        buf: &mut Vec<u8>,
+        len: usize,
+        need: u64,
+    ) -> io::Result<Option<usize>> {
+        debug_assert!(buf.capacity() >= len);
         self.copy_from_ring(self.rx.pos + MSG_HDR, buf.as_mut_ptr(), len);
-        // SAFETY: The capacity is at least `len`, and the copy above initialised `len` bytes.
+        // SAFETY: The capacity is at least `len` (callers), and the copy above initialised
+        // `len` bytes.
         unsafe { buf.set_len(len) };
         if let Err(e) = self.release_message(need) {
             // The bytes may be a newer session's: none is delivered.
@@ -113,7 +139,7 @@ impl Channel {
         }
         let len = hdr as u32;
         let check = (hdr >> 32) as u32;
-        let need = MSG_HDR + u64::from(len).next_multiple_of(8);
+        let need = record_len(u64::from(len));
         if check != !len || need + MSG_HDR > self.inp.cap {
             let e = self.violation(format!(
                 "message header {len:#x}/{check:#x} at {} in a ring of {} bytes",
@@ -137,7 +163,7 @@ impl Channel {
                 .committed::<Std>(self.ring_word(self.inp, self.rx.pos)),
         );
         let len = hdr as u32;
-        let need = MSG_HDR + u64::from(len).next_multiple_of(8);
+        let need = record_len(u64::from(len));
         (hdr >> 32 == u64::from(!len) && need + MSG_HDR <= self.inp.cap)
             .then_some((len as usize, need))
     }
@@ -181,7 +207,7 @@ impl Channel {
         // One word: the length in the low half, its complement in the high half (both
         // little-endian, as the layout says); never 0.
         let hdr = u64::from(len) | u64::from(!len) << 32;
-        let need = MSG_HDR + u64::from(len).next_multiple_of(8);
+        let need = record_len(u64::from(len));
         self.check_session()?;
         let wakeups = self.wakeups();
         let this = self.mem.w64(word_at(self.out, self.tx.pos));
@@ -214,6 +240,14 @@ impl Channel {
     pub(super) fn ring_word(&self, r: Ring, pos: u64) -> &AtomicU64 {
         self.mem.w64(word_at(r, pos))
     }
+}
+
+/// The bytes a record of a `len`-byte message takes in the ring: its header and the payload
+/// padded to 8 bytes. (`len` is at most a slice's length, far from overflowing; the mask is
+/// shorter than `next_multiple_of`, which the hot path computes twice per message.)
+#[inline(always)]
+fn record_len(len: u64) -> u64 {
+    MSG_HDR + ((len + 7) & !7)
 }
 
 /// The offset of the 8-byte word at free-running position `pos` of ring `r` (see

@@ -69,8 +69,7 @@ impl Channel {
                 self.waker.clear();
                 self.announce(dir, want);
                 if let Some(v) = ready(self)? {
-                    // It waited: it may have been stopped past the bound meanwhile.
-                    self.check_session()?;
+                    self.waited(dir)?;
                     return Ok(v);
                 }
             }
@@ -88,8 +87,7 @@ impl Channel {
         let mut yield_until = None;
         loop {
             if let Some(v) = ready(self)? {
-                // It waited: it may have been stopped past the bound meanwhile.
-                self.check_session()?;
+                self.waited(dir)?;
                 return Ok(v);
             }
             i = i.saturating_add(1);
@@ -125,8 +123,7 @@ impl Channel {
                 let seen = self.gate.generation();
                 self.announce(dir, want);
                 if let Some(v) = ready(self)? {
-                    // It waited: it may have been stopped past the bound meanwhile.
-                    self.check_session()?;
+                    self.waited(dir)?;
                     return Ok(v);
                 }
                 if self.half == Half::Both {
@@ -141,6 +138,18 @@ impl Channel {
                 self.waker.wait(backoff.min(slice))?;
                 backoff = (backoff * 2).min(slice);
             }
+        }
+    }
+
+    /// After a wait that ended: it may have been stopped past the liveness bound meanwhile,
+    /// so a writer checks its session before it copies into the ring. A reader's check comes
+    /// after its copy, before it delivers or lends the bytes (`release`, `peek`, `read_slice`),
+    /// where it also covers the copy: one check on the receive path, not two.
+    #[inline(always)]
+    fn waited(&self, dir: Dir) -> Result<(), ChannelError> {
+        match dir {
+            Dir::Out => self.check_session(),
+            Dir::In => Ok(()),
         }
     }
 
@@ -295,15 +304,22 @@ impl Channel {
 
     /// Whether moving an index must look for the peer's announcement (the fence and the load
     /// of `protocol::crossed`): only when both ends sleep. Until the peer's side line is its own
-    /// (its epoch names this session) it counts as sleeping.
-    #[inline]
+    /// (its epoch names this session) it counts as sleeping. Inlined (the hot path of every
+    /// send and receive): the answer once known, or `learn_wakeups`.
+    #[inline(always)]
     pub(super) fn wakeups(&mut self) -> bool {
         if !self.sleeps {
             return false;
         }
-        if let Some(p) = self.peer_sleeps {
-            return p;
+        match self.peer_sleeps {
+            Some(p) => p,
+            None => self.learn_wakeups(),
         }
+    }
+
+    /// `wakeups` before the peer's side line said whether it sleeps.
+    #[inline(never)]
+    fn learn_wakeups(&mut self) -> bool {
         self.try_pair();
         if !self.peer_line_current() {
             return true;
