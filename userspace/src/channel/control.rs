@@ -89,37 +89,39 @@ pub(super) struct Look {
     pub peer: u8,
 }
 
-/// A check precomputed for the hot path: two words, the bits of each that must hold a value.
-/// Loads, masks and compares, the same code whether a peer joined or not.
+/// A check precomputed for the hot path: two words and the value each must hold. Two loads
+/// and two compares, the same code whether a peer joined or not (a pending opener's check
+/// names its own word twice). Exact: a word that differs in any bit (this end's verdict on its
+/// peer too) sends the caller to its slow path, which decodes the words (`Control::look`).
 ///
 /// # Invariants
 ///
 /// Both offsets are those of 8-aligned words inside the region (from a [`Control`]).
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Check([(usize, u64, u64); 2]);
+pub(super) struct Check([(usize, u64); 2]);
 
 impl Check {
     /// Whether both words hold their values (relaxed loads: callers fence as they need).
-    #[inline]
+    #[inline(always)]
     pub fn holds(&self, mem: &Shm) -> bool {
-        let [(a, ma, va), (b, mb, vb)] = self.0;
-        mem.w64(a).load(Relaxed) & ma == va && mem.w64(b).load(Relaxed) & mb == vb
+        let [(a, va), (b, vb)] = self.0;
+        mem.w64(a).load(Relaxed) == va && mem.w64(b).load(Relaxed) == vb
     }
 }
 
 impl Control {
-    /// The session check: this end's own word, verdict aside, as it is while attached, and
-    /// its peer's word as it is while both are attached (see `Channel::check_session`). The
+    /// The session check: this end's own word as it is while attached (no verdict), and its
+    /// peer's word as it is while both are attached (see `Channel::check_session`). The
     /// write check is the same: a peer that left or was declared dead reads no more.
     pub fn check(&self) -> Check {
         match *self {
-            Control::Pending { own, own_word } => Check([(own, !VERDICT, own_word), (own, 0, 0)]),
+            Control::Pending { own, own_word } => Check([(own, own_word), (own, own_word)]),
             Control::Owned {
                 own,
                 own_word,
                 peer,
                 peer_word,
-            } => Check([(peer, !0, peer_word), (own, !VERDICT, own_word)]),
+            } => Check([(peer, peer_word), (own, own_word)]),
         }
     }
 

@@ -27,13 +27,13 @@ impl Channel {
     }
 
     /// Whether `send` needs neither a wait nor an error before the copy: the checks of
-    /// `reserve_message` that pass on its first look, with the free space this end saw last.
+    /// `reserve_message` that pass on its first look, with the free space this end saw last
+    /// (which also bounds the length: a message longer than `max_message` never fits).
     #[inline(always)]
     fn send_ready(&self, len: u64) -> bool {
         self.broken.is_none()
             && self.kind == Kind::Messages
             && !self.write_closed
-            && len <= self.out.cap - 2 * MSG_HDR
             && self.tx.cap - self.tx.pos.wrapping_sub(self.tx.seen) >= MSG_HDR + record_len(len)
             && self.check.holds(&self.mem)
     }
