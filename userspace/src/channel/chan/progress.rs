@@ -494,8 +494,8 @@ unsafe fn copy(src: *const u8, dst: *mut u8, n: usize) {
                 "mov [{d} + 16], {t}",
                 "mov {t}, [{s} + 24]",
                 "mov [{d} + 24], {t}",
-                s = in(reg) src.add(at),
-                d = in(reg) dst.add(at),
+                s = in(reg) src.wrapping_add(at),
+                d = in(reg) dst.wrapping_add(at),
                 t = out(reg) _,
                 options(nostack, preserves_flags),
             );
