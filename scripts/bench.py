@@ -764,8 +764,9 @@ def report(raw, meta, out_dir):
           "`auto` (the doorbell after 10 000 spin rounds). TCP: `write_all`/`read` of the same sizes.",
           "- memcpy: each guest copies a hot buffer of the message size to successive places of a 2 MiB "
           "buffer (`ivshmem-bench memcpy`); the table takes the higher of the two guests (the stricter reference). "
-          "Guest memcpy is glibc's: for 16-256 KiB it picks `rep movsb`, which TCG emulates a byte at a time, "
-          "hence the dip there; the channel copies with the same memcpy and dips alike.",
+          "Guest memcpy is glibc's; the lab's guests run without ERMS (`-cpu max,-erms`), with which glibc "
+          "picks `rep movsb` for 16-256 KiB and TCG runs it an iteration at a time (a sevenfold dip there in "
+          "the reports before 2026-12-07's fourth run). The channel copies with the same memcpy.",
           "- Round trips: 64-byte messages on a message channel (`send`/`recv`); spin (the library's spin "
           "loop, without the pause hint as by default; also with it), doorbell (spin budget 0: every wait sleeps in "
           "IVSHMEM_WAIT), "
