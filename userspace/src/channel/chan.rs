@@ -521,9 +521,9 @@ impl Channel {
     /// (`PeerGone`) once it was declared dead or a newer session took the channel, whose rings
     /// it must not touch. Checked before every store into the rings (indices, copies, commits)
     /// and before bytes read out of them are delivered or lent; after a copy out of the ring,
-    /// the acquire fence before the check makes it a validation (as a seqlock reader's): if the copy read a newer session's bytes, whose
-    /// writer attached (changing the control word) and fenced before writing them, the check
-    /// sees that session.
+    /// the acquire fence before the check makes it a validation (as a seqlock reader's): if
+    /// the copy read a newer session's bytes, whose writer attached (changing the control
+    /// word) and fenced before writing them, the check sees that session.
     ///
     /// What no check can exclude is an end stopped between its check and the store after it,
     /// for longer than the liveness bound, and resumed while a later session runs: it can

@@ -142,17 +142,17 @@ impl Channel {
         if hdr == 0 {
             return Ok(None);
         }
-        let len = hdr as u32;
-        let check = (hdr >> 32) as u32;
-        let need = record_len(u64::from(len));
-        if check != !len || need + MSG_HDR > self.inp.cap {
+        let Some(m) = record_of(hdr, self.inp.cap) else {
             let e = self.violation(format!(
-                "message header {len:#x}/{check:#x} at {} in a ring of {} bytes",
-                self.rx.pos, self.inp.cap
+                "message header {:#x}/{:#x} at {} in a ring of {} bytes",
+                hdr as u32,
+                hdr >> 32,
+                self.rx.pos,
+                self.inp.cap
             ));
             return Err(self.fail(e));
-        }
-        Ok(Some((len as usize, need)))
+        };
+        Ok(Some(m))
     }
 
     /// `next_message` when a valid record is committed at the consumer position (the common
@@ -167,10 +167,7 @@ impl Channel {
             self.rx
                 .committed::<Std>(self.ring_word(self.inp, self.rx.pos)),
         );
-        let len = hdr as u32;
-        let need = record_len(u64::from(len));
-        (hdr >> 32 == u64::from(!len) && need + MSG_HDR <= self.inp.cap)
-            .then_some((len as usize, need))
+        record_of(hdr, self.inp.cap)
     }
 
     /// The committed header at the consumer position (never 0), `Some(0)` at the end of the
@@ -253,6 +250,16 @@ impl Channel {
 #[inline(always)]
 fn record_len(len: u64) -> u64 {
     MSG_HDR + ((len + 7) & !7)
+}
+
+/// The payload length and the record's bytes of a committed header `hdr` (the length in the
+/// low half, its complement in the high half) in a ring of `cap` bytes: `None` for a header no
+/// honest producer writes, or a record that leaves no room for the next one's header word.
+#[inline(always)]
+fn record_of(hdr: u64, cap: u64) -> Option<(usize, u64)> {
+    let len = hdr as u32;
+    let need = record_len(u64::from(len));
+    (hdr >> 32 == u64::from(!len) && need + MSG_HDR <= cap).then_some((len as usize, need))
 }
 
 /// The offset of the 8-byte word at free-running position `pos` of ring `r` (see
