@@ -18,6 +18,11 @@ round trips and streaming, TCP over loopback, a UNIX socket and named pipes, and
 of instructions per 64-byte send + recv and per KiB streamed. Needs the module and tools built
 (make all) and matplotlib (the test environment's Python: make bench). Run dir: $IVSHMEM_RUN-bench.
 
+Each part first waits (up to $IVSHMEM_BENCH_QUIET_WAIT seconds, 120 by default) for the rest of
+the host to go quiet, and every result line carries what the rest of the host took while it was
+measured (other_cpu, steal_cpu: scripts/hostcpu.py); the report flags figures taken on a busy
+host, and checks the guests' clocks against the host's over the main part (guest_clock).
+
     scripts/bench.py [--seconds S] [--out DIR]
     scripts/bench.py map [--big SIZE] [--rounds N] [--out DIR]   only the mapping cost: its lines
                                       in DIR/results.txt are replaced, the report rewritten
@@ -36,8 +41,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import hostcpu  # noqa: E402
 import lab  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,6 +52,10 @@ TOOLS = os.path.join(ROOT, "userspace/target/x86_64-unknown-linux-gnu/release")
 RUN = os.environ.get("IVSHMEM_RUN", "/tmp/ivshmem-rs-run") + "-bench"
 SHM = os.environ.get("IVSHMEM_SHM_PATH", "/dev/shm/ivshmem-rs") + "-bench"
 TCP = "10.0.7.2"
+# How long a section waits for the rest of the host to go quiet before measuring anyway.
+QUIET_WAIT = float(os.environ.get("IVSHMEM_BENCH_QUIET_WAIT", "120"))
+# Beyond this share of a core taken by the rest of the host, the report flags a measurement.
+BUSY = 0.1
 SIZES = [64, 256, 1 << 10, 4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20]
 
 
@@ -65,11 +76,24 @@ def fields(line):
     return out
 
 
+def cpu_tag(cpu, before):
+    """The fields that say what the rest of the host took since `before` (hostcpu.py)."""
+    other, steal = cpu.between(before, cpu.sample())
+    return f" other_cpu={other:.2f} steal_cpu={steal:.2f}"
+
+
+def settle(cpu, prefix):
+    """Waits for a quiet host (hostcpu.HostCpu.wait_quiet); returns the meta line saying how it went."""
+    waited, other, steal = cpu.wait_quiet(QUIET_WAIT)
+    return f"meta {prefix}quiet=waited {waited:.0f} s, then other {other:.2f} steal {steal:.2f}"
+
+
 class Bench:
     def __init__(self, seconds):
         self.seconds = seconds
         self.guests = []
         self.raw = []
+        self.cpu = hostcpu.HostCpu(RUN)
 
     def sh(self, g, cmd, timeout=600):
         status, out = self.guests[g - 1].run(cmd, timeout)
@@ -80,7 +104,8 @@ class Bench:
     def pair(self, listen, drive, timeout=900, tag=""):
         """Runs `listen` in guest 2 in the background and `drive` in guest 1; keeps the driver's
         result lines (with `tag` appended) and returns them (the listener's must end with
-        exit=0)."""
+        exit=0), with the host's CPU outside the lab meanwhile (cpu_tag)."""
+        before = self.cpu.sample()
         self.sh(2, f"rm -f /tmp/l.out; ({listen} > /tmp/l.out 2>&1; echo exit=$? >> /tmp/l.out) &")
         out = self.sh(1, drive, timeout)
         for _ in range(600):
@@ -90,6 +115,7 @@ class Bench:
             self.sh(2, "sleep 0.1")
         if "exit=0" not in lout:
             raise RuntimeError(f"guest 2: '{listen}' failed:\n{lout}")
+        tag += cpu_tag(self.cpu, before)
         lines = [ln + tag for ln in out.splitlines() if re.match(r"^(stream|rtt|memcpy) ", ln)]
         self.raw += lines
         for ln in lines:
@@ -121,15 +147,30 @@ class Bench:
             g.close()
         subprocess.run(["bash", os.path.join(ROOT, "scripts/stop.sh")], env=env(), check=False)
 
+    def clocks(self):
+        """[(host monotonic, guest uptime)] in seconds for guests 1 and 2, each uptime read between
+        two host readings (their midpoint): over a run, each guest's seconds per host second. Every
+        figure is timed by a guest's clock: one that ran fast would make all of them slow."""
+        out = []
+        for g in (1, 2):
+            t0 = time.monotonic()
+            up = float(self.sh(g, "cut -d' ' -f1 /proc/uptime"))
+            out.append(((t0 + time.monotonic()) / 2, up))
+        return out
+
     def run(self):
         secs = self.seconds
         print("==> memcpy in each guest", flush=True)
         for g in (1, 2):
+            before = self.cpu.sample()
             out = self.sh(g, f"ivshmem-bench memcpy --seconds {secs / 2}")
-            self.raw += [f"{ln} guest={g}" for ln in out.splitlines() if ln.startswith("memcpy ")]
+            tag = cpu_tag(self.cpu, before)
+            self.raw += [f"{ln} guest={g}{tag}" for ln in out.splitlines() if ln.startswith("memcpy ")]
         print("==> the cost of the CPU pause hint", flush=True)
+        before = self.cpu.sample()
         out = self.sh(1, "ivshmem-bench pause --rounds 2000000")
-        self.raw += [ln for ln in out.splitlines() if ln.startswith("pause ")]
+        tag = cpu_tag(self.cpu, before)
+        self.raw += [ln + tag for ln in out.splitlines() if ln.startswith("pause ")]
         print("==> streaming: channel (copy, zero-copy), then TCP", flush=True)
         self.pair(f"ivshmem-bench stream --listen --tcp {TCP}:5001",
                   f"ivshmem-bench stream --seconds {secs} --tcp {TCP}:5001")
@@ -147,6 +188,7 @@ class Bench:
         res = {}
         for pause in (False, True):
             flag = " --pause" if pause else ""
+            before = self.cpu.sample()
             self.sh(2, f"rm -f /tmp/p.out; (pingpong --role pong --mode spin --rounds 20000 --offset 32M{flag}"
                        " > /tmp/p.out 2>&1; echo exit=$? >> /tmp/p.out) &")
             out = self.sh(1, f"pingpong --role ping --mode spin --rounds 20000 --offset 32M{flag}")
@@ -158,7 +200,7 @@ class Bench:
                     break
                 self.sh(2, "sleep 0.1")
             line = (f"pingpong pause={'on' if pause else 'off'} min_us={m.group(1)} p50_us={m.group(2)} "
-                    f"p99_us={m.group(3)} max_us={m.group(4)}")
+                    f"p99_us={m.group(3)} max_us={m.group(4)}{cpu_tag(self.cpu, before)}")
             self.raw.append(line)
             print("   ", line, flush=True)
             res[pause] = line
@@ -279,6 +321,7 @@ class IsolatedLab(Bench):
     def run(self):
         secs = self.seconds
         print("==> isolated topology beside one device (spin; rounds alternate)", flush=True)
+        quiet = settle(self.cpu, "iso_")
         for r in range(self.ROUNDS):
             for topology, dev in (("shared", {1: "-d 3", 2: "-d 3"}), ("isolated", self.PAIR)):
                 tag = f" topology={topology} round={r}"
@@ -290,7 +333,7 @@ class IsolatedLab(Bench):
         self.pair(f"ivshmem-bench rtt --listen {self.PAIR[2]} --wait doorbell --channel d",
                   f"ivshmem-bench rtt {self.PAIR[1]} --wait doorbell --channel d --rounds 5000",
                   tag=" topology=isolated round=0")
-        return [f"meta iso_date={datetime.date.today().isoformat()}"] + self.raw
+        return [f"meta iso_date={datetime.date.today().isoformat()}", quiet] + self.raw
 
 
 def isolated_lab(seconds):
@@ -305,7 +348,8 @@ def isolated_lab(seconds):
 
 def isolated_section(rows, meta):
     """The report's lines on the isolated topology, from the rows tagged with a topology."""
-    rows = [f for k, f in rows if "topology" in f and k in ("stream", "rtt")]
+    rows_all = [(k, f) for k, f in rows if "topology" in f]
+    rows = [f for k, f in rows_all if k in ("stream", "rtt")]
     if not rows:
         return []
 
@@ -321,7 +365,7 @@ def isolated_section(rows, meta):
            "device and maps the other's read-only, QEMU `readonly=on`) and through the shared device, "
            f"alternately, {IsolatedLab.ROUNDS} rounds in one boot, spinning; medians, and the ratio of each "
            "round. Under TCG on a shared host the rounds spread widely: a ratio means something only where the "
-           "rounds agree.", "",
+           "rounds agree. " + host_cpu_note(rows_all, meta.get("iso_quiet")), "",
            "| figure | one device | isolated | isolated / one device | per round |",
            "|---|---:|---:|---:|---|"]
 
@@ -364,9 +408,11 @@ class HostBench:
         # The two processes on two CPUs, as two guests' vCPUs would be.
         two = (os.cpu_count() or 1) >= 2
         self.cpus = (["taskset", "-c", "1"], ["taskset", "-c", "0"]) if two else ([], [])
+        self.cpu = hostcpu.HostCpu(RUN)
 
     def pair(self, listen, drive, tag):
         exe = os.path.join(TOOLS, "ivshmem-bench")
+        before = self.cpu.sample()
         lis = subprocess.Popen(self.cpus[0] + [exe] + listen, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True)
         try:
@@ -378,6 +424,7 @@ class HostBench:
         if out.returncode != 0 or lis.returncode != 0:
             raise RuntimeError(f"host: ivshmem-bench {' '.join(drive)} exited {out.returncode} "
                                f"(listener {lis.returncode}):\n{out.stdout}{out.stderr}{lout}")
+        tag += cpu_tag(self.cpu, before)
         lines = [ln + tag for ln in out.stdout.splitlines() if re.match(r"^(stream|rtt) ", ln)]
         self.raw += lines
         for ln in lines:
@@ -409,6 +456,7 @@ class HostBench:
 
     def run(self):
         print("==> on the host: two processes on one file (rounds alternate)", flush=True)
+        quiet = settle(self.cpu, "host_")
         lab.remove_backing(self.file)
         with open(self.file, "wb") as f:
             f.truncate(64 << 20)
@@ -439,7 +487,51 @@ class HostBench:
         self.instructions()
         cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
         return [f"meta host_date={datetime.date.today().isoformat()}", f"meta host_cpu={os.cpu_count()} × {cpu}",
-                f"meta host_load={os.getloadavg()[0]:.1f}"] + self.raw
+                f"meta host_load={os.getloadavg()[0]:.1f}", quiet] + self.raw
+
+
+def measurement_name(kind, f):
+    """A result line's measurement in a few words: 'stream tcp 1 MiB', 'rtt channel spin'."""
+    words = [kind, f.get("transport"), f.get("wait") if kind == "rtt" else f.get("mode"),
+             size_name(int(f["size"])) if "size" in f and kind != "rtt" else None,
+             f"guest {int(f['guest'])}" if "guest" in f else None,
+             f"pause {f['pause']}" if kind == "pingpong" else None]
+    return " ".join(str(w) for w in words if w not in (None, "-"))
+
+
+def host_cpu_note(rows, quiet):
+    """The report's words on what the rest of the host took while a section measured (hostcpu.py)."""
+    cpu = [(k, f) for k, f in rows if "other_cpu" in f]
+    if not cpu:
+        return ("The rest of the host's CPU use was not recorded (results from before scripts/hostcpu.py, "
+                "2026-12-07).")
+    other = [f["other_cpu"] for _, f in cpu]
+    steal = [f["steal_cpu"] for _, f in cpu]
+    busy = [(k, f) for k, f in cpu if f["other_cpu"] + f["steal_cpu"] > BUSY]
+    text = (f"The rest of the host while these {len(cpu)} figures were measured (scripts/hostcpu.py): other "
+            f"processes {statistics.median(other):.2f} cores in the median, {max(other):.2f} at most; steal "
+            f"{max(steal):.2f} at most" + (f" (before measuring: {quiet})" if quiet else "") + ".")
+    if not busy:
+        return text + " Quiet throughout."
+    names = [f"{measurement_name(k, f)} ({f['other_cpu'] + f['steal_cpu']:.2f})" for k, f in busy]
+    return (text + f" **A busy host: more than {BUSY} of a core went elsewhere during {len(busy)} of them** ("
+            + ", ".join(names[:8]) + (", …" if len(names) > 8 else "") + "): those figures are not comparable "
+            "with a quiet run's. TCP between the guests suffers most: one busy host process took it from 48 to "
+            "13 MB/s on a 2-core host, while a guest's memcpy lost 4% (scripts/hostcpu.py).")
+
+
+def guest_clock_note(text):
+    """The report's words on the guests' clocks against the host's (Bench.clocks)."""
+    if not text:
+        return "The guests' clocks were not checked against the host's (results from before 2026-12-07's sixth run)."
+    rates = [float(v) for v in text.split()]
+    note = (f"The guests' clocks, which time every figure, ran {' and '.join(f'{v:.3f}' for v in rates)} seconds "
+            "per host second over the run (uptime against the host's monotonic clock)")
+    off = max(abs(v - 1) for v in rates)
+    if off > 0.02:
+        return note + (f": **off by {off:.0%}: every figure timed in the guests is off by as much** (the guest "
+                       "kernel's TSC calibration: `dmesg | grep -i tsc` in a guest).")
+    return note + "."
 
 
 def host_section(rows, meta):
@@ -472,7 +564,7 @@ def host_section(rows, meta):
            f"{HostBench.ROUNDS} rounds, alternating; medians, with the range of the per-round ratios (each ratio "
            "from one round, measured back to back). The bare references are the physical limit of this protocol "
            "shape: a one-word spin ping-pong (round trip) and a ring with two indices and nothing else (streaming, "
-           "the same copies).", "",
+           "the same copies). " + host_cpu_note(rows, meta.get("host_quiet")), "",
            "| figure | channel | bare | channel / bare | per round | TCP (loopback) | UNIX socket | pipe |",
            "|---|---:|---:|---:|---|---:|---:|---:|"]
 
@@ -749,6 +841,8 @@ def report(raw, meta, out_dir):
           f"- Guest kernel: {meta['kernel']}; QEMU: {meta['qemu']}; host: {meta.get('cpus', '?')} × {meta['cpu']}, "
           f"load average {meta.get('load_before', '?')} before the run and {meta.get('load_after', '?')} after "
           "(two busy guests alone make 2)",
+          "- " + host_cpu_note(rows, meta.get("quiet")),
+          "- " + guest_clock_note(meta.get("guest_clock")),
           "- Two guests under **TCG** (no KVM), one vCPU and 512 MiB each, on a host shared with other work; "
           "ivshmem-doorbell (64 MiB, our ivshmem-server) and a virtio-net link (QEMU `-netdev dgram` over UNIX "
           "sockets). Guest 1 drives, guest 2 listens.",
@@ -943,8 +1037,12 @@ def main():
         b.boot()
         meta = meta_info(b)
         meta["seconds"] = seconds
+        meta["quiet"] = settle(b.cpu, "").split("=", 1)[1]
+        c0 = b.clocks()
         b.run()
         b.pingpong()
+        c1 = b.clocks()
+        meta["guest_clock"] = " ".join(f"{(y[1] - x[1]) / (y[0] - x[0]):.4f}" for x, y in zip(c0, c1, strict=True))
         meta["load_after"] = "%.1f" % os.getloadavg()[0]
     finally:
         b.stop()

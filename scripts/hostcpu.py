@@ -1,0 +1,129 @@
+"""The host's CPU time outside the lab while something is measured (make bench).
+
+Under TCG every guest instruction is host CPU work, and the lab's guests share the host with
+whatever else runs there. TCP between two guests suffers most: each segment needs both guests'
+vCPU threads and both QEMU main loops in turn, so every wake-up waits for a core. On a 2-core
+host one busy process took the lab's TCP from 48 to 13 MB/s (1 MiB messages, medians of 4
+rounds), while a guest's memcpy lost 4% and a spin loop nothing (2026-12-07, one `sh` busy loop
+beside the guests). So each measurement records what the rest of the host took meanwhile:
+
+- other: CPU time of processes outside the lab, in cores (1.0: one core busy throughout).
+  The lab is this process and its descendants, and the processes named by the pid files of the
+  run directory (the guests' QEMUs and ivshmem-server, which daemonize).
+- steal: time the hypervisor gave to other virtual machines, where the host is one itself.
+
+Kernel threads count as other: they are small beside a busy process.
+"""
+
+import os
+import time
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _procs():
+    """pid -> (ppid, comm, start time, own CPU ticks, reaped children's CPU ticks) of every
+    process."""
+    out = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # comm may hold spaces and parentheses: the fields after it follow the last ')'.
+        comm = stat[stat.index("(") + 1:stat.rindex(")")]
+        rest = stat[stat.rindex(")") + 2:].split()
+        # rest[0] is field 3 (state): ppid 4, utime 14, stime 15, cutime 16, cstime 17, start 22.
+        out[int(name)] = (int(rest[1]), comm, int(rest[19]), int(rest[11]) + int(rest[12]),
+                          int(rest[13]) + int(rest[14]))
+    return out
+
+
+class Sample:
+    """One look at the host: when, its busy and steal ticks, the lab's ticks, every process's."""
+
+    def __init__(self, t, busy, steal, lab, procs, lab_pids):
+        self.t, self.busy, self.steal, self.lab, self.procs, self.lab_pids = t, busy, steal, lab, procs, lab_pids
+
+
+class HostCpu:
+    def __init__(self, run_dir):
+        self.run_dir = run_dir
+
+    def lab_roots(self):
+        """This process and the daemons of the run directory's pid files."""
+        roots = {os.getpid()}
+        try:
+            names = os.listdir(self.run_dir)
+        except OSError:
+            names = []
+        for name in names:
+            if name.endswith(".pid"):
+                try:
+                    with open(os.path.join(self.run_dir, name)) as f:
+                        roots.add(int(f.read().split()[0]))
+                except (OSError, ValueError, IndexError):
+                    pass
+        return roots
+
+    def sample(self):
+        t = time.monotonic()
+        with open("/proc/stat") as f:
+            cpu = [int(v) for v in f.readline().split()[1:]]
+        # user nice system idle iowait irq softirq steal (guest time is inside user already).
+        busy = cpu[0] + cpu[1] + cpu[2] + cpu[5] + cpu[6]
+        steal = cpu[7] if len(cpu) > 7 else 0
+        procs = _procs()
+        children = {}
+        for pid, (ppid, *_) in procs.items():
+            children.setdefault(ppid, []).append(pid)
+        lab_pids, todo = set(), [p for p in self.lab_roots() if p in procs]
+        while todo:
+            pid = todo.pop()
+            if pid not in lab_pids:
+                lab_pids.add(pid)
+                todo += children.get(pid, [])
+        # A lab process's reaped children were lab processes too.
+        lab = sum(procs[p][3] + procs[p][4] for p in lab_pids)
+        return Sample(t, busy, steal, lab, procs, lab_pids)
+
+    @staticmethod
+    def between(a, b):
+        """(other, steal) in cores from sample a to sample b."""
+        secs = max(b.t - a.t, 1e-3)
+        other = max(0, (b.busy - a.busy) - (b.lab - a.lab)) / CLK_TCK / secs
+        return other, max(0, b.steal - a.steal) / CLK_TCK / secs
+
+    @staticmethod
+    def busiest(a, b, n=3):
+        """The n processes outside the lab that took the most CPU from a to b: 'comm[pid] 0.95'."""
+        secs = max(b.t - a.t, 1e-3)
+        used = []
+        for pid, (_, comm, start, ticks, _) in b.procs.items():
+            if pid in b.lab_pids or pid in a.lab_pids:
+                continue
+            before = a.procs.get(pid)
+            # A kernel worker's comm names its current work: the start time tells a reused pid.
+            delta = ticks - (before[3] if before and before[2] == start else 0)
+            if delta > 0:
+                used.append((delta / CLK_TCK / secs, f"{comm}[{pid}]"))
+        return [f"{name} {cores:.2f}" for cores, name in sorted(used, reverse=True)[:n]]
+
+    def wait_quiet(self, limit, window=2.0, quiet=0.2):
+        """Waits up to `limit` seconds for a `window` in which the rest of the host takes less
+        than `quiet` cores (other + steal); returns (seconds waited, other, steal) of the last
+        window."""
+        start = time.monotonic()
+        while True:
+            a = self.sample()
+            time.sleep(window)
+            b = self.sample()
+            other, steal = self.between(a, b)
+            waited = time.monotonic() - start
+            if other + steal < quiet or waited >= limit:
+                return waited, other, steal
+            print(f"    waiting for a quiet host ({waited:.0f} of {limit:.0f} s): other processes "
+                  f"{other:.2f} cores ({', '.join(self.busiest(a, b)) or 'kernel'}), steal {steal:.2f}", flush=True)
