@@ -20,8 +20,10 @@ of instructions per 64-byte send + recv and per KiB streamed. Needs the module a
 
 Each part first waits (up to $IVSHMEM_BENCH_QUIET_WAIT seconds, 120 by default) for the rest of
 the host to go quiet, and every result line carries what the rest of the host took while it was
-measured (other_cpu, steal_cpu: scripts/hostcpu.py); the report flags figures taken on a busy
-host, and checks the guests' clocks against the host's over the main part (guest_clock).
+measured (other_cpu, steal_cpu: scripts/hostcpu.py) and, on a 2-CPU host, the round trip
+between its two CPUs before and after (xcpu0_us, xcpu1_us: near or far apart); the report flags
+figures taken on a busy host or far apart, and checks the guests' clocks against the host's over
+the main part (guest_clock).
 
     scripts/bench.py [--seconds S] [--out DIR]
     scripts/bench.py map [--big SIZE] [--rounds N] [--out DIR]   only the mapping cost: its lines
@@ -54,8 +56,11 @@ SHM = os.environ.get("IVSHMEM_SHM_PATH", "/dev/shm/ivshmem-rs") + "-bench"
 TCP = "10.0.7.2"
 # How long a section waits for the rest of the host to go quiet before measuring anyway.
 QUIET_WAIT = float(os.environ.get("IVSHMEM_BENCH_QUIET_WAIT", "120"))
-# Beyond this share of a core taken by the rest of the host, the report flags a measurement.
+# Beyond this share of a core taken by the rest of the host, the report flags a measurement, if
+# that makes more than BUSY_SECS of CPU: the kernel counts CPU time in ticks (10 ms), so in a
+# window of 0.1 s a tick or two of difference between the host's count and the lab's is noise.
 BUSY = 0.1
+BUSY_SECS = 0.05
 SIZES = [64, 256, 1 << 10, 4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20]
 
 
@@ -76,10 +81,21 @@ def fields(line):
     return out
 
 
+def watch(cpu):
+    """The host as a measurement starts: a look at its CPU use and its CPUs' placement."""
+    return cpu.sample(), cpu.placement()
+
+
 def cpu_tag(cpu, before):
-    """The fields that say what the rest of the host took since `before` (hostcpu.py)."""
-    other, steal = cpu.between(before, cpu.sample())
-    return f" other_cpu={other:.2f} steal_cpu={steal:.2f}"
+    """The fields that say what the rest of the host took since `before` (watch), over how many
+    seconds, and the host's CPU 0 <-> 1 round trip before and after (hostcpu.py)."""
+    sample, near = before
+    after = cpu.sample()
+    other, steal = cpu.between(sample, after)
+    tag = f" other_cpu={other:.2f} steal_cpu={steal:.2f} cpu_secs={after.t - sample.t:.2f}"
+    if near is not None:
+        tag += f" xcpu0_us={near:.3f} xcpu1_us={cpu.placement():.3f}"
+    return tag
 
 
 def settle(cpu, prefix):
@@ -93,7 +109,7 @@ class Bench:
         self.seconds = seconds
         self.guests = []
         self.raw = []
-        self.cpu = hostcpu.HostCpu(RUN)
+        self.cpu = hostcpu.HostCpu(RUN, os.path.join(TOOLS, "ivshmem-bench"))
 
     def sh(self, g, cmd, timeout=600):
         status, out = self.guests[g - 1].run(cmd, timeout)
@@ -104,8 +120,8 @@ class Bench:
     def pair(self, listen, drive, timeout=900, tag=""):
         """Runs `listen` in guest 2 in the background and `drive` in guest 1; keeps the driver's
         result lines (with `tag` appended) and returns them (the listener's must end with
-        exit=0), with the host's CPU outside the lab meanwhile (cpu_tag)."""
-        before = self.cpu.sample()
+        exit=0), with the host's CPUs meanwhile (cpu_tag)."""
+        before = watch(self.cpu)
         self.sh(2, f"rm -f /tmp/l.out; ({listen} > /tmp/l.out 2>&1; echo exit=$? >> /tmp/l.out) &")
         out = self.sh(1, drive, timeout)
         for _ in range(600):
@@ -162,18 +178,20 @@ class Bench:
         secs = self.seconds
         print("==> memcpy in each guest", flush=True)
         for g in (1, 2):
-            before = self.cpu.sample()
+            before = watch(self.cpu)
             out = self.sh(g, f"ivshmem-bench memcpy --seconds {secs / 2}")
             tag = cpu_tag(self.cpu, before)
             self.raw += [f"{ln} guest={g}{tag}" for ln in out.splitlines() if ln.startswith("memcpy ")]
         print("==> the cost of the CPU pause hint", flush=True)
-        before = self.cpu.sample()
+        before = watch(self.cpu)
         out = self.sh(1, "ivshmem-bench pause --rounds 2000000")
         tag = cpu_tag(self.cpu, before)
         self.raw += [ln + tag for ln in out.splitlines() if ln.startswith("pause ")]
-        print("==> streaming: channel (copy, zero-copy), then TCP", flush=True)
-        self.pair(f"ivshmem-bench stream --listen --tcp {TCP}:5001",
-                  f"ivshmem-bench stream --seconds {secs} --tcp {TCP}:5001")
+        print("==> streaming: channel (copy, zero-copy), then TCP, a size at a time", flush=True)
+        # A size at a time, so that the host's placement is probed around every few seconds.
+        for i, size in enumerate(SIZES):
+            self.pair(f"ivshmem-bench stream --listen --tcp {TCP}:{5010 + i}",
+                      f"ivshmem-bench stream --seconds {secs} --tcp {TCP}:{5010 + i} --sizes {size}")
         print("==> 64-byte round trips", flush=True)
         self.pair("ivshmem-bench rtt --listen --wait spin", "ivshmem-bench rtt --wait spin --rounds 20000")
         self.pair("ivshmem-bench rtt --listen --wait spin --pause on",
@@ -188,7 +206,7 @@ class Bench:
         res = {}
         for pause in (False, True):
             flag = " --pause" if pause else ""
-            before = self.cpu.sample()
+            before = watch(self.cpu)
             self.sh(2, f"rm -f /tmp/p.out; (pingpong --role pong --mode spin --rounds 20000 --offset 32M{flag}"
                        " > /tmp/p.out 2>&1; echo exit=$? >> /tmp/p.out) &")
             out = self.sh(1, f"pingpong --role ping --mode spin --rounds 20000 --offset 32M{flag}")
@@ -365,7 +383,7 @@ def isolated_section(rows, meta):
            "device and maps the other's read-only, QEMU `readonly=on`) and through the shared device, "
            f"alternately, {IsolatedLab.ROUNDS} rounds in one boot, spinning; medians, and the ratio of each "
            "round. Under TCG on a shared host the rounds spread widely: a ratio means something only where the "
-           "rounds agree. " + host_cpu_note(rows_all, meta.get("iso_quiet")), "",
+           "rounds agree. " + host_cpu_note(rows_all, meta.get("iso_quiet")) + placement_note(rows_all), "",
            "| figure | one device | isolated | isolated / one device | per round |",
            "|---|---:|---:|---:|---|"]
 
@@ -408,11 +426,11 @@ class HostBench:
         # The two processes on two CPUs, as two guests' vCPUs would be.
         two = (os.cpu_count() or 1) >= 2
         self.cpus = (["taskset", "-c", "1"], ["taskset", "-c", "0"]) if two else ([], [])
-        self.cpu = hostcpu.HostCpu(RUN)
+        self.cpu = hostcpu.HostCpu(RUN, os.path.join(TOOLS, "ivshmem-bench"))
 
     def pair(self, listen, drive, tag):
         exe = os.path.join(TOOLS, "ivshmem-bench")
-        before = self.cpu.sample()
+        before = watch(self.cpu)
         lis = subprocess.Popen(self.cpus[0] + [exe] + listen, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True)
         try:
@@ -507,7 +525,8 @@ def host_cpu_note(rows, quiet):
                 "2026-12-07).")
     other = [f["other_cpu"] for _, f in cpu]
     steal = [f["steal_cpu"] for _, f in cpu]
-    busy = [(k, f) for k, f in cpu if f["other_cpu"] + f["steal_cpu"] > BUSY]
+    busy = [(k, f) for k, f in cpu if f["other_cpu"] + f["steal_cpu"] > BUSY
+            and (f["other_cpu"] + f["steal_cpu"]) * f.get("cpu_secs", 1e9) > BUSY_SECS]
     text = (f"The rest of the host while these {len(cpu)} figures were measured (scripts/hostcpu.py): other "
             f"processes {statistics.median(other):.2f} cores in the median, {max(other):.2f} at most; steal "
             f"{max(steal):.2f} at most" + (f" (before measuring: {quiet})" if quiet else "") + ".")
@@ -516,8 +535,38 @@ def host_cpu_note(rows, quiet):
     names = [f"{measurement_name(k, f)} ({f['other_cpu'] + f['steal_cpu']:.2f})" for k, f in busy]
     return (text + f" **A busy host: more than {BUSY} of a core went elsewhere during {len(busy)} of them** ("
             + ", ".join(names[:8]) + (", …" if len(names) > 8 else "") + "): those figures are not comparable "
-            "with a quiet run's. TCP between the guests suffers most: one busy host process took it from 48 to "
-            "13 MB/s on a 2-core host, while a guest's memcpy lost 4% (scripts/hostcpu.py).")
+            "with a quiet run's: on a 2-core host one busy process took TCP between the guests from 54 to 23 MB/s "
+            "and channel streaming from 3,639 to 1,305 MB/s, while a guest's memcpy lost 2% (README, the TCP "
+            "baseline).")
+
+
+def placement_note(rows):
+    """The report's words on how far apart the host's two CPUs were while a section measured
+    (hostcpu.HostCpu.placement); empty where that was not probed."""
+    probed = [(k, f) for k, f in rows if "xcpu0_us" in f]
+    if not probed:
+        return ""
+    xs = [v for _, f in probed for v in (f["xcpu0_us"], f["xcpu1_us"])]
+    near = min(xs)
+    text = (f" The host's CPU 0 <-> 1 round trip, probed before and after each figure (a bare spin ping-pong "
+            f"on the host), was {near:.2f} to {max(xs):.2f} µs (on the 2-core AMD host of 2026-12-07: 0.11-0.14 "
+            "near, 0.48-0.61 far)")
+    # What one guest (or process) does alone does not cross between the CPUs.
+    far = [(k, f) for k, f in probed if max(f["xcpu0_us"], f["xcpu1_us"]) > 2 * near
+           and k not in ("memcpy", "pause")]
+    if not far:
+        return text + ": one placement for everything that crosses between them."
+    # One pair measures each mode and transport of a size: one name for them.
+    # Sections measured in rounds: which rounds (their ratios are the suspects).
+    names = list(dict.fromkeys(
+        f"round {int(f['round'])}" if "round" in f
+        else f"{k} {size_name(int(f['size']))}" if k == "stream" else measurement_name(k, f) for k, f in far))
+    if all(n.startswith("round ") for n in names):
+        names.sort(key=lambda n: int(n.split()[1]))
+    return (text + f". **The CPUs were far apart (over twice the nearest) around {len(far)} figures** ("
+            + ", ".join(names[:8]) + (", …" if len(names) > 8 else "") + "): the hypervisor under this host "
+            "moved them, and what crosses between them slows with it (between the lab's guests streaming 2-3×, "
+            "their bare ping-pong 3.5-4×); compare those figures with each other, not with the rest.")
 
 
 def guest_clock_note(text):
@@ -564,7 +613,7 @@ def host_section(rows, meta):
            f"{HostBench.ROUNDS} rounds, alternating; medians, with the range of the per-round ratios (each ratio "
            "from one round, measured back to back). The bare references are the physical limit of this protocol "
            "shape: a one-word spin ping-pong (round trip) and a ring with two indices and nothing else (streaming, "
-           "the same copies). " + host_cpu_note(rows, meta.get("host_quiet")), "",
+           "the same copies). " + host_cpu_note(rows, meta.get("host_quiet")) + placement_note(rows), "",
            "| figure | channel | bare | channel / bare | per round | TCP (loopback) | UNIX socket | pipe |",
            "|---|---:|---:|---:|---|---:|---:|---:|"]
 
@@ -841,7 +890,7 @@ def report(raw, meta, out_dir):
           f"- Guest kernel: {meta['kernel']}; QEMU: {meta['qemu']}; host: {meta.get('cpus', '?')} × {meta['cpu']}, "
           f"load average {meta.get('load_before', '?')} before the run and {meta.get('load_after', '?')} after "
           "(two busy guests alone make 2)",
-          "- " + host_cpu_note(rows, meta.get("quiet")),
+          "- " + host_cpu_note(rows, meta.get("quiet")) + placement_note(rows),
           "- " + guest_clock_note(meta.get("guest_clock")),
           "- Two guests under **TCG** (no KVM), one vCPU and 512 MiB each, on a host shared with other work; "
           "ivshmem-doorbell (64 MiB, our ivshmem-server) and a virtio-net link (QEMU `-netdev dgram` over UNIX "

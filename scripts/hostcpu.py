@@ -1,11 +1,13 @@
-"""The host's CPU time outside the lab while something is measured (make bench).
+"""The host's CPUs while something is measured (make bench): the time they gave to anything
+outside the lab, and how far apart they are.
 
 Under TCG every guest instruction is host CPU work, and the lab's guests share the host with
-whatever else runs there. TCP between two guests suffers most: each segment needs both guests'
-vCPU threads and both QEMU main loops in turn, so every wake-up waits for a core. On a 2-core
-host one busy process took the lab's TCP from 48 to 13 MB/s (1 MiB messages, medians of 4
-rounds), while a guest's memcpy lost 4% and a spin loop nothing (2026-12-07, one `sh` busy loop
-beside the guests). So each measurement records what the rest of the host took meanwhile:
+whatever else runs there. What needs both guests at once suffers: TCP needs both guests' vCPU
+threads and both QEMU main loops in turn, a streaming channel both vCPUs, so every hand-over
+waits for a core. On a 2-core host one busy process took the lab's TCP from 54 to 23 MB/s and
+channel streaming from 3,639 to 1,305 MB/s (1 MiB messages, medians of 4 rounds in 2 boots),
+while a guest's memcpy lost 2% (2026-12-07). So each measurement records what the rest of the
+host took meanwhile:
 
 - other: CPU time of processes outside the lab, in cores (1.0: one core busy throughout).
   The lab is this process and its descendants, and the processes named by the pid files of the
@@ -13,9 +15,17 @@ beside the guests). So each measurement records what the rest of the host took m
 - steal: time the hypervisor gave to other virtual machines, where the host is one itself.
 
 Kernel threads count as other: they are small beside a busy process.
+
+Where the host is itself a VM, its hypervisor places the host's CPUs near each other (sharing a
+cache) or far apart, and moves them while the lab runs. On a 2-core host a bare spin ping-pong
+between its two CPUs took 0.11-0.14 µs near and 0.48-0.61 µs far, and the guests' figures
+followed: their bare ping-pong 0.14-0.15 vs 0.53 µs, channel streaming of 1 MiB 3,560-4,600 vs
+1,390-2,180 MB/s (30 rounds in 3 boots, 2026-12-07). So on a 2-CPU host each measurement also records that
+round trip just before and after it (placement).
 """
 
 import os
+import subprocess
 import time
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -50,8 +60,10 @@ class Sample:
 
 
 class HostCpu:
-    def __init__(self, run_dir):
+    def __init__(self, run_dir, bench_exe=None):
+        """run_dir: the lab's pid files; bench_exe: ivshmem-bench for the placement probe."""
         self.run_dir = run_dir
+        self.bench_exe = bench_exe
 
     def lab_roots(self):
         """This process and the daemons of the run directory's pid files."""
@@ -127,3 +139,32 @@ class HostCpu:
                 return waited, other, steal
             print(f"    waiting for a quiet host ({waited:.0f} of {limit:.0f} s): other processes "
                   f"{other:.2f} cores ({', '.join(self.busiest(a, b)) or 'kernel'}), steal {steal:.2f}", flush=True)
+
+    def placement(self):
+        """The host's CPU 0 <-> CPU 1 round trip now, in µs: the median of 20,000 rounds of a bare
+        spin ping-pong between two processes pinned to them (`ivshmem-bench rtt --bare` on a file
+        in /dev/shm, a few milliseconds); None but on a 2-CPU host, where the guests' two vCPU
+        threads are on those two."""
+        if self.bench_exe is None or os.cpu_count() != 2:
+            return None
+        path = f"/dev/shm/ivshmem-rs-placement-{os.getpid()}"
+        with open(path, "wb") as f:
+            f.truncate(8 << 20)
+        try:
+            cmd = [self.bench_exe, "rtt", "-d", path, "--wait", "spin", "--bare", "--channel", "placement"]
+            lis = subprocess.Popen(["taskset", "-c", "1"] + cmd[:2] + ["--listen"] + cmd[2:],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                out = subprocess.run(["taskset", "-c", "0"] + cmd + ["--rounds", "20000"], capture_output=True,
+                                     text=True, timeout=60).stdout
+                lis.wait(timeout=60)
+            finally:
+                if lis.poll() is None:
+                    lis.kill()
+                    lis.wait()
+        finally:
+            os.unlink(path)
+        for ln in out.splitlines():
+            if " transport=bare " in ln:
+                return float(ln.split("p50_us=", 1)[1].split()[0])
+        raise RuntimeError(f"placement probe: no bare round trip in:\n{out}")
