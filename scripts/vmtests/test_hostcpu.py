@@ -2,6 +2,7 @@
 the rest of the host took CPU, so what hostcpu.py counts as the lab and as the rest must be right.
 Runs once per suite, before the kinds' scenarios (no `kind` fixture): busy loops of 2 s."""
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -38,27 +39,34 @@ def window(cpu, during=None):
     return other, steal, (b.lab - a.lab) / hostcpu.CLK_TCK / (b.t - a.t), cpu.busiest(a, b)
 
 
-def foreign_loop():
-    """A busy loop that is not a descendant of this process (its shell exits: init adopts it)."""
+@contextlib.contextmanager
+def foreign_loop(pid_file=None):
+    """A busy loop that is not a descendant of this process (its shell exits: init adopts it),
+    its pid written into pid_file if given; yields the pid, kills the loop at the end."""
     out = subprocess.run(["sh", "-c", f"setsid sh -c '{LOOP}' >/dev/null 2>&1 & echo $!"],
                          capture_output=True, text=True, check=True).stdout
-    return int(out.split()[0])
-
-
-def stop(pid):
+    pid = int(out.split()[0])
     try:
-        os.kill(pid, 9)
-    except ProcessLookupError:
-        pass
+        if pid_file:
+            with open(pid_file, "w") as f:
+                f.write(f"{pid}\n")
+        time.sleep(0.2)
+        yield pid
+    finally:
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
+
+
+def assert_the_lab(what, other, lab, busiest):
+    assert lab >= 0.7, f"{what}: the lab {lab:.2f} cores"
+    assert other < 0.3, f"{what} counted as other: {other:.2f} cores (busiest {busiest})"
 
 
 def test_a_busy_process_outside_the_lab_is_other(cpu):
-    pid = foreign_loop()
-    try:
-        time.sleep(0.2)
+    with foreign_loop() as pid:
         other, _, lab, busiest = window(cpu)
-    finally:
-        stop(pid)
     assert other >= 0.7, f"a busy loop outside the lab: other {other:.2f} cores (busiest {busiest})"
     assert lab < 0.3, f"the lab took {lab:.2f} cores while it slept"
     assert busiest and busiest[0].startswith(f"sh[{pid}] "), busiest
@@ -72,21 +80,13 @@ def test_a_busy_child_is_the_lab(cpu):
     finally:
         child.kill()
         child.wait()
-    assert lab >= 0.7, f"a busy child: the lab {lab:.2f} cores"
-    assert other < 0.3, f"a busy child counted as other: {other:.2f} cores (busiest {busiest})"
+    assert_the_lab("a busy child", other, lab, busiest)
 
 
 def test_a_daemon_named_by_a_pid_file_is_the_lab(cpu):
-    pid = foreign_loop()
-    try:
-        with open(os.path.join(cpu.run_dir, "guest1.pid"), "w") as f:
-            f.write(f"{pid}\n")
-        time.sleep(0.2)
+    with foreign_loop(os.path.join(cpu.run_dir, "guest1.pid")):
         other, _, lab, busiest = window(cpu)
-    finally:
-        stop(pid)
-    assert lab >= 0.7, f"a daemon of the run directory: the lab {lab:.2f} cores"
-    assert other < 0.3, f"a daemon of the run directory counted as other: {other:.2f} cores (busiest {busiest})"
+    assert_the_lab("a daemon of the run directory", other, lab, busiest)
 
 
 def test_a_grandchild_reaped_in_the_window_is_the_lab(cpu):
@@ -94,8 +94,7 @@ def test_a_grandchild_reaped_in_the_window_is_the_lab(cpu):
     def run():
         subprocess.run(["sh", "-c", f"timeout {SECS} sh -c '{LOOP}'; true"], check=True)
     other, _, lab, busiest = window(cpu, run)
-    assert lab >= 0.7, f"a grandchild that ran and was reaped: the lab {lab:.2f} cores"
-    assert other < 0.3, f"a reaped grandchild counted as other: {other:.2f} cores (busiest {busiest})"
+    assert_the_lab("a grandchild that ran and was reaped", other, lab, busiest)
 
 
 @pytest.mark.skipif(os.cpu_count() != 2, reason="the placement probe runs on 2-CPU hosts only")
