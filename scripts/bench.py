@@ -43,7 +43,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import hostcpu  # noqa: E402
@@ -164,15 +163,9 @@ class Bench:
         subprocess.run(["bash", os.path.join(ROOT, "scripts/stop.sh")], env=env(), check=False)
 
     def clocks(self):
-        """[(host monotonic, guest uptime)] in seconds for guests 1 and 2, each uptime read between
-        two host readings (their midpoint): over a run, each guest's seconds per host second. Every
-        figure is timed by a guest's clock: one that ran fast would make all of them slow."""
-        out = []
-        for g in (1, 2):
-            t0 = time.monotonic()
-            up = float(self.sh(g, "cut -d' ' -f1 /proc/uptime"))
-            out.append(((t0 + time.monotonic()) / 2, up))
-        return out
+        """lab.guest_clock of guests 1 and 2: over a run, each guest's seconds per host second.
+        Every figure is timed by a guest's clock: one that ran fast would make all of them slow."""
+        return [lab.guest_clock(lambda cmd, g=g: self.sh(g, cmd)) for g in (1, 2)]
 
     def run(self):
         secs = self.seconds
@@ -1091,7 +1084,7 @@ def main():
         b.run()
         b.pingpong()
         c1 = b.clocks()
-        meta["guest_clock"] = " ".join(f"{(y[1] - x[1]) / (y[0] - x[0]):.4f}" for x, y in zip(c0, c1, strict=True))
+        meta["guest_clock"] = " ".join(f"{lab.clock_rate(x, y):.4f}" for x, y in zip(c0, c1, strict=True))
         meta["load_after"] = "%.1f" % os.getloadavg()[0]
     finally:
         b.stop()

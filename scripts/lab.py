@@ -270,6 +270,20 @@ def remove_backing(shm):
             os.unlink(os.path.join(d, name))
 
 
+def guest_clock(sh):
+    """(host monotonic, guest uptime) in seconds, the uptime read through `sh` (a command's
+    output) between two host readings and paired with their midpoint: two of them give a guest's
+    seconds per host second. Every figure the lab measures is timed by a guest's clock."""
+    t0 = time.monotonic()
+    up = float(sh("cut -d' ' -f1 /proc/uptime"))
+    return (t0 + time.monotonic()) / 2, up
+
+
+def clock_rate(a, b):
+    """A guest's seconds per host second from two guest_clock readings."""
+    return (b[1] - a[1]) / (b[0] - a[0])
+
+
 def host_read(path, offset, length):
     with open(path, "rb") as f:
         f.seek(offset)

@@ -3,6 +3,7 @@ between the guests and the host, the errno contract, the tools, PAT, and removal
 open and mapped (unbind, PCI remove, mmaps racing with unbind, rmmod/insmod cycles)."""
 
 import re
+import time
 
 import pytest
 
@@ -44,6 +45,18 @@ def test_the_drivers_kunit_tests_pass_when_the_kernel_has_kunit(s):
         _, out = s.sh(g, "dmesg | grep -E 'ivshmem_vma_pfn|not ok|Expected'; true")
         check("# ivshmem_vma_pfn: pass:3 fail:0 skip:0 total:3" in out and "not ok" not in out,
               f"guest {g}:\n{out}")
+
+
+def test_the_guests_clocks_keep_the_hosts_time(s):
+    # Every figure is timed by a guest's clock, calibrated at boot against emulated timers (the
+    # TSC under TCG, tsc=reliable): one calibrated wrong would make every figure wrong together.
+    start = [lab.guest_clock(lambda cmd, g=g: s.sh(g, cmd)[1]) for g in (1, 2)]
+    time.sleep(5)
+    for g in (1, 2):
+        end = lab.guest_clock(lambda cmd, g=g: s.sh(g, cmd)[1])
+        rate = lab.clock_rate(start[g - 1], end)
+        check(abs(rate - 1) < 0.03, f"guest {g}: {end[1] - start[g - 1][1]:.2f} s of uptime in "
+              f"{end[0] - start[g - 1][0]:.2f} s of the host's time ({rate:.3f})")
 
 
 def test_get_size_and_get_info_match_qemus_sizes(s):
