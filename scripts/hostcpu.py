@@ -24,6 +24,7 @@ followed: their bare ping-pong 0.14-0.15 vs 0.53 µs, channel streaming of 1 MiB
 round trip just before and after it (placement).
 """
 
+import dataclasses
 import os
 import subprocess
 import time
@@ -52,14 +53,21 @@ def _procs():
     return out
 
 
+@dataclasses.dataclass
 class Sample:
-    """One look at the host: when, its busy and steal ticks, the lab's ticks, every process's."""
+    """One look at the host (HostCpu.sample)."""
 
-    def __init__(self, t, busy, steal, lab, procs, lab_pids):
-        self.t, self.busy, self.steal, self.lab, self.procs, self.lab_pids = t, busy, steal, lab, procs, lab_pids
+    t: float  # monotonic seconds
+    busy: int  # the host's busy ticks, all CPUs
+    steal: int  # ticks the hypervisor gave to other VMs
+    lab: int  # the lab's ticks, its reaped children's included
+    procs: dict  # _procs()
+    lab_pids: set
 
 
 class HostCpu:
+    """The host's CPUs as seen from the lab of one run directory (the module's doc)."""
+
     def __init__(self, run_dir, bench_exe=None):
         """run_dir: the lab's pid files; bench_exe: ivshmem-bench for the placement probe."""
         self.run_dir = run_dir
