@@ -50,6 +50,7 @@ import lab  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = os.path.join(ROOT, "userspace/target/x86_64-unknown-linux-gnu/release")
+BENCH_EXE = os.path.join(TOOLS, "ivshmem-bench")
 RUN = os.environ.get("IVSHMEM_RUN", "/tmp/ivshmem-rs-run") + "-bench"
 SHM = os.environ.get("IVSHMEM_SHM_PATH", "/dev/shm/ivshmem-rs") + "-bench"
 TCP = "10.0.7.2"
@@ -108,7 +109,7 @@ class Bench:
         self.seconds = seconds
         self.guests = []
         self.raw = []
-        self.cpu = hostcpu.HostCpu(RUN, os.path.join(TOOLS, "ivshmem-bench"))
+        self.cpu = hostcpu.HostCpu(RUN, BENCH_EXE)
 
     def sh(self, g, cmd, timeout=600):
         status, out = self.guests[g - 1].run(cmd, timeout)
@@ -419,15 +420,14 @@ class HostBench:
         # The two processes on two CPUs, as two guests' vCPUs would be.
         two = (os.cpu_count() or 1) >= 2
         self.cpus = (["taskset", "-c", "1"], ["taskset", "-c", "0"]) if two else ([], [])
-        self.cpu = hostcpu.HostCpu(RUN, os.path.join(TOOLS, "ivshmem-bench"))
+        self.cpu = hostcpu.HostCpu(RUN, BENCH_EXE)
 
     def pair(self, listen, drive, tag):
-        exe = os.path.join(TOOLS, "ivshmem-bench")
         before = watch(self.cpu)
-        lis = subprocess.Popen(self.cpus[0] + [exe] + listen, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        lis = subprocess.Popen(self.cpus[0] + [BENCH_EXE] + listen, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True)
         try:
-            out = subprocess.run(self.cpus[1] + [exe] + drive, capture_output=True, text=True, timeout=600)
+            out = subprocess.run(self.cpus[1] + [BENCH_EXE] + drive, capture_output=True, text=True, timeout=600)
             lout, _ = lis.communicate(timeout=60)
         finally:
             if lis.poll() is None:

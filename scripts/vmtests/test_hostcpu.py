@@ -10,14 +10,14 @@ import time
 
 import pytest
 
-from kinds import ROOT
+from kinds import HOST_TOOLS, ROOT
 
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import hostcpu  # noqa: E402
 
 LOOP = "while :; do :; done"
 SECS = 2.0
-TOOL = os.path.join(ROOT, "userspace/target/x86_64-unknown-linux-gnu/release/ivshmem-bench")
+TOOL = os.path.join(HOST_TOOLS, "ivshmem-bench")
 
 
 @pytest.fixture
