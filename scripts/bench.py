@@ -98,10 +98,10 @@ def cpu_tag(cpu, before):
     return tag
 
 
-def settle(cpu, prefix):
-    """Waits for a quiet host (hostcpu.HostCpu.wait_quiet); returns the meta line saying how it went."""
+def settle(cpu):
+    """Waits for a quiet host (hostcpu.HostCpu.wait_quiet); returns how it went, for a meta line."""
     waited, other, steal = cpu.wait_quiet(QUIET_WAIT)
-    return f"meta {prefix}quiet=waited {waited:.0f} s, then other {other:.2f} steal {steal:.2f}"
+    return f"waited {waited:.0f} s, then other {other:.2f} steal {steal:.2f}"
 
 
 class Bench:
@@ -333,7 +333,7 @@ class IsolatedLab(Bench):
     def run(self):
         secs = self.seconds
         print("==> isolated topology beside one device (spin; rounds alternate)", flush=True)
-        quiet = settle(self.cpu, "iso_")
+        quiet = f"meta iso_quiet={settle(self.cpu)}"
         for r in range(self.ROUNDS):
             for topology, dev in (("shared", {1: "-d 3", 2: "-d 3"}), ("isolated", self.PAIR)):
                 tag = f" topology={topology} round={r}"
@@ -467,7 +467,7 @@ class HostBench:
 
     def run(self):
         print("==> on the host: two processes on one file (rounds alternate)", flush=True)
-        quiet = settle(self.cpu, "host_")
+        quiet = f"meta host_quiet={settle(self.cpu)}"
         lab.remove_backing(self.file)
         with open(self.file, "wb") as f:
             f.truncate(64 << 20)
@@ -1079,7 +1079,7 @@ def main():
         b.boot()
         meta = meta_info(b)
         meta["seconds"] = seconds
-        meta["quiet"] = settle(b.cpu, "").split("=", 1)[1]
+        meta["quiet"] = settle(b.cpu)
         c0 = b.clocks()
         b.run()
         b.pingpong()
